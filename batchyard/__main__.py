@@ -1,0 +1,5 @@
+"""``python -m batchyard`` is the ``batchyard`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""The backend interface: the one contract every place-to-run keeps.
+
+What a job's command can rely on, on every backend:
+
+- **Working directory.** It starts in ``$AZ_BATCH_TASK_WORKING_DIR`` (an empty ``wd/``
+  inside ``$AZ_BATCH_TASK_DIR``), holding its input at ``{input}`` and every resource
+  file, fully downloaded. Its stdout and stderr go to ``stdout.txt`` / ``stderr.txt``
+  in the task dir and are kept as the task's logs.
+- **Environment.** The ``AZ_BATCH_*`` variables Azure Batch sets (job, task, node, pool,
+  directories), then the job's ``[environment]``, then the task table's columns. Never
+  batchyard's own credentials.
+- **Arguments.** ``argv`` is the job's command split like a POSIX shell would, with
+  each placeholder value substituted as exactly one argument. No shell runs unless the
+  command itself starts one.
+- **Limits.** At ``max_wall_clock_time`` the command and all its descendants are
+  killed (``timeout``, not retried). A non-zero exit is retried up to
+  ``max_task_retry_count`` times in a fresh working dir.
+- **Outputs.** Uploaded after it exits, per ``upload_on``; a non-optional pattern that
+  matches nothing fails the task (``output_missing``).
+- **Delivery.** At least once: a task may start again if its worker or node is lost, so
+  commands should be safe to re-run. A task recorded as succeeded never runs again for
+  the same job id, and each task has exactly one final record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..job import Job
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED})
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What is known about one task; ``status --json`` prints a list of these."""
+
+    job_id: str
+    task_id: str
+    state: TaskState
+    label: str = ""
+    exit_code: int | None = None
+    failure_category: str | None = None
+    failure_message: str | None = None
+    attempts: int = 0
+    started_at: str | None = None
+    ended_at: str | None = None
+    node_id: str | None = None
+    stderr_tail: str = ""
+    attempt_records: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def retry_count(self) -> int:
+        return max(0, self.attempts - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["state"] = str(self.state)
+        data["retry_count"] = self.retry_count
+        data["attempt_records"] = list(self.attempt_records)
+        return data
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.running + self.succeeded + self.failed
+
+    @property
+    def done(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def finished(self) -> bool:
+        return self.pending == 0 and self.running == 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What a submit did: ``enqueued`` tasks will run; the others were already done or running."""
+
+    job_id: str
+    total: int
+    enqueued: int
+    already_succeeded: int = 0
+    already_running: int = 0
+    rerun_failed: int = 0
+
+
+ProgressCallback = Callable[[TaskCounts], None]
+
+
+class Backend(ABC):
+    """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`."""
+
+    name: str = ""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # --- the contract ---------------------------------------------------------------------------------
+    @abstractmethod
+    def preflight(self) -> None:
+        """Cheap authenticated calls that fail fast, naming what is wrong, before anything is submitted."""
+
+    @abstractmethod
+    def submit(self, job: Job) -> SubmitResult:
+        """Create the job (or find it) and queue every task that has not yet succeeded.
+
+        Idempotent: task ids are deterministic, so submitting the same job again queues
+        only missing and failed tasks and never runs a succeeded task again.
+        """
+
+    @abstractmethod
+    def task_counts(self, job_id: str) -> TaskCounts:
+        """Counts by state, cheap enough to poll."""
+
+    @abstractmethod
+    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
+        """Every task's result (an iterator: large jobs are paged)."""
+
+    @abstractmethod
+    def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
+        """The task's ``stdout`` or ``stderr`` as the command wrote it."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> None:
+        """Stop the job: no new task starts, running ones are killed; records stay."""
+
+    @abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Remove the job, its task records and anything batchyard created for it only."""
+
+    @abstractmethod
+    def output_locations(self, job_id: str) -> list[tuple[str, str]]:
+        """(container, blob prefix) pairs where the job's outputs land."""
+
+    # --- shared behaviour -----------------------------------------------------------------------------
+    def start_execution(self, job: Job, *, workers: int | None = None) -> None:  # noqa: B027
+        """Bring up whatever runs tasks for this process (local workers); a no-op for a cloud."""
+
+    def stop_execution(self) -> None:  # noqa: B027
+        """Stop what :meth:`start_execution` started."""
+
+    def wait(self, job_id: str, *, on_progress: ProgressCallback | None = None, poll_interval: float = 1.0,
+             timeout: float | None = None) -> TaskCounts:
+        """Poll task counts until every task is final (or ``timeout`` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = min(0.25, poll_interval)
+        while True:
+            counts = self.task_counts(job_id)
+            if on_progress is not None:
+                on_progress(counts)
+            if counts.finished:
+                return counts
+            if deadline is not None and time.monotonic() >= deadline:
+                return counts
+            self._check_alive()
+            time.sleep(interval)
+            interval = min(poll_interval, interval * 1.5)
+
+    def _check_alive(self) -> None:
+        """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""
+
+    def download_outputs(self, job_id: str, dest: Path) -> list[Path]:
+        """Copy every output blob of the job under ``dest/<container>/<blob name>``."""
+        from ..runner import safe_relative_path
+
+        written: list[Path] = []
+        storage = self.storage  # type: ignore[attr-defined]
+        for container, prefix in self.output_locations(job_id):
+            for name in storage.list_blob_names(container, prefix):
+                rel = safe_relative_path(name, what=f"output blob {name!r}")
+                target = dest / container / Path(*rel.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(storage.download_bytes(container, name))
+                written.append(target)
+        return written
+
+    def close(self) -> None:  # noqa: B027
+        """Release clients and processes."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_execution()
+        self.close()
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -1,0 +1,250 @@
+"""The local backend: an Azure Storage Queue and worker processes, on Azurite or a real account.
+
+Submit writes the job document, one table row per task (100 per transaction) and the
+queue messages (ids only, sent concurrently, several task ids per message for big jobs).
+Workers (``multiprocess`` processes, see :mod:`batchyard.worker`) may run in this process
+tree (``batchyard run``) or anywhere else that reaches the same account
+(``batchyard worker``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, resolve_storage_connection_string
+from ..errors import BackendError, JobNotFoundError, JobValidationError, TaskNotFoundError
+from ..job import Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
+from ..records import JobStore, TaskMessage, chunk_size_for, entity_to_result
+from ..storage import Storage, file_md5
+from ..worker import WorkerOptions, worker_process_main
+from .base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
+
+log = logging.getLogger(__name__)
+
+SEND_CONCURRENCY = 16
+MAX_RESPAWNS = 8
+
+
+class LocalBackend(Backend):
+    """Tasks on a storage queue, run by worker processes on this machine (or any that joins)."""
+
+    name = "local"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._conn = resolve_storage_connection_string(config)
+        self.storage = Storage.from_connection_string(self._conn)
+        self.store = JobStore(self.storage, config)
+        self._procs: list[Any] = []
+        self._stop: Any = None
+        self._ctx: Any = None
+        self._respawns = 0
+        self._workers_args: tuple[Any, ...] = ()
+
+    # --- submit ----------------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        self.storage.preflight()
+
+    def fan_out(self, job: Job) -> list[TaskDef]:
+        """The job's tasks (uploads ``inputs.local_dir`` first, so they are counted)."""
+        if job.tasks is not None:
+            return list(tasks_from_table(job))
+        assert job.inputs is not None
+        if job.inputs.local_dir:
+            self._sync_local_dir(job)
+        names = self.storage.list_blob_names(job.inputs.container, job.inputs.prefix)
+        tasks = list(tasks_from_blob_names(job, names))
+        if not tasks:
+            raise JobValidationError(f"job {job.id}", [(
+                "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "
+                          f"matches glob {job.inputs.glob!r}")])
+        return tasks
+
+    def _sync_local_dir(self, job: Job) -> None:
+        assert job.inputs is not None and job.inputs.local_dir is not None
+        folder = (job.base_dir / job.inputs.local_dir).resolve()
+        if not folder.is_dir():
+            raise JobValidationError(f"job {job.id}", [("inputs.local_dir", f"{folder} is not a folder")])
+        self.storage.ensure_container(job.inputs.container)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+        def push(path: Path) -> bool:
+            name = job.inputs.prefix + path.relative_to(folder).as_posix()  # type: ignore[union-attr]
+            if self.storage.blob_md5(job.inputs.container, name) == file_md5(path):  # type: ignore[union-attr]
+                return False
+            self.storage.upload_file(job.inputs.container, name, path)  # type: ignore[union-attr]
+            return True
+
+        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+            uploaded = sum(pool.map(push, files))
+        log.info("inputs.local_dir: %d file(s) uploaded, %d unchanged", uploaded, len(files) - uploaded)
+
+    def _upload_resources(self, job: Job) -> None:
+        for i, rf in enumerate(job.resource_files):
+            path = (job.base_dir / rf.source).resolve()
+            if not path.is_file():
+                raise JobValidationError(f"job {job.id}", [(f"resource_files.{i}.source", f"{path} not found")])
+            blob = self.store.resource_blob(job.id, rf.target)
+            if self.storage.blob_md5(self.store.system_container, blob) != file_md5(path):
+                self.storage.upload_file(self.store.system_container, blob, path)
+
+    def submit(self, job: Job) -> SubmitResult:
+        self.store.ensure()
+        self._upload_resources(job)
+        for out in job.outputs:
+            self.storage.ensure_container(out.container)
+        tasks = self.fan_out(job)
+        existing = {e["RowKey"]: e for e in self._existing(job.id)}
+        to_queue: list[TaskDef] = []
+        done = running = rerun = 0
+        now = time.time()
+        for task in tasks:
+            prior = existing.get(task.task_id)
+            state = prior.get("state") if prior else None
+            if state == "succeeded":
+                done += 1
+            elif state == "running" and float(prior.get("claim_expires") or 0) > now:  # type: ignore[union-attr]
+                running += 1
+            else:
+                rerun += state == "failed"
+                to_queue.append(task)
+        doc = job.model_dump(mode="json")
+        spec_hash = hashlib.sha256(dumps(doc).encode()).hexdigest()[:16]
+        self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
+        self.store.write_pending(job.id, to_queue, reset=True)
+        self._enqueue(job.id, [t.task_id for t in to_queue])
+        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=done,
+                            already_running=running, rerun_failed=rerun)
+
+    def _existing(self, job_id: str) -> Iterator[dict[str, Any]]:
+        if self.store.get_job_entity(job_id) is None:
+            return iter(())
+        return self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires"])
+
+    def _enqueue(self, job_id: str, task_ids: list[str]) -> None:
+        size = chunk_size_for(len(task_ids), self.config.workers)
+        messages = [TaskMessage(job_id, tuple(task_ids[i:i + size])) for i in range(0, len(task_ids), size)]
+        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+            list(pool.map(self.store.send, messages))
+
+    # --- workers ---------------------------------------------------------------------------------------
+    def start_execution(self, job: Job | None = None, *, workers: int | None = None,
+                        options: WorkerOptions | None = None, work_dir: Path | None = None) -> None:
+        import multiprocess
+
+        count = workers or self.config.workers
+        self._ctx = multiprocess.get_context("fork")
+        self._stop = self._ctx.Event()
+        self._workers_args = (options, str(work_dir) if work_dir else None)
+        self._procs = [self._spawn(i) for i in range(count)]
+
+    def _spawn(self, index: int) -> Any:
+        options, work_dir = self._workers_args
+        proc = self._ctx.Process(
+            target=worker_process_main, name=f"batchyard-worker-{index}",
+            args=(self._conn, self.config, index, self._stop, options, work_dir), daemon=True,
+        )
+        proc.start()
+        return proc
+
+    def _check_alive(self) -> None:
+        """Replace workers that died (a crash or a kill), up to a limit; fail if storage is lost."""
+        for i, proc in enumerate(self._procs):
+            if proc.is_alive() or proc.exitcode == 0 or self._stop is None or self._stop.is_set():
+                continue  # running, or finished on its own (idle exit)
+            if proc.exitcode == 3:
+                raise BackendError("a worker found the task queue gone: the job is lost (see the log above)")
+            if self._respawns >= MAX_RESPAWNS:
+                raise BackendError(f"workers keep dying (last exit code {proc.exitcode}); giving up")
+            log.warning("worker %d exited with code %s; starting a new one", i, proc.exitcode)
+            self._respawns += 1
+            self._procs[i] = self._spawn(i)
+
+    def join_workers(self, *, poll: float = 1.0) -> None:
+        """Block while any worker runs (``batchyard worker``), replacing crashed ones."""
+        while any(p.is_alive() for p in self._procs):
+            self._procs[0].join(timeout=poll)
+            self._check_alive()
+
+    def stop_execution(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        deadline = time.monotonic() + 15
+        for proc in self._procs:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        self._procs, self._stop = [], None
+
+    # --- queries ---------------------------------------------------------------------------------------
+    def _require_job(self, job_id: str) -> dict[str, Any]:
+        entity = self.store.get_job_entity(job_id)
+        if entity is None:
+            raise JobNotFoundError(f"job {job_id!r} not found on storage account {self.storage.account.account_name!r}")
+        return entity
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        self._require_job(job_id)
+        return self.store.counts(job_id)
+
+    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
+        self._require_job(job_id)
+        for entity in self.store.task_entities(job_id):
+            yield entity_to_result(entity)
+
+    def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
+        self._require_job(job_id)
+        entity = self.store.get_task(job_id, task_id)
+        if entity is None:
+            raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}")
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.storage.download_bytes(self.store.log_container, f"{job_id}/{task_id}/{stream}.txt")
+        except ResourceNotFoundError:
+            raise TaskNotFoundError(
+                f"task {task_id!r} has no {stream} yet (state {entity.get('state')})") from None
+
+    def job(self, job_id: str) -> Job:
+        doc = self.store.load_job_doc(job_id)
+        return job_from_dict(doc["job"], source=f"job {job_id}", stored=True)
+
+    def output_locations(self, job_id: str) -> list[tuple[str, str]]:
+        job = self.job(job_id)
+        locations = []
+        for out in job.outputs:
+            fixed = out.path.replace("{job_id}", job.id)
+            locations.append((out.container, fixed.split("{", 1)[0]))
+        return sorted(set(locations))
+
+    # --- control ---------------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> None:
+        self._require_job(job_id)
+        self.store.set_job_state(job_id, "cancelled")
+        from ..runner import now_iso
+
+        for entity in self.store.task_entities(job_id, select=["RowKey", "state", "attempts_json"]):
+            if entity.get("state") != "pending":
+                continue  # running ones are stopped by their worker, which records them
+            current = self.store.get_task(job_id, entity["RowKey"])
+            if current is None or current.get("state") != "pending":
+                continue
+            self.store.record_final(job_id, entity["RowKey"], etag=current["_etag"], fields={
+                "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
+                "ended_at": now_iso(), "attempts_json": [],
+            })
+
+    def delete(self, job_id: str) -> None:
+        self._require_job(job_id)
+        self.store.delete_job(job_id)
+
+    def close(self) -> None:
+        self.stop_execution()

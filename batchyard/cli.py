@@ -1,0 +1,276 @@
+"""The ``batchyard`` command.
+
+Exit codes: 0 every task succeeded (or the command did what it was asked), 1 some task
+failed, 2 bad usage or an invalid job/config file, 3 any other batchyard error
+(storage unreachable, credentials refused...), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .backends import get_backend
+from .backends.base import Backend, TaskCounts, TaskResult
+from .config import Config, load_config
+from .errors import BatchyardError, ConfigError, JobValidationError
+from .job import load_job
+from .redact import install_log_filter, redact, redacting_filter
+
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("batchyard")
+EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
+SUMMARY_ROWS = 25
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.DEBUG if verbose > 1 else logging.INFO
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    handler.addFilter(redacting_filter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("batchyard").setLevel(level)
+    # The Azure SDKs log every request at INFO; only -vv shows them (secrets are filtered anyway).
+    logging.getLogger("azure").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    install_log_filter()
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn batchyard errors into one clear message and an exit code, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (JobValidationError, ConfigError) as exc:
+            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, markup=True)
+            sys.exit(EXIT_USAGE)
+        except BatchyardError as exc:
+            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+verbose_option = click.option("-v", "--verbose", count=True, help="Debug logs (-vv: also Azure SDK requests).")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                             help="batchyard.toml to use (default: the nearest one above the working dir).")
+backend_option = click.option("--backend", default=None, help="Backend to use: local or azure (default: config).")
+
+
+def _context(verbose: int, config_path: str | None, backend: str | None) -> tuple[Config, Backend]:
+    _setup_logging(verbose)
+    config = load_config(config_path, backend=backend)
+    return config, get_backend(None, config)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchyard")
+def main() -> None:
+    """Per-file batch jobs: locally on Azure Storage (Azurite), on Azure Batch, or on its emulator."""
+
+
+# --------------------------------------------------------------------------------------------- run
+def _progress_runner(backend: Backend, job_id: str, total: int) -> TaskCounts:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(job_id, total=total, detail="")
+
+        def update(counts: TaskCounts) -> None:
+            progress.update(bar, completed=counts.done, total=counts.total or total,
+                            detail=f"running {counts.running}  failed {counts.failed}")
+
+        return backend.wait(job_id, on_progress=update)
+
+
+def _summary(results: list[TaskResult], counts: TaskCounts) -> None:
+    failed = [r for r in results if r.state == "failed"]
+    shown = failed[:SUMMARY_ROWS] if len(results) > SUMMARY_ROWS else results
+    table = Table(title=f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.total} total",
+                  title_justify="left")
+    for col in ("task", "input", "state", "exit", "attempts", "failure"):
+        table.add_column(col, overflow="fold")
+    for r in sorted(shown, key=lambda r: (r.state != "failed", r.label)):
+        style = "red" if r.state == "failed" else "green" if r.state == "succeeded" else ""
+        failure = f"{r.failure_category}: {r.failure_message}" if r.failure_category else ""
+        table.add_row(r.task_id, r.label, f"[{style}]{r.state}[/]" if style else str(r.state),
+                      "" if r.exit_code is None else str(r.exit_code), str(r.attempts), failure)
+    out.print(table)
+    if len(failed) > len(shown):
+        out.print(f"... and {len(failed) - len(shown)} more failed tasks (batchyard status JOB --json)")
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@backend_option
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Local worker processes (default: config).")
+@click.option("--no-wait", is_flag=True, help="Submit and return (local: run `batchyard worker` to process).")
+@config_option
+@verbose_option
+@handle_errors
+def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, config_path: str | None,
+        verbose: int) -> None:
+    """Submit JOB_FILE and (by default) run it to the end, showing progress and a summary.
+
+    Re-running a job that exists runs only its missing and failed tasks.
+    """
+    config, be = _context(verbose, config_path, backend)
+    job = load_job(job_file)
+    with be:
+        be.preflight()
+        submitted = be.submit(job)
+        console.print(
+            f"job [bold]{job.id}[/] on {be.name}: {submitted.total} tasks, {submitted.enqueued} queued"
+            + (f", {submitted.already_succeeded} already succeeded" if submitted.already_succeeded else "")
+            + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else ""),
+            highlight=False,
+        )
+        if no_wait:
+            if be.name == "local":
+                console.print("workers: run `batchyard worker` (any machine with the same storage) to process it")
+            return
+        be.start_execution(job, workers=workers)
+        try:
+            counts = _progress_runner(be, job.id, submitted.total)
+        finally:
+            be.stop_execution()
+        _summary(list(be.list_task_results(job.id)), counts)
+        if counts.failed:
+            sys.exit(EXIT_FAILED_TASKS)
+
+
+# --------------------------------------------------------------------------------------------- queries
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Every task's result as JSON.")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def status(job_id: str, as_json: bool, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Counts by state and each task's result."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        results = list(be.list_task_results(job_id))
+        counts = be.task_counts(job_id)
+        if as_json:
+            out.print_json(json.dumps({"job_id": job_id, "backend": be.name, "counts": counts.to_dict(),
+                                       "tasks": [r.to_dict() for r in results]}, ensure_ascii=False))
+            return
+        _summary(results, counts)
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("task_id")
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Print a task's stdout (or --stderr)."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        data = be.read_task_log(job_id, task_id, stream=stream)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+@main.command()
+@click.argument("job_id")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Stop a job: pending tasks are cancelled, running ones killed; records stay."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        be.cancel(job_id)
+    console.print(f"job {job_id} cancelled")
+
+
+@main.command()
+@click.argument("job_id")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def delete(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Delete a job's records and logs (its outputs stay)."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        be.delete(job_id)
+    console.print(f"job {job_id} deleted")
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("dest", type=click.Path(file_okay=False))
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def download(job_id: str, dest: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Download every output of a job into DEST/<container>/<blob name>."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        written = be.download_outputs(job_id, Path(dest))
+    console.print(f"{len(written)} file(s) written under {dest}")
+
+
+@main.command()
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: config).")
+@click.option("--idle-exit", type=float, default=None, help="Exit after this many seconds with no work.")
+@config_option
+@verbose_option
+@handle_errors
+def worker(workers: int | None, idle_exit: float | None, config_path: str | None, verbose: int) -> None:
+    """Run local workers against the configured storage until Ctrl-C (more machines can join)."""
+    from .backends.local import LocalBackend
+    from .worker import WorkerOptions
+
+    _setup_logging(verbose)
+    be = LocalBackend(load_config(config_path, backend="local"))
+    be.preflight()
+    options = WorkerOptions(lease_s=be.config.local.lease_seconds, max_dequeue_count=be.config.local.max_dequeue_count,
+                            keep_task_dirs=be.config.local.keep_task_dirs, idle_exit_s=idle_exit)
+    count = workers or be.config.workers
+    be.start_execution(None, workers=count, options=options)
+    console.print(f"{count} worker(s) serving queue {be.store.queue_name!r}; Ctrl-C to stop")
+    try:
+        be.join_workers()
+    except KeyboardInterrupt:
+        console.print("stopping workers (running tasks finish first)")
+    finally:
+        be.stop_execution()
+
+
+from .emulator_cli import emulator  # noqa: E402  (the emulator commands live in their own module)
+
+main.add_command(emulator)
+
+
+def shell_export(name: str, value: str) -> str:
+    return f"export {name}={shlex.quote(value)}"

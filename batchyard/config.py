@@ -1,0 +1,194 @@
+"""``batchyard.toml`` plus the environment: which backend, which storage, how many workers.
+
+Precedence, highest first: command-line flags, environment variables, ``batchyard.toml``
+(found in the working dir or a parent, or given with ``--config``), built-in defaults.
+Secrets should come from environment variables; a literal key in the file works but warns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+from .redact import register_secret
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "batchyard.toml"
+ENV_BACKEND = "BATCHYARD_BACKEND"
+ENV_STORAGE = "AZURE_STORAGE_CONNECTION_STRING"
+ENV_HOME = "BATCHYARD_HOME"
+ENV_BATCH_URL = "BATCHYARD_BATCH_URL"
+ENV_BATCH_ACCOUNT = "BATCHYARD_BATCH_ACCOUNT"
+ENV_BATCH_KEY = "BATCHYARD_BATCH_KEY"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSection(_Section):
+    connection_string: str | None = Field(default=None, repr=False)
+    connection_string_env: str = ENV_STORAGE
+    queue: str = "batchyard-tasks"
+    table_prefix: str = "batchyard"
+    system_container: str = "batchyard"
+    log_container: str = "batchyard-logs"
+
+
+class LocalSection(_Section):
+    workers: int | None = Field(default=None, ge=1, le=512)
+    lease_seconds: float = Field(default=30.0, ge=1, le=7 * 24 * 3600)
+    max_dequeue_count: int = Field(default=5, ge=1, le=100)
+    work_dir: str | None = None
+    keep_task_dirs: bool = False
+    nodes: int | None = Field(default=None, ge=1)
+    task_slots_per_node: int | None = Field(default=None, ge=1)
+
+
+class PoolSection(_Section):
+    vm_size: str = "standard_d2s_v3"
+    image_publisher: str = "canonical"
+    image_offer: str = "ubuntu-24_04-lts"
+    image_sku: str = "server"
+    image_version: str = "latest"
+    node_agent_sku_id: str = "batch.node.ubuntu 24.04"
+    dedicated_nodes: int = Field(default=1, ge=0)
+    spot_nodes: int = Field(default=0, ge=0)
+    task_slots_per_node: int = Field(default=1, ge=1, le=256)
+    start_task: str | None = None
+    requirements: tuple[str, ...] = ()
+    autoscale_formula: str | None = None
+    resize_timeout: str = "15m"
+
+
+class AzureSection(_Section):
+    batch_url: str | None = None
+    batch_account: str | None = None
+    batch_key: str | None = Field(default=None, repr=False)
+    batch_key_env: str = ENV_BATCH_KEY
+    pool_id: str | None = None
+    pool: PoolSection | None = None
+    steady_timeout: str = "30m"
+    poll_interval: float = Field(default=2.0, gt=0)
+    sas_margin: str = "1h"
+    keep_auto_pool: bool = False
+
+
+class FileConfig(_Section):
+    backend: str = "local"
+    storage: StorageSection = StorageSection()
+    local: LocalSection = LocalSection()
+    azure: AzureSection = AzureSection()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved configuration. Secrets are fields with ``repr=False``."""
+
+    backend: str
+    storage: StorageSection
+    local: LocalSection
+    azure: AzureSection
+    source: Path | None = None
+    storage_connection_string: str | None = field(default=None, repr=False)
+    batch_key: str | None = field(default=None, repr=False)
+    home: Path = field(default_factory=lambda: default_home())
+
+    def with_backend(self, name: str | None) -> Config:
+        return self if not name else replace(self, backend=name)
+
+    @property
+    def workers(self) -> int:
+        if self.local.workers:
+            return self.local.workers
+        if self.local.nodes and self.local.task_slots_per_node:
+            return self.local.nodes * self.local.task_slots_per_node
+        return os.cpu_count() or 2
+
+
+def default_home() -> Path:
+    env = os.environ.get(ENV_HOME)
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "batchyard"
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, *, backend: str | None = None,
+                env: dict[str, str] | None = None) -> Config:
+    """Resolve the configuration from ``path`` (or the nearest batchyard.toml), the environment and flags."""
+    environ = os.environ if env is None else env
+    source = Path(path) if path else find_config()
+    data = _read_file(source) if source else {}
+    try:
+        parsed = FileConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid configuration"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+    if parsed.storage.connection_string:
+        log.warning("%s: [storage] connection_string holds a key in the file; prefer the %s variable",
+                    source, parsed.storage.connection_string_env)
+    if parsed.azure.batch_key:
+        log.warning("%s: [azure] batch_key is a literal secret in the file; prefer the %s variable",
+                    source, parsed.azure.batch_key_env)
+    conn = environ.get(parsed.storage.connection_string_env) or parsed.storage.connection_string
+    batch_key = environ.get(parsed.azure.batch_key_env) or parsed.azure.batch_key
+    register_secret(conn)
+    register_secret(batch_key)
+
+    azure = parsed.azure
+    overrides = {
+        "batch_url": environ.get(ENV_BATCH_URL) or azure.batch_url,
+        "batch_account": environ.get(ENV_BATCH_ACCOUNT) or azure.batch_account,
+    }
+    azure = azure.model_copy(update=overrides)
+    chosen = backend or environ.get(ENV_BACKEND) or parsed.backend
+    home = Path(environ[ENV_HOME]).expanduser() if environ.get(ENV_HOME) else default_home()
+    return Config(
+        backend=chosen, storage=parsed.storage, local=parsed.local, azure=azure, source=source,
+        storage_connection_string=conn or None, batch_key=batch_key or None, home=home,
+    )
+
+
+def resolve_storage_connection_string(config: Config) -> str:
+    """The configured account, or the user's local Azurite (started on demand)."""
+    if config.storage_connection_string:
+        return config.storage_connection_string
+    from .emulator.azurite import Azurite
+
+    log.info("no storage configured: using the local Azurite (started if needed)")
+    instance = Azurite(home=config.home).start()
+    conn = instance.connection_string()
+    register_secret(conn)
+    return conn

@@ -1,0 +1,218 @@
+"""The HTTP front: stdlib ThreadingHTTPServer, SharedKey auth, routing, Batch's headers.
+
+Request lines are logged at DEBUG through :func:`batchyard.redact.redact`; bodies, the
+Authorization header and the account key are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from batchyard.errors import EmulatorError
+from batchyard.redact import install_log_filter, redact, redacting_filter, register_secret
+from batchyard.storage import BlobTransfer, Storage
+
+from .auth import verify
+from .common import BatchApiError
+from .faults import FaultConfig, FaultState
+from .ops_jobs import JobOps
+from .ops_pools import PoolOps
+from .ops_tasks import TaskOps
+from .protocol import Request, Response, Router
+from .scheduler import Engine
+from .state import Store
+
+log = logging.getLogger("batchyard.emulator.batch")
+MAX_BODY_BYTES = 1024 * 1024  # Batch refuses bigger request bodies with RequestBodyTooLarge
+JSON_TYPE = "application/json;odata=minimalmetadata"
+# Loggers that see the nodes' SAS URLs in full (urllib3 logs request lines at DEBUG). A filter
+# on a logger only covers records logged on that very logger, so each is named here.
+_SCRUBBED = ("urllib3.connectionpool", "azure.core.pipeline.policies.http_logging_policy",
+             "azure.storage.blob", "batchyard.emulator.batch", "batchyard.runner", "batchyard.storage")
+
+
+def _scrub_logs() -> None:
+    install_log_filter()
+    for name in _SCRUBBED:
+        logger = logging.getLogger(name)
+        if redacting_filter() not in logger.filters:
+            logger.addFilter(redacting_filter())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    emulator: BatchEmulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the SDK reuses connections
+    server_version = "batchyard-batch-emulator"
+    sys_version = ""
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s", redact(format % args))
+
+    def _handle(self) -> None:
+        emu = self.server.emulator
+        request_id = str(uuid.uuid4())
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            # Don't read a body we refuse; close the connection so it cannot desync.
+            self.close_connection = True
+            err = BatchApiError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the "
+                                "maximum permissible limit (1 MB).") if length > 0 else BatchApiError(
+                400, "InvalidHeaderValue", "Content-Length is not valid.")
+            self._send(self._error(err, request_id), request_id, headers)
+            return
+        body = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        request = Request(self.command, self.path, split.path, query, headers, body)
+        try:
+            verify(self.command, self.path, dict(self.headers.items()), emu.account_name, emu._key)
+            emu.faults.on_request()
+            if "api-version" not in query:
+                raise BatchApiError(400, "MissingRequiredQueryParameter",
+                                    "A query parameter that's mandatory for this request is not specified.",
+                                    [("QueryParameterName", "api-version")])
+            response = emu.router.match(request)(request)
+        except BatchApiError as exc:
+            if exc.status >= 500 or exc.status == 403:
+                log.info("batch emulator: %s %s -> %s", self.command, redact(split.path), exc.code)
+            response = self._error(exc, request_id)
+        except Exception:
+            log.exception("batch emulator: %s %s failed", self.command, redact(split.path))
+            response = self._error(BatchApiError(500, "InternalServerError",
+                                                 "The emulator hit an internal error (see its log)."), request_id)
+        self._send(response, request_id, headers)
+
+    def _error(self, exc: BatchApiError, request_id: str) -> Response:
+        emu = self.server.emulator
+        return Response(exc.status, exc.body(emu.url, request_id), dict(exc.headers))
+
+    def _send(self, response: Response, request_id: str, req_headers: dict[str, str]) -> None:
+        data = b""
+        headers = {"request-id": request_id, "DataServiceVersion": "3.0"}
+        if "client-request-id" in req_headers:
+            headers["client-request-id"] = req_headers["client-request-id"]
+        if isinstance(response.body, bytes):
+            data = response.body
+        elif response.body is not None:
+            data = json.dumps(response.body, separators=(",", ":")).encode()
+            headers["Content-Type"] = JSON_TYPE
+        headers.update(response.headers)
+        length = response.content_length if self.command == "HEAD" and response.content_length is not None \
+            else len(data)
+        self.send_response(response.status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if response.status != 304 and not (response.status == 204 and not data):
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command != "HEAD" and data and response.status not in (204, 304):
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+class BatchEmulator:
+    """An Azure Batch data-plane API (2025-06-01) on loopback, backed by Azurite and local processes."""
+
+    def __init__(self, *, storage_connection_string: str, data_dir: Path, account_name: str = "batchyard",
+                 account_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 faults: FaultConfig | None = None) -> None:
+        if account_key is None:
+            account_key = base64.b64encode(secrets.token_bytes(64)).decode()
+        try:
+            base64.b64decode(account_key, validate=True)
+        except ValueError:
+            raise EmulatorError("the Batch emulator's account key must be base64") from None
+        register_secret(account_key)
+        _scrub_logs()
+        self.account_name = account_name
+        self._key = account_key
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.faults = FaultState(faults if faults is not None else FaultConfig.from_env())
+        self.storage = Storage.from_connection_string(storage_connection_string)
+        self.store = Store()
+        try:
+            self._server = _Server((host, port), _Handler)
+        except OSError as exc:
+            raise EmulatorError(f"Batch emulator cannot listen on {host}:{port}: {exc.strerror}") from None
+        self._server.emulator = self
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self.engine = Engine(self.store, data_dir=self.data_dir, account_name=account_name, account_url=self.url,
+                             storage=self.storage, transfer=BlobTransfer(self.storage), faults=self.faults)
+        self.router = Router()
+        self.pools = PoolOps(self)
+        for ops in (self.pools, JobOps(self), TaskOps(self)):
+            ops.register(self.router)
+        self._thread: threading.Thread | None = None
+        self._started = False
+
+    @property
+    def account_key(self) -> str:
+        return self._key
+
+    def __repr__(self) -> str:
+        return f"BatchEmulator(url={self.url!r}, account_name={self.account_name!r}, data_dir={str(self.data_dir)!r})"
+
+    def listing(self, kind: str, items: list[dict[str, Any]], next_link: str | None) -> Response:
+        body: dict[str, Any] = {"odata.metadata": f"{self.url}/$metadata#{kind}", "value": items}
+        if next_link:
+            body["odata.nextLink"] = next_link
+        return Response(200, body)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Serve in a background thread; returns once the socket is listening (it already is)."""
+        if self._started:
+            return
+        self._started = True
+        self.engine.start()
+        self._thread = threading.Thread(target=self._server.serve_forever, name="batch-emulator-http",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+        log.info("Batch emulator listening on %s (account %s)", self.url, self.account_name)
+
+    def serve_forever(self) -> None:
+        self._started = True
+        self.engine.start()
+        log.info("Batch emulator listening on %s (account %s)", self.url, self.account_name)
+        try:
+            self._server.serve_forever(poll_interval=0.2)
+        finally:
+            self.engine.stop()
+            self._server.server_close()
+
+    def stop(self) -> None:
+        """Stop serving, kill running task processes, join threads."""
+        self.engine.stop()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> BatchEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

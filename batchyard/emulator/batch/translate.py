@@ -1,0 +1,216 @@
+"""Batch task JSON <-> the shared runner's :class:`TaskSpec`, and runner failures -> Batch codes.
+
+Validation happens when a task is added (a bad task is a per-task ``clientError``, like
+Azure); resource-file expansion (listing a container) happens on the node, just before
+the task runs, because that is when Batch does it and when its failures belong to the task.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from batchyard.errors import AuthenticationError, BatchyardError
+from batchyard.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec, safe_relative_path
+from batchyard.storage import BlobTransfer, Storage
+
+from .common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
+
+UPLOAD_CONDITIONS = {"tasksuccess": "success", "taskfailure": "failure", "taskcompletion": "completion"}
+# Fields Azure honours that an emulated node cannot: refused so nobody gets a silent wrong answer.
+REFUSED_TASK_FIELDS = {
+    "multiInstanceSettings": "multi-instance (MPI) tasks",
+    "containerSettings": "container tasks (containerSettings)",
+    "applicationPackageReferences": "application packages",
+    "authenticationTokenSettings": "task authentication tokens",
+}
+
+
+class StagingError(Exception):
+    """Resource-file expansion failed on the node: carries the Batch failure code."""
+
+    def __init__(self, category: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.category, self.code, self.message = category, code, message
+
+
+def split_command_line(command_line: str, prop: str = "commandLine") -> tuple[str, ...]:
+    """POSIX ``shlex.split``: Batch on Linux runs the command line without a shell, and the
+    azure backend builds it with ``shlex.join``; use ``/bin/sh -c '...'`` for shell features."""
+    try:
+        argv = tuple(shlex.split(command_line, posix=True))
+    except ValueError as exc:
+        raise invalid(f"{prop} cannot be split into arguments ({exc})", prop) from None
+    if not argv:
+        raise invalid(f"{prop} is empty", prop)
+    return argv
+
+
+def _check_resource_file(rf: Any, prop: str) -> None:
+    if not isinstance(rf, dict):
+        raise invalid(f"{prop} must be an object", prop)
+    sources = [k for k in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if rf.get(k)]
+    if len(sources) != 1:
+        raise invalid(f"{prop}: exactly one of httpUrl, storageContainerUrl, autoStorageContainerName "
+                      "must be given", prop)
+    if rf.get("identityReference"):
+        raise unsupported("managed identities on resource files", f"{prop}.identityReference")
+    if sources[0] == "httpUrl":
+        require(rf, "filePath")
+    if rf.get("filePath"):
+        try:
+            safe_relative_path(rf["filePath"], what=prop)
+        except BatchyardError as exc:
+            raise invalid(str(exc), f"{prop}.filePath") from None
+
+
+def _check_output_file(of: Any, prop: str) -> None:
+    if not isinstance(of, dict):
+        raise invalid(f"{prop} must be an object", prop)
+    require(of, "filePattern")
+    dest = require(of, "destination", dict)
+    container = require(dest, "container", dict)
+    require(container, "containerUrl")
+    if container.get("identityReference"):
+        raise unsupported("managed identities on output files", f"{prop}.destination.container.identityReference")
+    options = require(of, "uploadOptions", dict)
+    condition = str(require(options, "uploadCondition")).lower()
+    if condition not in UPLOAD_CONDITIONS:
+        raise invalid(f"{prop}.uploadOptions.uploadCondition must be one of {', '.join(UPLOAD_CONDITIONS)}",
+                      f"{prop}.uploadOptions.uploadCondition")
+
+
+def validate_task(body: Any, *, uses_dependencies: bool) -> dict[str, Any]:
+    """Check a task body as Batch would on add; returns it (the stored spec)."""
+    if not isinstance(body, dict):
+        raise invalid("A task must be a JSON object.", "value")
+    check_id(require(body, "id"))
+    split_command_line(require(body, "commandLine"))
+    for name, what in REFUSED_TASK_FIELDS.items():
+        if body.get(name):
+            raise unsupported(what, name)
+    for i, rf in enumerate(body.get("resourceFiles") or []):
+        _check_resource_file(rf, f"resourceFiles[{i}]")
+    for i, of in enumerate(body.get("outputFiles") or []):
+        _check_output_file(of, f"outputFiles[{i}]")
+    for i, env in enumerate(body.get("environmentSettings") or []):
+        if not isinstance(env, dict) or not isinstance(env.get("name"), str):
+            raise invalid("environmentSettings entries need a name", f"environmentSettings[{i}].name")
+    constraints = body.get("constraints") or {}
+    parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+    parse_duration(constraints.get("retentionTime"), "constraints.retentionTime")
+    retries = constraints.get("maxTaskRetryCount", 0)
+    if not isinstance(retries, int) or retries < -1:
+        raise invalid("constraints.maxTaskRetryCount must be an integer >= -1", "constraints.maxTaskRetryCount")
+    slots = body.get("requiredSlots", 1)
+    if not isinstance(slots, int) or slots < 1:
+        raise invalid("requiredSlots must be a positive integer", "requiredSlots")
+    if body.get("dependsOn"):
+        if not uses_dependencies:
+            raise BatchApiError(409, "TaskDependenciesNotSpecifiedOnJob",
+                                "The specified task has dependencies but the job does not set "
+                                "usesTaskDependencies to true.", [("TaskId", body["id"])])
+        for rng in body["dependsOn"].get("taskIdRanges") or []:
+            if not isinstance(rng.get("start"), int) or not isinstance(rng.get("end"), int):
+                raise invalid("taskIdRanges entries need integer start and end", "dependsOn.taskIdRanges")
+    return body
+
+
+def output_files(body: dict[str, Any]) -> tuple[OutputFile, ...]:
+    out = []
+    for of in body.get("outputFiles") or []:
+        container = of["destination"]["container"]
+        out.append(OutputFile(
+            pattern=of["filePattern"], path=container.get("path") or "",
+            upload_on=UPLOAD_CONDITIONS[str(of["uploadOptions"]["uploadCondition"]).lower()],  # type: ignore[arg-type]
+            optional=False, container_url=container["containerUrl"],
+        ))
+    return tuple(out)
+
+
+def _blob_url(container_url: str, name: str) -> str:
+    parts = urlsplit(container_url)
+    path = parts.path.rstrip("/") + "/" + quote(name, safe="/")
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _joined(directory: str | None, name: str) -> str:
+    return f"{directory.rstrip('/')}/{name}" if directory else name
+
+
+def expand_resource_files(body: dict[str, Any], transfer: BlobTransfer,
+                          storage: Storage | None) -> tuple[ResourceFile, ...]:
+    """Resolve container references to one :class:`ResourceFile` per blob (node side)."""
+    out: list[ResourceFile] = []
+    for rf in body.get("resourceFiles") or []:
+        if rf.get("httpUrl"):
+            out.append(ResourceFile(file_path=rf["filePath"], http_url=rf["httpUrl"]))
+            continue
+        prefix = rf.get("blobPrefix") or ""
+        try:
+            if rf.get("storageContainerUrl"):
+                url = rf["storageContainerUrl"]
+                names = transfer.list_names(url, prefix)
+                out += [ResourceFile(file_path=_joined(rf.get("filePath"), n), http_url=_blob_url(url, n))
+                        for n in names]
+            else:
+                container = rf["autoStorageContainerName"]
+                if storage is None:
+                    raise StagingError("usererror", "ResourceContainerAccessDenied",
+                                       "no storage account is linked to the emulator (autoStorageContainerName)")
+                names = list(storage.list_blob_names(container, prefix))
+                out += [ResourceFile(file_path=_joined(rf.get("filePath"), n), container=container, blob=n)
+                        for n in names]
+        except AuthenticationError as exc:
+            raise StagingError("usererror", "ResourceContainerAccessDenied", str(exc)) from None
+        except BatchyardError as exc:
+            raise StagingError("usererror", "ResourceContainerListMiscError", str(exc)) from None
+    return tuple(out)
+
+
+def task_spec(job_id: str, body: dict[str, Any], resource_files: tuple[ResourceFile, ...],
+              job_retry_default: int = 0) -> TaskSpec:
+    constraints = body.get("constraints") or {}
+    env = {e["name"]: str(e.get("value") or "") for e in body.get("environmentSettings") or []}
+    return TaskSpec(
+        job_id=job_id, task_id=body["id"], argv=split_command_line(body["commandLine"]),
+        environment=env, resource_files=resource_files, output_files=output_files(body),
+        max_wall_clock_seconds=parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime"),
+        max_task_retry_count=int(constraints.get("maxTaskRetryCount", job_retry_default)),
+        keep_task_dir=True,  # Batch keeps it for retentionTime; we keep it until the job is deleted
+    )
+
+
+# runner category -> (Batch failure category, code, message); see docs/emulator.md
+_FAILURES: dict[str, tuple[str, str, str]] = {
+    "exit_code": ("usererror", "FailureExitCode", "The task exited with an exit code representing a failure"),
+    "timeout": ("servererror", "TaskEnded", "The task exceeded its maxWallClockTime and was terminated"),
+    "input_missing": ("usererror", "BlobNotFound", "One of the specified Azure Blob(s) is not found"),
+    "staging_failed": ("servererror", "BlobDownloadMiscError",
+                       "Miscellaneous error encountered while downloading one of the specified Azure Blob(s)"),
+    "unsafe_path": ("usererror", "ResourceFileCreateFailed", "Failure encountered creating resource file"),
+    "start_failed": ("usererror", "CommandProgramNotFound", "The specified command program is not found"),
+    "output_missing": ("usererror", "FileUploadMiscError", "A required output file was not found"),
+    "upload_failed": ("usererror", "FileUploadMiscError", "An output file could not be uploaded"),
+}
+# Failures that happen before the process runs: Batch reports no exit code for them.
+PRE_RUN = {"input_missing", "staging_failed", "unsafe_path", "start_failed"}
+
+
+def failure_info(record: AttemptRecord) -> dict[str, Any] | None:
+    if record.failure_category is None:
+        return None
+    category, code, message = _FAILURES.get(
+        record.failure_category, ("servererror", "TaskFailed", "The task failed on the node"))
+    if record.failure_category in ("input_missing", "staging_failed") and "not found" in (record.failure_message or ""):
+        category, code, message = _FAILURES["input_missing"]
+    details = [{"name": "Message", "value": record.failure_message}] if record.failure_message else []
+    return {"category": category, "code": code, "message": message, "details": details}
+
+
+def exit_code(record: AttemptRecord) -> int | None:
+    if record.failure_category in PRE_RUN or record.exit_code is None:
+        return None
+    # A signal death (negative returncode) is reported the way a Linux shell shows it.
+    return 128 - record.exit_code if record.exit_code < 0 else record.exit_code

@@ -1,0 +1,452 @@
+"""One task's life on a node: stage, run, upload, record.
+
+Shared unchanged by the local backend's workers and the Batch API emulator's nodes, so
+a command sees the same world under both (and under real Azure Batch, whose layout and
+variables this copies):
+
+    $AZ_BATCH_NODE_ROOT_DIR/
+        shared/                       AZ_BATCH_NODE_SHARED_DIR
+        startup/                      AZ_BATCH_NODE_STARTUP_DIR
+        workitems/<job>/job-1/<task>/ AZ_BATCH_TASK_DIR
+            wd/                       AZ_BATCH_TASK_WORKING_DIR (the command's cwd)
+            stdout.txt  stderr.txt
+
+Guarantees to the command:
+- it runs with ``argv`` exactly as given (no shell), cwd = its working dir, in its own
+  process group; at the wall-clock limit the whole group (and any descendant that left
+  it) is killed;
+- every resource file is fully downloaded before it starts (missing input -> the task
+  fails as ``input_missing`` and is not retried);
+- it never sees batchyard's own secrets in its environment;
+- outputs are uploaded only after it exits, per ``upload_on``; a file that resolves
+  outside the working dir (a symlink out) is never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import psutil
+
+from .errors import StorageError, UnsafePathError
+from .redact import redact
+from .storage import BlobTransfer, SourceMissingError
+
+log = logging.getLogger(__name__)
+
+STDERR_TAIL_BYTES = 8 * 1024
+UploadOn = Literal["success", "failure", "completion"]
+FailureCategory = Literal[
+    "exit_code", "timeout", "input_missing", "staging_failed", "start_failed",
+    "output_missing", "upload_failed", "unsafe_path", "cancelled", "node_lost", "poison", "lost",
+]
+# Failures a retry cannot fix: the same inputs give the same answer.
+PERMANENT_FAILURES: frozenset[str] = frozenset(
+    {"input_missing", "unsafe_path", "output_missing", "start_failed", "timeout", "cancelled", "poison"}
+)
+# Environment variables that carry batchyard's own credentials; a task never inherits them.
+SECRET_ENV_VARS: frozenset[str] = frozenset({
+    "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
+    "BATCHYARD_BATCH_KEY", "AZURE_BATCH_ACCESS_KEY", "AZURE_CLIENT_SECRET",
+})
+
+
+# ---------------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ResourceFile:
+    """A file to stage into the working dir: a blob on the configured account, or a (SAS) URL."""
+
+    file_path: str
+    container: str | None = None
+    blob: str | None = None
+    http_url: str | None = field(default=None, repr=False)  # may carry a SAS signature
+    is_input: bool = False  # missing -> input_missing (else staging_failed)
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """Files matching ``pattern`` (relative to the working dir; Batch's ``../`` reaches the task
+    dir) go to ``container`` on the configured account or to ``container_url`` (a SAS URL).
+
+    With a wildcard in the pattern, ``path`` is a prefix and each file keeps its path relative
+    to the pattern's fixed leading directories; without one, ``path`` is the blob name (or a
+    prefix when it ends with ``/``). This is Batch's OutputFile rule.
+    """
+
+    pattern: str
+    path: str = ""
+    upload_on: UploadOn = "success"
+    optional: bool = False
+    container: str | None = None
+    container_url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """The node a task runs on: where its directories live and what it reports about itself."""
+
+    root: Path
+    node_id: str = "local-0"
+    pool_id: str = "local"
+    account_name: str = "local"
+    account_url: str = ""
+    is_dedicated: bool = True
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def startup_dir(self) -> Path:
+        return self.root / "startup"
+
+    def task_dir(self, job_id: str, task_id: str) -> Path:
+        return self.root / "workitems" / job_id / "job-1" / task_id
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything needed to run one task, backend-neutral (a subset of Batch's task)."""
+
+    job_id: str
+    task_id: str
+    argv: tuple[str, ...]
+    environment: Mapping[str, str] = field(default_factory=dict)
+    resource_files: tuple[ResourceFile, ...] = ()
+    output_files: tuple[OutputFile, ...] = ()
+    max_wall_clock_seconds: float | None = None
+    max_task_retry_count: int = 0  # -1 = retry without limit (Batch semantics)
+    keep_task_dir: bool = True
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt's facts, as recorded and reported."""
+
+    number: int
+    started_at: str
+    ended_at: str
+    exit_code: int | None
+    failure_category: str | None = None
+    failure_message: str | None = None
+    node_id: str = ""
+    slot: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failure_category is None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "number": self.number, "started_at": self.started_at, "ended_at": self.ended_at,
+            "exit_code": self.exit_code, "failure_category": self.failure_category,
+            "failure_message": self.failure_message, "node_id": self.node_id, "slot": self.slot,
+        }
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """The end of a task after all its attempts."""
+
+    succeeded: bool
+    attempts: tuple[AttemptRecord, ...]
+    stderr_tail: str = ""
+    uploaded: tuple[str, ...] = ()
+
+    @property
+    def last(self) -> AttemptRecord:
+        return self.attempts[-1]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------- paths
+def safe_relative_path(name: str, *, what: str) -> PurePosixPath:
+    """A relative path that cannot leave the directory it is joined to, or UnsafePathError."""
+    if "\x00" in name:
+        raise UnsafePathError(f"{what}: NUL byte in path {name!r}")
+    if "\\" in name:
+        raise UnsafePathError(f"{what}: backslash in path {name!r} (use '/')")
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or name.startswith("/"):
+        raise UnsafePathError(f"{what}: path {name!r} must be relative")
+    if any(part == ".." for part in path.parts):
+        raise UnsafePathError(f"{what}: path {name!r} must not contain '..'")
+    if path.parts and path.parts[0] in ("", "."):
+        path = PurePosixPath(*[p for p in path.parts if p != "."]) if len(path.parts) > 1 else path
+    return path
+
+
+def _inside(base: Path, candidate: Path) -> bool:
+    try:
+        candidate.resolve().relative_to(base.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def task_environment(spec: TaskSpec, node: NodeContext, task_dir: Path) -> dict[str, str]:
+    """The command's environment: the host's (minus secrets), AZ_BATCH_*, then the job's own."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS and not k.startswith("AZ_BATCH_")}
+    env.update({
+        "AZ_BATCH_ACCOUNT_NAME": node.account_name,
+        "AZ_BATCH_ACCOUNT_URL": node.account_url,
+        "AZ_BATCH_POOL_ID": node.pool_id,
+        "AZ_BATCH_NODE_ID": node.node_id,
+        "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.is_dedicated else "false",
+        "AZ_BATCH_NODE_ROOT_DIR": str(node.root),
+        "AZ_BATCH_NODE_SHARED_DIR": str(node.shared_dir),
+        "AZ_BATCH_NODE_STARTUP_DIR": str(node.startup_dir),
+        "AZ_BATCH_JOB_ID": spec.job_id,
+        "AZ_BATCH_TASK_ID": spec.task_id,
+        "AZ_BATCH_TASK_DIR": str(task_dir),
+        "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
+    })
+    env.update(spec.environment)
+    return env
+
+
+# ---------------------------------------------------------------------------------------------- run
+def kill_process_tree(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the command's process group and every descendant, including any that left the group."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+
+
+def _tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - limit))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+class _Attempt:
+    """State of one attempt, so each step can fail with its own category."""
+
+    def __init__(self, spec: TaskSpec, node: NodeContext, number: int, slot: int) -> None:
+        self.spec, self.node, self.number, self.slot = spec, node, number, slot
+        self.task_dir = node.task_dir(spec.job_id, spec.task_id)
+        self.wd = self.task_dir / "wd"
+        self.started_at = now_iso()
+        self.exit_code: int | None = None
+
+    def record(self, category: str | None, message: str | None) -> AttemptRecord:
+        return AttemptRecord(
+            number=self.number, started_at=self.started_at, ended_at=now_iso(), exit_code=self.exit_code,
+            failure_category=category, failure_message=redact(message) if message else None,
+            node_id=self.node.node_id, slot=self.slot,
+        )
+
+
+def _stage(attempt: _Attempt, transfer: BlobTransfer) -> None:
+    # A retry starts from a clean working dir, like a fresh task on another node.
+    if attempt.task_dir.exists():
+        shutil.rmtree(attempt.task_dir, ignore_errors=True)
+    attempt.wd.mkdir(parents=True, exist_ok=True)
+    for rf in attempt.spec.resource_files:
+        rel = safe_relative_path(rf.file_path, what=f"resource file {rf.file_path!r}")
+        dest = attempt.wd / rel
+        if not _inside(attempt.wd, dest.parent if dest.parent.exists() else attempt.wd):
+            raise UnsafePathError(f"resource file {rf.file_path!r} would land outside the working dir")
+        transfer.download(dest, container=rf.container, name=rf.blob, url=rf.http_url)
+
+
+def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
+    """Run the command; returns None, 'timeout' or 'cancelled'."""
+    spec = attempt.spec
+    env = task_environment(spec, attempt.node, attempt.task_dir)
+    with (attempt.task_dir / "stdout.txt").open("wb") as out, (attempt.task_dir / "stderr.txt").open("wb") as err:
+        proc = subprocess.Popen(
+            list(spec.argv), cwd=attempt.wd, env=env, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=err, start_new_session=True, close_fds=True,
+        )
+        deadline = time.monotonic() + spec.max_wall_clock_seconds if spec.max_wall_clock_seconds else None
+        while True:
+            step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            try:
+                attempt.exit_code = proc.wait(timeout=step)
+                # The leader exited; children it left in its group would outlive the task.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            if deadline is not None and time.monotonic() >= deadline:
+                kill_process_tree(proc)
+                attempt.exit_code = proc.returncode
+                return "timeout"
+            if cancel is not None and cancel.is_set():
+                kill_process_tree(proc)
+                attempt.exit_code = proc.returncode
+                return "cancelled"
+
+
+def _pattern_base(pattern: str) -> tuple[str, bool]:
+    """The pattern's fixed leading directories, and whether it has a wildcard at all."""
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    has_wildcard = any(c in pattern for c in "*?[")
+    return "/".join(fixed), has_wildcard
+
+
+def match_outputs(wd: Path, pattern: str) -> list[tuple[Path, str]]:
+    """Regular files matching ``pattern`` with their upload-relative names; symlinks never followed.
+
+    ``../`` (one level, as Batch allows for ``../std*.txt``) reaches the task dir.
+    """
+    base_dir = wd
+    rest = pattern
+    if rest.startswith("../"):
+        base_dir, rest = wd.parent, rest[3:]
+    safe_relative_path(rest, what=f"output pattern {pattern!r}")
+    fixed, has_wildcard = _pattern_base(rest)
+    found: list[tuple[Path, str]] = []
+    candidates = base_dir.glob(rest) if has_wildcard else [base_dir / rest]
+    for path in candidates:
+        if path.is_symlink() or not path.is_file():
+            if path.is_symlink():
+                log.warning("output %s is a symlink; not followed", path.name)
+            continue
+        if not _inside(base_dir, path):
+            continue
+        rel = path.relative_to(base_dir).as_posix()
+        if fixed and rel.startswith(fixed + "/"):
+            rel = rel[len(fixed) + 1:]
+        elif not has_wildcard:
+            rel = path.name
+        found.append((path, rel))
+    found.sort(key=lambda item: item[1])
+    return found
+
+
+def _blob_name(output: OutputFile, rel: str, has_wildcard: bool) -> str:
+    if has_wildcard or not output.path or output.path.endswith("/"):
+        return f"{output.path}{rel}" if output.path.endswith("/") or not output.path else f"{output.path}/{rel}"
+    return output.path
+
+
+def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[str | None, str | None, list[str]]:
+    """Upload outputs for this outcome; returns (category, message, uploaded names)."""
+    uploaded: list[str] = []
+    for output in attempt.spec.output_files:
+        wanted = output.upload_on == "completion" or (output.upload_on == "success") == ran_ok
+        if not wanted:
+            continue
+        matches = match_outputs(attempt.wd, output.pattern)
+        if not matches:
+            if output.optional or not ran_ok:
+                continue
+            return "output_missing", f"output pattern {output.pattern!r} matched no file in the working dir", uploaded
+        _, has_wildcard = _pattern_base(output.pattern.removeprefix("../"))
+        for path, rel in matches:
+            name = _blob_name(output, rel, has_wildcard)
+            try:
+                transfer.upload(path, blob_name=name, container=output.container, container_url=output.container_url)
+            except StorageError as exc:
+                return "upload_failed", str(exc), uploaded
+            uploaded.append(name)
+    return None, None, uploaded
+
+
+def run_attempt(
+    spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, number: int = 1, slot: int = 0,
+    cancel: threading.Event | None = None,
+) -> tuple[AttemptRecord, list[str]]:
+    """Run one attempt end to end. Never raises for task-level failures: they are recorded."""
+    attempt = _Attempt(spec, node, number, slot)
+    try:
+        _stage(attempt, transfer)
+    except UnsafePathError as exc:
+        return attempt.record("unsafe_path", str(exc)), []
+    except SourceMissingError as exc:
+        missing_input = any(rf.is_input for rf in spec.resource_files)
+        return attempt.record("input_missing" if missing_input else "staging_failed", str(exc)), []
+    except StorageError as exc:
+        return attempt.record("staging_failed", str(exc)), []
+    try:
+        stopped = _execute(attempt, cancel)
+    except OSError as exc:  # command not found, not executable
+        with contextlib.suppress(OSError):
+            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: cannot start {spec.argv[0]!r}: {exc}\n")
+        return attempt.record("start_failed", f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}"), []
+    if stopped == "timeout":
+        message = f"killed after max_wall_clock_time ({spec.max_wall_clock_seconds:g} s)"
+        category: str | None = "timeout"
+    elif stopped == "cancelled":
+        return attempt.record("cancelled", "the job was cancelled"), []
+    elif attempt.exit_code != 0:
+        category, message = "exit_code", f"command exited with code {attempt.exit_code}"
+    else:
+        category, message = None, None
+    up_category, up_message, uploaded = _upload(attempt, transfer, ran_ok=category is None)
+    if category is None and up_category is not None:
+        category, message = up_category, up_message
+    return attempt.record(category, message), uploaded
+
+
+def should_retry(record: AttemptRecord, spec: TaskSpec) -> bool:
+    if record.succeeded or record.failure_category in PERMANENT_FAILURES:
+        return False
+    return spec.max_task_retry_count < 0 or record.number <= spec.max_task_retry_count
+
+
+def run_task(
+    spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, first_attempt: int = 1, slot: int = 0,
+    cancel: threading.Event | None = None,
+    on_attempt: Callable[[AttemptRecord], None] | None = None,
+) -> TaskOutcome:
+    """Run attempts until one succeeds, a failure is permanent, or retries are used up."""
+    attempts: list[AttemptRecord] = []
+    number = first_attempt
+    uploaded: list[str] = []
+    while True:
+        record, uploaded = run_attempt(spec, node=node, transfer=transfer, number=number, slot=slot, cancel=cancel)
+        attempts.append(record)
+        if on_attempt is not None:
+            on_attempt(record)
+        if not should_retry(record, spec):
+            break
+        number += 1
+    task_dir = node.task_dir(spec.job_id, spec.task_id)
+    tail = redact(_tail(task_dir / "stderr.txt"))
+    if not spec.keep_task_dir:
+        shutil.rmtree(task_dir, ignore_errors=True)
+    return TaskOutcome(succeeded=attempts[-1].succeeded, attempts=tuple(attempts), stderr_tail=tail,
+                       uploaded=tuple(uploaded))
+
+
+def fnmatch_name(name: str, pattern: str) -> bool:
+    """Case-sensitive glob match of a blob name (after its prefix), '/' matched by '*' too."""
+    return fnmatch.fnmatchcase(name, pattern)

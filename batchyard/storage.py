@@ -1,0 +1,399 @@
+"""Blob, queue and table access on one storage account (Azure or Azurite).
+
+One :class:`Storage` per process holds the service clients, so connections are reused
+across tasks (on loopback a fresh connection per call costs more than the call). Every
+client has connect/read timeouts: Azurite can stall, and a hung call must not hang a
+worker forever.
+
+:class:`BlobTransfer` moves files between a task's working directory and Blob storage,
+either by (container, blob name) on the configured account or by a SAS URL, the way a
+Batch node does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+from azure.storage.blob import (
+    BlobClient,
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    ContainerSasPermissions,
+    generate_blob_sas,
+    generate_container_sas,
+)
+
+from .errors import AuthenticationError, ConfigError, StorageError
+from .redact import redact, register_secret, strip_sas
+
+log = logging.getLogger(__name__)
+
+# Connect fast (loopback or a nearby region), but allow slow reads of big blocks.
+CONNECTION_TIMEOUT_S = 10
+READ_TIMEOUT_S = 120
+_CLIENT_KWARGS: dict[str, Any] = {
+    "connection_timeout": CONNECTION_TIMEOUT_S,
+    "read_timeout": READ_TIMEOUT_S,
+    "retry_total": 6,
+    "retry_backoff_factor": 0.5,
+    "retry_backoff_max": 8,
+}
+BLOCK_SIZE = 8 * 1024 * 1024
+POOL_SIZE = 32  # concurrent sends/uploads share a client; urllib3's default of 10 would churn connections
+
+
+def _client_kwargs() -> dict[str, Any]:
+    """Per-client options: timeouts, retries and a connection pool sized for our concurrency."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return {**_CLIENT_KWARGS, "transport": RequestsTransport(session=session, session_owner=True)}
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    """One storage account's endpoints and key. Its repr never shows the key."""
+
+    account_name: str
+    blob_endpoint: str
+    queue_endpoint: str
+    table_endpoint: str
+    account_key: str = field(repr=False, default="")
+
+    def __post_init__(self) -> None:
+        register_secret(self.account_key)
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str, *, source: str = "connection string") -> StorageAccount:
+        parts: dict[str, str] = {}
+        for piece in conn_str.strip().split(";"):
+            if not piece.strip():
+                continue
+            key, sep, value = piece.partition("=")
+            if not sep:
+                raise ConfigError(f"{source}: malformed (expected key=value pairs separated by ';')")
+            parts[key.strip().lower()] = value.strip()
+        if parts.get("usedevelopmentstorage", "").lower() == "true":
+            raise ConfigError(
+                f"{source}: UseDevelopmentStorage=true points at fixed ports; run "
+                "`batchyard emulator env` and use the connection string it prints"
+            )
+        name = parts.get("accountname")
+        key = parts.get("accountkey")
+        if not name:
+            raise ConfigError(f"{source}: AccountName is missing")
+        if not key:
+            raise ConfigError(f"{source}: AccountKey is missing (SAS-only connection strings are not supported)")
+        register_secret(key)
+        protocol = parts.get("defaultendpointsprotocol", "https")
+        suffix = parts.get("endpointsuffix", "core.windows.net")
+
+        def endpoint(kind: str) -> str:
+            explicit = parts.get(f"{kind}endpoint")
+            return (explicit or f"{protocol}://{name}.{kind}.{suffix}").rstrip("/")
+
+        return cls(
+            account_name=name,
+            account_key=key,
+            blob_endpoint=endpoint("blob"),
+            queue_endpoint=endpoint("queue"),
+            table_endpoint=endpoint("table"),
+        )
+
+    def connection_string(self) -> str:
+        """The secret-bearing connection string; never log it."""
+        return (
+            f"DefaultEndpointsProtocol={urlsplit(self.blob_endpoint).scheme};AccountName={self.account_name};"
+            f"AccountKey={self.account_key};BlobEndpoint={self.blob_endpoint};"
+            f"QueueEndpoint={self.queue_endpoint};TableEndpoint={self.table_endpoint};"
+        )
+
+    @property
+    def is_local(self) -> bool:
+        host = urlsplit(self.blob_endpoint).hostname or ""
+        return host in ("127.0.0.1", "localhost", "::1") or host.startswith("azurite")
+
+
+def translate_error(exc: Exception, what: str) -> Exception:
+    """Turn an SDK exception into a batchyard error whose message names ``what`` and holds no secret."""
+    if isinstance(exc, ClientAuthenticationError) or (
+        isinstance(exc, HttpResponseError) and exc.status_code == 403
+    ):
+        return AuthenticationError(
+            f"{what}: the storage account refused the credentials (HTTP 403). "
+            "Check the AccountKey in AZURE_STORAGE_CONNECTION_STRING or [storage] in batchyard.toml."
+        )
+    if isinstance(exc, ServiceRequestError):
+        return StorageError(f"{what}: storage endpoint unreachable ({redact(str(exc).splitlines()[0])})")
+    code = getattr(exc, "error_code", None) or type(exc).__name__
+    first_line = redact(str(exc).splitlines()[0] if str(exc) else "")
+    return StorageError(f"{what}: {code}: {first_line}")
+
+
+class Storage:
+    """Cached, thread-safe service clients for one account, plus SAS helpers."""
+
+    def __init__(self, account: StorageAccount) -> None:
+        self.account = account
+        self._lock = threading.Lock()
+        self._blob: BlobServiceClient | None = None
+        self._queue: Any = None
+        self._table: Any = None
+        self._containers: dict[str, ContainerClient] = {}
+
+    def __repr__(self) -> str:
+        return f"Storage(account={self.account.account_name!r}, blob={self.account.blob_endpoint!r})"
+
+    @classmethod
+    def from_connection_string(cls, conn_str: str) -> Storage:
+        return cls(StorageAccount.from_connection_string(conn_str))
+
+    # --- clients -------------------------------------------------------------------------------------
+    @property
+    def blob_service(self) -> BlobServiceClient:
+        with self._lock:
+            if self._blob is None:
+                self._blob = BlobServiceClient.from_connection_string(
+                    self.account.connection_string(), max_block_size=BLOCK_SIZE,
+                    max_single_put_size=BLOCK_SIZE, **_client_kwargs(),
+                )
+            return self._blob
+
+    @property
+    def queue_service(self) -> Any:
+        from azure.storage.queue import QueueServiceClient
+
+        with self._lock:
+            if self._queue is None:
+                self._queue = QueueServiceClient.from_connection_string(
+                    self.account.connection_string(), **_client_kwargs()
+                )
+            return self._queue
+
+    @property
+    def table_service(self) -> Any:
+        from azure.data.tables import TableServiceClient
+
+        with self._lock:
+            if self._table is None:
+                self._table = TableServiceClient.from_connection_string(
+                    self.account.connection_string(), **_client_kwargs()
+                )
+            return self._table
+
+    def container(self, name: str) -> ContainerClient:
+        with self._lock:
+            client = self._containers.get(name)
+        if client is None:
+            client = self.blob_service.get_container_client(name)
+            with self._lock:
+                self._containers[name] = client
+        return client
+
+    def ensure_container(self, name: str) -> None:
+        try:
+            self.container(name).create_container()
+        except ResourceExistsError:
+            pass
+        except Exception as exc:
+            raise translate_error(exc, f"creating container {name!r}") from None
+
+    def preflight(self) -> None:
+        """One cheap authenticated call to each service; fails fast with a clear error."""
+        checks = (
+            ("blob service", lambda: next(iter(self.blob_service.list_containers(results_per_page=1)), None)),
+            ("queue service", lambda: next(iter(self.queue_service.list_queues(results_per_page=1)), None)),
+            ("table service", lambda: next(iter(self.table_service.list_tables(results_per_page=1)), None)),
+        )
+        for what, call in checks:
+            try:
+                call()
+            except Exception as exc:
+                raise translate_error(
+                    exc, f"storage preflight ({what} of account {self.account.account_name!r})"
+                ) from None
+
+    # --- blobs -------------------------------------------------------------------------------------
+    def list_blob_names(self, container: str, prefix: str = "") -> Iterator[str]:
+        try:
+            for item in self.container(container).list_blobs(name_starts_with=prefix or None):
+                yield item.name
+        except ResourceNotFoundError:
+            raise StorageError(f"container {container!r} does not exist") from None
+        except Exception as exc:
+            raise translate_error(exc, f"listing container {container!r}") from None
+
+    def upload_file(self, container: str, name: str, path: Path, *, overwrite: bool = True) -> int:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            self.container(container).upload_blob(
+                name, fh, length=size, overwrite=overwrite, max_concurrency=4
+            )
+        return size
+
+    def upload_bytes(self, container: str, name: str, data: bytes, *, overwrite: bool = True) -> None:
+        self.container(container).upload_blob(name, data, length=len(data), overwrite=overwrite)
+
+    def download_bytes(self, container: str, name: str) -> bytes:
+        return self.container(container).download_blob(name, max_concurrency=1).readall()
+
+    def blob_md5(self, container: str, name: str) -> bytes | None:
+        try:
+            props = self.container(container).get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        md5 = props.content_settings.content_md5
+        return bytes(md5) if md5 else b""
+
+    # --- SAS ---------------------------------------------------------------------------------------
+    def blob_sas_url(self, container: str, name: str, *, expiry: timedelta, permission: str = "r") -> str:
+        start = datetime.now(UTC) - timedelta(minutes=5)  # clock skew between us and the service
+        token = generate_blob_sas(
+            self.account.account_name, container, name,
+            account_key=self.account.account_key,
+            permission=BlobSasPermissions.from_string(permission),
+            expiry=datetime.now(UTC) + expiry, start=start,
+        )
+        return f"{self.container(container).get_blob_client(name).url}?{token}"
+
+    def container_sas_url(self, container: str, *, expiry: timedelta, permission: str = "cw") -> str:
+        start = datetime.now(UTC) - timedelta(minutes=5)
+        token = generate_container_sas(
+            self.account.account_name, container,
+            account_key=self.account.account_key,
+            permission=ContainerSasPermissions.from_string(permission),
+            expiry=datetime.now(UTC) + expiry, start=start,
+        )
+        return f"{self.container(container).url}?{token}"
+
+
+class SourceMissingError(StorageError):
+    """The blob to stage does not exist (a permanent failure for the task)."""
+
+
+def file_md5(path: Path) -> bytes:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.digest()
+
+
+class BlobTransfer:
+    """Downloads and uploads for a task, by account reference or by SAS URL.
+
+    Clients made from SAS URLs are cached per container URL (with its token), so a node
+    staging many files from one container reuses one connection pool.
+    """
+
+    def __init__(self, storage: Storage | None) -> None:
+        self.storage = storage
+        self._url_containers: dict[str, ContainerClient] = {}
+        self._lock = threading.Lock()
+
+    def _container_for_url(self, container_url: str) -> ContainerClient:
+        with self._lock:
+            client = self._url_containers.get(container_url)
+            if client is None:
+                client = ContainerClient.from_container_url(container_url, **_client_kwargs())
+                self._url_containers[container_url] = client
+            return client
+
+    def _blob_from_url(self, blob_url: str) -> BlobClient:
+        # Split the URL into container URL (+ its SAS query) and blob name, so the container
+        # client, and its connections, are shared by every blob of that container.
+        base, _, query = blob_url.partition("?")
+        parts = urlsplit(base)
+        path_bits = parts.path.lstrip("/").split("/")
+        # path style (Azurite/emulators: /account/container/blob) or host style (/container/blob)
+        is_path_style = parts.hostname in ("127.0.0.1", "localhost", "::1") or (
+            self.storage is not None and base.startswith(self.storage.account.blob_endpoint)
+            and urlsplit(self.storage.account.blob_endpoint).path not in ("", "/")
+        )
+        n_prefix = 2 if is_path_style else 1
+        container_url = f"{parts.scheme}://{parts.netloc}/" + "/".join(path_bits[:n_prefix])
+        blob_name = unquote("/".join(path_bits[n_prefix:]))
+        if query:
+            container_url = f"{container_url}?{query}"
+        return self._container_for_url(container_url).get_blob_client(blob_name)
+
+    def blob_client(self, *, container: str | None = None, name: str | None = None,
+                    url: str | None = None) -> BlobClient:
+        if url:
+            return self._blob_from_url(url)
+        if self.storage is None or container is None or name is None:
+            raise StorageError("no storage account configured for a (container, blob) reference")
+        return self.storage.container(container).get_blob_client(name)
+
+    def download(self, dest: Path, *, container: str | None = None, name: str | None = None,
+                 url: str | None = None) -> int:
+        """Download one blob to ``dest``; raises :class:`SourceMissingError` if it does not exist."""
+        client = self.blob_client(container=container, name=name, url=url)
+        what = strip_sas(url) if url else f"{container}/{name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with tmp.open("wb") as fh:
+                stream = client.download_blob(max_concurrency=4)
+                size = stream.readinto(fh)
+            os.replace(tmp, dest)
+            return size
+        except ResourceNotFoundError:
+            tmp.unlink(missing_ok=True)
+            raise SourceMissingError(f"input blob not found: {what}") from None
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise translate_error(exc, f"downloading {what}") from None
+
+    def upload(self, src: Path, *, blob_name: str, container: str | None = None,
+               container_url: str | None = None) -> int:
+        """Upload a file in blocks, with its MD5 set on the blob so readers can verify it."""
+        if container_url:
+            client = self._container_for_url(container_url).get_blob_client(blob_name)
+            what = f"{strip_sas(container_url)}/{blob_name}"
+        else:
+            if self.storage is None or container is None:
+                raise StorageError("no storage account configured for an output container")
+            client = self.storage.container(container).get_blob_client(blob_name)
+            what = f"{container}/{blob_name}"
+        from azure.storage.blob import ContentSettings
+
+        size = src.stat().st_size
+        try:
+            md5 = file_md5(src)
+            with src.open("rb") as fh:
+                client.upload_blob(
+                    fh, length=size, overwrite=True, max_concurrency=4,
+                    content_settings=ContentSettings(content_md5=bytearray(md5)),
+                )
+            return size
+        except Exception as exc:
+            raise translate_error(exc, f"uploading {what}") from None
+
+    def list_names(self, container_url: str, prefix: str = "") -> list[str]:
+        try:
+            return [b.name for b in self._container_for_url(container_url).list_blobs(
+                name_starts_with=prefix or None)]
+        except Exception as exc:
+            raise translate_error(exc, f"listing {strip_sas(container_url)}") from None

@@ -1,0 +1,363 @@
+"""The local backend's worker: take a message, claim its tasks, run them, record, delete.
+
+Delivery is at least once and results are exactly once:
+
+- a message is received with a visibility lease that a keeper thread renews while the
+  command runs, together with the task row's claim (``claim_expires``);
+- before running, the worker claims the task row with an ETag-guarded update; a row
+  already final is skipped (duplicate message), one claimed by a live worker is left to
+  it, one whose claim expired (its worker died) is taken over and the lost attempt noted;
+- the final result is written with the claim's ETag, so a worker that lost its claim
+  (paused past its lease) cannot overwrite the result of the one that took over;
+- only then is the message deleted. A message that cannot be parsed, names an unknown
+  job, or was delivered more than ``max_dequeue_count`` times goes to ``<queue>-poison``
+  with the reason, and its unfinished tasks are failed as ``poison``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from .config import Config
+from .errors import JobNotFoundError, JobValidationError, StorageError
+from .job import Job, OutputSpec, job_from_dict, output_prefix
+from .records import JobStore, TaskMessage, task_def_from_entity
+from .redact import redact
+from .runner import (
+    AttemptRecord,
+    NodeContext,
+    OutputFile,
+    ResourceFile,
+    TaskSpec,
+    now_iso,
+    run_task,
+)
+from .storage import BlobTransfer, Storage
+
+log = logging.getLogger(__name__)
+
+JOB_CACHE_S = 2.0
+
+
+class StorageLostError(StorageError):
+    """The queue or tables this worker serves are gone: the job cannot complete."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    lease_s: float = 30.0
+    max_dequeue_count: int = 5
+    keep_task_dirs: bool = False
+    idle_exit_s: float | None = None  # exit after this long with nothing to do (None: never)
+    poll_max_s: float = 1.0
+
+
+def log_output(job_id: str, task_id: str, log_container: str) -> tuple[OutputFile, OutputFile]:
+    """stdout/stderr are uploaded after every attempt, like Batch's ``../std*.txt`` output files."""
+    return tuple(  # type: ignore[return-value]
+        OutputFile(pattern=f"../{name}", path=f"{job_id}/{task_id}/{name}", upload_on="completion",
+                   optional=True, container=log_container)
+        for name in ("stdout.txt", "stderr.txt")
+    )
+
+
+def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_task_dir: bool,
+                     retry_bonus: int = 0) -> TaskSpec:
+    """The TaskSpec of one task row under the local backend (blobs by account reference)."""
+    task = task_def_from_entity(entity)
+    resources = [
+        ResourceFile(file_path=rf.target, container=store.system_container,
+                     blob=store.resource_blob(job.id, rf.target))
+        for rf in job.resource_files
+    ]
+    if task.input_blob is not None and task.input_path is not None:
+        resources.append(ResourceFile(file_path=task.input_path, container=task.input_container,
+                                      blob=task.input_blob, is_input=True))
+    outputs = [_output(job, out, task) for out in job.outputs]
+    outputs.extend(log_output(job.id, task.task_id, store.log_container))
+    retries = job.constraints.max_task_retry_count
+    return TaskSpec(
+        job_id=job.id, task_id=task.task_id, argv=task.argv,
+        environment={**job.environment, **dict(task.params)},
+        resource_files=tuple(resources), output_files=tuple(outputs),
+        max_wall_clock_seconds=job.constraints.max_wall_clock_time,
+        max_task_retry_count=retries if retries < 0 else retries + retry_bonus,
+        keep_task_dir=keep_task_dir,
+    )
+
+
+def _output(job: Job, out: OutputSpec, task: Any) -> OutputFile:
+    prefix = output_prefix(job, out, task)
+    return OutputFile(pattern=out.pattern, path=prefix, upload_on=out.upload_on, optional=out.optional,
+                      container=out.container)
+
+
+class _Keeper(threading.Thread):
+    """Renews the message lease and the current task's claim; flags loss of either."""
+
+    def __init__(self, worker: Worker, message: Any) -> None:
+        super().__init__(daemon=True, name="lease-keeper")
+        self.worker = worker
+        self.message_id = message.id
+        self.pop_receipt = message.pop_receipt
+        self.lock = threading.Lock()
+        self.task: tuple[str, str] | None = None
+        self.etag: str | None = None
+        self.cancel = threading.Event()
+        self.lost_claim = False
+        self.lost_message = False
+        self._stop_event = threading.Event()
+
+    def track(self, job_id: str, task_id: str, etag: str) -> None:
+        with self.lock:
+            self.task, self.etag, self.lost_claim = (job_id, task_id), etag, False
+            self.cancel = threading.Event()
+
+    def current_etag(self) -> str | None:
+        with self.lock:
+            return self.etag
+
+    def run(self) -> None:
+        lease = self.worker.options.lease_s
+        interval = max(0.2, min(lease / 3.0, 10.0))
+        while not self._stop_event.wait(interval):
+            self._renew(lease)
+
+    def _renew(self, lease: float) -> None:
+        store = self.worker.store
+        try:
+            receipt = store.queue.update_message(self.message_id, self.pop_receipt, visibility_timeout=int(lease) or 1)
+            self.pop_receipt = receipt.pop_receipt
+        except ResourceNotFoundError:
+            self.lost_message = True  # our receipt is stale: someone else has the message
+        except Exception as exc:  # transient: the next tick tries again; the claim still protects us
+            log.warning("renewing message lease failed: %s", redact(str(exc).splitlines()[0]))
+        with self.lock:
+            task, etag, cancel = self.task, self.etag, self.cancel
+        if task is None or etag is None:
+            return
+        try:
+            new_etag = store.renew_claim(task[0], task[1], lease_s=lease, etag=etag)
+        except Exception as exc:
+            log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
+            return
+        with self.lock:
+            if new_etag is None:
+                self.lost_claim = True
+                cancel.set()  # someone else owns the task now: stop our copy of the command
+            elif self.task == task:
+                self.etag = new_etag
+        if self.worker.job_cancelled(task[0]):
+            cancel.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class Worker:
+    """One worker slot: a loop over queue messages, running one task at a time."""
+
+    def __init__(self, storage: Storage, config: Config, *, index: int = 0,
+                 options: WorkerOptions | None = None, work_dir: Path | None = None) -> None:
+        self.storage = storage
+        self.config = config
+        self.store = JobStore(storage, config)
+        self.transfer = BlobTransfer(storage)
+        self.options = options or WorkerOptions(
+            lease_s=config.local.lease_seconds, max_dequeue_count=config.local.max_dequeue_count,
+            keep_task_dirs=config.local.keep_task_dirs,
+        )
+        host = socket.gethostname()
+        self.node_id = f"{host}-w{index}"
+        self.owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        root = (work_dir or Path(config.local.work_dir or config.home / "work")) / f"node-{os.getpid()}-{index}"
+        self.node = NodeContext(root=root, node_id=self.node_id, pool_id="local", account_name="local",
+                                account_url="local://", is_dedicated=True)
+        self._jobs: dict[str, tuple[float, dict[str, Any], Job | None]] = {}
+        self.tasks_run = 0
+
+    # --- job info ------------------------------------------------------------------------------------
+    def _job(self, job_id: str) -> tuple[dict[str, Any] | None, Job | None]:
+        cached = self._jobs.get(job_id)
+        if cached and cached[0] > time.monotonic():
+            return cached[1], cached[2]
+        entity = self.store.get_job_entity(job_id)
+        if entity is None:
+            return None, None
+        job = cached[2] if cached and cached[1].get("spec_hash") == entity.get("spec_hash") else None
+        if job is None:
+            doc = self.store.load_job_doc(job_id)
+            job = job_from_dict(doc["job"], source=f"job {job_id}", stored=True)
+        self._jobs[job_id] = (time.monotonic() + JOB_CACHE_S, entity, job)
+        return entity, job
+
+    def job_cancelled(self, job_id: str) -> bool:
+        entity, _ = self._job(job_id)
+        return entity is None or entity.get("state") == "cancelled"
+
+    # --- loop ----------------------------------------------------------------------------------------
+    def serve(self, stop: threading.Event | Any) -> None:
+        """Handle messages until ``stop`` is set (or idle past ``idle_exit_s``)."""
+        self.node.root.mkdir(parents=True, exist_ok=True)
+        delay, idle_since = 0.02, time.monotonic()
+        errors = 0
+        while not stop.is_set():
+            try:
+                messages = list(self.store.queue.receive_messages(
+                    messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s)))
+                errors = 0
+            except ResourceNotFoundError:
+                raise StorageLostError(
+                    f"queue {self.store.queue_name!r} is gone from the storage account: the job's pending "
+                    "tasks are lost. Re-run the job to re-create the queue and re-queue them."
+                ) from None
+            except Exception as exc:
+                errors += 1
+                wait = min(10.0, 0.5 * 2 ** min(errors, 5))
+                log.warning("storage unavailable (%s); retrying in %.1f s", redact(str(exc).splitlines()[0]), wait)
+                stop.wait(wait)
+                continue
+            if not messages:
+                if self.options.idle_exit_s is not None and time.monotonic() - idle_since > self.options.idle_exit_s:
+                    return
+                stop.wait(delay)
+                delay = min(self.options.poll_max_s, delay * 2)
+                continue
+            delay, idle_since = 0.02, time.monotonic()
+            for message in messages:
+                try:
+                    self.handle(message)
+                except StorageLostError:
+                    raise
+                except Exception as exc:  # the message comes back after its lease; nothing is lost
+                    log.error("handling a message failed (it will be redelivered): %s",
+                              redact(f"{type(exc).__name__}: {exc}"))
+
+    def handle(self, message: Any) -> None:
+        try:
+            parsed = TaskMessage.decode(message.content)
+        except ValueError as exc:
+            self._poison(message, f"malformed message: {exc}", None)
+            return
+        if message.dequeue_count > self.options.max_dequeue_count:
+            self._poison(message, f"delivered {message.dequeue_count} times (max_dequeue_count="
+                                  f"{self.options.max_dequeue_count})", parsed)
+            return
+        try:
+            entity, job = self._job(parsed.job_id)
+        except (JobValidationError, JobNotFoundError) as exc:  # a stored job that no longer loads is permanent
+            self._poison(message, f"job {parsed.job_id!r} cannot be loaded: {exc}", parsed)
+            return
+        if entity is None or job is None:
+            self._poison(message, f"job {parsed.job_id!r} not found", None)
+            return
+        keeper = _Keeper(self, message)
+        keeper.start()
+        try:
+            for task_id in parsed.task_ids:
+                if keeper.lost_message:
+                    break
+                self._process(job, task_id, keeper)
+        finally:
+            keeper.stop()
+        if not keeper.lost_message:
+            with contextlib.suppress(ResourceNotFoundError):
+                self.store.queue.delete_message(message.id, keeper.pop_receipt)
+
+    def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
+        log.warning("message %s to the poison queue: %s", message.id, reason)
+        self.store.to_poison(message.content if isinstance(message.content, str) else str(message.content), reason)
+        if parsed is not None:
+            for task_id in parsed.task_ids:
+                entity = self.store.get_task(parsed.job_id, task_id)
+                if entity is None or entity.get("state") in ("succeeded", "failed"):
+                    continue
+                attempts = json.loads(entity.get("attempts_json") or "[]")
+                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"], fields={
+                    "state": "failed", "failure_category": "poison", "failure_message": reason,
+                    "ended_at": now_iso(), "attempts_json": attempts,
+                })
+        with contextlib.suppress(ResourceNotFoundError):
+            self.store.queue.delete_message(message.id, message.pop_receipt)
+
+    def _process(self, job: Job, task_id: str, keeper: _Keeper) -> None:
+        store = self.store
+        entity = store.get_task(job.id, task_id)
+        if entity is None:
+            log.warning("task %s/%s has no record (job deleted?); skipping", job.id, task_id)
+            return
+        state = entity.get("state")
+        if state in ("succeeded", "failed"):
+            return  # a duplicate delivery of a finished task
+        if self.job_cancelled(job.id):
+            store.record_final(job.id, task_id, etag=entity["_etag"], fields={
+                "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
+                "ended_at": now_iso(), "attempts_json": json.loads(entity.get("attempts_json") or "[]")})
+            return
+        claim_live = float(entity.get("claim_expires") or 0) > time.time()
+        if state == "running" and claim_live and entity.get("claim_owner") != self.owner:
+            return  # another live worker has it; its own message copy covers it if it dies
+        attempts: list[dict[str, Any]] = json.loads(entity.get("attempts_json") or "[]")
+        if state == "running":
+            attempts.append(AttemptRecord(
+                number=len(attempts) + 1, started_at=entity.get("started_at") or now_iso(), ended_at=now_iso(),
+                exit_code=None, failure_category="lost",
+                failure_message="the worker running this attempt was lost (its lease expired)",
+                node_id=str(entity.get("claim_owner") or ""),
+            ).to_dict())
+        etag = store.claim(entity, owner=self.owner, lease_s=self.options.lease_s, attempts=attempts)
+        if etag is None:
+            return  # someone else claimed it between our read and our write
+        keeper.track(job.id, task_id, etag)
+        lost = sum(1 for a in attempts if a.get("failure_category") == "lost")
+        spec = build_local_spec(job, entity, store, keep_task_dir=self.options.keep_task_dirs, retry_bonus=lost)
+        outcome = run_task(spec, node=self.node, transfer=self.transfer, first_attempt=len(attempts) + 1,
+                           cancel=keeper.cancel)
+        self.tasks_run += 1
+        if keeper.lost_claim:
+            log.warning("task %s/%s: claim lost while running; the new owner records it", job.id, task_id)
+            return
+        last = outcome.last
+        all_attempts = attempts + [a.to_dict() for a in outcome.attempts]
+        written = store.record_final(job.id, task_id, etag=keeper.current_etag(), fields={
+            "state": "succeeded" if outcome.succeeded else "failed",
+            "exit_code": last.exit_code, "failure_category": last.failure_category,
+            "failure_message": last.failure_message, "stderr_tail": outcome.stderr_tail,
+            "ended_at": last.ended_at, "node_id": self.node_id, "attempts_json": all_attempts,
+        })
+        if written is None:
+            log.warning("task %s/%s: result not recorded, another worker owns it now", job.id, task_id)
+        with keeper.lock:
+            keeper.task = None
+            keeper.etag = None
+
+
+def worker_process_main(connection_string: str, config: Config, index: int, stop: Any,
+                        options: WorkerOptions | None = None, work_dir: str | None = None) -> None:
+    """Entry point of a worker process (clients are created here, never inherited across fork)."""
+    import signal
+
+    from .redact import install_log_filter
+
+    install_log_filter()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    storage = Storage.from_connection_string(connection_string)
+    worker = Worker(storage, config, index=index, options=options, work_dir=Path(work_dir) if work_dir else None)
+    try:
+        worker.serve(stop)
+    except StorageLostError as exc:
+        log.error("%s", exc)
+        raise SystemExit(3) from None

@@ -1,0 +1,105 @@
+"""Shared fixtures: a real Azurite for the session, and an isolated batchyard project per test.
+
+One code path, two ways in: with ``AZURE_STORAGE_CONNECTION_STRING`` set (e.g. by
+``compose.yaml``), the suite uses that storage; otherwise it starts its own Azurite in a
+temporary folder and stops it at the end. Every test gets its own queue, tables and
+containers (unique names), so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from batchyard.config import Config, load_config
+from batchyard.storage import Storage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if given:
+        yield given
+        return
+    from batchyard.emulator.azurite import start_ephemeral
+
+    instance, stop = start_ephemeral(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield instance.connection_string()
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def storage(azurite_connection_string: str) -> Storage:
+    return Storage.from_connection_string(azurite_connection_string)
+
+
+@dataclass
+class Project:
+    """A folder with a batchyard.toml whose queue, tables and containers are this test's alone."""
+
+    dir: Path
+    env: dict[str, str]
+    uid: str
+    storage: Storage
+    containers: dict[str, str] = field(default_factory=dict)
+
+    def config(self, **overrides: str) -> Config:
+        return load_config(self.dir / "batchyard.toml", env=self.env, **overrides)
+
+    def container(self, role: str) -> str:
+        """A fresh container name for ``role`` (inputs, outputs...), created on first use."""
+        if role not in self.containers:
+            name = f"{role[:8]}-{self.uid}"
+            self.storage.ensure_container(name)
+            self.containers[role] = name
+        return self.containers[role]
+
+    def put_inputs(self, container: str, files: dict[str, bytes], prefix: str = "") -> None:
+        for name, data in files.items():
+            self.storage.upload_bytes(container, prefix + name, data)
+
+    def cli(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "batchyard", *args], cwd=cwd or self.dir, env={**self.env, **(env or {})},
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+
+@pytest.fixture
+def project(tmp_path: Path, azurite_connection_string: str, storage: Storage) -> Project:
+    uid = uuid.uuid4().hex[:10]
+    (tmp_path / "batchyard.toml").write_text(
+        f"""backend = "local"
+[storage]
+queue = "q{uid}"
+table_prefix = "t{uid}"
+system_container = "sys-{uid}"
+log_container = "logs-{uid}"
+[local]
+workers = 2
+work_dir = "{tmp_path / 'work'}"
+""",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BATCHYARD_", "AZ_BATCH_"))}
+    env.update({
+        "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string,
+        "BATCHYARD_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": str(REPO),
+    })
+    return Project(dir=tmp_path, env=env, uid=uid, storage=storage)
