@@ -30,7 +30,7 @@ from .errors import BatchyardError, ConfigError, JobValidationError
 from .job import load_job
 from .redact import install_log_filter, redact, redacting_filter
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 log = logging.getLogger("batchyard")
 EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
@@ -58,10 +58,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (JobValidationError, ConfigError) as exc:
-            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, markup=True)
+            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(EXIT_USAGE)
         except BatchyardError as exc:
-            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
+            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             console.print("interrupted")
@@ -142,7 +142,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
             f"job [bold]{job.id}[/] on {be.name}: {submitted.total} tasks, {submitted.enqueued} queued"
             + (f", {submitted.already_succeeded} already succeeded" if submitted.already_succeeded else "")
             + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else ""),
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
         if no_wait:
             if be.name == "local":

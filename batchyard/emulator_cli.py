@@ -19,11 +19,11 @@ from .config import ENV_BATCH_ACCOUNT, ENV_BATCH_KEY, ENV_BATCH_URL, ENV_STORAGE
 from .errors import BatchyardError
 from .redact import redact
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(exc: BatchyardError) -> None:
-    console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False)
+    console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
     sys.exit(3)
 
 

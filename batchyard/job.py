@@ -394,7 +394,10 @@ def tasks_from_blob_names(job: Job, names: Iterable[str]) -> Iterator[TaskDef]:
 
 def tasks_from_table(job: Job) -> Iterator[TaskDef]:
     assert job.tasks is not None
-    rows = read_task_table(job.base_dir / job.tasks)
+    try:
+        rows = read_task_table(job.base_dir / job.tasks)
+    except ValueError as exc:
+        raise JobValidationError(str(job.tasks), [("tasks", str(exc))]) from None
     seen: dict[str, int] = {}
     for index, row in enumerate(rows):
         assert isinstance(row, dict)
@@ -402,7 +405,8 @@ def tasks_from_table(job: Job) -> Iterator[TaskDef]:
         first_value = next(iter(row.values()), "")
         task_id = make_task_id(job.id, key, first_value)
         if task_id.lower() in seen:
-            raise JobValidationError(str(job.tasks), [("tasks", f"row {index + 2} repeats row {seen[task_id.lower()] + 2}")])
+            first = seen[task_id.lower()] + 2
+            raise JobValidationError(str(job.tasks), [("tasks", f"row {index + 2} repeats row {first}")])
         seen[task_id.lower()] = index
         values = placeholder_values(job, task_id, None, None, row)
         yield _task_from_values(job, task_id, values, params=tuple(row.items()))

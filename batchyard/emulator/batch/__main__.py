@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -76,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.ready_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"url": emulator.url, "account_name": emulator.account_name, "pid": os.getpid()}))
         os.replace(tmp, args.ready_file)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM / Ctrl-C: serve_forever cleans up
         emulator.serve_forever()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -148,7 +148,7 @@ class NodeManager:
             spec = task_spec("", body, files)
             ctx = StartTaskNode(root=node.root, node_id=node.id, pool_id=pool.id, account_name=self.account_name,
                                 account_url=self.account_url, is_dedicated=node.is_dedicated)
-            outcome = run_task(spec, node=ctx, transfer=self.transfer)
+            outcome = run_task(spec, node=ctx, transfer=self.transfer, cancel=self.stopping)
             last = outcome.last
             info.update(retryCount=len(outcome.attempts) - 1, exitCode=exit_code(last),
                         result="success" if outcome.succeeded else "failure", failureInfo=failure_info(last))

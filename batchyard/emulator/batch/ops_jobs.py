@@ -138,6 +138,8 @@ class JobOps:
             if job.spec.get("onAllTasksComplete") == "terminatejob" and body.get("onAllTasksComplete") == "noaction":
                 raise invalid("onAllTasksComplete cannot be changed from terminatejob to noaction",
                               "onAllTasksComplete")
+            if body.get("poolInfo") not in (None, job.spec.get("poolInfo")):
+                raise unsupported("moving a job to another pool", "poolInfo")
             for key in PATCHABLE:
                 if key in body:
                     job.spec[key] = body[key]

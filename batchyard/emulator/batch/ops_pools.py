@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .common import BatchApiError, check_id, invalid, not_found, require, unsupported
+from .common import BatchApiError, check_id, invalid, not_found, require, rfc1123, unsupported
 from .files import file_response, list_files
-from .odata import page
+from .odata import page, select
 from .protocol import Request, Response, Router, check_conditions, created, entity, resource_headers
 from .state import Node, Pool
 from .translate import split_command_line, validate_task
@@ -131,15 +131,13 @@ class PoolOps:
             pool = self.pool(req.params[0])
             check_conditions(req, pool.etag, pool.last_modified)
             view = pool.view(self.emu.url)
-        from .odata import select
-
         return entity(self.emu.url, "pools", select(view, req.query.get("$select")), pool.etag, pool.last_modified)
 
     def exists(self, req: Request) -> Response:
         with self.emu.store.lock:
             pool = self.pool(req.params[0])
-            return Response(200, None, {"ETag": pool.etag, "Last-Modified": resource_headers(
-                "", pool.etag, pool.last_modified)["Last-Modified"]}, content_length=0)
+            return Response(200, None, {"ETag": pool.etag, "Last-Modified": rfc1123(pool.last_modified)},
+                            content_length=0)
 
     def delete(self, req: Request) -> Response:
         with self.emu.store.lock:

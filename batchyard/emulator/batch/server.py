@@ -33,6 +33,7 @@ from .state import Store
 
 log = logging.getLogger("batchyard.emulator.batch")
 MAX_BODY_BYTES = 1024 * 1024  # Batch refuses bigger request bodies with RequestBodyTooLarge
+DRAIN_LIMIT_BYTES = 32 * 1024 * 1024  # beyond this we close the connection rather than read
 JSON_TYPE = "application/json;odata=minimalmetadata"
 # Loggers that see the nodes' SAS URLs in full (urllib3 logs request lines at DEBUG). A filter
 # on a logger only covers records logged on that very logger, so each is named here.
@@ -72,11 +73,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0 or length > MAX_BODY_BYTES:
-            # Don't read a body we refuse; close the connection so it cannot desync.
-            self.close_connection = True
             err = BatchApiError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the "
                                 "maximum permissible limit (1 MB).") if length > 0 else BatchApiError(
                 400, "InvalidHeaderValue", "Content-Length is not valid.")
+            if 0 < length <= DRAIN_LIMIT_BYTES:
+                # Read and drop the body so the client sees our answer instead of a reset.
+                while length > 0:
+                    length -= len(self.rfile.read(min(length, 65536)) or b"x" * length)
+            else:
+                self.close_connection = True
             self._send(self._error(err, request_id), request_id, headers)
             return
         body = self.rfile.read(length) if length else b""
