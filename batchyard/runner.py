@@ -41,7 +41,7 @@ from typing import Literal
 
 import psutil
 
-from .errors import StorageError, UnsafePathError
+from .errors import AuthenticationError, StorageError, UnsafePathError
 from .redact import redact
 from .storage import BlobTransfer, SourceMissingError
 
@@ -374,7 +374,7 @@ def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[st
             name = _blob_name(output, rel, has_wildcard)
             try:
                 transfer.upload(path, blob_name=name, container=output.container, container_url=output.container_url)
-            except StorageError as exc:
+            except (StorageError, AuthenticationError) as exc:
                 return "upload_failed", str(exc), uploaded
             uploaded.append(name)
     return None, None, uploaded
@@ -393,7 +393,7 @@ def run_attempt(
     except SourceMissingError as exc:
         missing_input = any(rf.is_input for rf in spec.resource_files)
         return attempt.record("input_missing" if missing_input else "staging_failed", str(exc)), []
-    except StorageError as exc:
+    except (StorageError, AuthenticationError) as exc:  # a refused SAS is the task's failure, not a crash
         return attempt.record("staging_failed", str(exc)), []
     try:
         stopped = _execute(attempt, cancel)
