@@ -97,10 +97,11 @@ class Inputs(_Model):
     """One task per blob in ``container`` whose name starts with ``prefix`` and, after the prefix,
     matches ``glob``. With ``local_dir``, those local files are uploaded there first."""
 
-    container: str
-    prefix: str = ""
-    glob: str = "*"
-    local_dir: str | None = None
+    container: str = Field(description="Container holding the inputs (3-63 chars: a-z, 0-9, single '-').")
+    prefix: str = Field(default="", description="Only blobs whose name starts with this; `{input}` is the rest.")
+    glob: str = Field(default="*", description="Glob matched on the name after the prefix (`*` also matches '/').")
+    local_dir: str | None = Field(default=None, description="Local folder (relative to the job file) uploaded "
+                                  "to container/prefix first; unchanged files (same MD5) are skipped.")
 
     @field_validator("container")
     @classmethod
@@ -122,8 +123,9 @@ class Inputs(_Model):
 class ResourceFileSpec(_Model):
     """A local file (relative to the job file) uploaded once and staged into every task's working dir."""
 
-    source: str
-    file_path: str | None = None
+    source: str = Field(description="Local file, relative to the job file.")
+    file_path: str | None = Field(default=None, description="Where it lands in the working dir "
+                                  "(default: its file name). Relative, no '..'.")
 
     @model_validator(mode="after")
     def _paths(self) -> ResourceFileSpec:
@@ -142,11 +144,14 @@ class ResourceFileSpec(_Model):
 class OutputSpec(_Model):
     """Files matching ``pattern`` (relative to the working dir) go to ``container`` under ``path``."""
 
-    pattern: str
-    container: str
-    path: str = "{job_id}/"
-    upload_on: Literal["success", "failure", "completion"] = "success"
-    optional: bool = False
+    pattern: str = Field(description="Glob relative to the working dir (`**` for subfolders). No '..', not absolute.")
+    container: str = Field(description="Destination container.")
+    path: str = Field(default="{job_id}/", description="Blob prefix (placeholders allowed); with a pattern "
+                      "without wildcards and no trailing '/', the blob name itself.")
+    upload_on: Literal["success", "failure", "completion"] = Field(
+        default="success", description="Upload after a successful, a failed, or any attempt.")
+    optional: bool = Field(default=False, description="If false, a pattern matching no file fails the task "
+                           "(`output_missing`).")
 
     @field_validator("pattern")
     @classmethod
@@ -176,9 +181,13 @@ Duration = Annotated[float, Field(gt=0)]
 class Constraints(_Model):
     """Mirrors Batch's task constraints. Timeouts are not retried (Batch terminates the task)."""
 
-    max_wall_clock_time: Duration | None = None
-    max_task_retry_count: int = Field(default=0, ge=-1, le=100)
-    retention_time: Duration | None = None
+    max_wall_clock_time: Duration | None = Field(
+        default=None, description="Per attempt: '90s', '10m', '1h30m', '2d' or seconds. The command and all its "
+        "descendants are killed (`timeout`, not retried).")
+    max_task_retry_count: int = Field(default=0, ge=-1, le=100, description="Retries after a non-zero exit "
+                                      "(-1: no limit, as in Batch).")
+    retention_time: Duration | None = Field(default=None, description="How long Batch keeps the task dir "
+                                            "(azure backend only).")
 
     @field_validator("max_wall_clock_time", "retention_time", mode="before")
     @classmethod
@@ -189,15 +198,19 @@ class Constraints(_Model):
 class Job(_Model):
     """A per-file batch job. ``base_dir`` resolves local paths (the job file's folder)."""
 
-    id: str
-    command: str
-    inputs: Inputs | None = None
-    tasks: str | None = None
-    resource_files: tuple[ResourceFileSpec, ...] = ()
-    outputs: tuple[OutputSpec, ...] = ()
-    constraints: Constraints = Constraints()
-    environment: dict[str, str] = Field(default_factory=dict)
-    container_image: str | None = None
+    id: str = Field(description="Job id: 1-64 chars, letters, digits, '-' and '_' (Azure Batch's rule).")
+    command: str = Field(description="Split like a POSIX shell into argv; each placeholder value becomes exactly "
+                         "one argument. No shell runs unless the command starts one.")
+    inputs: Inputs | None = Field(default=None, description="One task per matching blob.")
+    tasks: str | None = Field(default=None, description="CSV task table (relative to the job file): one task "
+                              "per row; columns become placeholders and environment variables.")
+    resource_files: tuple[ResourceFileSpec, ...] = Field(default=(), description="Files staged into every task.")
+    outputs: tuple[OutputSpec, ...] = Field(default=(), description="What to upload after each task.")
+    constraints: Constraints = Field(default=Constraints(), description="Time limit and retries.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for "
+                                        "every task (AZ_BATCH_* are reserved).")
+    container_image: str | None = Field(default=None, description="Reserved for container tasks (not yet "
+                                        "supported: a job that sets it is refused at submit).")
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("id")

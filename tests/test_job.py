@@ -154,3 +154,11 @@ def test_duplicate_csv_rows_are_refused(tmp_path: Path) -> None:
     job = job_from_dict({"id": "sweep", "command": "run {a}", "tasks": "p.csv"}, base_dir=tmp_path)
     with pytest.raises(JobValidationError, match="row 3 repeats row 2"):
         list(tasks_from_table(job))
+
+
+def test_job_file_reference_matches_the_model() -> None:
+    from batchyard.reference import BEGIN, END, job_file_reference
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "job-file.md").read_text(encoding="utf-8")
+    committed = BEGIN + doc.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert committed == job_file_reference(), "docs/job-file.md is stale: run python -m batchyard.reference"

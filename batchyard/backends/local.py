@@ -95,6 +95,9 @@ class LocalBackend(Backend):
                 self.storage.upload_file(self.store.system_container, blob, path)
 
     def submit(self, job: Job) -> SubmitResult:
+        if job.container_image:
+            raise JobValidationError(f"job {job.id}", [(
+                "container_image", "container tasks are not supported yet; remove it to run the command directly")])
         self.store.ensure()
         self._upload_resources(job)
         for out in job.outputs:

@@ -1,0 +1,133 @@
+"""Helpers shared by the fault tests: jobs that count their runs, workers as real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from batchyard.backends import get_backend
+from batchyard.backends.base import TaskCounts, TaskResult
+from batchyard.job import Job, job_from_dict
+from batchyard.worker import WorkerOptions
+
+TOOL = Path(__file__).with_name("fault_tool.py").resolve()
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tool_command(*args: str) -> str:
+    """A job command running fault_tool.py; placeholders ({KEY}...) are passed through unquoted."""
+    def q(arg: str) -> str:
+        return arg if arg.startswith("{") and arg.endswith("}") else shlex.quote(arg)
+    return " ".join([shlex.quote(PY), shlex.quote(str(TOOL)), *map(q, args)])
+
+
+def table_job(project: Any, job_id: str, command: str, keys: Iterable[str], **extra: Any) -> Job:
+    """A job with one task per key (a CSV task table with column KEY)."""
+    (project.dir / f"{job_id}.csv").write_text("KEY\n" + "".join(f"{k}\n" for k in keys), encoding="utf-8")
+    return job_from_dict({"id": job_id, "command": command, "tasks": f"{job_id}.csv", **extra},
+                         source="test", base_dir=project.dir)
+
+
+def runs_of(path: Path) -> list[str]:
+    """Keys recorded by fault_tool (one line per run of a command)."""
+    if not path.exists():
+        return []
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 2.0, timeout: float = 60,
+            before_start: Callable[[], None] | None = None) -> tuple[dict[str, TaskResult], TaskCounts]:
+    """Submit and run ``job`` on the local backend with worker processes; results by label."""
+    with get_backend("local", project.config()) as be:
+        be.preflight()
+        be.submit(job)
+        if before_start is not None:
+            before_start()
+        be.start_execution(job, workers=workers, options=WorkerOptions(lease_s=lease_s))
+        try:
+            counts = be.wait(job.id, timeout=timeout, poll_interval=0.3)
+        finally:
+            be.stop_execution()
+        assert counts.finished, f"job {job.id} did not finish in {timeout}s: {counts}"
+        return {r.label: r for r in be.list_task_results(job.id)}, counts
+
+
+_WORKER_MAIN = """
+import logging, sys, threading
+from batchyard.config import load_config
+from batchyard.worker import WorkerOptions, worker_process_main
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+config = load_config(sys.argv[1])
+idle = None if sys.argv[3] == "none" else float(sys.argv[3])
+options = WorkerOptions(lease_s=float(sys.argv[2]), idle_exit_s=idle, max_dequeue_count=int(sys.argv[4]))
+worker_process_main(config.storage_connection_string, config, int(sys.argv[5]), threading.Event(), options,
+                    sys.argv[6])
+"""
+
+
+def spawn_worker(project: Any, *, lease_s: float = 2.0, idle_exit: float | None = None, index: int = 0,
+                 max_dequeue_count: int = 5, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """One worker as its own OS process (``worker_process_main``), its log in ``worker-<index>.log``."""
+    log = (project.dir / f"worker-{index}.log").open("ab")
+    return subprocess.Popen(
+        [PY, "-c", _WORKER_MAIN, str(project.dir / "batchyard.toml"), str(lease_s),
+         "none" if idle_exit is None else str(idle_exit), str(max_dequeue_count), str(index),
+         str(project.dir / "work")],
+        cwd=project.dir, env={**project.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def known_bytes_md5(mib: int) -> bytes:
+    """MD5 of fault_tool's 'known bytes' file of ``mib`` MiB."""
+    digest = hashlib.md5(usedforsecurity=False)
+    for i in range(mib):
+        digest.update(hashlib.sha256(str(i).encode()).digest() * (1024 * 1024 // 32))
+    return digest.digest()
+
+
+def blob_md5(storage: Any, container: str, name: str) -> tuple[bytes, bytes | None, int]:
+    """(md5 of the downloaded bytes, the blob's Content-MD5 header, size), streaming the download."""
+    client = storage.container(container).get_blob_client(name)
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    for chunk in client.download_blob(max_concurrency=2).chunks():
+        digest.update(chunk)
+        size += len(chunk)
+    header = client.get_blob_properties().content_settings.content_md5
+    return digest.digest(), bytes(header) if header else None, size
