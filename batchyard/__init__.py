@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 
 from .errors import BatchyardError, JobValidationError
 from .job import Constraints, Inputs, Job, OutputSpec, ResourceFileSpec, load_job
+from .mapping import MapRun, map_files, map_lines
 
 __all__ = [
     "BatchyardError",
@@ -13,8 +14,11 @@ __all__ = [
     "Inputs",
     "Job",
     "JobValidationError",
+    "MapRun",
     "OutputSpec",
     "ResourceFileSpec",
     "__version__",
     "load_job",
+    "map_files",
+    "map_lines",
 ]

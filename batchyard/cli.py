@@ -133,7 +133,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 
     Re-running a job that exists runs only its missing and failed tasks.
     """
-    config, be = _context(verbose, config_path, backend)
+    _, be = _context(verbose, config_path, backend)
     job = load_job(job_file)
     with be:
         be.preflight()
@@ -162,14 +162,23 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 @main.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Every task's result as JSON.")
+@click.option("--watch", is_flag=True, help="Live view until the job ends (Ctrl-C stops watching, not the job).")
 @backend_option
 @config_option
 @verbose_option
 @handle_errors
-def status(job_id: str, as_json: bool, backend: str | None, config_path: str | None, verbose: int) -> None:
-    """Counts by state and each task's result."""
+def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_path: str | None,
+           verbose: int) -> None:
+    """Counts by state and each task's result (--watch: live, until the job ends)."""
     _, be = _context(verbose, config_path, backend)
     with be:
+        if watch:
+            from .report_cli import watch_status
+
+            counts = watch_status(be, job_id, console=out)
+            if counts.finished and counts.failed:
+                sys.exit(EXIT_FAILED_TASKS)
+            return
         results = list(be.list_task_results(job_id))
         counts = be.task_counts(job_id)
         if as_json:
@@ -267,9 +276,14 @@ def worker(workers: int | None, idle_exit: float | None, config_path: str | None
         be.stop_execution()
 
 
-from .emulator_cli import emulator  # noqa: E402  (the emulator commands live in their own module)
+# Command groups that live in their own modules (imported last: they import helpers from here).
+from .emulator_cli import emulator  # noqa: E402
+from .pool_cli import pool  # noqa: E402
+from .report_cli import report  # noqa: E402
 
 main.add_command(emulator)
+main.add_command(pool)
+main.add_command(report)
 
 
 def shell_export(name: str, value: str) -> str:

@@ -31,7 +31,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from .backends.base import TaskCounts, TaskResult, TaskState, dumps
 from .config import Config
-from .errors import JobNotFoundError
+from .errors import BackendError, JobNotFoundError, StorageError
 from .job import Job, TaskDef
 from .storage import Storage, translate_error
 
@@ -42,6 +42,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_TASKS_PER_MESSAGE = 32
 TABLE_BATCH = 100
 MAX_ATTEMPTS_STORED = 20
+MAX_POISON_BYTES = 48 * 1024  # a poison message stays well under the queue's 64 KiB
+MAX_REASON_CHARS = 2_000
 _RESULT_FIELDS = ("exit_code", "failure_category", "failure_message", "stderr_tail", "ended_at")
 
 
@@ -73,6 +75,26 @@ class TaskMessage:
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
             raise ValueError("field 'tasks' must be a non-empty list of task ids")
         return cls(job, tuple(tasks))
+
+
+class StorageLostError(StorageError, BackendError):
+    """The queue or tables a job lives in are gone from the storage account: the job cannot complete.
+
+    A BackendError too, so ``Backend.wait`` and the CLI report it as the job's failure.
+    """
+
+
+def _table_gone(exc: ResourceNotFoundError) -> bool:
+    """A 404 for the table itself (``TableNotFound``), not for one entity in it."""
+    code = getattr(exc, "error_code", None)  # a str enum (TableErrorCode) or a plain str
+    return str(getattr(code, "value", code)) == "TableNotFound"
+
+
+def _lost(table: str) -> StorageLostError:
+    return StorageLostError(
+        f"table {table!r} does not exist on the storage account: it was deleted or the storage lost its "
+        "data, so the records of its jobs are gone. Re-run the job to re-create it."
+    )
 
 
 def entity_to_result(entity: dict[str, Any]) -> TaskResult:
@@ -177,7 +199,9 @@ class JobStore:
     def get_job_entity(self, job_id: str) -> dict[str, Any] | None:
         try:
             return dict(self.jobs.get_entity("job", job_id))
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as exc:
+            if _table_gone(exc):
+                raise _lost(self._jobs_name) from None
             return None
 
     def load_job_doc(self, job_id: str) -> dict[str, Any]:
@@ -206,11 +230,27 @@ class JobStore:
     def get_task(self, job_id: str, task_id: str) -> dict[str, Any] | None:
         try:
             entity = self.tasks.get_entity(job_id, task_id)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as exc:
+            if _table_gone(exc):
+                raise _lost(self._tasks_name) from None
             return None
         data = dict(entity)
         data["_etag"] = entity.metadata["etag"]
         return data
+
+    def get_tasks(self, job_id: str, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Several task rows of one job in one query (a message's tasks), with their ETags."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        params = {"pk": job_id, **{f"r{i}": task_id for i, task_id in enumerate(ids)}}
+        rows = " or ".join(f"RowKey eq @r{i}" for i in range(len(ids)))
+        found: dict[str, dict[str, Any]] = {}
+        for entity in self.tasks.query_entities(f"PartitionKey eq @pk and ( {rows} )", parameters=params):
+            data = dict(entity)
+            data["_etag"] = entity.metadata["etag"]
+            found[data["RowKey"]] = data
+        return found
 
     def counts(self, job_id: str) -> TaskCounts:
         tally = dict.fromkeys(TaskState, 0)
@@ -280,7 +320,9 @@ class JobStore:
                                             match_condition=MatchConditions.IfNotModified)
         except ResourceModifiedError:
             return None
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as exc:
+            if _table_gone(exc):
+                raise _lost(self._tasks_name) from None
             return None
         return meta["etag"]
 
@@ -312,8 +354,26 @@ class JobStore:
 
     def to_poison(self, content: str, reason: str) -> None:
         """Keep a message we cannot handle where a person can read it, with the reason."""
-        body = dumps({"reason": reason, "original": content[:48_000], "at": _iso_now()})
-        self.poison_queue.send_message(body)
+        self.poison_queue.send_message(poison_body(content, reason))
+
+
+def poison_body(content: str, reason: str) -> str:
+    """The poison-queue message for ``content``: the reason and as much of the original as fits.
+
+    The queue takes at most 64 KiB of UTF-8 per message, and JSON escaping can double a
+    hostile message (quotes, backslashes, control characters), so the original is cut until
+    the encoded body fits in :data:`MAX_POISON_BYTES`; ``truncated`` says whether it was.
+    """
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS] + "..."
+    keep = len(content)
+    while True:
+        body = dumps({"reason": reason, "original": content[:keep], "truncated": keep < len(content),
+                      "at": _iso_now()})
+        size = len(body.encode())
+        if size <= MAX_POISON_BYTES or keep == 0:
+            return body
+        keep = min(keep - 1, int(keep * MAX_POISON_BYTES / size * 0.9))
 
 
 def chunk_size_for(n_tasks: int, workers: int) -> int:

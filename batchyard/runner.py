@@ -55,7 +55,10 @@ FailureCategory = Literal[
 ]
 # Failures a retry cannot fix: the same inputs give the same answer.
 PERMANENT_FAILURES: frozenset[str] = frozenset(
-    {"input_missing", "unsafe_path", "output_missing", "start_failed", "timeout", "cancelled", "poison"}
+    {"input_missing", "unsafe_path", "output_missing", "start_failed", "timeout", "cancelled", "poison",
+     # Azure Batch retries only a non-zero exit, never a download or upload failure; the storage
+     # clients already retry transient errors, so what is left is not worth a whole attempt.
+     "staging_failed", "upload_failed"}
 )
 # Environment variables that carry batchyard's own credentials; a task never inherits them.
 SECRET_ENV_VARS: frozenset[str] = frozenset({
@@ -74,6 +77,9 @@ class ResourceFile:
     blob: str | None = None
     http_url: str | None = field(default=None, repr=False)  # may carry a SAS signature
     is_input: bool = False  # missing -> input_missing (else staging_failed)
+    # Job-wide files that never change for a given key are downloaded once per node and copied
+    # into each task's working dir (a copy, so a task that edits its copy cannot affect the next).
+    cache_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class OutputFile:
     optional: bool = False
     container: str | None = None
     container_url: str | None = field(default=None, repr=False)
+    skip_empty: bool = False  # logs: an empty stdout/stderr costs an upload and says nothing
 
 
 @dataclass(frozen=True)
@@ -201,8 +208,14 @@ def _inside(base: Path, candidate: Path) -> bool:
 
 
 def task_environment(spec: TaskSpec, node: NodeContext, task_dir: Path) -> dict[str, str]:
-    """The command's environment: the host's (minus secrets), AZ_BATCH_*, then the job's own."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS and not k.startswith("AZ_BATCH_")}
+    """The command's environment: the host's (minus secrets), AZ_BATCH_*, then the job's own.
+
+    Host variables are dropped by name (:data:`SECRET_ENV_VARS`) and by value: any that holds a
+    known secret or a secret's shape (e.g. the connection string under a custom
+    ``connection_string_env`` name, a SAS URL) never reaches the command.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k not in SECRET_ENV_VARS and not k.startswith("AZ_BATCH_") and redact(v) == v}
     env.update({
         "AZ_BATCH_ACCOUNT_NAME": node.account_name,
         "AZ_BATCH_ACCOUNT_URL": node.account_url,
@@ -222,17 +235,40 @@ def task_environment(spec: TaskSpec, node: NodeContext, task_dir: Path) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------- run
-def kill_process_tree(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the command's process group and every descendant, including any that left the group."""
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
+def _marked_processes(task_dir: str) -> list[psutil.Process]:
+    """Live processes whose environment says they belong to the task in ``task_dir``.
+
+    Every process the command starts inherits ``AZ_BATCH_TASK_DIR``, so this finds a
+    daemon that left the process group *and* the process tree (setsid + double fork),
+    unless it cleared its own environment.
+    """
+    found = []
+    for candidate in psutil.process_iter():
+        if candidate.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if candidate.environ().get("AZ_BATCH_TASK_DIR") == task_dir:
+                found.append(candidate)
+    return found
+
+
+def kill_process_tree(proc: subprocess.Popen[bytes], *, task_dir: Path | None = None) -> None:
+    """Kill the command's process group and every descendant, including any that left the group
+    (and, given the task's ``task_dir``, any that left the tree while keeping its environment)."""
+    for _ in range(3):  # a descendant may fork while we kill: sweep until nothing is left
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        if task_dir is not None:
+            descendants += _marked_processes(str(task_dir))
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        if not descendants:
+            break
     with contextlib.suppress(Exception):
         proc.wait(timeout=5)
 
@@ -276,7 +312,19 @@ def _stage(attempt: _Attempt, transfer: BlobTransfer) -> None:
         dest = attempt.wd / rel
         if not _inside(attempt.wd, dest.parent if dest.parent.exists() else attempt.wd):
             raise UnsafePathError(f"resource file {rf.file_path!r} would land outside the working dir")
-        transfer.download(dest, container=rf.container, name=rf.blob, url=rf.http_url)
+        if rf.cache_key:
+            _stage_cached(attempt.node, rf, dest, transfer)
+        else:
+            transfer.download(dest, container=rf.container, name=rf.blob, url=rf.http_url)
+
+
+def _stage_cached(node: NodeContext, rf: ResourceFile, dest: Path, transfer: BlobTransfer) -> None:
+    key = safe_relative_path(rf.cache_key or "", what="resource cache key")
+    cached = node.root / "cache" / key
+    if not cached.is_file():  # download() writes a .part file and renames: a partial copy is never used
+        transfer.download(cached, container=rf.container, name=rf.blob, url=rf.http_url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, dest)
 
 
 def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
@@ -300,11 +348,11 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
             except subprocess.TimeoutExpired:
                 pass
             if deadline is not None and time.monotonic() >= deadline:
-                kill_process_tree(proc)
+                kill_process_tree(proc, task_dir=attempt.task_dir)
                 attempt.exit_code = proc.returncode
                 return "timeout"
             if cancel is not None and cancel.is_set():
-                kill_process_tree(proc)
+                kill_process_tree(proc, task_dir=attempt.task_dir)
                 attempt.exit_code = proc.returncode
                 return "cancelled"
 
@@ -364,13 +412,18 @@ def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[st
         wanted = output.upload_on == "completion" or (output.upload_on == "success") == ran_ok
         if not wanted:
             continue
-        matches = match_outputs(attempt.wd, output.pattern)
+        try:
+            matches = match_outputs(attempt.wd, output.pattern)
+        except UnsafePathError as exc:  # a pattern reaching out of the task dir (from an API caller)
+            return "unsafe_path", str(exc), uploaded
         if not matches:
             if output.optional or not ran_ok:
                 continue
             return "output_missing", f"output pattern {output.pattern!r} matched no file in the working dir", uploaded
         _, has_wildcard = _pattern_base(output.pattern.removeprefix("../"))
         for path, rel in matches:
+            if output.skip_empty and path.stat().st_size == 0:
+                continue
             name = _blob_name(output, rel, has_wildcard)
             try:
                 transfer.upload(path, blob_name=name, container=output.container, container_url=output.container_url)

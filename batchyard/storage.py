@@ -41,7 +41,7 @@ from azure.storage.blob import (
 )
 
 from .errors import AuthenticationError, ConfigError, StorageError
-from .redact import redact, register_secret, strip_sas
+from .redact import redact, redacting_filter, register_secret, strip_sas
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,25 @@ BLOCK_SIZE = 8 * 1024 * 1024
 POOL_SIZE = 32  # concurrent sends/uploads share a client; urllib3's default of 10 would churn connections
 
 
+# Loggers that print request lines or URLs (with a SAS's sig=) at DEBUG/INFO. Their records are
+# scrubbed where they are made, so library users who turn on DEBUG logging without the CLI's
+# handlers (``install_log_filter``) still never see a signature.
+_URL_LOGGERS = ("urllib3.connectionpool", "azure.core.pipeline.policies.http_logging_policy")
+
+
+def _guard_url_loggers() -> None:
+    scrub = redacting_filter()
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if scrub not in logger.filters:
+            logger.addFilter(scrub)
+
+
 def _client_kwargs() -> dict[str, Any]:
     """Per-client options: timeouts, retries and a connection pool sized for our concurrency."""
     import requests
+
+    _guard_url_loggers()
     from azure.core.pipeline.transport import RequestsTransport
 
     session = requests.Session()

@@ -31,9 +31,9 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from .config import Config
-from .errors import JobNotFoundError, JobValidationError, StorageError
+from .errors import JobNotFoundError, JobValidationError
 from .job import Job, OutputSpec, job_from_dict, output_prefix
-from .records import JobStore, TaskMessage, task_def_from_entity
+from .records import JobStore, StorageLostError, TaskMessage, task_def_from_entity
 from .redact import redact
 from .runner import (
     AttemptRecord,
@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 JOB_CACHE_S = 2.0
 
 
-class StorageLostError(StorageError):
-    """The queue or tables this worker serves are gone: the job cannot complete."""
-
-
 @dataclass(frozen=True)
 class WorkerOptions:
     lease_s: float = 30.0
@@ -68,18 +64,21 @@ def log_output(job_id: str, task_id: str, log_container: str) -> tuple[OutputFil
     """stdout/stderr are uploaded after every attempt, like Batch's ``../std*.txt`` output files."""
     return tuple(  # type: ignore[return-value]
         OutputFile(pattern=f"../{name}", path=f"{job_id}/{task_id}/{name}", upload_on="completion",
-                   optional=True, container=log_container)
+                   optional=True, container=log_container, skip_empty=True)
         for name in ("stdout.txt", "stderr.txt")
     )
 
 
 def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_task_dir: bool,
-                     retry_bonus: int = 0) -> TaskSpec:
+                     retry_bonus: int = 0, spec_hash: str = "") -> TaskSpec:
     """The TaskSpec of one task row under the local backend (blobs by account reference)."""
     task = task_def_from_entity(entity)
+    # The spec hash changes whenever a re-submit could have changed a resource file, so a node's
+    # cached copy is only reused for the exact submission it came from.
     resources = [
         ResourceFile(file_path=rf.target, container=store.system_container,
-                     blob=store.resource_blob(job.id, rf.target))
+                     blob=store.resource_blob(job.id, rf.target),
+                     cache_key=f"{job.id}/{spec_hash}/{rf.target}" if spec_hash else None)
         for rf in job.resource_files
     ]
     if task.input_blob is not None and task.input_path is not None:
@@ -133,7 +132,10 @@ class _Keeper(threading.Thread):
         lease = self.worker.options.lease_s
         interval = max(0.2, min(lease / 3.0, 10.0))
         while not self._stop_event.wait(interval):
-            self._renew(lease)
+            try:
+                self._renew(lease)
+            except Exception as exc:  # never let the keeper die: without it the lease lapses
+                log.warning("lease keeper: %s", redact(f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
 
     def _renew(self, lease: float) -> None:
         store = self.worker.store
@@ -267,10 +269,12 @@ class Worker:
         keeper = _Keeper(self, message)
         keeper.start()
         try:
+            # One query for the message's rows; a row that changed meanwhile is re-read at claim time.
+            rows = self.store.get_tasks(job.id, parsed.task_ids) if len(parsed.task_ids) > 1 else {}
             for task_id in parsed.task_ids:
                 if keeper.lost_message:
                     break
-                self._process(job, task_id, keeper)
+                self._process(job, task_id, keeper, prefetched=rows.get(task_id))
         finally:
             keeper.stop()
         if not keeper.lost_message:
@@ -293,9 +297,9 @@ class Worker:
         with contextlib.suppress(ResourceNotFoundError):
             self.store.queue.delete_message(message.id, message.pop_receipt)
 
-    def _process(self, job: Job, task_id: str, keeper: _Keeper) -> None:
+    def _process(self, job: Job, task_id: str, keeper: _Keeper, prefetched: dict[str, Any] | None = None) -> None:
         store = self.store
-        entity = store.get_task(job.id, task_id)
+        entity = prefetched or store.get_task(job.id, task_id)
         if entity is None:
             log.warning("task %s/%s has no record (job deleted?); skipping", job.id, task_id)
             return
@@ -320,10 +324,14 @@ class Worker:
             ).to_dict())
         etag = store.claim(entity, owner=self.owner, lease_s=self.options.lease_s, attempts=attempts)
         if etag is None:
+            if prefetched is not None:  # our read may just be stale: decide again on a fresh one
+                self._process(job, task_id, keeper)
             return  # someone else claimed it between our read and our write
         keeper.track(job.id, task_id, etag)
         lost = sum(1 for a in attempts if a.get("failure_category") == "lost")
-        spec = build_local_spec(job, entity, store, keep_task_dir=self.options.keep_task_dirs, retry_bonus=lost)
+        job_entity, _ = self._job(job.id)
+        spec = build_local_spec(job, entity, store, keep_task_dir=self.options.keep_task_dirs, retry_bonus=lost,
+                                spec_hash=str((job_entity or {}).get("spec_hash") or ""))
         outcome = run_task(spec, node=self.node, transfer=self.transfer, first_attempt=len(attempts) + 1,
                            cancel=keeper.cancel)
         self.tasks_run += 1

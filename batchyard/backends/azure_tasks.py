@@ -24,7 +24,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 
 from ..errors import AuthenticationError, BackendError, JobNotFoundError, JobValidationError, TaskNotFoundError
 from ..job import Job, TaskDef, output_prefix
-from ..redact import redact, strip_sas
+from ..redact import redact
 from .base import TaskResult, TaskState
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,10 @@ CHUNK_CONCURRENCY = 8
 # (set -f) so a pattern is only expanded once, by the inner for loop.
 _CHECK_SCRIPT = (
     '"$@"; rc=$?; [ "$rc" -ne 0 ] && exit "$rc"; '
-    "nl='\n'; set -f; IFS=\"$nl\"; "
-    f'for p in ${REQUIRED_OUTPUTS_ENV}; do '
+    'nl=$(printf "\\nx"); nl=${nl%x}; set -f; IFS=$nl; '
+    f"for p in ${REQUIRED_OUTPUTS_ENV}; do "
     'set +f; found=; for f in $p; do if [ -e "$f" ]; then found=1; break; fi; done; set -f; '
-    f"if [ -z \"$found\" ]; then printf \"batchyard: output pattern '%s' matched no file\\n\" \"$p\" >&2; "
+    'if [ -z "$found" ]; then printf "batchyard: output pattern \'%s\' matched no file\\n" "$p" >&2; '
     f"exit {OUTPUT_MISSING_EXIT}; fi; done; exit 0"
 )
 _MISSING_RE = re.compile(r"batchyard: output pattern '(.*)' matched no file")
@@ -94,6 +94,13 @@ def _message(exc: HttpResponseError) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def enum_text(value: Any) -> str:
+    """An SDK enum (or plain string) as its wire value: ``str()`` of a str-Enum gives ``Cls.MEMBER``."""
+    if value is None:
+        return ""
+    return str(getattr(value, "value", value)).lower()
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -245,20 +252,20 @@ def failure_text(info: Any) -> str | None:
         return None
     parts = [str(info.message or info.code or "the task failed")]
     for d in info.details or []:
-        parts.append(f"{d.name}: {strip_sas(str(d.value))}" if d.name else str(d.value))
+        parts.append(f"{d.name}: {d.value}" if d.name else str(d.value))
     return redact("; ".join(parts))
 
 
 def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail: str = "") -> TaskResult:
     ex = task.execution_info
-    raw_state = str(task.state or "active")
+    raw_state = enum_text(task.state) or "active"
     retries = int(getattr(ex, "retry_count", 0) or 0)
     started = getattr(ex, "start_time", None)
     attempts = retries + (1 if started or raw_state in ("running", "completed") else 0)
     exit_code = getattr(ex, "exit_code", None)
     category = message = None
     if raw_state == "completed":
-        if str(getattr(ex, "result", "")) == "success":
+        if enum_text(getattr(ex, "result", None)) == "success":
             state = TaskState.SUCCEEDED
         else:
             state = TaskState.FAILED
@@ -362,7 +369,7 @@ class TaskAdder:
         retry: list[str] = []
         added = existed = 0
         for r in results:
-            status = str(r.status)
+            status = enum_text(r.status)
             code = r.error.code if r.error is not None else None
             if status == "success":
                 added += 1
@@ -371,8 +378,9 @@ class TaskAdder:
             elif status == "clienterror":
                 text = r.error.message.value if r.error is not None and r.error.message else ""
                 details = "; ".join(f"{d.key}={d.value}" for d in (r.error.error_values or [])) if r.error else ""
+                first = str(text).split("\n", 1)[0]
                 raise BackendError(redact(f"Azure Batch refused task {r.task_id!r} of job {self.job_id!r}: "
-                                          f"{code}: {str(text).split(chr(10))[0]}" + (f" ({details})" if details else "")))
+                                          f"{code}: {first}" + (f" ({details})" if details else "")))
             else:
                 retry.append(str(r.task_id).lower())
         with self._lock:

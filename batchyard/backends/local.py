@@ -85,21 +85,26 @@ class LocalBackend(Backend):
             uploaded = sum(pool.map(push, files))
         log.info("inputs.local_dir: %d file(s) uploaded, %d unchanged", uploaded, len(files) - uploaded)
 
-    def _upload_resources(self, job: Job) -> None:
+    def _upload_resources(self, job: Job) -> list[str]:
+        """Upload changed resource files; returns their MD5s (part of the spec hash)."""
+        digests = []
         for i, rf in enumerate(job.resource_files):
             path = (job.base_dir / rf.source).resolve()
             if not path.is_file():
                 raise JobValidationError(f"job {job.id}", [(f"resource_files.{i}.source", f"{path} not found")])
             blob = self.store.resource_blob(job.id, rf.target)
-            if self.storage.blob_md5(self.store.system_container, blob) != file_md5(path):
+            digest = file_md5(path)
+            if self.storage.blob_md5(self.store.system_container, blob) != digest:
                 self.storage.upload_file(self.store.system_container, blob, path)
+            digests.append(digest.hex())
+        return digests
 
     def submit(self, job: Job) -> SubmitResult:
         if job.container_image:
             raise JobValidationError(f"job {job.id}", [(
                 "container_image", "container tasks are not supported yet; remove it to run the command directly")])
         self.store.ensure()
-        self._upload_resources(job)
+        resource_digests = self._upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)
@@ -118,7 +123,7 @@ class LocalBackend(Backend):
                 rerun += state == "failed"
                 to_queue.append(task)
         doc = job.model_dump(mode="json")
-        spec_hash = hashlib.sha256(dumps(doc).encode()).hexdigest()[:16]
+        spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
         self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
         self.store.write_pending(job.id, to_queue, reset=True)
         self._enqueue(job.id, [t.task_id for t in to_queue])
@@ -142,6 +147,8 @@ class LocalBackend(Backend):
         import multiprocess
 
         count = workers or self.config.workers
+        # forkserver: workers fork from a clean single-threaded server, never from this process,
+        # whose threads (SDK pools, progress display) could hold a lock at fork time and hang a child.
         self._ctx = multiprocess.get_context("fork")
         self._stop = self._ctx.Event()
         self._workers_args = (options, str(work_dir) if work_dir else None)
@@ -213,6 +220,8 @@ class LocalBackend(Backend):
         try:
             return self.storage.download_bytes(self.store.log_container, f"{job_id}/{task_id}/{stream}.txt")
         except ResourceNotFoundError:
+            if entity.get("state") in ("succeeded", "failed") and int(entity.get("attempt_count") or 0) > 0:
+                return b""  # the command wrote nothing there (empty logs are not uploaded)
             raise TaskNotFoundError(
                 f"task {task_id!r} has no {stream} yet (state {entity.get('state')})") from None
 

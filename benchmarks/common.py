@@ -1,0 +1,86 @@
+"""Shared benchmark plumbing: an Azurite of its own, isolated configs, timing, machine facts."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from batchyard.config import Config, load_config
+from batchyard.storage import Storage
+
+UPPER_PY = """import sys
+data = open(sys.argv[1], 'rb').read()
+open(sys.argv[2], 'wb').write(data.upper())
+"""
+
+
+@contextmanager
+def azurite() -> Iterator[str]:
+    """A fresh Azurite (persistent --location in a temp dir) for this benchmark run."""
+    given = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if given:
+        yield given
+        return
+    from batchyard.emulator.azurite import start_ephemeral
+
+    with tempfile.TemporaryDirectory(prefix="by-bench-azurite-") as tmp:
+        instance, stop = start_ephemeral(Path(tmp))
+        try:
+            yield instance.connection_string()
+        finally:
+            stop()
+
+
+def isolated_config(root: Path, conn: str, *, workers: int, **local: Any) -> Config:
+    uid = uuid.uuid4().hex[:8]
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in local.items())
+    (root / "batchyard.toml").write_text(
+        f'backend = "local"\n[storage]\nqueue = "b{uid}"\ntable_prefix = "b{uid}"\n'
+        f'system_container = "sys-{uid}"\nlog_container = "logs-{uid}"\n'
+        f'[local]\nworkers = {workers}\nwork_dir = "{root / "work"}"\n{extra}',
+        encoding="utf-8",
+    )
+    return load_config(root / "batchyard.toml", env={"AZURE_STORAGE_CONNECTION_STRING": conn,
+                                                     "BATCHYARD_HOME": str(root / "home")})
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def machine(conn: str | None = None) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    try:
+        from batchyard.emulator.azurite import AZURITE_VERSION
+
+        facts["azurite"] = AZURITE_VERSION
+    except ImportError:
+        facts["azurite"] = None
+    return facts
+
+
+def storage_of(conn: str) -> Storage:
+    return Storage.from_connection_string(conn)
