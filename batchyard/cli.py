@@ -31,7 +31,8 @@ from .job import load_job
 from .redact import install_log_filter, redact, redacting_filter
 
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+# Piped output (CI logs, files) is not cut at 80 columns: task ids and file names stay whole.
+out = Console(width=None if sys.stdout.isatty() else 160)
 log = logging.getLogger("batchyard")
 EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
 SUMMARY_ROWS = 25
@@ -102,21 +103,30 @@ def _progress_runner(backend: Backend, job_id: str, total: int) -> TaskCounts:
         return backend.wait(job_id, on_progress=update)
 
 
-def _summary(results: list[TaskResult], counts: TaskCounts) -> None:
-    failed = [r for r in results if r.state == "failed"]
-    shown = failed[:SUMMARY_ROWS] if len(results) > SUMMARY_ROWS else results
-    table = Table(title=f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.total} total",
+def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str) -> None:
+    """A table of the tasks (all of them for small jobs, else the failed ones), then how to dig in."""
+    failed = sorted((r for r in results if r.state == "failed"), key=lambda r: r.label)
+    shown = failed[:SUMMARY_ROWS] if len(results) > SUMMARY_ROWS else sorted(
+        results, key=lambda r: (r.state != "failed", r.label))
+    table = Table(title=f"{job_id}: {counts.succeeded} succeeded, {counts.failed} failed, {counts.total} total",
                   title_justify="left")
-    for col in ("task", "input", "state", "exit", "attempts", "failure"):
-        table.add_column(col, overflow="fold")
-    for r in sorted(shown, key=lambda r: (r.state != "failed", r.label)):
-        style = "red" if r.state == "failed" else "green" if r.state == "succeeded" else ""
-        failure = f"{r.failure_category}: {r.failure_message}" if r.failure_category else ""
-        table.add_row(r.task_id, r.label, f"[{style}]{r.state}[/]" if style else str(r.state),
-                      "" if r.exit_code is None else str(r.exit_code), str(r.attempts), failure)
+    table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48)
+    table.add_column("state", no_wrap=True, min_width=9)
+    table.add_column("exit", justify="right", no_wrap=True, min_width=4)
+    table.add_column("tries", justify="right", no_wrap=True, min_width=5)
+    table.add_column("task id", no_wrap=True, min_width=min(64, max((len(r.task_id) for r in shown), default=7)))
+    for r in shown:
+        style = {"failed": "red", "succeeded": "green"}.get(str(r.state), "")
+        table.add_row(r.label, f"[{style}]{r.state}[/]" if style else str(r.state),
+                      "" if r.exit_code is None else str(r.exit_code), str(r.attempts), r.task_id)
     out.print(table)
-    if len(failed) > len(shown):
-        out.print(f"... and {len(failed) - len(shown)} more failed tasks (batchyard status JOB --json)")
+    for r in failed[:SUMMARY_ROWS]:
+        out.print(f"[red]failed[/] {r.task_id}: {r.failure_category}: {r.failure_message}", highlight=False,
+                  soft_wrap=True)
+    if len(failed) > SUMMARY_ROWS:
+        out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json)")
+    if failed:
+        out.print(f"stderr of a failed task: batchyard logs {job_id} {failed[0].task_id} --stderr", soft_wrap=True)
 
 
 @main.command()
@@ -153,7 +163,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
             counts = _progress_runner(be, job.id, submitted.total)
         finally:
             be.stop_execution()
-        _summary(list(be.list_task_results(job.id)), counts)
+        _summary(list(be.list_task_results(job.id)), counts, job.id)
         if counts.failed:
             sys.exit(EXIT_FAILED_TASKS)
 
@@ -185,7 +195,7 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
             out.print_json(json.dumps({"job_id": job_id, "backend": be.name, "counts": counts.to_dict(),
                                        "tasks": [r.to_dict() for r in results]}, ensure_ascii=False))
             return
-        _summary(results, counts)
+        _summary(results, counts, job_id)
 
 
 @main.command()

@@ -80,6 +80,8 @@ class AzureSection(_Section):
     poll_interval: float = Field(default=2.0, gt=0)
     sas_margin: str = "1h"
     keep_auto_pool: bool = False
+    active_job_quota: int = Field(default=100, ge=0)  # the account's active jobs + schedules quota (plan checks it)
+    prices: dict[str, float] = Field(default_factory=dict)  # [azure.prices] vm size -> USD/hour (plan's forecast)
 
 
 class FileConfig(_Section):

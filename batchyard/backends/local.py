@@ -20,7 +20,7 @@ from typing import Any
 from ..config import Config, resolve_storage_connection_string
 from ..errors import BackendError, JobNotFoundError, JobValidationError, TaskNotFoundError
 from ..job import Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
-from ..records import JobStore, TaskMessage, chunk_size_for, entity_to_result
+from ..records import JobStore, StorageLostError, TaskMessage, chunk_size_for, entity_to_result
 from ..storage import Storage, file_md5
 from ..worker import WorkerOptions, worker_process_main
 from .base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
@@ -196,7 +196,14 @@ class LocalBackend(Backend):
 
     # --- queries ---------------------------------------------------------------------------------------
     def _require_job(self, job_id: str) -> dict[str, Any]:
-        entity = self.store.get_job_entity(job_id)
+        try:
+            entity = self.store.get_job_entity(job_id)
+        except StorageLostError:
+            # No jobs table: nothing was ever submitted here (or the storage lost its data).
+            raise JobNotFoundError(
+                f"job {job_id!r} not found: no job has been submitted to storage account "
+                f"{self.storage.account.account_name!r} with this configuration (or its records were lost)"
+            ) from None
         if entity is None:
             raise JobNotFoundError(f"job {job_id!r} not found on storage account {self.storage.account.account_name!r}")
         return entity

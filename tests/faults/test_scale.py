@@ -40,5 +40,6 @@ def test_1000_tasks_each_run_exactly_once(project: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1500)
 def test_10000_tasks_each_run_exactly_once(project: Any, tmp_path: Path) -> None:
-    _run_scale(project, tmp_path, 10_000, workers=4, timeout=900)
+    _run_scale(project, tmp_path, 10_000, workers=4, timeout=1200)
