@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_CMD ?= $(VENV)/bin/batchyard run examples/uppercase/job.toml
 
-.PHONY: help venv .venv azurite demo test lint bench clean
+.PHONY: help venv .venv azurite demo test lint bench report-image clean
 
 help:
 	@echo "make demo | test | lint | bench | azurite | venv | clean   (PYTHON=$(PYTHON))"
@@ -57,7 +57,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP) azurite
-	$(VENV_PY) -m benchmarks.run
+	$(VENV_PY) -m benchmarks.run $(BENCH_ARGS)
+
+# Regenerates the README's picture from a real run of the example (docs/images/report-timeline.png).
+report-image: $(STAMP) azurite
+	$(VENV_PY) examples/uppercase/make_report_image.py
 
 # Removes build output only; Azurite's cache and the user's state ($BATCHYARD_HOME) stay.
 clean:

@@ -39,9 +39,15 @@ def emulator() -> None:
               help="With --batch: serve the Batch emulator in this process until Ctrl-C "
                    "(storage from AZURE_STORAGE_CONNECTION_STRING if set).")
 @click.option("--port", type=int, default=0, help="Batch emulator port (default: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="With --foreground: address the Batch emulator listens on (0.0.0.0 inside a container).")
 @click.option("-v", "--verbose", count=True)
-def start(batch: bool, docker: bool, foreground: bool, port: int, verbose: int) -> None:
-    """Start Azurite (reused if already running) and, with --batch, the Batch emulator."""
+def start(batch: bool, docker: bool, foreground: bool, port: int, host: str, verbose: int) -> None:
+    """Start Azurite (reused if already running) and, with --batch, the Batch emulator.
+
+    With --foreground, BATCHYARD_BATCH_ACCOUNT and BATCHYARD_BATCH_KEY (base64), when set, become the
+    emulator's account name and key, so clients configured with the same variables can reach it.
+    """
     import logging
     import os
 
@@ -63,7 +69,9 @@ def start(batch: bool, docker: bool, foreground: bool, port: int, verbose: int) 
         if foreground:
             from .emulator.batch import BatchEmulator
 
-            emu = BatchEmulator(storage_connection_string=conn, data_dir=home / "batch-emulator", port=port)
+            emu = BatchEmulator(storage_connection_string=conn, data_dir=home / "batch-emulator", port=port,
+                                host=host, account_name=os.environ.get(ENV_BATCH_ACCOUNT) or "batchyard",
+                                account_key=os.environ.get(ENV_BATCH_KEY) or None)
             console.print(f"batch emulator: {emu.url} (account {emu.account_name}); Ctrl-C to stop")
             done = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -115,7 +123,8 @@ def status() -> None:
     else:
         click.echo(f"azurite: running (pid {instance.pid}), blob {instance.blob_port}, queue {instance.queue_port}, "
                    f"table {instance.table_port}")
-    click.echo(f"batch emulator: running at {record.url} (pid {record.pid})" if record else "batch emulator: not running")
+    click.echo(f"batch emulator: running at {record.url} (pid {record.pid})" if record
+               else "batch emulator: not running")
     if instance is None:
         sys.exit(1)
 

@@ -69,10 +69,10 @@ def substitute(template: str, values: Mapping[str, str], *, field_name: str) -> 
     """
 
     def repl(match: re.Match[str]) -> str:
-        token = match.group(0)
-        if token == "{{":
+        piece = match.group(0)
+        if piece == "{{":
             return "{"
-        if token == "}}":
+        if piece == "}}":
             return "}"
         name = match.group(1)
         if name is None:

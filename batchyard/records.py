@@ -18,6 +18,7 @@ never overwrite the result of the worker that took over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -165,15 +166,11 @@ class JobStore:
         so storage that lost them fails loudly instead of silently starting empty)."""
         try:
             for name in (self._jobs_name, self._tasks_name):
-                try:
+                with contextlib.suppress(ResourceExistsError):
                     self.storage.table_service.create_table(name)
-                except ResourceExistsError:
-                    pass
             for queue in (self.queue, self.poison_queue):
-                try:
+                with contextlib.suppress(ResourceExistsError):
                     queue.create_queue()
-                except ResourceExistsError:
-                    pass
         except Exception as exc:
             raise translate_error(exc, "creating batchyard's tables and queues") from None
         self.storage.ensure_container(self.system_container)
@@ -335,10 +332,8 @@ class JobStore:
                 ops = []
         if ops:
             self.tasks.submit_transaction(ops)  # type: ignore[arg-type]
-        try:
+        with contextlib.suppress(ResourceNotFoundError):
             self.jobs.delete_entity("job", job_id)
-        except ResourceNotFoundError:
-            pass
         container = self.storage.container(self.system_container)
         for name in list(self.storage.list_blob_names(self.system_container, f"jobs/{job_id}/")):
             container.delete_blob(name)

@@ -62,7 +62,8 @@ def test_run_example_status_logs_download(project, example: Path) -> None:  # ty
 
 def test_validation_error_exit_2_names_the_field(project) -> None:  # type: ignore[no-untyped-def]
     job = project.dir / "bad.toml"
-    job.write_text('id = "bad id"\ncommand = "true"\n[inputs]\ncontainer = "input-data"\nglobb = "*"\n', encoding="utf-8")
+    job.write_text('id = "bad id"\ncommand = "true"\n[inputs]\ncontainer = "input-data"\nglobb = "*"\n',
+                   encoding="utf-8")
     result = project.cli("run", str(job))
     assert result.returncode == 2
     assert "id: 'bad id' is not a valid job id" in result.stderr
@@ -128,8 +129,10 @@ def test_config_precedence_and_errors(tmp_path: Path, caplog: pytest.LogCaptureF
                    "[local]\nworkers = 3\n", encoding="utf-8")
     loaded = load_config(cfg, env={})
     assert (loaded.backend, loaded.workers) == ("local", 3)
-    assert "holds a key in the file" in caplog.text and "literalsecret" not in caplog.text and "literalsecret" not in repr(loaded)
-    from_env = load_config(cfg, env={"BATCHYARD_BACKEND": "azure", "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=k"})
+    assert "holds a key in the file" in caplog.text
+    assert "literalsecret" not in caplog.text and "literalsecret" not in repr(loaded)
+    from_env = load_config(cfg, env={"BATCHYARD_BACKEND": "azure",
+                                     "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=k"})
     assert from_env.backend == "azure" and from_env.storage_connection_string == "AccountKey=k"
     assert load_config(cfg, env={"BATCHYARD_BACKEND": "azure"}, backend="local").backend == "local"
     cfg.write_text("[local]\nworkerz = 3\n", encoding="utf-8")

@@ -73,8 +73,8 @@ def test_load_job_reports_file_and_toml_errors(tmp_path: Path) -> None:
 
 def test_python_api_builds_the_same_model(tmp_path: Path) -> None:
     path = tmp_path / "job.toml"
-    path.write_text('id = "j1"\ncommand = "python3 up.py {input} {input_stem}.out"\n[inputs]\ncontainer = "input-data"\n',
-                    encoding="utf-8")
+    path.write_text('id = "j1"\ncommand = "python3 up.py {input} {input_stem}.out"\n'
+                    '[inputs]\ncontainer = "input-data"\n', encoding="utf-8")
     from_file = load_job(path)
     from_api = Job(**BASE, base_dir=tmp_path)
     assert from_file.model_dump() == from_api.model_dump()

@@ -188,7 +188,7 @@ class Backend(ABC):
             time.sleep(interval)
             interval = min(poll_interval, interval * 1.5)
 
-    def _check_alive(self) -> None:
+    def _check_alive(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""
 
     def download_outputs(self, job_id: str, dest: Path) -> list[Path]:

@@ -1,0 +1,180 @@
+"""`batchyard plan`: the dry run lists tasks, uploads and outputs, finds what would fail on Azure
+Batch, and forecasts time and cost. Most tests need no storage at all (a plan never starts Azurite)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batchyard.config import load_config
+from batchyard.plan import check_chunks, check_task_ids, make_plan
+from batchyard.plan_cli import plan as plan_command
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "uppercase" / "job.toml"
+
+
+def offline_config(tmp_path: Path, text: str = ""):
+    (tmp_path / "batchyard.toml").write_text(text, encoding="utf-8")
+    return load_config(tmp_path / "batchyard.toml", env={"BATCHYARD_HOME": str(tmp_path / "home")})
+
+
+def write_job(tmp_path: Path, body: str, *, inputs: dict[str, str] | None = None) -> Path:
+    folder = tmp_path / "job"
+    (folder / "in").mkdir(parents=True, exist_ok=True)
+    for name, text in (inputs or {"a.txt": "a", "b.txt": "b"}).items():
+        (folder / "in" / name).write_text(text, encoding="utf-8")
+    (folder / "job.toml").write_text(body, encoding="utf-8")
+    return folder / "job.toml"
+
+
+BASE = """id = "crafted"
+command = "python3 run.py {input} {input_stem}.out"
+[inputs]
+container = "in-data"
+local_dir = "in"
+"""
+
+
+def codes(plan) -> set[str]:
+    return {f.code for f in plan.findings}
+
+
+def test_example_job_plan_lists_tasks_findings_and_forecast(tmp_path: Path) -> None:
+    result = make_plan(EXAMPLE, offline_config(tmp_path), show=3)
+    assert result.job_id == "uppercase" and result.tasks == 20
+    first = result.sample[0]
+    assert first["argv"][:2] == ["python3", "upper.py"] and first["argv"][2].endswith(".txt")
+    assert result.uploads["local_dir"]["files"] == 20
+    assert result.uploads["resource_files"][0]["blob"] == "jobs/uppercase/resources/upper.py"
+    assert result.outputs[0]["first_task_prefix"] == "uppercase/"
+    assert not result.has_errors
+    assert "job-quota" in codes(result)
+    assert result.forecast["previous_run"] == "no previous run"
+    assert result.forecast["usd_per_node_hour"] == pytest.approx(0.096)
+
+
+def test_plan_command_text_and_json(tmp_path: Path) -> None:
+    offline_config(tmp_path)
+    runner = CliRunner()
+    env = {"BATCHYARD_HOME": str(tmp_path / "home"), "AZURE_STORAGE_CONNECTION_STRING": "",
+           "BATCHYARD_BACKEND": ""}
+    text = runner.invoke(plan_command, [str(EXAMPLE), "--config", str(tmp_path / "batchyard.toml")], env=env)
+    assert text.exit_code == 0, text.output
+    for expected in ("tasks: 20", 'argv ["python3", "upper.py"', "findings", "forecast on Azure Batch",
+                     "no previous run", "assumptions"):
+        assert expected in text.output
+    js = runner.invoke(plan_command, [str(EXAMPLE), "--json", "--config", str(tmp_path / "batchyard.toml")], env=env)
+    data = json.loads(js.output)
+    assert data["tasks"] == 20 and data["forecast"]["vm_size"] == "standard_d2s_v3"
+    assert all({"severity", "code", "message", "fix"} <= set(f) for f in data["findings"])
+
+
+def test_invalid_output_patterns_are_findings(tmp_path: Path) -> None:
+    for pattern in ("/etc/passwd", "../up.txt"):
+        job = write_job(tmp_path, BASE + f'[[outputs]]\npattern = "{pattern}"\ncontainer = "out-data"\n')
+        result = make_plan(job, offline_config(tmp_path))
+        assert result.has_errors and "job-invalid" in codes(result)
+        assert any("outputs.0.pattern" in f.message for f in result.findings)
+
+
+def test_output_patterns_that_cannot_match(tmp_path: Path) -> None:
+    outputs = "".join(f'[[outputs]]\npattern = "{p}"\ncontainer = "out-data"\n'
+                      for p in ("results/", "{input_stem}.out", "summary.json", "*.txt", "*.out"))
+    result = make_plan(write_job(tmp_path, BASE + outputs), offline_config(tmp_path))
+    by_pattern = {f.message.split("'")[1]: f.code for f in result.findings if f.code.startswith("output-")}
+    assert by_pattern == {"results/": "output-directory", "{input_stem}.out": "output-placeholder",
+                          "summary.json": "output-unmentioned", "*.txt": "output-matches-input"}
+
+
+def test_task_id_rules() -> None:
+    found = check_task_ids(["x" * 65, "abc-1", "ABC-1", "dup", "dup"])
+    assert [f.code for f in found] == ["task-id-too-long", "task-id-collision", "task-id-collision"]
+    assert all(f.severity == "error" and f.fix for f in found)
+
+
+def test_chunk_rules() -> None:
+    assert {f.code for f in check_chunks([100] * 150, chunk=150)} == {"chunk-too-many-tasks"}
+    assert {f.code for f in check_chunks([20_000] * 100)} == {"chunk-too-large"}
+    assert "task-too-large" in {f.code for f in check_chunks([2_000_000])}
+    assert check_chunks([3_000] * 250) == []
+
+
+def test_big_csv_rows_exceed_the_add_collection_limit(tmp_path: Path) -> None:
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    rows = "\n".join(f"{i},{'v' * 15_000}" for i in range(120))
+    (folder / "p.csv").write_text(f"n,blob\n{rows}\n", encoding="utf-8")
+    (folder / "job.toml").write_text('id = "sweep"\ncommand = "echo {n}"\ntasks = "p.csv"\n', encoding="utf-8")
+    result = make_plan(folder / "job.toml", offline_config(tmp_path))
+    assert result.tasks == 120 and "chunk-too-large" in codes(result)
+
+
+def test_environment_limits(tmp_path: Path) -> None:
+    big = "x" * (130 * 1024)
+    env = "[environment]\n" + f'BIG = "{big}"\n' + "".join(f'V{i} = "{"y" * 120_000}"\n' for i in range(20))
+    result = make_plan(write_job(tmp_path, BASE + env), offline_config(tmp_path))
+    assert {"env-value-too-long", "environment-too-large"} <= codes(result)
+
+
+def test_sas_expiry_shorter_than_the_queue(tmp_path: Path) -> None:
+    inputs = {f"f{i}.txt": str(i) for i in range(10)}
+    job = write_job(tmp_path, BASE + '[constraints]\nmax_wall_clock_time = "1h"\nmax_task_retry_count = 1\n',
+                    inputs=inputs)
+    result = make_plan(job, offline_config(tmp_path))
+    sas = [f for f in result.findings if f.code == "sas-expiry"]
+    assert sas and "sas_margin" in sas[0].fix
+    roomy = make_plan(job, offline_config(tmp_path, '[azure]\nsas_margin = "12h"\n'))
+    assert "sas-expiry" not in codes(roomy)
+    unlimited = make_plan(write_job(tmp_path, BASE), offline_config(tmp_path))
+    assert "sas-long-lived" in codes(unlimited)
+
+
+def test_pool_that_cannot_run_tasks(tmp_path: Path) -> None:
+    job = write_job(tmp_path, BASE)
+    empty = make_plan(job, offline_config(tmp_path, "[azure.pool]\ndedicated_nodes = 0\n"))
+    assert "pool-no-slots" in codes(empty)
+    crowded = make_plan(job, offline_config(tmp_path, "[azure.pool]\ntask_slots_per_node = 16\n"))
+    assert "pool-slots-over-limit" in codes(crowded)
+
+
+def test_active_job_quota(tmp_path: Path) -> None:
+    job = write_job(tmp_path, BASE)
+    full = make_plan(job, offline_config(tmp_path), active_jobs=100, durations=[])
+    assert any(f.code == "job-quota" and f.severity == "error" for f in full.findings)
+    zero = make_plan(job, offline_config(tmp_path, "[azure]\nactive_job_quota = 0\n"))
+    assert any(f.code == "job-quota" and f.severity == "error" for f in zero.findings)
+    roomy = make_plan(job, offline_config(tmp_path), active_jobs=3, durations=[])
+    assert "job-quota" not in codes(roomy)
+
+
+def test_forecast_from_durations_and_configured_prices(tmp_path: Path) -> None:
+    job = write_job(tmp_path, BASE, inputs={f"f{i}.txt": "x" for i in range(8)})
+    config = offline_config(tmp_path, "[azure.pool]\nvm_size = \"custom_size\"\ndedicated_nodes = 2\n"
+                                      "task_slots_per_node = 2\n[azure.prices]\ncustom_size = 1.5\n")
+    result = make_plan(job, config, durations=[60.0] * 8, active_jobs=0)
+    fc = result.forecast
+    assert fc["slots"] == 4 and fc["price_source"] == "[azure.prices] in config"
+    assert fc["wall_time_s"] == pytest.approx(8 * 60 / 4 + 300)
+    assert fc["cost_usd"] == pytest.approx(2 * 1.5 * (420 / 3600), rel=1e-3)
+
+
+def test_previous_local_run_feeds_the_forecast(project) -> None:
+    container = project.container("inputs")
+    out = project.container("outputs")
+    project.put_inputs(container, {"one.txt": b"1", "two.txt": b"2"})
+    (project.dir / "job.toml").write_text(
+        f'id = "prev-{project.uid}"\ncommand = "{sys.executable} -c \\"import shutil,sys; '
+        f'shutil.copy(sys.argv[1], sys.argv[2])\\" {{input}} {{input_stem}}.out"\n'
+        f'[inputs]\ncontainer = "{container}"\n[[outputs]]\npattern = "*.out"\ncontainer = "{out}"\n',
+        encoding="utf-8")
+    ran = project.cli("run", "job.toml")
+    assert ran.returncode == 0, ran.stderr
+    result = make_plan(project.dir / "job.toml", project.config(), durations=None, active_jobs=0)
+    assert result.tasks == 2
+    assert result.forecast["previous_run"].startswith(f"previous run of prev-{project.uid} on local: 2 tasks")
+    assert result.forecast["wall_time_s"] is not None and result.forecast["cost_usd"] is not None
