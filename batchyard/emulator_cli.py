@@ -51,7 +51,7 @@ def start(batch: bool, docker: bool, foreground: bool, port: int, host: str, ver
     import logging
     import os
 
-    from .cli import _setup_logging
+    from .cli_common import _setup_logging
 
     _setup_logging(verbose)
     home = default_home()

@@ -13,7 +13,15 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .cli import EXIT_FAILED_TASKS, _setup_logging, backend_option, config_option, handle_errors, out, verbose_option
+from .cli_common import (
+    EXIT_FAILED_TASKS,
+    _setup_logging,
+    backend_option,
+    config_option,
+    handle_errors,
+    out,
+    verbose_option,
+)
 from .config import load_config
 from .plan import Plan, _hms
 

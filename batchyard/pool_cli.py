@@ -26,7 +26,7 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .cli import handle_errors
+        from .cli_common import handle_errors
 
         return handle_errors(fn)(*args, **kwargs)
 
@@ -35,7 +35,7 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _backend(config_path: str | None, verbose: int) -> Any:
     from .backends.azure import AzureBackend
-    from .cli import _setup_logging
+    from .cli_common import _setup_logging
     from .config import load_config
 
     _setup_logging(verbose)

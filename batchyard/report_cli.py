@@ -43,14 +43,14 @@ def report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None,
 
     With --json, print the numbers behind it instead (and write files only if --out is given).
     """
-    from .cli import handle_errors
+    from .cli_common import handle_errors
 
     handle_errors(_report)(job_id, out_dir, as_json, backend, config_path, verbose)
 
 
 def _report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None, config_path: str | None,
             verbose: int) -> None:
-    from .cli import _context, console, out
+    from .cli_common import _context, console, out
     from .report import report_from_backend, report_numbers, write_report
 
     _, be = _context(verbose, config_path, backend)

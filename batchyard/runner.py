@@ -48,6 +48,7 @@ from .storage import BlobTransfer, SourceMissingError
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 8 * 1024
+WATCH_INTERVAL_S = 0.25  # how often a running command's cancel flag is checked
 UploadOn = Literal["success", "failure", "completion"]
 FailureCategory = Literal[
     "exit_code", "timeout", "input_missing", "staging_failed", "start_failed",
@@ -337,24 +338,41 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
             stdout=out, stderr=err, start_new_session=True, close_fds=True,
         )
         deadline = time.monotonic() + spec.max_wall_clock_seconds if spec.max_wall_clock_seconds else None
-        while True:
-            step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            try:
-                attempt.exit_code = proc.wait(timeout=step)
-                # The leader exited; children it left in its group would outlive the task.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                return None
-            except subprocess.TimeoutExpired:
-                pass
-            if deadline is not None and time.monotonic() >= deadline:
+        stopped: list[str] = []
+        done = threading.Event()
+
+        def watchdog() -> None:
+            # Limits are enforced here so that the main thread can block in waitpid: polling with
+            # Popen.wait(timeout) notices an exit only after its next back-off sleep (up to 50 ms),
+            # which for a short command costs more than the command itself.
+            while True:
+                step = WATCH_INTERVAL_S if deadline is None else max(0.0, min(WATCH_INTERVAL_S,
+                                                                             deadline - time.monotonic()))
+                if done.wait(step):
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped.append("timeout")
+                elif cancel is not None and cancel.is_set():
+                    stopped.append("cancelled")
+                else:
+                    continue
                 kill_process_tree(proc, task_dir=attempt.task_dir)
-                attempt.exit_code = proc.returncode
-                return "timeout"
-            if cancel is not None and cancel.is_set():
-                kill_process_tree(proc, task_dir=attempt.task_dir)
-                attempt.exit_code = proc.returncode
-                return "cancelled"
+                return
+
+        guard = threading.Thread(target=watchdog, name=f"watchdog-{spec.task_id}", daemon=True)
+        guard.start()
+        try:
+            attempt.exit_code = proc.wait()
+        finally:
+            done.set()
+            guard.join()
+        if stopped:
+            attempt.exit_code = proc.returncode
+            return stopped[0]
+        # The leader exited; children it left in its group would outlive the task.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return None
 
 
 def _pattern_base(pattern: str) -> tuple[str, bool]:

@@ -44,7 +44,7 @@ def backend_once(conn: str, root: Path, container: str, n: int, workers: int) ->
     (root / "up.py").write_text(UPPER_PY, encoding="utf-8")
     job = job_from_dict({
         "id": f"tiny-{uuid.uuid4().hex[:6]}", "command": f"{sys.executable} up.py {{input}} {{input_stem}}.out",
-        "inputs": {"container": container}, "resource_files": [{"source": "up.py"}],
+        "inputs": {"container": container, "prefix": "in/"}, "resource_files": [{"source": "up.py"}],
         "outputs": [{"pattern": "*.out", "container": container, "path": "out/{job_id}/"}],
     }, base_dir=root)
     backend = LocalBackend(config)
@@ -76,7 +76,7 @@ def run(conn: str, *, n: int = 2000, workers: int = 2, reps: int = 3) -> dict[st
     storage.ensure_container(container)
     payload = (b"hello batchyard " * 64)[:1024]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda i: storage.upload_bytes(container, f"f{i:05d}.txt", payload), range(n)))
+        list(pool.map(lambda i: storage.upload_bytes(container, f"in/f{i:05d}.txt", payload), range(n)))
     floors: list[float] = []
     backends: list[float] = []
     worker_rss: list[float] = []
