@@ -101,6 +101,8 @@ class ReportData:
     rows: list[str]
     unrecorded_attempts: int = 0
     notes: list[str] = field(default_factory=list)
+    # `batchyard plan`'s Azure forecast, computed from this run's own task durations.
+    forecast: dict[str, Any] | None = None
 
     @property
     def start(self) -> float | None:
@@ -222,9 +224,16 @@ def backend_shape(backend: Backend) -> str:
 
 
 def report_from_backend(backend: Backend, job_id: str) -> ReportData:
+    from .plan import durations_from, forecast
+
     results = list(backend.list_task_results(job_id))
     counts = backend.task_counts(job_id)
-    return build_report(results, job_id=job_id, backend=backend.name, shape=backend_shape(backend), counts=counts)
+    data = build_report(results, job_id=job_id, backend=backend.name, shape=backend_shape(backend), counts=counts)
+    durations = durations_from(results)
+    if durations:  # what the same tasks would take and cost on the configured Azure pool
+        data.forecast = forecast(backend.config, tasks=len(results), durations=durations,
+                                 previous=f"this run ({backend.name}, {len(durations)} succeeded tasks)")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- numbers
@@ -280,6 +289,7 @@ def report_numbers(data: ReportData) -> dict[str, Any]:
         "job_id": data.job_id, "backend": data.backend, "shape": data.shape,
         "generated_at": iso(data.generated_at), "start": iso(start), "end": iso(end),
         "wall_seconds": None if start is None or end is None else round(end - start, 3),
+        "forecast": data.forecast,
         "totals": {**data.counts.to_dict(), "attempts": sum(r.attempts for r in data.results),
                    "retries": sum(r.retry_count for r in data.results), "attempts_drawn": len(data.attempts),
                    "attempts_unrecorded": data.unrecorded_attempts, "rows": len(data.rows)},
@@ -348,8 +358,7 @@ def render_html(data: ReportData, figures: dict[str, bytes], numbers: dict[str, 
         f"<title>batchyard report: {_e(data.job_id)}</title><style>{CSS}</style></head><body>",
         f"<h1>Job {_e(data.job_id)}</h1>", '<dl id="summary">',
         *(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in header), "</dl>",
-        '<section id="forecast" class="placeholder">Forecast: none for this job (a forecast from '
-        "<code>batchyard plan</code> will appear here, next to the actuals).</section>",
+        _forecast_section(data.forecast, n["wall_seconds"]),
         *(f'<p class="note">{_e(note)}</p>' for note in data.notes),
         "<h2>Timeline</h2>", f'<p class="key">{key}</p>',
         f'<p class="note">{_e(_timeline_caption(n))}</p>', _img(figures["timeline"], "timeline of task attempts"),
@@ -413,3 +422,16 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     page = out_dir / "report.html"
     page.write_text(render_html(data, figures), encoding="utf-8")
     return page
+
+
+def _forecast_section(fc: dict[str, Any] | None, actual_s: float | None) -> str:
+    """`batchyard plan`'s forecast for the configured Azure pool, next to this run's actual wall time."""
+    if not fc or fc.get("wall_time_s") is None:
+        return ('<section id="forecast" class="placeholder">Forecast: none (no succeeded task to base it on).'
+                "</section>")
+    cost = "unknown price" if fc.get("cost_usd") is None else f"about ${fc['cost_usd']:.4f}"
+    actual = "—" if actual_s is None else f"{actual_s:.1f} s"
+    items = "".join(f"<li>{_e(a)}</li>" for a in fc.get("assumptions", []))
+    return (f'<section id="forecast"><h2>Forecast on Azure vs this run</h2><p>On {fc["nodes"]} x '
+            f'{_e(fc["vm_size"])} ({fc["slots"]} slot(s)): wall time about {fc["wall_time_s"]:.1f} s, {cost}. '
+            f"This run: {actual} on {_e(fc['previous_run'])}.</p><ul>{items}</ul></section>")

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -397,12 +398,18 @@ class BlobTransfer:
 
         size = src.stat().st_size
         try:
-            md5 = file_md5(src)
-            with src.open("rb") as fh:
-                client.upload_blob(
-                    fh, length=size, overwrite=True, max_concurrency=4,
-                    content_settings=ContentSettings(content_md5=bytearray(md5)),
-                )
+            if size <= BLOCK_SIZE:  # one request: the MD5 travels with it
+                with src.open("rb") as fh:
+                    client.upload_blob(fh, length=size, overwrite=True,
+                                       content_settings=ContentSettings(content_md5=bytearray(file_md5(src))))
+                return size
+            # Big files: hash in a second thread while the blocks go up (reading the file twice
+            # costs less than hashing first and uploading after), then set the header.
+            with ThreadPoolExecutor(1) as hasher:
+                digest = hasher.submit(file_md5, src)
+                with src.open("rb") as fh:
+                    client.upload_blob(fh, length=size, overwrite=True, max_concurrency=4)
+                client.set_http_headers(ContentSettings(content_md5=bytearray(digest.result())))
             return size
         except Exception as exc:
             raise translate_error(exc, f"uploading {what}") from None

@@ -49,7 +49,19 @@ def main() -> int:
         "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    latest = RESULTS / "latest.json"
+    if only != {"tiny", "submit", "big"} and latest.exists():
+        # A partial run (--only) updates its sections and keeps the others, each with its own date.
+        previous = json.loads(latest.read_text(encoding="utf-8"))
+        for name in ("tiny", "submit", "big"):
+            if name not in out and name in previous:
+                out[name] = previous[name]
+                out.setdefault("kept_from", {})[name] = previous.get("started")
+        out["memory"] = {
+            "worker_rss_mib": out.get("tiny", {}).get("worker_peak_rss_mib"),
+            "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
+        }
+    latest.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     _table(out)
     return 0
 

@@ -136,6 +136,8 @@ def test_local_report_every_attempt_failure_and_retry(project: Any, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     page = check_report_dir(tmp_path / "out", results, "rep")
     assert "work: refusing bad.txt on purpose" in page
+    # plan's forecast for the configured Azure pool, from this run's durations, next to the actual.
+    assert "Forecast on Azure vs this run" in page and "standard_d2s_v3" in page
     data = build_report(results, job_id="rep")
     outcomes = sorted(a.outcome for a in data.attempts)
     assert outcomes == ["failed", "retried", "retried"] + ["succeeded"] * 5  # 8 attempts: 4 ok, 2 + 2 with retries
@@ -144,7 +146,9 @@ def test_local_report_every_attempt_failure_and_retry(project: Any, tmp_path: Pa
     shown = run_report(project, "rep", "--json")
     assert shown.returncode == 0, shown.stderr
     assert not (project.dir / "rep-report").exists(), "--json alone writes no files"
-    check_numbers(json.loads(shown.stdout), results)
+    numbers = json.loads(shown.stdout)
+    check_numbers(numbers, results)
+    assert numbers["forecast"]["wall_time_s"] > 0 and numbers["forecast"]["slots"] >= 1
     missing = run_report(project, "no-such-job")
     assert missing.returncode == 3 and "not found" in missing.stderr, missing.stderr
 
