@@ -66,6 +66,9 @@ class PoolSection(_Section):
     start_task: str | None = None
     requirements: tuple[str, ...] = ()
     autoscale_formula: str | None = None
+    # map_files/map_lines jobs: pools batchyard creates get a start task that installs the
+    # submitter's batchyard and dill versions unless the node already has them (docs/inline.md).
+    install_batchyard: bool = True
     resize_timeout: str = "15m"
 
 

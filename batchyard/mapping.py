@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import inspect
 import io
 import os
@@ -178,6 +179,13 @@ def _dill_pickler() -> type[Any]:
             self.module_names: set[str] = set()
 
         def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+            if isinstance(obj, types.ModuleType) and obj.__name__ != "__main__":
+                # Always by name: dill would copy a module outside site-packages (an editable
+                # install, a local module) by value with all its globals (consoles, locks, clients).
+                # Local modules travel as files in batchyard_modules.zip; the node imports them.
+                self.module_names.add(obj.__name__)
+                self.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
+                return
             if isinstance(obj, types.ModuleType):
                 self.module_names.add(obj.__name__)
             elif isinstance(obj, type | types.FunctionType | types.BuiltinFunctionType) and _locatable(obj):
@@ -437,11 +445,35 @@ def build_job(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
     return job_from_dict(data, source=f"map_{kind}({serialized.function_name})", base_dir=folder)
 
 
+def _with_node_install(config: Config) -> Config:
+    """On Azure, a pool batchyard creates checks for the submitter's batchyard and dill at start-up and
+    pip-installs them when missing (an existing pool, or ``install_batchyard = false``, is left alone)."""
+    from dataclasses import replace
+
+    import dill
+
+    from . import __version__
+    from .config import PoolSection
+
+    pool = config.azure.pool
+    if config.backend != "azure" or (pool is None and config.azure.pool_id) or (pool and not pool.install_batchyard):
+        return config
+    pool = pool or PoolSection()
+    want = {"batchyard": __version__, "dill": dill.__version__}
+    check = " and ".join(f"{name}.__version__ == {version!r}" for name, version in want.items())
+    pins = " ".join(f"{name}=={version}" for name, version in want.items())
+    step = (f"python3 -c \"import batchyard, dill; assert {check}\" 2>/dev/null || "
+            "{ (python3 -m pip --version >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq "
+            f"python3-pip)) && python3 -m pip install --quiet --break-system-packages {pins}; }}")
+    start = f"{pool.start_task} && {step}" if pool.start_task else step
+    return replace(config, azure=config.azure.model_copy(update={"pool": pool.model_copy(update={"start_task": start})}))
+
+
 def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
          outputs: str | OutputSpec | Sequence[str | OutputSpec], *, job_id: str | None, backend: str | None,
          wait: bool, config: Config | None, workers: int | None, timeout: float | None,
          **job_options: Any) -> MapRun:
-    config = (config or load_config()).with_backend(backend)
+    config = _with_node_install((config or load_config()).with_backend(backend))
     folder = Path(tempfile.mkdtemp(prefix="batchyard-inline-"))
     try:
         job = build_job(kind, fn, inputs, outputs, job_id=job_id, folder=folder, **job_options)

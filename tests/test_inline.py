@@ -414,8 +414,16 @@ def test_node_without_batchyard_fails_clearly(env: Env, tmp_path: Path, monkeypa
     (fake_bin / "python3").chmod(0o755)
     env.project.put_inputs(env.ins, {"n.txt": b"n\n"})
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    config = env.config
+    if config.backend == "azure":  # a pool told not to install batchyard: the node really lacks it
+        from dataclasses import replace
+
+        from batchyard.config import PoolSection
+
+        pool = (config.azure.pool or PoolSection()).model_copy(update={"install_batchyard": False})
+        config = replace(config, azure=config.azure.model_copy(update={"pool": pool}))
     run = map_lines(str.upper, inputs=f"{env.ins}/n*", outputs=f"{env.outs}/{{job_id}}/", job_id="nobatchyard",
-                    config=env.config, workers=1, timeout=90)
+                    config=config, workers=1, timeout=90)
     (result,) = run.results()
     assert (result["state"], result["exit_code"]) == ("failed", EXIT_NOT_INSTALLED)
     assert "batchyard.inline: batchyard is not installed on this node" in result["stderr_tail"]
@@ -470,3 +478,27 @@ def test_default_job_id_follows_the_function_and_its_modules(tmp_path: Path, mon
     assert first.startswith("lines-f-") and job_id() == first
     (tmp_path / f"{name}.py").write_text("def f(line):\n    return line + '!'\n")
     assert job_id() != first, "an edited helper module must not resume the old job"
+
+
+def test_azure_pools_install_the_submitters_batchyard_unless_present() -> None:
+    """Pools batchyard creates for inline jobs check for, and else pip-install, the submitter's versions."""
+    from dataclasses import replace
+
+    import dill
+
+    from batchyard import __version__
+    from batchyard.backends.azure_pools import start_task_command
+    from batchyard.config import PoolSection, load_config
+    from batchyard.mapping import _with_node_install
+
+    azure = load_config(env={"BATCHYARD_BACKEND": "azure"})
+    start = _with_node_install(azure).azure.pool.start_task
+    assert f"batchyard=={__version__}" in start and f"dill=={dill.__version__}" in start
+    assert start.startswith("python3 -c") and "|| {" in start  # installs only when the check fails
+    command = start_task_command(_with_node_install(azure).azure.pool)
+    assert command is not None and command.startswith("/bin/sh -c")
+    assert _with_node_install(load_config(env={})).azure.pool is None  # local backend: untouched
+    existing = replace(azure, azure=azure.azure.model_copy(update={"pool_id": "mine"}))
+    assert _with_node_install(existing).azure.pool is None  # an existing pool is the user's to prepare
+    off = replace(azure, azure=azure.azure.model_copy(update={"pool": PoolSection(install_batchyard=False)}))
+    assert _with_node_install(off).azure.pool.start_task is None
