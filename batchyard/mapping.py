@@ -466,7 +466,8 @@ def _with_node_install(config: Config) -> Config:
             "{ (python3 -m pip --version >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq "
             f"python3-pip)) && python3 -m pip install --quiet --break-system-packages {pins}; }}")
     start = f"{pool.start_task} && {step}" if pool.start_task else step
-    return replace(config, azure=config.azure.model_copy(update={"pool": pool.model_copy(update={"start_task": start})}))
+    pool = pool.model_copy(update={"start_task": start})
+    return replace(config, azure=config.azure.model_copy(update={"pool": pool}))
 
 
 def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
