@@ -263,6 +263,12 @@ class Job(_Model):
     def argv_template(self) -> list[str]:
         return shlex.split(self.command)
 
+    def output_locations(self) -> list[tuple[str, str]]:
+        """(container, blob prefix) pairs under which every output of this job lands: each output's
+        path up to its first per-task placeholder."""
+        return sorted({(out.container, out.path.replace("{job_id}", self.id).split("{", 1)[0])
+                       for out in self.outputs})
+
 
 # ---------------------------------------------------------------------------------------------- loading
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -208,6 +208,12 @@ class JobStore:
         except ResourceNotFoundError:
             raise JobNotFoundError(f"job {job_id!r} not found (no job document)") from None
 
+    def load_job(self, job_id: str) -> Job:
+        """The job as submitted (already validated then, so its CSV need not be on this machine)."""
+        from .job import job_from_dict
+
+        return job_from_dict(self.load_job_doc(job_id)["job"], source=f"job {job_id}", stored=True)
+
     def set_job_state(self, job_id: str, state: str) -> None:
         self.jobs.update_entity({"PartitionKey": "job", "RowKey": job_id, "state": state, "updated": time.time()},
                                 mode=UpdateMode.MERGE)

@@ -23,7 +23,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ..config import Config, resolve_storage_connection_string
 from ..errors import BackendError, ConfigError, JobNotFoundError, JobValidationError, TaskNotFoundError
-from ..job import Job, TaskDef, job_from_dict, parse_duration, tasks_from_blob_names, tasks_from_table
+from ..job import Job, TaskDef, parse_duration, tasks_from_blob_names, tasks_from_table
 from ..records import JobStore
 from ..redact import register_secret
 from ..storage import Storage, file_md5
@@ -440,16 +440,7 @@ class AzureBackend(Backend):
             raise batch_error(exc, f"reading {stream} of task {task_id!r}") from None
 
     def job(self, job_id: str) -> Job:
-        doc = self.store.load_job_doc(job_id)
-        return job_from_dict(doc["job"], source=f"job {job_id}", stored=True)
-
-    def output_locations(self, job_id: str) -> list[tuple[str, str]]:
-        job = self.job(job_id)
-        locations = []
-        for out in job.outputs:
-            fixed = out.path.replace("{job_id}", job.id)
-            locations.append((out.container, fixed.split("{", 1)[0]))
-        return sorted(set(locations))
+        return self.store.load_job(job_id)
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:

@@ -161,8 +161,12 @@ class Backend(ABC):
         """Remove the job, its task records and anything batchyard created for it only."""
 
     @abstractmethod
+    def job(self, job_id: str) -> Job:
+        """The job as it was submitted."""
+
     def output_locations(self, job_id: str) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the job's outputs land."""
+        return self.job(job_id).output_locations()
 
     # --- shared behaviour -----------------------------------------------------------------------------
     def start_execution(self, job: Job, *, workers: int | None = None) -> None:  # noqa: B027

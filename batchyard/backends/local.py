@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import Config, resolve_storage_connection_string
 from ..errors import BackendError, JobNotFoundError, JobValidationError, TaskNotFoundError
-from ..job import Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
+from ..job import Job, TaskDef, tasks_from_blob_names, tasks_from_table
 from ..records import JobStore, StorageLostError, TaskMessage, chunk_size_for, entity_to_result
 from ..storage import Storage, file_md5
 from ..worker import WorkerOptions, worker_process_main
@@ -233,16 +233,7 @@ class LocalBackend(Backend):
                 f"task {task_id!r} has no {stream} yet (state {entity.get('state')})") from None
 
     def job(self, job_id: str) -> Job:
-        doc = self.store.load_job_doc(job_id)
-        return job_from_dict(doc["job"], source=f"job {job_id}", stored=True)
-
-    def output_locations(self, job_id: str) -> list[tuple[str, str]]:
-        job = self.job(job_id)
-        locations = []
-        for out in job.outputs:
-            fixed = out.path.replace("{job_id}", job.id)
-            locations.append((out.container, fixed.split("{", 1)[0]))
-        return sorted(set(locations))
+        return self.store.load_job(job_id)
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
