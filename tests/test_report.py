@@ -349,7 +349,7 @@ class _Interrupted(Backend):
         yield TaskResult(job_id=job_id, task_id="slow-1", state=TaskState.RUNNING, label="big.bin", attempts=1,
                          started_at=(datetime.now(UTC) - timedelta(seconds=75)).isoformat(), node_id="n0")
 
-    preflight = submit = read_task_log = cancel = delete = output_locations = None  # type: ignore[assignment]
+    preflight = submit = read_task_log = cancel = delete = job = None  # type: ignore[assignment]
 
 
 def test_watch_status_ctrl_c_leaves_the_job_and_returns_last_counts() -> None:
