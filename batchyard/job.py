@@ -209,8 +209,9 @@ class Job(_Model):
     constraints: Constraints = Field(default=Constraints(), description="Time limit and retries.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for "
                                         "every task (AZ_BATCH_* are reserved).")
-    container_image: str | None = Field(default=None, description="Reserved for container tasks (not yet "
-                                        "supported: a job that sets it is refused at submit).")
+    container_image: str | None = Field(default=None, description="Run the command inside this image (it must "
+                                        "be on the Docker engine; never pulled). The node root is mounted at the same "
+                                        "path, networking is disabled.")
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("id")

@@ -41,7 +41,7 @@ from typing import Literal
 
 import psutil
 
-from .errors import AuthenticationError, StorageError, UnsafePathError
+from .errors import AuthenticationError, BatchyardError, StorageError, UnsafePathError
 from .redact import redact
 from .storage import BlobTransfer, SourceMissingError
 
@@ -138,6 +138,7 @@ class TaskSpec:
     max_wall_clock_seconds: float | None = None
     max_task_retry_count: int = 0  # -1 = retry without limit (Batch semantics)
     keep_task_dir: bool = True
+    container_image: str | None = None  # run argv inside this image (batchyard.containers)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,11 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
     """Run the command; returns None, 'timeout' or 'cancelled'."""
     spec = attempt.spec
     env = task_environment(spec, attempt.node, attempt.task_dir)
+    if spec.container_image:
+        from . import containers
+
+        attempt.exit_code, stopped = containers.run(spec, attempt.node, attempt.task_dir, env, cancel)
+        return stopped
     with (attempt.task_dir / "stdout.txt").open("wb") as out, (attempt.task_dir / "stderr.txt").open("wb") as err:
         proc = subprocess.Popen(
             list(spec.argv), cwd=attempt.wd, env=env, stdin=subprocess.DEVNULL,
@@ -468,6 +474,10 @@ def run_attempt(
         return attempt.record("staging_failed", str(exc)), []
     try:
         stopped = _execute(attempt, cancel)
+    except BatchyardError as exc:  # no container engine, image missing: the fix is in the message
+        with contextlib.suppress(OSError):
+            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: {exc}\n")
+        return attempt.record("start_failed", str(exc)), []
     except OSError as exc:  # command not found, not executable
         with contextlib.suppress(OSError):
             (attempt.task_dir / "stderr.txt").write_text(f"batchyard: cannot start {spec.argv[0]!r}: {exc}\n")

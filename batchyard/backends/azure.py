@@ -190,7 +190,8 @@ class AzureBackend(Backend):
         self._expected[job.id] = len(tasks)
         pool_id, created = (None, False)
         if work:
-            pool_id, created = self.pools.resolve(job.id)
+            images = (job.container_image,) if job.container_image else ()
+            pool_id, created = self.pools.resolve(job.id, container_images=images)
             if batch_job is None:
                 self._create_job(job, pool_id)
             self._reactivate(job, to_reactivate, to_add, {t.task_id.lower(): t for t in tasks})

@@ -78,7 +78,8 @@ def start_task_command(section: PoolSection) -> str | None:
     return shlex.join(["/bin/sh", "-c", "set -e; " + " && ".join(steps)])
 
 
-def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None) -> bm.BatchPoolCreateOptions:
+def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None,
+                 container_images: tuple[str, ...] = ()) -> bm.BatchPoolCreateOptions:
     command = start_task_command(section)
     start = None
     if command:
@@ -97,7 +98,11 @@ def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None) -> b
             image_reference=bm.BatchVmImageReference(
                 publisher=section.image_publisher, offer=section.image_offer, sku=section.image_sku,
                 version=section.image_version),
-            node_agent_sku_id=section.node_agent_sku_id),
+            node_agent_sku_id=section.node_agent_sku_id,
+            # Container tasks need a container-enabled pool; listing the image prefetches it on each node.
+            container_configuration=bm.BatchContainerConfiguration(
+                type=bm.ContainerType.DOCKER_COMPATIBLE, container_image_names=list(container_images),
+            ) if container_images else None),
         # Batch refuses target node counts together with an autoscale formula.
         target_dedicated_nodes=None if autoscale else section.dedicated_nodes,
         target_low_priority_nodes=None if autoscale else section.spot_nodes,
@@ -174,11 +179,12 @@ class PoolManager:
         except Exception as exc:
             raise batch_error(exc, f"reading pool {pool_id!r}") from None
 
-    def create(self, pool_id: str, section: PoolSection, *, job_id: str | None) -> bool:
+    def create(self, pool_id: str, section: PoolSection, *, job_id: str | None,
+               container_images: tuple[str, ...] = ()) -> bool:
         """Create the pool (recorded first, so a crash never leaves an unrecorded pool); False if it existed."""
         self.record(pool_id, job_id=job_id)
         try:
-            self.client.create_pool(pool_options(pool_id, section, job_id=job_id))
+            self.client.create_pool(pool_options(pool_id, section, job_id=job_id, container_images=container_images))
         except HttpResponseError as exc:
             if error_code(exc) == "PoolExists":
                 return False
@@ -191,7 +197,7 @@ class PoolManager:
                  section.dedicated_nodes, section.spot_nodes)
         return True
 
-    def resolve(self, job_id: str) -> tuple[str, bool]:
+    def resolve(self, job_id: str, *, container_images: tuple[str, ...] = ()) -> tuple[str, bool]:
         """The pool the job runs on, creating it if batchyard should; returns (pool id, created now)."""
         azure = self.config.azure
         if azure.pool_id:
@@ -200,11 +206,13 @@ class PoolManager:
             if azure.pool is None:
                 raise BackendError(f"pool {azure.pool_id!r} ([azure] pool_id) does not exist on Azure Batch; "
                                    "create it, or add an [azure.pool] section so batchyard creates it")
-            return azure.pool_id, self.create(azure.pool_id, azure.pool, job_id=None)
+            return azure.pool_id, self.create(azure.pool_id, azure.pool, job_id=None,
+                                              container_images=container_images)
         pool_id = per_job_pool_id(job_id)
         if self.exists(pool_id):
             return pool_id, False
-        return pool_id, self.create(pool_id, azure.pool or PoolSection(), job_id=job_id)
+        return pool_id, self.create(pool_id, azure.pool or PoolSection(), job_id=job_id,
+                                    container_images=container_images)
 
     def resize_errors(self, pool: bm.BatchPool) -> str | None:
         errors = pool.resize_errors or []

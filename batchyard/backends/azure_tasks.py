@@ -209,6 +209,9 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
             retention_time=timedelta(seconds=c.retention_time) if c.retention_time else None,
             max_task_retry_count=c.max_task_retry_count,
         ),
+        container_settings=bm.BatchTaskContainerSettings(
+            image_name=job.container_image, working_directory=bm.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
+        ) if job.container_image else None,
     )
 
 

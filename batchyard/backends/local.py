@@ -100,9 +100,8 @@ class LocalBackend(Backend):
         return digests
 
     def submit(self, job: Job) -> SubmitResult:
-        if job.container_image:
-            raise JobValidationError(f"job {job.id}", [(
-                "container_image", "container tasks are not supported yet; remove it to run the command directly")])
+        if job.container_image:  # fail before anything is queued, not in every task
+            _require_image(job.container_image)
         self.store.ensure()
         resource_digests = self._upload_resources(job)
         for out in job.outputs:
@@ -258,3 +257,16 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.stop_execution()
+
+
+def _require_image(image: str) -> None:
+    """Raise a clear error when the engine is missing or lacks the image (never pulled implicitly)."""
+    from ..containers import ContainerEngineError, engine
+
+    try:
+        engine().images.get(image)
+    except ContainerEngineError:
+        raise
+    except Exception:
+        raise ContainerEngineError(f"container_image {image!r} is not on the Docker engine; pull, load or build "
+                                   "it there first (batchyard never pulls implicitly)") from None

@@ -42,8 +42,8 @@ def _check_pool(body: Any) -> dict[str, Any]:
     vm = require(body, "virtualMachineConfiguration", dict)
     require(vm, "nodeAgentSKUId")
     require(vm, "imageReference", dict)
-    if vm.get("containerConfiguration"):
-        raise unsupported("container pools (containerConfiguration)", "virtualMachineConfiguration")
+    # containerConfiguration is accepted: container tasks run on the local Docker engine, whose images
+    # are never pulled (containerImageNames are not prefetched; a missing image fails the task).
     for name, what in REFUSED_POOL_FIELDS.items():
         if body.get(name):
             raise unsupported(what, name)

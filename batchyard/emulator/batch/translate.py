@@ -21,7 +21,6 @@ UPLOAD_CONDITIONS = {"tasksuccess": "success", "taskfailure": "failure", "taskco
 # Fields Azure honours that an emulated node cannot: refused so nobody gets a silent wrong answer.
 REFUSED_TASK_FIELDS = {
     "multiInstanceSettings": "multi-instance (MPI) tasks",
-    "containerSettings": "container tasks (containerSettings)",
     "applicationPackageReferences": "application packages",
     "authenticationTokenSettings": "task authentication tokens",
 }
@@ -181,6 +180,8 @@ def task_spec(job_id: str, body: dict[str, Any], resource_files: tuple[ResourceF
         max_wall_clock_seconds=parse_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime"),
         max_task_retry_count=int(constraints.get("maxTaskRetryCount", job_retry_default)),
         keep_task_dir=True,  # Batch keeps it for retentionTime; we keep it until the job is deleted
+        # Runs in the image on the local Docker engine (registry and run options ignored: never pulled).
+        container_image=(body.get("containerSettings") or {}).get("imageName") or None,
     )
 
 
