@@ -51,6 +51,8 @@ class LocalSection(_Section):
     keep_task_dirs: bool = False
     nodes: int | None = Field(default=None, ge=1)
     task_slots_per_node: int | None = Field(default=None, ge=1)
+    # Run as many workers as the cloud pool has slots, so a local run's concurrency matches Azure's.
+    mirror_pool: bool = False
 
 
 class PoolSection(_Section):
@@ -114,6 +116,9 @@ class Config:
     def workers(self) -> int:
         if self.local.workers:
             return self.local.workers
+        if self.local.mirror_pool:
+            pool = self.azure.pool or PoolSection()
+            return max(1, (pool.dedicated_nodes + pool.spot_nodes) * pool.task_slots_per_node)
         if self.local.nodes and self.local.task_slots_per_node:
             return self.local.nodes * self.local.task_slots_per_node
         return os.cpu_count() or 2

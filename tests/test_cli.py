@@ -135,6 +135,11 @@ def test_config_precedence_and_errors(tmp_path: Path, caplog: pytest.LogCaptureF
                                      "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=k"})
     assert from_env.backend == "azure" and from_env.storage_connection_string == "AccountKey=k"
     assert load_config(cfg, env={"BATCHYARD_BACKEND": "azure"}, backend="local").backend == "local"
+    cfg.write_text("[local]\nmirror_pool = true\n[azure.pool]\ndedicated_nodes = 2\nspot_nodes = 1\n"
+                   "task_slots_per_node = 4\n", encoding="utf-8")
+    assert load_config(cfg, env={}).workers == 12  # local concurrency = the pool's nodes x slots
+    cfg.write_text("[local]\nnodes = 3\ntask_slots_per_node = 2\n", encoding="utf-8")
+    assert load_config(cfg, env={}).workers == 6
     cfg.write_text("[local]\nworkerz = 3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"local.workerz: unknown setting"):
         load_config(cfg, env={})
