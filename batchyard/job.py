@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from .errors import JobValidationError, UnsafePathError
-from .runner import fnmatch_name, safe_relative_path
+from .paths import fnmatch_name, safe_relative_path
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")

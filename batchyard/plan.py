@@ -34,7 +34,7 @@ from typing import Any
 from .config import Config, PoolSection
 from .errors import BatchyardError, JobValidationError
 from .job import Job, TaskDef, load_job, output_prefix, parse_duration, tasks_from_blob_names, tasks_from_table
-from .runner import fnmatch_name
+from .paths import fnmatch_name
 
 MAX_ID = 64
 CHUNK_TASKS = 100

@@ -25,7 +25,6 @@ Guarantees to the command:
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import logging
 import os
 import shutil
@@ -36,14 +35,35 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import psutil
 
 from .errors import AuthenticationError, BatchyardError, StorageError, UnsafePathError
+from .paths import fnmatch_name, is_inside, match_outputs, pattern_base, safe_relative_path
 from .redact import redact
 from .storage import BlobTransfer, SourceMissingError
+
+# fnmatch_name, match_outputs and safe_relative_path live in batchyard.paths; importable from here too.
+__all__ = [
+    "PERMANENT_FAILURES",
+    "AttemptRecord",
+    "NodeContext",
+    "OutputFile",
+    "ResourceFile",
+    "TaskOutcome",
+    "TaskSpec",
+    "fnmatch_name",
+    "kill_process_tree",
+    "match_outputs",
+    "now_iso",
+    "run_attempt",
+    "run_task",
+    "safe_relative_path",
+    "should_retry",
+    "task_environment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -185,30 +205,6 @@ def now_iso() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- paths
-def safe_relative_path(name: str, *, what: str) -> PurePosixPath:
-    """A relative path that cannot leave the directory it is joined to, or UnsafePathError."""
-    if "\x00" in name:
-        raise UnsafePathError(f"{what}: NUL byte in path {name!r}")
-    if "\\" in name:
-        raise UnsafePathError(f"{what}: backslash in path {name!r} (use '/')")
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or name.startswith("/"):
-        raise UnsafePathError(f"{what}: path {name!r} must be relative")
-    if any(part == ".." for part in path.parts):
-        raise UnsafePathError(f"{what}: path {name!r} must not contain '..'")
-    if path.parts and path.parts[0] in ("", "."):
-        path = PurePosixPath(*[p for p in path.parts if p != "."]) if len(path.parts) > 1 else path
-    return path
-
-
-def _inside(base: Path, candidate: Path) -> bool:
-    try:
-        candidate.resolve().relative_to(base.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def task_environment(spec: TaskSpec, node: NodeContext, task_dir: Path) -> dict[str, str]:
     """The command's environment: the host's (minus secrets), AZ_BATCH_*, then the job's own.
 
@@ -312,7 +308,7 @@ def _stage(attempt: _Attempt, transfer: BlobTransfer) -> None:
     for rf in attempt.spec.resource_files:
         rel = safe_relative_path(rf.file_path, what=f"resource file {rf.file_path!r}")
         dest = attempt.wd / rel
-        if not _inside(attempt.wd, dest.parent if dest.parent.exists() else attempt.wd):
+        if not is_inside(attempt.wd, dest.parent if dest.parent.exists() else attempt.wd):
             raise UnsafePathError(f"resource file {rf.file_path!r} would land outside the working dir")
         if rf.cache_key:
             _stage_cached(attempt.node, rf, dest, transfer)
@@ -381,48 +377,6 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
         return None
 
 
-def _pattern_base(pattern: str) -> tuple[str, bool]:
-    """The pattern's fixed leading directories, and whether it has a wildcard at all."""
-    parts = pattern.split("/")
-    fixed: list[str] = []
-    for part in parts[:-1]:
-        if any(c in part for c in "*?["):
-            break
-        fixed.append(part)
-    has_wildcard = any(c in pattern for c in "*?[")
-    return "/".join(fixed), has_wildcard
-
-
-def match_outputs(wd: Path, pattern: str) -> list[tuple[Path, str]]:
-    """Regular files matching ``pattern`` with their upload-relative names; symlinks never followed.
-
-    ``../`` (one level, as Batch allows for ``../std*.txt``) reaches the task dir.
-    """
-    base_dir = wd
-    rest = pattern
-    if rest.startswith("../"):
-        base_dir, rest = wd.parent, rest[3:]
-    safe_relative_path(rest, what=f"output pattern {pattern!r}")
-    fixed, has_wildcard = _pattern_base(rest)
-    found: list[tuple[Path, str]] = []
-    candidates = base_dir.glob(rest) if has_wildcard else [base_dir / rest]
-    for path in candidates:
-        if path.is_symlink() or not path.is_file():
-            if path.is_symlink():
-                log.warning("output %s is a symlink; not followed", path.name)
-            continue
-        if not _inside(base_dir, path):
-            continue
-        rel = path.relative_to(base_dir).as_posix()
-        if fixed and rel.startswith(fixed + "/"):
-            rel = rel[len(fixed) + 1:]
-        elif not has_wildcard:
-            rel = path.name
-        found.append((path, rel))
-    found.sort(key=lambda item: item[1])
-    return found
-
-
 def _blob_name(output: OutputFile, rel: str, has_wildcard: bool) -> str:
     if has_wildcard or not output.path or output.path.endswith("/"):
         return f"{output.path}{rel}" if output.path.endswith("/") or not output.path else f"{output.path}/{rel}"
@@ -444,7 +398,7 @@ def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[st
             if output.optional or not ran_ok:
                 continue
             return "output_missing", f"output pattern {output.pattern!r} matched no file in the working dir", uploaded
-        _, has_wildcard = _pattern_base(output.pattern.removeprefix("../"))
+        _, has_wildcard = pattern_base(output.pattern.removeprefix("../"))
         for path, rel in matches:
             if output.skip_empty and path.stat().st_size == 0:
                 continue
@@ -526,8 +480,3 @@ def run_task(
         shutil.rmtree(task_dir, ignore_errors=True)
     return TaskOutcome(succeeded=attempts[-1].succeeded, attempts=tuple(attempts), stderr_tail=tail,
                        uploaded=tuple(uploaded))
-
-
-def fnmatch_name(name: str, pattern: str) -> bool:
-    """Case-sensitive glob match of a blob name (after its prefix), '/' matched by '*' too."""
-    return fnmatch.fnmatchcase(name, pattern)

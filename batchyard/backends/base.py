@@ -197,7 +197,7 @@ class Backend(ABC):
 
     def download_outputs(self, job_id: str, dest: Path) -> list[Path]:
         """Copy every output blob of the job under ``dest/<container>/<blob name>``."""
-        from ..runner import safe_relative_path
+        from ..paths import safe_relative_path
 
         written: list[Path] = []
         storage = self.storage  # type: ignore[attr-defined]

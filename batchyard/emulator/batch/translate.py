@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from batchyard.errors import AuthenticationError, BatchyardError
-from batchyard.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec, safe_relative_path
+from batchyard.paths import safe_relative_path
+from batchyard.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec
 from batchyard.storage import BlobTransfer, Storage
 
 from .common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
