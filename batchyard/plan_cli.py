@@ -23,7 +23,8 @@ from .cli_common import (
     verbose_option,
 )
 from .config import load_config
-from .plan import Plan, _hms
+from .forecast import hms
+from .plan import Plan
 
 _STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -106,7 +107,7 @@ def render(p: Plan) -> None:
                      else " (no price known)"), highlight=False)
         if fc.get("wall_time_s") is not None:
             cost = f"${fc['cost_usd']:.2f}" if fc.get("cost_usd") is not None else "unknown (no price)"
-            out.print(f"  estimated wall time {_hms(fc['wall_time_s'])}, cost {cost} (mean task "
+            out.print(f"  estimated wall time {hms(fc['wall_time_s'])}, cost {cost} (mean task "
                       f"{fc['mean_task_s']:.1f}s, longest {fc['longest_task_s']:.1f}s)", highlight=False)
         else:
             out.print("  no task durations to forecast from: run it locally or on the emulator first", highlight=False)

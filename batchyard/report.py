@@ -224,7 +224,7 @@ def backend_shape(backend: Backend) -> str:
 
 
 def report_from_backend(backend: Backend, job_id: str) -> ReportData:
-    from .plan import durations_from, forecast
+    from .forecast import durations_from, forecast
 
     results = list(backend.list_task_results(job_id))
     counts = backend.task_counts(job_id)
