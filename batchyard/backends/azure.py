@@ -22,11 +22,12 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ..config import Config, resolve_storage_connection_string
-from ..errors import BackendError, ConfigError, JobNotFoundError, JobValidationError, TaskNotFoundError
-from ..job import Job, TaskDef, parse_duration, tasks_from_blob_names, tasks_from_table
+from ..errors import BackendError, ConfigError, JobNotFoundError, TaskNotFoundError
+from ..job import Job, TaskDef, parse_duration
 from ..records import JobStore
 from ..redact import register_secret
-from ..storage import Storage, file_md5
+from ..staging import fan_out, upload_resources
+from ..storage import Storage
 from .azure_pools import PoolManager
 from .azure_tasks import (
     STDERR_TAIL_BYTES,
@@ -120,29 +121,7 @@ class AzureBackend(Backend):
 
     def fan_out(self, job: Job) -> list[TaskDef]:
         """The job's tasks, exactly as the local backend fans them out."""
-        if job.tasks is not None:
-            return list(tasks_from_table(job))
-        assert job.inputs is not None
-        if job.inputs.local_dir:
-            from .local import LocalBackend
-
-            LocalBackend._sync_local_dir(self, job)  # type: ignore[arg-type]  # needs only .storage
-        names = self.storage.list_blob_names(job.inputs.container, job.inputs.prefix)
-        tasks = list(tasks_from_blob_names(job, names))
-        if not tasks:
-            raise JobValidationError(f"job {job.id}", [(
-                "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "
-                          f"matches glob {job.inputs.glob!r}")])
-        return tasks
-
-    def _upload_resources(self, job: Job) -> None:
-        for i, rf in enumerate(job.resource_files):
-            path = (job.base_dir / rf.source).resolve()
-            if not path.is_file():
-                raise JobValidationError(f"job {job.id}", [(f"resource_files.{i}.source", f"{path} not found")])
-            blob = self.store.resource_blob(job.id, rf.target)
-            if self.storage.blob_md5(self.store.system_container, blob) != file_md5(path):
-                self.storage.upload_file(self.store.system_container, blob, path)
+        return fan_out(self.storage, job)
 
     def _get_job(self, job_id: str) -> bm.BatchJob | None:
         try:
@@ -160,7 +139,7 @@ class AzureBackend(Backend):
     def submit(self, job: Job) -> SubmitResult:
         required = required_patterns(job)
         self.store.ensure()
-        self._upload_resources(job)
+        upload_resources(self.store, job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)

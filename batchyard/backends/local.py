@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, resolve_storage_connection_string
-from ..errors import BackendError, JobNotFoundError, JobValidationError, TaskNotFoundError
-from ..job import Job, TaskDef, tasks_from_blob_names, tasks_from_table
+from ..errors import BackendError, JobNotFoundError, TaskNotFoundError
+from ..job import Job, TaskDef
 from ..records import JobStore, StorageLostError, TaskMessage, chunk_size_for, entity_to_result
-from ..storage import Storage, file_md5
+from ..staging import fan_out, upload_resources
+from ..storage import Storage
 from ..worker import WorkerOptions, worker_process_main
 from .base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
 
@@ -53,57 +54,13 @@ class LocalBackend(Backend):
 
     def fan_out(self, job: Job) -> list[TaskDef]:
         """The job's tasks (uploads ``inputs.local_dir`` first, so they are counted)."""
-        if job.tasks is not None:
-            return list(tasks_from_table(job))
-        assert job.inputs is not None
-        if job.inputs.local_dir:
-            self._sync_local_dir(job)
-        names = self.storage.list_blob_names(job.inputs.container, job.inputs.prefix)
-        tasks = list(tasks_from_blob_names(job, names))
-        if not tasks:
-            raise JobValidationError(f"job {job.id}", [(
-                "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "
-                          f"matches glob {job.inputs.glob!r}")])
-        return tasks
-
-    def _sync_local_dir(self, job: Job) -> None:
-        assert job.inputs is not None and job.inputs.local_dir is not None
-        folder = (job.base_dir / job.inputs.local_dir).resolve()
-        if not folder.is_dir():
-            raise JobValidationError(f"job {job.id}", [("inputs.local_dir", f"{folder} is not a folder")])
-        self.storage.ensure_container(job.inputs.container)
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-
-        def push(path: Path) -> bool:
-            name = job.inputs.prefix + path.relative_to(folder).as_posix()  # type: ignore[union-attr]
-            if self.storage.blob_md5(job.inputs.container, name) == file_md5(path):  # type: ignore[union-attr]
-                return False
-            self.storage.upload_file(job.inputs.container, name, path)  # type: ignore[union-attr]
-            return True
-
-        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
-            uploaded = sum(pool.map(push, files))
-        log.info("inputs.local_dir: %d file(s) uploaded, %d unchanged", uploaded, len(files) - uploaded)
-
-    def _upload_resources(self, job: Job) -> list[str]:
-        """Upload changed resource files; returns their MD5s (part of the spec hash)."""
-        digests = []
-        for i, rf in enumerate(job.resource_files):
-            path = (job.base_dir / rf.source).resolve()
-            if not path.is_file():
-                raise JobValidationError(f"job {job.id}", [(f"resource_files.{i}.source", f"{path} not found")])
-            blob = self.store.resource_blob(job.id, rf.target)
-            digest = file_md5(path)
-            if self.storage.blob_md5(self.store.system_container, blob) != digest:
-                self.storage.upload_file(self.store.system_container, blob, path)
-            digests.append(digest.hex())
-        return digests
+        return fan_out(self.storage, job)
 
     def submit(self, job: Job) -> SubmitResult:
         if job.container_image:  # fail before anything is queued, not in every task
             _require_image(job.container_image)
         self.store.ensure()
-        resource_digests = self._upload_resources(job)
+        resource_digests = upload_resources(self.store, job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)
