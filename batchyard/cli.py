@@ -8,7 +8,6 @@ failed, 2 bad usage or an invalid job/config file, 3 any other batchyard error
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -250,7 +249,3 @@ main.add_command(emulator)
 main.add_command(plan)
 main.add_command(pool)
 main.add_command(report)
-
-
-def shell_export(name: str, value: str) -> str:
-    return f"export {name}={shlex.quote(value)}"

@@ -85,10 +85,6 @@ def substitute(template: str, values: Mapping[str, str], *, field_name: str) -> 
     return PLACEHOLDER_RE.sub(repl, template)
 
 
-def placeholders_in(template: str) -> set[str]:
-    return {m.group(1) for m in PLACEHOLDER_RE.finditer(template) if m.group(1) is not None}
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 

@@ -45,7 +45,6 @@ class TaskState(StrEnum):
     FAILED = "failed"
 
 
-FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED})
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,3 @@ class Store:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.job_seq = itertools.count(0)
-
-    def poke(self) -> None:
-        with self.lock:
-            self.changed.notify_all()
