@@ -13,7 +13,9 @@ by_docker_engine() {
   fi
   if ! command -v dockerd >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
     echo "docker: installing docker.io and busybox-static (Debian)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static) \
+    # Bounded: a registry that hangs must not eat CI's budget (the docker tests then skip).
+    (timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq \
+      docker.io busybox-static) \
       >/tmp/by-apt-docker.log 2>&1 || { echo "docker: install failed (see /tmp/by-apt-docker.log)"; return 0; }
   fi
   local root; root=$(mktemp -d /tmp/by-dockerd.XXXXXX)
