@@ -254,7 +254,9 @@ class Storage:
     # --- blobs -------------------------------------------------------------------------------------
     def list_blob_names(self, container: str, prefix: str = "") -> Iterator[str]:
         try:
-            for item in self.container(container).list_blobs(name_starts_with=prefix or None):
+            # Pages of 1,000 (not the service's 5,000): the SDK parses a whole page into objects at once,
+            # which set the submitting process's peak memory for big jobs.
+            for item in self.container(container).list_blobs(name_starts_with=prefix or None, results_per_page=1000):
                 yield item.name
         except ResourceNotFoundError:
             raise StorageError(f"container {container!r} does not exist") from None

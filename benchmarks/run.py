@@ -56,7 +56,9 @@ def main() -> int:
         for name in ("tiny", "submit", "big"):
             if name not in out and name in previous:
                 out[name] = previous[name]
-                out.setdefault("kept_from", {})[name] = previous.get("started")
+                # A section the previous file had itself kept keeps its own, older date.
+                since = previous.get("kept_from", {}).get(name, previous.get("started"))
+                out.setdefault("kept_from", {})[name] = since
         out["memory"] = {
             "worker_rss_mib": out.get("tiny", {}).get("worker_peak_rss_mib"),
             "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
