@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -32,7 +33,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from .config import Config
 from .errors import JobNotFoundError, JobValidationError
-from .job import Job, OutputSpec, job_from_dict, output_prefix
+from .job import Job, OutputSpec, output_prefix
 from .records import JobStore, StorageLostError, TaskMessage, task_def_from_entity
 from .redact import redact
 from .runner import (
@@ -201,8 +202,7 @@ class Worker:
             return None, None
         job = cached[2] if cached and cached[1].get("spec_hash") == entity.get("spec_hash") else None
         if job is None:
-            doc = self.store.load_job_doc(job_id)
-            job = job_from_dict(doc["job"], source=f"job {job_id}", stored=True)
+            job = self.store.load_job(job_id)
         self._jobs[job_id] = (time.monotonic() + JOB_CACHE_S, entity, job)
         return entity, job
 
@@ -369,3 +369,6 @@ def worker_process_main(connection_string: str, config: Config, index: int, stop
     except StorageLostError as exc:
         log.error("%s", exc)
         raise SystemExit(3) from None
+    finally:
+        if not worker.options.keep_task_dirs:  # the node's resource cache and empty task dirs
+            shutil.rmtree(worker.node.root, ignore_errors=True)
