@@ -31,7 +31,7 @@ from .cli_common import (  # noqa: F401  (re-exported: older modules import thes
     verbose_option,
 )
 from .config import load_config
-from .job import load_job
+from .job import Job, load_job
 
 SUMMARY_ROWS = 25
 
@@ -43,17 +43,17 @@ def main() -> None:
 
 
 # --------------------------------------------------------------------------------------------- run
-def _progress_runner(backend: Backend, job_id: str, total: int) -> TaskCounts:
+def _run_with_progress(backend: Backend, job: Job, total: int, *, workers: int | None) -> TaskCounts:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(job_id, total=total, detail="")
+        bar = progress.add_task(job.id, total=total, detail="")
 
         def update(counts: TaskCounts) -> None:
             progress.update(bar, completed=counts.done, total=counts.total or total,
                             detail=f"running {counts.running}  failed {counts.failed}")
 
-        return backend.wait(job_id, on_progress=update)
+        return backend.run_to_end(job, workers=workers, on_progress=update)
 
 
 def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str) -> None:
@@ -111,11 +111,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
             if be.name == "local":
                 console.print("workers: run `batchyard worker` (any machine with the same storage) to process it")
             return
-        be.start_execution(job, workers=workers)
-        try:
-            counts = _progress_runner(be, job.id, submitted.total)
-        finally:
-            be.stop_execution()
+        counts = _run_with_progress(be, job, submitted.total, workers=workers)
         _summary(list(be.list_task_results(job.id)), counts, job.id)
         if counts.failed:
             sys.exit(EXIT_FAILED_TASKS)

@@ -160,7 +160,7 @@ class MapRun:
     def wait(self, timeout: float | None = None) -> TaskCounts:
         """Run the job to the end (local: with worker processes of this process) or until ``timeout``."""
         with self._backend() as be:
-            return _drive(be, self.job, workers=self.workers, timeout=timeout)
+            return be.run_to_end(self.job, workers=self.workers, timeout=timeout, poll_interval=POLL_INTERVAL)
 
     @property
     def succeeded(self) -> bool:
@@ -183,14 +183,6 @@ class MapRun:
         for container, prefix in self.output_locations():
             names.extend(storage.list_blob_names(container, prefix))
         return sorted(names)
-
-
-def _drive(be: Backend, job: Job, *, workers: int | None, timeout: float | None) -> TaskCounts:
-    be.start_execution(job, workers=workers)
-    try:
-        return be.wait(job.id, poll_interval=POLL_INTERVAL, timeout=timeout)
-    finally:
-        be.stop_execution()
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -297,7 +289,7 @@ def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
             submitted = be.submit(job)
             run = MapRun(job, config, submitted, workers=workers)
             if wait:
-                _drive(be, job, workers=workers, timeout=timeout)
+                be.run_to_end(job, workers=workers, timeout=timeout, poll_interval=POLL_INTERVAL)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return run

@@ -58,11 +58,7 @@ def backend_once(conn: str, root: Path, container: str, n: int, workers: int) ->
 
     def go() -> Any:
         backend.submit(job)
-        backend.start_execution(job, workers=workers)
-        try:
-            return backend.wait(job.id, poll_interval=0.2, on_progress=sample)
-        finally:
-            backend.stop_execution()
+        return backend.run_to_end(job, workers=workers, poll_interval=0.2, on_progress=sample)
 
     seconds, counts = timed(go)
     assert counts.succeeded == n, counts

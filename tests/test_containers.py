@@ -68,11 +68,7 @@ def test_container_task_runs_inside_the_image(project: Any, image: str) -> None:
     }, source="test", base_dir=project.dir)
     with get_backend("local", project.config()) as be:
         be.submit(job)
-        be.start_execution(job, workers=1)
-        try:
-            assert be.wait(job.id, timeout=120, poll_interval=0.3).finished
-        finally:
-            be.stop_execution()
+        assert be.run_to_end(job, workers=1, timeout=120, poll_interval=0.3).finished
         (result,) = list(be.list_task_results(job.id))
     assert result.state == "succeeded", result
     assert project.storage.download_bytes(outs, "incontainer/seen.txt") == MARKER + b"hello from the host\n"

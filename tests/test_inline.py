@@ -284,11 +284,7 @@ class Env:
         with get_backend(None, self.config) as be:
             be.preflight()
             be.submit(job)
-            be.start_execution(job, workers=2)
-            try:
-                counts = be.wait(job.id, timeout=90, poll_interval=0.3)
-            finally:
-                be.stop_execution()
+            counts = be.run_to_end(job, workers=2, timeout=90, poll_interval=0.3)
         assert counts.finished and counts.failed == 0, counts
 
 

@@ -122,11 +122,7 @@ def test_local_report_every_attempt_failure_and_retry(project: Any, tmp_path: Pa
     job = make_job(project, "rep", marks)
     with get_backend("local", project.config()) as be:
         be.submit(job)
-        be.start_execution(job, workers=2)
-        try:
-            assert be.wait(job.id, timeout=120, poll_interval=0.3).finished
-        finally:
-            be.stop_execution()
+        assert be.run_to_end(job, workers=2, timeout=120, poll_interval=0.3).finished
         results = list(be.list_task_results(job.id))
     by_label = {r.label: r for r in results}
     assert (by_label["bad.txt"].state, by_label["bad.txt"].attempts) == ("failed", 2)

@@ -191,6 +191,19 @@ class Backend(ABC):
             time.sleep(interval)
             interval = min(poll_interval, interval * 1.5)
 
+    def run_to_end(self, job: Job, *, workers: int | None = None, timeout: float | None = None,
+                   poll_interval: float = 1.0, on_progress: ProgressCallback | None = None,
+                   **execution: Any) -> TaskCounts:
+        """Start what runs the tasks, wait until every task is final (or ``timeout``), stop it again.
+
+        ``execution`` goes to :meth:`start_execution` (the local backend takes ``options`` there).
+        """
+        self.start_execution(job, workers=workers, **execution)
+        try:
+            return self.wait(job.id, on_progress=on_progress, poll_interval=poll_interval, timeout=timeout)
+        finally:
+            self.stop_execution()
+
     def _check_alive(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""
 

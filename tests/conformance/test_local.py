@@ -24,11 +24,7 @@ class LocalHarness(Harness):
         self.last_submit = be.submit(job)
         if before_start is not None:
             before_start()
-        be.start_execution(job, workers=2)
-        try:
-            be.wait(job.id, timeout=timeout, poll_interval=0.3)
-        finally:
-            be.stop_execution()
+        be.run_to_end(job, workers=2, timeout=timeout, poll_interval=0.3)
 
 
 class TestLocalBackend(BackendScenarios):

@@ -55,11 +55,8 @@ def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 2.0, t
         be.submit(job)
         if before_start is not None:
             before_start()
-        be.start_execution(job, workers=workers, options=WorkerOptions(lease_s=lease_s))
-        try:
-            counts = be.wait(job.id, timeout=timeout, poll_interval=0.3)
-        finally:
-            be.stop_execution()
+        counts = be.run_to_end(job, workers=workers, timeout=timeout, poll_interval=0.3,
+                               options=WorkerOptions(lease_s=lease_s))
         assert counts.finished, f"job {job.id} did not finish in {timeout}s: {counts}"
         return {r.label: r for r in be.list_task_results(job.id)}, counts
 
