@@ -32,18 +32,25 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import psutil
-
 from .errors import AuthenticationError, BatchyardError, StorageError, UnsafePathError
 from .paths import fnmatch_name, is_inside, match_outputs, pattern_base, safe_relative_path
+from .process_tree import kill_process_tree
 from .redact import redact
 from .storage import BlobTransfer, SourceMissingError
+from .taskspec import (
+    AttemptRecord,
+    NodeContext,
+    OutputFile,
+    ResourceFile,
+    TaskOutcome,
+    TaskSpec,
+    now_iso,
+)
 
 # fnmatch_name, match_outputs and safe_relative_path live in batchyard.paths; importable from here too.
 __all__ = [
@@ -52,6 +59,7 @@ __all__ = [
     "NodeContext",
     "OutputFile",
     "ResourceFile",
+    "StagedAttempt",
     "TaskOutcome",
     "TaskSpec",
     "fnmatch_name",
@@ -62,6 +70,8 @@ __all__ = [
     "run_task",
     "safe_relative_path",
     "should_retry",
+    "stage_ahead",
+    "start_task",
     "task_environment",
 ]
 
@@ -69,7 +79,6 @@ log = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 8 * 1024
 WATCH_INTERVAL_S = 0.25  # how often a running command's cancel flag is checked
-UploadOn = Literal["success", "failure", "completion"]
 FailureCategory = Literal[
     "exit_code", "timeout", "input_missing", "staging_failed", "start_failed",
     "output_missing", "upload_failed", "unsafe_path", "cancelled", "node_lost", "poison", "lost",
@@ -86,122 +95,6 @@ SECRET_ENV_VARS: frozenset[str] = frozenset({
     "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
     "BATCHYARD_BATCH_KEY", "AZURE_BATCH_ACCESS_KEY", "AZURE_CLIENT_SECRET",
 })
-
-
-# ---------------------------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class ResourceFile:
-    """A file to stage into the working dir: a blob on the configured account, or a (SAS) URL."""
-
-    file_path: str
-    container: str | None = None
-    blob: str | None = None
-    http_url: str | None = field(default=None, repr=False)  # may carry a SAS signature
-    is_input: bool = False  # missing -> input_missing (else staging_failed)
-    # Job-wide files that never change for a given key are downloaded once per node and copied
-    # into each task's working dir (a copy, so a task that edits its copy cannot affect the next).
-    cache_key: str | None = None
-
-
-@dataclass(frozen=True)
-class OutputFile:
-    """Files matching ``pattern`` (relative to the working dir; Batch's ``../`` reaches the task
-    dir) go to ``container`` on the configured account or to ``container_url`` (a SAS URL).
-
-    With a wildcard in the pattern, ``path`` is a prefix and each file keeps its path relative
-    to the pattern's fixed leading directories; without one, ``path`` is the blob name (or a
-    prefix when it ends with ``/``). This is Batch's OutputFile rule.
-    """
-
-    pattern: str
-    path: str = ""
-    upload_on: UploadOn = "success"
-    optional: bool = False
-    container: str | None = None
-    container_url: str | None = field(default=None, repr=False)
-    skip_empty: bool = False  # logs: an empty stdout/stderr costs an upload and says nothing
-
-
-@dataclass(frozen=True)
-class NodeContext:
-    """The node a task runs on: where its directories live and what it reports about itself."""
-
-    root: Path
-    node_id: str = "local-0"
-    pool_id: str = "local"
-    account_name: str = "local"
-    account_url: str = ""
-    is_dedicated: bool = True
-
-    @property
-    def shared_dir(self) -> Path:
-        return self.root / "shared"
-
-    @property
-    def startup_dir(self) -> Path:
-        return self.root / "startup"
-
-    def task_dir(self, job_id: str, task_id: str) -> Path:
-        return self.root / "workitems" / job_id / "job-1" / task_id
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything needed to run one task, backend-neutral (a subset of Batch's task)."""
-
-    job_id: str
-    task_id: str
-    argv: tuple[str, ...]
-    environment: Mapping[str, str] = field(default_factory=dict)
-    resource_files: tuple[ResourceFile, ...] = ()
-    output_files: tuple[OutputFile, ...] = ()
-    max_wall_clock_seconds: float | None = None
-    max_task_retry_count: int = 0  # -1 = retry without limit (Batch semantics)
-    keep_task_dir: bool = True
-    container_image: str | None = None  # run argv inside this image (batchyard.containers)
-
-
-@dataclass(frozen=True)
-class AttemptRecord:
-    """One attempt's facts, as recorded and reported."""
-
-    number: int
-    started_at: str
-    ended_at: str
-    exit_code: int | None
-    failure_category: str | None = None
-    failure_message: str | None = None
-    node_id: str = ""
-    slot: int = 0
-
-    @property
-    def succeeded(self) -> bool:
-        return self.failure_category is None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "number": self.number, "started_at": self.started_at, "ended_at": self.ended_at,
-            "exit_code": self.exit_code, "failure_category": self.failure_category,
-            "failure_message": self.failure_message, "node_id": self.node_id, "slot": self.slot,
-        }
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    """The end of a task after all its attempts."""
-
-    succeeded: bool
-    attempts: tuple[AttemptRecord, ...]
-    stderr_tail: str = ""
-    uploaded: tuple[str, ...] = ()
-
-    @property
-    def last(self) -> AttemptRecord:
-        return self.attempts[-1]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -233,44 +126,6 @@ def task_environment(spec: TaskSpec, node: NodeContext, task_dir: Path) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------- run
-def _marked_processes(task_dir: str) -> list[psutil.Process]:
-    """Live processes whose environment says they belong to the task in ``task_dir``.
-
-    Every process the command starts inherits ``AZ_BATCH_TASK_DIR``, so this finds a
-    daemon that left the process group *and* the process tree (setsid + double fork),
-    unless it cleared its own environment.
-    """
-    found = []
-    for candidate in psutil.process_iter():
-        if candidate.pid == os.getpid():
-            continue
-        with contextlib.suppress(psutil.Error, OSError):
-            if candidate.environ().get("AZ_BATCH_TASK_DIR") == task_dir:
-                found.append(candidate)
-    return found
-
-
-def kill_process_tree(proc: subprocess.Popen[bytes], *, task_dir: Path | None = None) -> None:
-    """Kill the command's process group and every descendant, including any that left the group
-    (and, given the task's ``task_dir``, any that left the tree while keeping its environment)."""
-    for _ in range(3):  # a descendant may fork while we kill: sweep until nothing is left
-        try:
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.Error:
-            descendants = []
-        if task_dir is not None:
-            descendants += _marked_processes(str(task_dir))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        for child in descendants:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        if not descendants:
-            break
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=5)
-
-
 def _tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
     try:
         with path.open("rb") as fh:
@@ -411,44 +266,84 @@ def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[st
     return None, None, uploaded
 
 
+def _stage_checked(attempt: _Attempt, transfer: BlobTransfer) -> AttemptRecord | None:
+    """Stage the attempt's files; the failed attempt's record, or None when the command may start."""
+    try:
+        _stage(attempt, transfer)
+    except UnsafePathError as exc:
+        return attempt.record("unsafe_path", str(exc))
+    except SourceMissingError as exc:
+        missing_input = any(rf.is_input for rf in attempt.spec.resource_files)
+        return attempt.record("input_missing" if missing_input else "staging_failed", str(exc))
+    except (StorageError, AuthenticationError) as exc:  # a refused SAS is the task's failure, not a crash
+        return attempt.record("staging_failed", str(exc))
+    return None
+
+
+def _run_command(attempt: _Attempt, cancel: threading.Event | None) -> tuple[AttemptRecord | None, str | None,
+                                                                             str | None]:
+    """Run the staged command: (the record if it ended the attempt early, category, message)."""
+    spec = attempt.spec
+    try:
+        stopped = _execute(attempt, cancel)
+    except BatchyardError as exc:  # no container engine, image missing: the fix is in the message
+        with contextlib.suppress(OSError):
+            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: {exc}\n")
+        return attempt.record("start_failed", str(exc)), None, None
+    except OSError as exc:  # command not found, not executable
+        with contextlib.suppress(OSError):
+            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: cannot start {spec.argv[0]!r}: {exc}\n")
+        return attempt.record("start_failed", f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}"), None, None
+    if stopped == "timeout":
+        return None, "timeout", f"killed after max_wall_clock_time ({spec.max_wall_clock_seconds:g} s)"
+    if stopped == "cancelled":
+        return attempt.record("cancelled", "the job was cancelled"), None, None
+    if attempt.exit_code != 0:
+        return None, "exit_code", f"command exited with code {attempt.exit_code}"
+    return None, None, None
+
+
+def _upload_and_record(attempt: _Attempt, transfer: BlobTransfer, category: str | None,
+                       message: str | None) -> tuple[AttemptRecord, list[str]]:
+    up_category, up_message, uploaded = _upload(attempt, transfer, ran_ok=category is None)
+    if category is None and up_category is not None:
+        category, message = up_category, up_message
+    return attempt.record(category, message), uploaded
+
+
+class StagedAttempt:
+    """An attempt whose files were staged ahead of time (while another task's command ran).
+
+    Made by :func:`stage_ahead`; handed to :func:`start_task`, or :meth:`discard`-ed if the
+    task is not run after all.
+    """
+
+    def __init__(self, attempt: _Attempt, failed: AttemptRecord | None) -> None:
+        self._attempt, self._failed = attempt, failed
+
+    def discard(self) -> None:
+        shutil.rmtree(self._attempt.task_dir, ignore_errors=True)
+
+
+def stage_ahead(spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, number: int = 1,
+                slot: int = 0) -> StagedAttempt:
+    """Stage attempt ``number`` of ``spec`` now; never raises for a staging failure (it is kept)."""
+    attempt = _Attempt(spec, node, number, slot)
+    return StagedAttempt(attempt, _stage_checked(attempt, transfer))
+
+
 def run_attempt(
     spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, number: int = 1, slot: int = 0,
     cancel: threading.Event | None = None,
 ) -> tuple[AttemptRecord, list[str]]:
     """Run one attempt end to end. Never raises for task-level failures: they are recorded."""
     attempt = _Attempt(spec, node, number, slot)
-    try:
-        _stage(attempt, transfer)
-    except UnsafePathError as exc:
-        return attempt.record("unsafe_path", str(exc)), []
-    except SourceMissingError as exc:
-        missing_input = any(rf.is_input for rf in spec.resource_files)
-        return attempt.record("input_missing" if missing_input else "staging_failed", str(exc)), []
-    except (StorageError, AuthenticationError) as exc:  # a refused SAS is the task's failure, not a crash
-        return attempt.record("staging_failed", str(exc)), []
-    try:
-        stopped = _execute(attempt, cancel)
-    except BatchyardError as exc:  # no container engine, image missing: the fix is in the message
-        with contextlib.suppress(OSError):
-            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: {exc}\n")
-        return attempt.record("start_failed", str(exc)), []
-    except OSError as exc:  # command not found, not executable
-        with contextlib.suppress(OSError):
-            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: cannot start {spec.argv[0]!r}: {exc}\n")
-        return attempt.record("start_failed", f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}"), []
-    if stopped == "timeout":
-        message = f"killed after max_wall_clock_time ({spec.max_wall_clock_seconds:g} s)"
-        category: str | None = "timeout"
-    elif stopped == "cancelled":
-        return attempt.record("cancelled", "the job was cancelled"), []
-    elif attempt.exit_code != 0:
-        category, message = "exit_code", f"command exited with code {attempt.exit_code}"
-    else:
-        category, message = None, None
-    up_category, up_message, uploaded = _upload(attempt, transfer, ran_ok=category is None)
-    if category is None and up_category is not None:
-        category, message = up_category, up_message
-    return attempt.record(category, message), uploaded
+    early = _stage_checked(attempt, transfer)
+    if early is None:
+        early, category, message = _run_command(attempt, cancel)
+    if early is not None:
+        return early, []
+    return _upload_and_record(attempt, transfer, category, message)
 
 
 def should_retry(record: AttemptRecord, spec: TaskSpec) -> bool:
@@ -463,17 +358,56 @@ def run_task(
     on_attempt: Callable[[AttemptRecord], None] | None = None,
 ) -> TaskOutcome:
     """Run attempts until one succeeds, a failure is permanent, or retries are used up."""
+    return start_task(spec, node=node, transfer=transfer, first_attempt=first_attempt, slot=slot,
+                      cancel=cancel, on_attempt=on_attempt)()
+
+
+def start_task(
+    spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, first_attempt: int = 1, slot: int = 0,
+    cancel: threading.Event | None = None, on_attempt: Callable[[AttemptRecord], None] | None = None,
+    staged: StagedAttempt | None = None,
+) -> Callable[[], TaskOutcome]:
+    """:func:`run_task` up to the last attempt's command; the returned ``finish`` does the rest.
+
+    ``finish()`` uploads the last attempt's outputs and logs, removes the task dir and returns
+    the outcome; a worker calls it on another thread while the next task's command runs. This
+    changes no decision: whether to retry is known before the upload, because an upload can
+    only turn a success into a permanent failure (``output_missing``, ``upload_failed``), never
+    into a retry. An attempt that is retried is uploaded here, before its working dir is reset.
+    ``staged`` is the first attempt, staged ahead by :func:`stage_ahead`.
+    """
     attempts: list[AttemptRecord] = []
     number = first_attempt
-    uploaded: list[str] = []
     while True:
-        record, uploaded = run_attempt(spec, node=node, transfer=transfer, number=number, slot=slot, cancel=cancel)
+        if staged is not None and number == first_attempt:
+            attempt, early = staged._attempt, staged._failed
+        else:
+            attempt = _Attempt(spec, node, number, slot)
+            early = _stage_checked(attempt, transfer)
+        if early is None:
+            early, category, message = _run_command(attempt, cancel)
+        if early is None and (category is None or not should_retry(attempt.record(category, message), spec)):
+            return partial(_finish_task, spec, node, transfer, attempts, attempt, category, message, on_attempt)
+        record = early or _upload_and_record(attempt, transfer, category, message)[0]
         attempts.append(record)
         if on_attempt is not None:
             on_attempt(record)
         if not should_retry(record, spec):
-            break
+            return partial(_outcome, spec, node, attempts, [])
         number += 1
+
+
+def _finish_task(spec: TaskSpec, node: NodeContext, transfer: BlobTransfer, attempts: list[AttemptRecord],
+                 attempt: _Attempt, category: str | None, message: str | None,
+                 on_attempt: Callable[[AttemptRecord], None] | None) -> TaskOutcome:
+    record, uploaded = _upload_and_record(attempt, transfer, category, message)
+    attempts.append(record)
+    if on_attempt is not None:
+        on_attempt(record)
+    return _outcome(spec, node, attempts, uploaded)
+
+
+def _outcome(spec: TaskSpec, node: NodeContext, attempts: list[AttemptRecord], uploaded: list[str]) -> TaskOutcome:
     task_dir = node.task_dir(spec.job_id, spec.task_id)
     tail = redact(_tail(task_dir / "stderr.txt"))
     if not spec.keep_task_dir:

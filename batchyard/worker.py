@@ -25,7 +25,9 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +43,19 @@ from .runner import (
     NodeContext,
     OutputFile,
     ResourceFile,
+    StagedAttempt,
+    TaskOutcome,
     TaskSpec,
     now_iso,
-    run_task,
+    stage_ahead,
+    start_task,
 )
 from .storage import BlobTransfer, Storage
 
 log = logging.getLogger(__name__)
 
 JOB_CACHE_S = 2.0
+MAX_FINISHING = 2  # tasks whose outputs may wait for upload while the next command runs
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,23 @@ def _output(job: Job, out: OutputSpec, task: Any) -> OutputFile:
                       container=out.container)
 
 
+@dataclass
+class _Claim:
+    """One task this worker holds: the row's current ETag, and the flag that stops its command."""
+
+    job_id: str
+    etag: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
+
+
 class _Keeper(threading.Thread):
-    """Renews the message lease and the current task's claim; flags loss of either."""
+    """Renews the message lease and the claims of the message's tasks this worker holds.
+
+    Two tasks can be held at once: one whose command runs, and the one before it whose
+    outputs are being uploaded. ``renewing`` is held around each claim renewal and around the
+    final write of a task, so the final write always carries the row's current ETag.
+    """
 
     def __init__(self, worker: Worker, message: Any) -> None:
         super().__init__(daemon=True, name="lease-keeper")
@@ -113,21 +134,20 @@ class _Keeper(threading.Thread):
         self.message_id = message.id
         self.pop_receipt = message.pop_receipt
         self.lock = threading.Lock()
-        self.task: tuple[str, str] | None = None
-        self.etag: str | None = None
-        self.cancel = threading.Event()
-        self.lost_claim = False
+        self.renewing = threading.Lock()
+        self.claims: dict[str, _Claim] = {}
         self.lost_message = False
         self._stop_event = threading.Event()
 
-    def track(self, job_id: str, task_id: str, etag: str) -> None:
+    def track(self, job_id: str, task_id: str, etag: str) -> _Claim:
+        claim = _Claim(job_id, etag)
         with self.lock:
-            self.task, self.etag, self.lost_claim = (job_id, task_id), etag, False
-            self.cancel = threading.Event()
+            self.claims[task_id] = claim
+        return claim
 
-    def current_etag(self) -> str | None:
+    def untrack(self, task_id: str) -> None:
         with self.lock:
-            return self.etag
+            self.claims.pop(task_id, None)
 
     def run(self) -> None:
         lease = self.worker.options.lease_s
@@ -148,26 +168,40 @@ class _Keeper(threading.Thread):
         except Exception as exc:  # transient: the next tick tries again; the claim still protects us
             log.warning("renewing message lease failed: %s", redact(str(exc).splitlines()[0]))
         with self.lock:
-            task, etag, cancel = self.task, self.etag, self.cancel
-        if task is None or etag is None:
-            return
-        try:
-            new_etag = store.renew_claim(task[0], task[1], lease_s=lease, etag=etag)
-        except Exception as exc:
-            log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
-            return
-        with self.lock:
-            if new_etag is None:
-                self.lost_claim = True
-                cancel.set()  # someone else owns the task now: stop our copy of the command
-            elif self.task == task:
-                self.etag = new_etag
-        if self.worker.job_cancelled(task[0]):
-            cancel.set()
+            held = list(self.claims.items())
+        for task_id, claim in held:
+            with self.renewing:
+                with self.lock:
+                    if self.claims.get(task_id) is not claim:
+                        continue  # finished meanwhile
+                try:
+                    new_etag = store.renew_claim(claim.job_id, task_id, lease_s=lease, etag=claim.etag)
+                except Exception as exc:
+                    log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
+                    continue
+                if new_etag is None:
+                    claim.lost = True
+                    claim.cancel.set()  # someone else owns the task now: stop our copy of the command
+                else:
+                    claim.etag = new_etag
+            if self.worker.job_cancelled(claim.job_id):
+                claim.cancel.set()
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+@dataclass
+class _Ready:
+    """A claimed task, its spec built and its first attempt staged: ready to start its command."""
+
+    task_id: str
+    spec: TaskSpec
+    claim: _Claim
+    first_attempt: int
+    prior_attempts: list[dict[str, Any]]
+    staged: StagedAttempt
 
 
 class Worker:
@@ -191,6 +225,13 @@ class Worker:
                                 account_url="local://", is_dedicated=True)
         self._jobs: dict[str, tuple[float, dict[str, Any], Job | None]] = {}
         self.tasks_run = 0
+        # The pipeline's two helpers (see _run_message): one stages the next task, one finishes the last.
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="stage-ahead")
+        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finisher")
+
+    def close(self) -> None:
+        self._ahead.shutdown(wait=True)
+        self._finisher.shutdown(wait=True)
 
     # --- job info ------------------------------------------------------------------------------------
     def _job(self, job_id: str) -> tuple[dict[str, Any] | None, Job | None]:
@@ -269,51 +310,92 @@ class Worker:
         keeper = _Keeper(self, message)
         keeper.start()
         try:
-            # One query for the message's rows; a row that changed meanwhile is re-read at claim time.
-            rows = self.store.get_tasks(job.id, parsed.task_ids) if len(parsed.task_ids) > 1 else {}
-            for task_id in parsed.task_ids:
-                if keeper.lost_message:
-                    break
-                self._process(job, task_id, keeper, prefetched=rows.get(task_id))
+            self._run_message(job, parsed, keeper)
         finally:
             keeper.stop()
         if not keeper.lost_message:
             with contextlib.suppress(ResourceNotFoundError):
                 self.store.queue.delete_message(message.id, keeper.pop_receipt)
 
-    def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
-        log.warning("message %s to the poison queue: %s", message.id, reason)
-        self.store.to_poison(message.content if isinstance(message.content, str) else str(message.content), reason)
-        if parsed is not None:
-            for task_id in parsed.task_ids:
-                entity = self.store.get_task(parsed.job_id, task_id)
-                if entity is None or entity.get("state") in ("succeeded", "failed"):
-                    continue
-                attempts = json.loads(entity.get("attempts_json") or "[]")
-                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"], fields={
-                    "state": "failed", "failure_category": "poison", "failure_message": reason,
-                    "ended_at": now_iso(), "attempts_json": attempts,
-                })
-        with contextlib.suppress(ResourceNotFoundError):
-            self.store.queue.delete_message(message.id, message.pop_receipt)
+    def _run_message(self, job: Job, message: TaskMessage, keeper: _Keeper) -> None:
+        """Run a message's tasks one after another, as a pipeline of three steps.
 
-    def _process(self, job: Job, task_id: str, keeper: _Keeper, prefetched: dict[str, Any] | None = None) -> None:
+        While task *i*'s command runs, a thread claims and stages task *i+1*, and another
+        uploads task *i-1*'s outputs and records its result. Only the commands are strictly
+        in sequence, so one slot still runs one command at a time; the storage round trips
+        overlap them instead of adding to them. Every result is recorded before this returns,
+        and the message is deleted only after that.
+        """
+        ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
+        # One query for the message's rows; a row that changed meanwhile is re-read at claim time.
+        rows = self.store.get_tasks(job.id, ids) if len(ids) > 1 else {}
+        finishing: list[Future[None]] = []
+        ahead: Future[_Ready | None] | None = None
+        ready = self._prepare(job, ids[0], keeper, rows.get(ids[0]), message)
+        try:
+            for index in range(len(ids)):
+                if keeper.lost_message:
+                    break
+                if index + 1 < len(ids):
+                    following = ids[index + 1]
+                    ahead = self._ahead.submit(self._prepare, job, following, keeper, rows.get(following), message)
+                if ready is not None:
+                    finish = start_task(ready.spec, node=self.node, transfer=self.transfer,
+                                        first_attempt=ready.first_attempt, cancel=ready.claim.cancel,
+                                        staged=ready.staged)
+                    self.tasks_run += 1
+                    while len([f for f in finishing if not f.done()]) >= MAX_FINISHING:
+                        next(f for f in finishing if not f.done()).result()  # bound the outputs waiting
+                    finishing.append(self._finisher.submit(self._finish, job, ready, finish, keeper))
+                    ready = None
+                if ahead is not None:
+                    ready, ahead = ahead.result(), None
+        finally:
+            if ahead is not None:
+                with contextlib.suppress(Exception):
+                    ready = ahead.result()
+            if ready is not None:  # claimed ahead but never started (the message was lost): give it back
+                self._give_back(job, ready, keeper)
+            for future in finishing:
+                future.result()  # a failure re-raises here: the message comes back, nothing is lost
+
+    def _give_back(self, job: Job, ready: _Ready, keeper: _Keeper) -> None:
+        ready.staged.discard()
+        with keeper.renewing:
+            keeper.untrack(ready.task_id)
+            self.store.release_claim(job.id, ready.task_id, etag=ready.claim.etag)
+
+    def _prepare(self, job: Job, task_id: str, keeper: _Keeper, prefetched: dict[str, Any] | None = None,
+                 message: TaskMessage | None = None) -> _Ready | None:
+        """Claim the task and stage its first attempt; None if it is not ours to run."""
         store = self.store
         entity = prefetched or store.get_task(job.id, task_id)
+        definition = message.definition(task_id) if message is not None else None
+        if entity is None and definition is not None:  # never claimed: creating its row is the claim
+            if self.job_cancelled(job.id):
+                store.create_final(job.id, task_id, definition.label, {
+                    "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
+                    "ended_at": now_iso(), "attempts_json": []})
+                return None
+            created = store.claim_new(job.id, definition, owner=self.owner, lease_s=self.options.lease_s)
+            if created is None:  # another delivery of this task created it first: decide on that row
+                return self._prepare(job, task_id, keeper)
+            row, etag = created
+            return self._ready(job, keeper, row, etag, [])
         if entity is None:
             log.warning("task %s/%s has no record (job deleted?); skipping", job.id, task_id)
-            return
+            return None
         state = entity.get("state")
         if state in ("succeeded", "failed"):
-            return  # a duplicate delivery of a finished task
+            return None  # a duplicate delivery of a finished task
         if self.job_cancelled(job.id):
             store.record_final(job.id, task_id, etag=entity["_etag"], fields={
                 "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
                 "ended_at": now_iso(), "attempts_json": json.loads(entity.get("attempts_json") or "[]")})
-            return
+            return None
         claim_live = float(entity.get("claim_expires") or 0) > time.time()
         if state == "running" and claim_live and entity.get("claim_owner") != self.owner:
-            return  # another live worker has it; its own message copy covers it if it dies
+            return None  # another live worker has it; its own message copy covers it if it dies
         attempts: list[dict[str, Any]] = json.loads(entity.get("attempts_json") or "[]")
         if state == "running":
             attempts.append(AttemptRecord(
@@ -325,32 +407,63 @@ class Worker:
         etag = store.claim(entity, owner=self.owner, lease_s=self.options.lease_s, attempts=attempts)
         if etag is None:
             if prefetched is not None:  # our read may just be stale: decide again on a fresh one
-                self._process(job, task_id, keeper)
-            return  # someone else claimed it between our read and our write
-        keeper.track(job.id, task_id, etag)
+                return self._prepare(job, task_id, keeper)
+            return None  # someone else claimed it between our read and our write
+        return self._ready(job, keeper, entity, etag, attempts)
+
+    def _ready(self, job: Job, keeper: _Keeper, entity: dict[str, Any], etag: str,
+               attempts: list[dict[str, Any]]) -> _Ready:
+        """Track the claim, build the spec, and stage the first attempt."""
+        claim = keeper.track(job.id, entity["RowKey"], etag)
         lost = sum(1 for a in attempts if a.get("failure_category") == "lost")
         job_entity, _ = self._job(job.id)
-        spec = build_local_spec(job, entity, store, keep_task_dir=self.options.keep_task_dirs, retry_bonus=lost,
-                                spec_hash=str((job_entity or {}).get("spec_hash") or ""))
-        outcome = run_task(spec, node=self.node, transfer=self.transfer, first_attempt=len(attempts) + 1,
-                           cancel=keeper.cancel)
-        self.tasks_run += 1
-        if keeper.lost_claim:
-            log.warning("task %s/%s: claim lost while running; the new owner records it", job.id, task_id)
-            return
+        spec = build_local_spec(job, entity, self.store, keep_task_dir=self.options.keep_task_dirs,
+                                retry_bonus=lost, spec_hash=str((job_entity or {}).get("spec_hash") or ""))
+        staged = stage_ahead(spec, node=self.node, transfer=self.transfer, number=len(attempts) + 1)
+        return _Ready(entity["RowKey"], spec, claim, len(attempts) + 1, attempts, staged)
+
+    def _finish(self, job: Job, ready: _Ready, finish: Callable[[], TaskOutcome], keeper: _Keeper) -> None:
+        """Upload the task's outputs and write its one final result (on the finisher thread)."""
+        outcome = finish()
         last = outcome.last
-        all_attempts = attempts + [a.to_dict() for a in outcome.attempts]
-        written = store.record_final(job.id, task_id, etag=keeper.current_etag(), fields={
+        fields = {
             "state": "succeeded" if outcome.succeeded else "failed",
             "exit_code": last.exit_code, "failure_category": last.failure_category,
             "failure_message": last.failure_message, "stderr_tail": outcome.stderr_tail,
-            "ended_at": last.ended_at, "node_id": self.node_id, "attempts_json": all_attempts,
-        })
+            "ended_at": last.ended_at, "node_id": self.node_id,
+            "attempts_json": ready.prior_attempts + [a.to_dict() for a in outcome.attempts],
+        }
+        with keeper.renewing:  # no renewal between reading the ETag and using it
+            keeper.untrack(ready.task_id)
+            if ready.claim.lost:
+                log.warning("task %s/%s: claim lost while running; the new owner records it", job.id, ready.task_id)
+                return
+            written = self.store.record_final(job.id, ready.task_id, etag=ready.claim.etag, fields=fields)
         if written is None:
-            log.warning("task %s/%s: result not recorded, another worker owns it now", job.id, task_id)
-        with keeper.lock:
-            keeper.task = None
-            keeper.etag = None
+            log.warning("task %s/%s: result not recorded, another worker owns it now", job.id, ready.task_id)
+
+    def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
+        log.warning("message %s to the poison queue: %s", message.id, reason)
+        self.store.to_poison(message.content if isinstance(message.content, str) else str(message.content), reason)
+        if parsed is not None:
+            fields = {"state": "failed", "failure_category": "poison", "failure_message": reason,
+                      "ended_at": now_iso(), "attempts_json": []}
+            for task_id in parsed.task_ids:
+                entity = self.store.get_task(parsed.job_id, task_id)
+                definition = parsed.definition(task_id)
+                if entity is None and definition is not None:  # never claimed: its row says why it never ran
+                    if self.store.create_final(parsed.job_id, task_id, definition.label, dict(fields)):
+                        continue
+                    entity = self.store.get_task(parsed.job_id, task_id)
+                if entity is None or entity.get("state") in ("succeeded", "failed"):
+                    continue
+                attempts = json.loads(entity.get("attempts_json") or "[]")
+                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"], fields={
+                    "state": "failed", "failure_category": "poison", "failure_message": reason,
+                    "ended_at": now_iso(), "attempts_json": attempts,
+                })
+        with contextlib.suppress(ResourceNotFoundError):
+            self.store.queue.delete_message(message.id, message.pop_receipt)
 
 
 def worker_process_main(connection_string: str, config: Config, index: int, stop: Any,
@@ -370,5 +483,6 @@ def worker_process_main(connection_string: str, config: Config, index: int, stop
         log.error("%s", exc)
         raise SystemExit(3) from None
     finally:
+        worker.close()
         if not worker.options.keep_task_dirs:  # the node's resource cache and empty task dirs
             shutil.rmtree(worker.node.root, ignore_errors=True)

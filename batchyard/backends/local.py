@@ -20,11 +20,12 @@ from typing import Any
 from ..config import Config, resolve_storage_connection_string
 from ..errors import BackendError, JobNotFoundError, TaskNotFoundError
 from ..job import Job, TaskDef
-from ..records import JobStore, StorageLostError, TaskMessage, chunk_size_for, entity_to_result
+from ..messages import TaskMessage, chunk_size_for, pack
+from ..records import JobStore, StorageLostError, TaskTally, entity_to_result
 from ..staging import fan_out, upload_resources
 from ..storage import Storage
 from ..worker import WorkerOptions, worker_process_main
-from .base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
+from .base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class LocalBackend(Backend):
         self._stop: Any = None
         self._ctx: Any = None
         self._respawns = 0
+        self._tallies: dict[tuple[Any, ...], TaskTally] = {}
         self._workers_args: tuple[Any, ...] = ()
 
     # --- submit ----------------------------------------------------------------------------------------
@@ -81,8 +83,11 @@ class LocalBackend(Backend):
         doc = job.model_dump(mode="json")
         spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
         self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
-        self.store.write_pending(job.id, to_queue, reset=True)
-        self._enqueue(job.id, [t.task_id for t in to_queue])
+        self.store.save_manifest(job.id, spec_hash, tasks)
+        # A task that ran before (failed, or its worker was lost) has a row: back to pending. The
+        # others get theirs when a worker claims them.
+        self.store.write_pending(job.id, [t for t in to_queue if t.task_id in existing], reset=True)
+        self._enqueue(job.id, to_queue)
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=done,
                             already_running=running, rerun_failed=rerun)
 
@@ -91,9 +96,16 @@ class LocalBackend(Backend):
             return iter(())
         return self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires"])
 
-    def _enqueue(self, job_id: str, task_ids: list[str]) -> None:
-        size = chunk_size_for(len(task_ids), self.config.workers)
-        messages = [TaskMessage(job_id, tuple(task_ids[i:i + size])) for i in range(0, len(task_ids), size)]
+    def _enqueue(self, job_id: str, tasks: list[TaskDef]) -> None:
+        size = chunk_size_for(len(tasks), self.config.workers)
+        messages: list[TaskMessage] = []
+        oversized: list[TaskDef] = []
+        for item in pack(job_id, tasks, size):
+            (messages if isinstance(item, TaskMessage) else oversized).append(item)  # type: ignore[arg-type]
+        if oversized:  # a definition too big for a message: its row is written now, the message names it
+            self.store.write_pending(job_id, oversized, reset=True)
+            ids = [t.task_id for t in oversized]
+            messages += [TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
         with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
             list(pool.map(self.store.send, messages))
 
@@ -165,18 +177,30 @@ class LocalBackend(Backend):
         return entity
 
     def task_counts(self, job_id: str) -> TaskCounts:
-        self._require_job(job_id)
-        return self.store.counts(job_id)
+        entity = self._require_job(job_id)
+        # One tally per job and submission: later polls read only the rows that changed.
+        key = (job_id, entity.get("spec_hash"), entity.get("created"), entity.get("total"))
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = TaskTally(self.store, job_id, total=int(entity.get("total") or 0))
+        return tally.refresh()
 
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
         self._require_job(job_id)
+        seen: set[str] = set()
         for entity in self.store.task_entities(job_id):
+            seen.add(entity["RowKey"])
             yield entity_to_result(entity)
+        for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row
+            if task_id not in seen:
+                yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.PENDING, label=label)
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         self._require_job(job_id)
         entity = self.store.get_task(job_id, task_id)
         if entity is None:
+            if any(t == task_id for t, _ in self.store.load_manifest(job_id)):
+                raise TaskNotFoundError(f"task {task_id!r} has no {stream} yet (state pending)")
             raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}")
         from azure.core.exceptions import ResourceNotFoundError
 
@@ -197,16 +221,25 @@ class LocalBackend(Backend):
         self.store.set_job_state(job_id, "cancelled")
         from ..runner import now_iso
 
-        for entity in self.store.task_entities(job_id, select=["RowKey", "state", "attempts_json"]):
-            if entity.get("state") != "pending":
-                continue  # running ones are stopped by their worker, which records them
-            current = self.store.get_task(job_id, entity["RowKey"])
+        cancelled = {"state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled"}
+        rows = {e["RowKey"]: e.get("state") for e in self.store.task_entities(job_id, select=["RowKey", "state"])}
+        pending = [t for t, state in rows.items() if state == "pending"]
+
+        def never_ran(item: tuple[str, str]) -> str | None:
+            """No worker took it yet: it gets a row that says it never will (None), unless a worker
+            claimed it meanwhile (its id: decided on its row below)."""
+            fields = {**cancelled, "ended_at": now_iso(), "attempts_json": []}
+            return None if self.store.create_final(job_id, item[0], item[1], fields) else item[0]
+
+        unclaimed = [item for item in self.store.load_manifest(job_id) if item[0] not in rows]
+        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+            pending += [task_id for task_id in pool.map(never_ran, unclaimed) if task_id]
+        for task_id in pending:  # running ones are stopped by their worker, which records them
+            current = self.store.get_task(job_id, task_id)
             if current is None or current.get("state") != "pending":
                 continue
-            self.store.record_final(job_id, entity["RowKey"], etag=current["_etag"], fields={
-                "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
-                "ended_at": now_iso(), "attempts_json": [],
-            })
+            self.store.record_final(job_id, task_id, etag=current["_etag"],
+                                    fields={**cancelled, "ended_at": now_iso(), "attempts_json": []})
 
     def delete(self, job_id: str) -> None:
         self._require_job(job_id)

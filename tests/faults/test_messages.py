@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
-from batchyard.records import MAX_MESSAGE_BYTES
+from batchyard.messages import MAX_MESSAGE_BYTES
 from batchyard.worker import Worker, WorkerOptions
 
 from .support import runs_of, table_job, tool_command
@@ -36,7 +36,7 @@ def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project:
     job = table_job(project, "afterbad", tool_command("count", str(runs), "{KEY}", "0", "-", "0"), ["ok"])
     bad = {
         "not json {": "not JSON",
-        '{"v": 2, "job": "afterbad", "tasks": ["x"]}': "unknown message version 2",
+        '{"v": 99, "job": "afterbad", "tasks": ["x"]}': "unknown message version 99",
         '{"job": "afterbad", "tasks": ["x"]}': "unknown message version None",
         "[1, 2, 3]": "not a JSON object",
         '{"v": 1, "job": "afterbad", "tasks": []}': "non-empty list of task ids",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.job import job_from_dict
-from batchyard.records import MAX_MESSAGE_BYTES, MAX_TASKS_PER_MESSAGE, TaskMessage, chunk_size_for
+from batchyard.messages import MAX_MESSAGE_BYTES, MAX_TASKS_PER_MESSAGE, TaskMessage, chunk_size_for
 
 from .support import alive, blob_md5, known_bytes_md5, run_job, runs_of, table_job, tool_command, wait_for
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
-from batchyard.records import TaskMessage
+from batchyard.messages import TaskMessage
 from batchyard.worker import WorkerOptions
 
 from .support import (
