@@ -39,6 +39,12 @@ def register_secret(value: str | None) -> None:
             _literals.add(value)
 
 
+def known_secrets() -> int:
+    """How many literal secrets are registered (a cache of redacted text keys on this)."""
+    with _literals_lock:
+        return len(_literals)
+
+
 def redact(text: str) -> str:
     """Return ``text`` with every known secret shape and registered literal masked."""
     if not text:

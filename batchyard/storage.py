@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import threading
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +83,15 @@ def _client_kwargs() -> dict[str, Any]:
     from azure.core.pipeline.transport import RequestsTransport
 
     session = requests.Session()
+    # requests re-reads the proxy variables from the whole environment on every request (~0.2 ms,
+    # a visible share of a tiny task). Without any proxy variable there is nothing to find, so it
+    # stops looking (the CA bundle variable, read the same way, is read once here); with one,
+    # requests keeps its per-URL proxy and no_proxy rules.
+    if not urllib.request.getproxies_environment():
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            session.verify = ca_bundle
+        session.trust_env = False
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
