@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 from .redact import register_secret
+from .registries import normalize_server
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ ENV_HOME = "BATCHYARD_HOME"
 ENV_BATCH_URL = "BATCHYARD_BATCH_URL"
 ENV_BATCH_ACCOUNT = "BATCHYARD_BATCH_ACCOUNT"
 ENV_BATCH_KEY = "BATCHYARD_BATCH_KEY"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Section(BaseModel):
@@ -74,6 +78,63 @@ class PoolSection(_Section):
     resize_timeout: str = "15m"
 
 
+class RegistrySection(_Section):
+    """One ``[[azure.container_registries]]`` entry: a private registry container jobs pull from.
+
+    Signs in with ``username`` and the password in the environment variable ``password_env``
+    (read when the config loads, needed at submit), or with a user-assigned managed identity
+    (``identity_resource_id``) that the pool must carry. See docs/configuration.md.
+    """
+
+    server: str = Field(min_length=1)
+    username: str | None = None
+    password_env: str | None = None
+    identity_resource_id: str | None = None
+    # Declared only to refuse it with a message saying what to do instead (extra="forbid" would just
+    # say "unknown setting"); a password in a file is readable by every task the local backend runs.
+    password: str | None = Field(default=None, repr=False, exclude=True)
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        server = normalize_server(value)
+        if not server or "/" in server:
+            raise PydanticCustomError("registry_server", "the registry's host name (and :port), e.g. "
+                                      "myregistry.azurecr.io, without a path")
+        return server
+
+    @field_validator("password")
+    @classmethod
+    def _no_literal_password(cls, value: str | None) -> None:
+        register_secret(value)  # refused, but masked should anything print the file's content
+        raise PydanticCustomError("literal_password", "a password is never read from batchyard.toml: put it in an "
+                                  "environment variable and set password_env to that variable's name")
+
+    @field_validator("password_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            register_secret(value)  # most likely the password itself, pasted in the wrong place
+            raise PydanticCustomError("env_name", "the NAME of the environment variable holding the password "
+                                      "(letters, digits, _), not the password")
+        return value
+
+    @model_validator(mode="after")
+    def _one_sign_in(self) -> RegistrySection:
+        keyed = self.username is not None or self.password_env is not None
+        if self.identity_resource_id is not None:
+            if keyed:
+                raise PydanticCustomError("registry_sign_in", "set either username and password_env, or "
+                                          "identity_resource_id, not both")
+            if not self.identity_resource_id.lower().startswith("/subscriptions/"):
+                raise PydanticCustomError("registry_identity", "identity_resource_id must be the ARM id of a "
+                                          "user-assigned identity (/subscriptions/.../userAssignedIdentities/NAME)")
+        elif self.username is None or self.password_env is None:
+            raise PydanticCustomError("registry_sign_in", "set username and password_env (or identity_resource_id "
+                                      "for a managed identity)")
+        return self
+
+
 class AzureSection(_Section):
     batch_url: str | None = None
     batch_account: str | None = None
@@ -87,6 +148,18 @@ class AzureSection(_Section):
     keep_auto_pool: bool = False
     active_job_quota: int = Field(default=100, ge=0)  # the account's active jobs + schedules quota (plan checks it)
     prices: dict[str, float] = Field(default_factory=dict)  # [azure.prices] vm size -> USD/hour (plan's forecast)
+    container_registries: tuple[RegistrySection, ...] = ()  # [[azure.container_registries]]
+
+    @field_validator("container_registries")
+    @classmethod
+    def _distinct_servers(cls, value: tuple[RegistrySection, ...]) -> tuple[RegistrySection, ...]:
+        seen: set[str] = set()
+        for reg in value:
+            if reg.server in seen:
+                raise PydanticCustomError("registry_duplicate", "two entries for {server}: one per registry",
+                                          {"server": reg.server})
+            seen.add(reg.server)
+        return value
 
 
 class FileConfig(_Section):
@@ -107,6 +180,9 @@ class Config:
     source: Path | None = None
     storage_connection_string: str | None = field(default=None, repr=False)
     batch_key: str | None = field(default=None, repr=False)
+    # (server, password) of each [[azure.container_registries]] entry whose password_env is set. An unset
+    # one is an error only when a container job is submitted: status, logs, delete never need it.
+    registry_passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     home: Path = field(default_factory=lambda: default_home())
 
     def with_backend(self, name: str | None) -> Config:
@@ -122,6 +198,10 @@ class Config:
         if self.local.nodes and self.local.task_slots_per_node:
             return self.local.nodes * self.local.task_slots_per_node
         return os.cpu_count() or 2
+
+    def registry_password(self, server: str) -> str | None:
+        """The password of the registry ``server`` (from its password_env), or None if unset."""
+        return dict(self.registry_passwords).get(normalize_server(server))
 
 
 def default_home() -> Path:
@@ -176,6 +256,12 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
     batch_key = environ.get(parsed.azure.batch_key_env) or parsed.azure.batch_key
     register_secret(conn)
     register_secret(batch_key)
+    passwords = []
+    for reg in parsed.azure.container_registries:
+        password = environ.get(reg.password_env) if reg.password_env else None
+        if password:
+            register_secret(password)
+            passwords.append((reg.server, password))
 
     azure = parsed.azure
     overrides = {
@@ -187,7 +273,8 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
     home = Path(environ[ENV_HOME]).expanduser() if environ.get(ENV_HOME) else default_home()
     return Config(
         backend=chosen, storage=parsed.storage, local=parsed.local, azure=azure, source=source,
-        storage_connection_string=conn or None, batch_key=batch_key or None, home=home,
+        storage_connection_string=conn or None, batch_key=batch_key or None, registry_passwords=tuple(passwords),
+        home=home,
     )
 
 

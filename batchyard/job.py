@@ -205,9 +205,11 @@ class Job(_Model):
     constraints: Constraints = Field(default=Constraints(), description="Time limit and retries.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for "
                                         "every task (AZ_BATCH_* are reserved).")
-    container_image: str | None = Field(default=None, description="Run the command inside this image (it must "
-                                        "be on the Docker engine; never pulled). The node root is mounted at the same "
-                                        "path, networking is disabled.")
+    container_image: str | None = Field(default=None, description="Run the command inside this image. Local "
+                                        "backend and emulator: it must be on the Docker engine (never pulled); the "
+                                        "node root is mounted at the same path, networking is disabled. Azure Batch "
+                                        "pulls it; a private registry needs [[azure.container_registries]] "
+                                        "(docs/configuration.md).")
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("id")

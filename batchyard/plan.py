@@ -16,6 +16,7 @@ Limits checked, and where they come from (docs/plan.md has the details):
 - Active jobs and job schedules per Batch account: default quota 100-300 (MicrosoftDocs/azure-docs
   ``articles/batch/batch-quota-limit.md`` and ``includes/azure-batch-limits.md``).
 - Concurrent tasks per node: at most 4 x the node's cores (same article, "Other limits").
+- Container images from a private registry need its credentials (:mod:`batchyard.registries`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from typing import Any
 
 from .config import Config, PoolSection
 from .errors import BatchyardError, JobValidationError
+from .findings import Finding
 from .forecast import POOL_STARTUP_S, durations_from, forecast, hms, load_prices
 from .job import Job, TaskDef, load_job, output_prefix, parse_duration, tasks_from_blob_names, tasks_from_table
 from .paths import fnmatch_name
+from .registries import check_registries
 
 MAX_ID = 64
 CHUNK_TASKS = 100
@@ -44,14 +47,6 @@ AZ_BATCH_ENV_ALLOWANCE = 4096  # the AZ_BATCH_* variables the node adds (paths, 
 REQUIRED_SLOTS = 1  # the azure backend never sets requiredSlots, so Batch's default
 DUMMY_KEY = "A" * 88  # a well-formed (base64) key: only the SAS token's length matters here
 SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str  # error: the job cannot work as written; warning: it may not; info: worth knowing
-    code: str
-    message: str
-    fix: str = ""
 
 
 @dataclass
@@ -442,6 +437,7 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     findings.extend(check_sas(job, margin_s=margin, tasks=len(tasks), slots=slots or None))
     findings.extend(check_outputs(job, sample))
     findings.extend(check_pool(config, cores=int(cores) if cores else None))
+    findings.extend(check_registries(job, config))
 
     # --- what the backend knows: a previous run, active jobs
     previous = "no previous run"

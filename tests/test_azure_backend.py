@@ -14,19 +14,21 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
+from azure.batch import models as bm
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends import get_backend
 from batchyard.backends.azure import AzureBackend
-from batchyard.backends.azure_pools import per_job_pool_id
+from batchyard.backends.azure_pools import per_job_pool_id, pool_options
+from batchyard.backends.azure_registries import container_setup
 from batchyard.backends.azure_tasks import TaskAdder, sas_lifetime
 from batchyard.config import PoolSection, load_config
 from batchyard.emulator.batch import FaultConfig
-from batchyard.errors import AuthenticationError, BackendError
+from batchyard.errors import AuthenticationError, BackendError, ConfigError
 from batchyard.job import job_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conformance.test_azure_emulator import azure_env, create_empty_pool, raw_client
+from conformance.test_azure_emulator import IMAGE, azure_env, create_empty_pool, raw_client
 
 pytestmark = pytest.mark.timeout(90)
 REPO = Path(__file__).resolve().parent.parent
@@ -220,3 +222,187 @@ def test_cli_run_and_status_through_the_environment(project: Any, batch_emulator
     assert sorted(t["label"] for t in data["tasks"]) == ["a.txt", "b.txt"]
     assert all(t["state"] == "succeeded" and t["attempts"] == 1 for t in data["tasks"])
     assert batch_emulator.account_key not in run.stderr + run.stdout + status.stdout
+
+
+# ---------------------------------------------------------------------------------------------- registries
+PRIVATE = "myregistry.azurecr.io"
+REGISTRY_PASSWORD = "acr-Pa55word-" + "x7Q2" * 8  # what ACR's access keys look like: long and random
+IDENTITY = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"
+REGISTRIES_TOML = f"""
+[[azure.container_registries]]
+server = "{PRIVATE}"
+username = "myregistry"
+password_env = "MYREGISTRY_PASSWORD"
+
+[[azure.container_registries]]
+server = "byidentity.azurecr.io"
+identity_resource_id = "{IDENTITY}"
+"""
+
+
+def registry_config(project: Any, emu: Any, *, pool_id: str | None = None, password: bool = True,
+                    extra: str = "") -> Any:
+    """An azure config with REGISTRIES_TOML; its password in the environment unless ``password=False``."""
+    toml = project.dir / "batchyard.toml"
+    text = toml.read_text(encoding="utf-8").split("[azure]")[0].replace('backend = "local"', 'backend = "azure"')
+    text += "[azure]\npoll_interval = 0.3\n" + (f'pool_id = "{pool_id}"\n' if pool_id else "") + extra
+    toml.write_text(text + REGISTRIES_TOML, encoding="utf-8")
+    env = azure_env(project, emu)
+    if password:
+        env["MYREGISTRY_PASSWORD"] = REGISTRY_PASSWORD
+    return load_config(toml, env=env)
+
+
+def raw_get(client: Any, path: str) -> str:
+    """The emulator's JSON exactly as sent (the SDK models would hide a field they do not know)."""
+    from azure.core.rest import HttpRequest
+
+    response = client.send_request(HttpRequest("GET", f"{path}?api-version=2025-06-01"))
+    assert response.status_code == 200, response.text()
+    return response.text()
+
+
+def test_registry_config_errors_name_the_field(tmp_path: Path) -> None:
+    def error(entry: str, *, extra: str = "") -> str:
+        (tmp_path / "batchyard.toml").write_text(f"[[azure.container_registries]]\n{entry}{extra}", encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path / "batchyard.toml", env={})
+        return str(info.value)
+
+    base = f'server = "{PRIVATE}"\nusername = "me"\n'
+    literal = error(base + f'password = "{REGISTRY_PASSWORD}"\n')
+    assert "azure.container_registries.0.password: a password is never read from batchyard.toml" in literal
+    assert "password_env" in literal and REGISTRY_PASSWORD not in literal
+    assert "azure.container_registries.0.pasword_env: unknown setting" in error(base + 'pasword_env = "PW"\n')
+    assert "azure.container_registries.0: set username and password_env" in error(base)
+    pasted = error(base + f'password_env = "{REGISTRY_PASSWORD}"\n')
+    assert "azure.container_registries.0.password_env: the NAME of the environment variable" in pasted
+    assert REGISTRY_PASSWORD not in pasted
+    both = error(base + f'password_env = "PW"\nidentity_resource_id = "{IDENTITY}"\n')
+    assert "azure.container_registries.0: set either username and password_env, or identity_resource_id" in both
+    assert "azure.container_registries.0.server" in error('server = "myregistry.azurecr.io/tools"\nusername = "u"\n'
+                                                        'password_env = "PW"\n')
+    twice = error(base + 'password_env = "PW"\n', extra=f'[[azure.container_registries]]\nserver = "https://'
+                  f'{PRIVATE.upper()}/"\nusername = "u"\npassword_env = "PW2"\n')
+    assert f"azure.container_registries: two entries for {PRIVATE}" in twice
+
+    # Valid: the server is normalised, and a missing variable is no error yet (status, logs never need it).
+    (tmp_path / "batchyard.toml").write_text(REGISTRIES_TOML.replace(PRIVATE, f"https://{PRIVATE}/"),
+                                             encoding="utf-8")
+    config = load_config(tmp_path / "batchyard.toml", env={})
+    assert [r.server for r in config.azure.container_registries] == [PRIVATE, "byidentity.azurecr.io"]
+    assert config.registry_password(PRIVATE) is None
+    with_env = load_config(tmp_path / "batchyard.toml", env={"MYREGISTRY_PASSWORD": REGISTRY_PASSWORD})
+    assert with_env.registry_password(f"https://{PRIVATE.upper()}") == REGISTRY_PASSWORD
+    assert REGISTRY_PASSWORD not in repr(with_env) + str(with_env.azure) + repr(with_env.azure.container_registries)
+
+
+def test_container_pool_lists_registries_and_the_password_appears_nowhere(
+        project: Any, batch_emulator_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("", "azure", "batchyard", "urllib3"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    emu = batch_emulator_factory(FaultConfig())  # its own emulator (faults given): the test reads its state
+    client = raw_client(emu)
+    config = registry_config(project, emu, extra="[azure.pool]\ndedicated_nodes = 0\n")  # no node: nothing runs
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"a.txt": b"a"})
+    image = f"{PRIVATE}/tools/app:1"
+    job_id = f"acr-{uuid.uuid4().hex[:6]}"
+    pool_id = per_job_pool_id(job_id)
+
+    options = pool_options(pool_id, PoolSection(), job_id=job_id, containers=container_setup(image, config))
+    sent = options.virtual_machine_configuration.container_configuration.container_registries
+    assert [(r.registry_server, r.username, r.password) for r in sent] == [(PRIVATE, "myregistry", REGISTRY_PASSWORD)]
+
+    with get_backend(None, config) as be:
+        assert be.submit(simple_job(project, job_id, ins, container_image=image)).enqueued == 1
+        pool = client.get_pool(pool_id)
+        containers = pool.virtual_machine_configuration.container_configuration
+        assert containers.container_image_names == [image]
+        (registry,) = containers.container_registries  # the identity registry: a created pool cannot use it
+        assert (registry.registry_server, registry.username, registry.password) == (PRIVATE, "myregistry", None)
+        (task,) = client.list_tasks(job_id)
+        assert task.container_settings.registry.registry_server == PRIVATE
+        assert task.container_settings.registry.password is None
+
+        seen = {"GET pool": raw_get(client, f"/pools/{pool_id}"), "GET pools": raw_get(client, "/pools"),
+                "GET job": raw_get(client, f"/jobs/{job_id}"), "GET tasks": raw_get(client, f"/jobs/{job_id}/tasks"),
+                "backend repr": repr(be) + repr(be.config) + str(be.config.azure),
+                "setup repr": repr(container_setup(image, config)),
+                "emulator state": json.dumps([p.spec for p in emu.store.pools.values()]
+                                             + [t.spec for j in emu.store.jobs.values() for t in j.tasks.values()])}
+        assert PRIVATE in seen["GET pool"] and '"username":"myregistry"' in seen["GET pool"]
+        records = be.store.system_container
+        seen["records"] = "".join(project.storage.download_bytes(records, name).decode(errors="replace")
+                                  for name in project.storage.list_blob_names(records))
+        assert job_id in seen["records"]  # the pool record and the job document are there
+
+        # errors: a submit with the variable unset, and the emulator refusing a bad registry reference
+        unset = registry_config(project, emu, password=False)
+        with get_backend(None, unset) as be2, pytest.raises(ConfigError) as info:
+            be2.submit(simple_job(project, f"{job_id}-x", ins, container_image=image))
+        seen["missing-password error"] = str(info.value)
+        bad = bm.ContainerRegistryReference(registry_server=PRIVATE, password=REGISTRY_PASSWORD)  # no username
+        with pytest.raises(HttpResponseError) as refused:
+            client.create_pool(bm.BatchPoolCreateOptions(
+                id="refused", vm_size="standard_d2s_v3", virtual_machine_configuration=bm.VirtualMachineConfiguration(
+                    image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 24.04",
+                    container_configuration=bm.BatchContainerConfiguration(
+                        type=bm.ContainerType.DOCKER_COMPATIBLE, container_registries=[bad]))))
+        seen["emulator error"] = str(refused.value)
+        assert "containerRegistries[0].username" in seen["emulator error"]
+    seen["log"] = caplog.text + "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert any(r.name.startswith("azure") for r in caplog.records), "the Azure SDK loggers were not captured"
+    for where, text in seen.items():
+        assert REGISTRY_PASSWORD not in text, f"the registry password shows in the {where}"
+
+
+def test_task_registry_follows_the_image_host(project: Any, batch_emulator: Any,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    client = raw_client(batch_emulator)
+    create_empty_pool(client, "idle")  # no nodes: container tasks never need a Docker engine here
+    config = registry_config(project, batch_emulator, pool_id="idle")
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"a.txt": b"a"})
+
+    def registry_of(image: str) -> Any:
+        job_id = f"img-{uuid.uuid4().hex[:6]}"
+        with get_backend(None, config) as be:
+            be.submit(simple_job(project, job_id, ins, container_image=image))
+        (task,) = client.list_tasks(job_id)
+        assert task.container_settings.image_name == image
+        return task.container_settings.registry
+
+    with caplog.at_level(logging.WARNING, logger="batchyard"):
+        private = registry_of(f"{PRIVATE}/tools/app@sha256:{'0' * 64}")
+        assert (private.registry_server, private.username, private.password) == (PRIVATE, "myregistry", None)
+        identity = registry_of("byidentity.azurecr.io/app:2")
+        assert identity.identity_reference.resource_id == IDENTITY and identity.username is None
+        for public in ("python:3.12-slim", "myorg/tool", "mcr.microsoft.com/azurelinux/base/python:3"):
+            assert registry_of(public) is None, public
+        assert not [r for r in caplog.records if "container_registries" in r.getMessage()]
+        assert registry_of("ghcr.io/someone/tool:1") is None
+    (warning,) = [r.getMessage() for r in caplog.records if "container_registries" in r.getMessage()]
+    assert "ghcr.io" in warning and "anonymous" in warning
+
+
+def test_registry_problems_stop_a_submit_before_anything_exists(project: Any, batch_emulator: Any) -> None:
+    client = raw_client(batch_emulator)
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"a.txt": b"a"})
+    unset = registry_config(project, batch_emulator, password=False)
+    with get_backend(None, unset) as be:
+        with pytest.raises(ConfigError, match=r"azure\.container_registries\.0\.password_env: the environment "
+                                              r"variable MYREGISTRY_PASSWORD .* is not set"):
+            be.submit(simple_job(project, "nopw", ins, container_image=f"{PRIVATE}/app:1"))
+        # the identity registry (an ARM-made pool's business) needs no password; a created pool cannot use it
+        with_pw = registry_config(project, batch_emulator)
+    with get_backend(None, with_pw) as be, pytest.raises(ConfigError, match=r"managed identity.*pool_id"):
+        be.submit(simple_job(project, "byid", ins, container_image="byidentity.azurecr.io/app:2"))
+    assert list(client.list_jobs()) == [] and list(client.list_pools()) == []
+    assert not be.pools.get_record(per_job_pool_id("byid")) and not be.pools.get_record(per_job_pool_id("nopw"))
+    # A job without an image never needs the registries, so the unset variable is no obstacle.
+    create_empty_pool(client, "idle")
+    plain = registry_config(project, batch_emulator, pool_id="idle", password=False)
+    with get_backend(None, plain) as be:
+        assert be.submit(simple_job(project, "plain", ins)).enqueued == 1

@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from batchyard.config import load_config
+from batchyard.findings import Finding
 from batchyard.plan import check_chunks, check_task_ids, make_plan
 from batchyard.plan_cli import plan as plan_command
+from batchyard.registries import image_host
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "uppercase" / "job.toml"
@@ -178,3 +180,52 @@ def test_previous_local_run_feeds_the_forecast(project) -> None:
     assert result.tasks == 2
     assert result.forecast["previous_run"].startswith(f"previous run of prev-{project.uid} on local: 2 tasks")
     assert result.forecast["wall_time_s"] is not None and result.forecast["cost_usd"] is not None
+
+
+REGISTRIES = """[[azure.container_registries]]
+server = "myregistry.azurecr.io"
+username = "myregistry"
+password_env = "MYREGISTRY_PASSWORD"
+[[azure.container_registries]]
+server = "byid.azurecr.io"
+identity_resource_id = "/subscriptions/0/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/x"
+"""
+
+
+def test_image_hosts_follow_docker_reference_rules() -> None:
+    hosts = {image: image_host(image) for image in (
+        "python:3.12", "library/python", "myorg/app:1", "index.docker.io/myorg/app", "localhost/app",
+        "localhost:5000/app", "MyRegistry.azurecr.io/tools/app@sha256:" + "0" * 64, "mcr.microsoft.com/dotnet/sdk:8.0")}
+    assert hosts == {"python:3.12": "docker.io", "library/python": "docker.io", "myorg/app:1": "docker.io",
+                     "index.docker.io/myorg/app": "docker.io", "localhost/app": "localhost",
+                     "localhost:5000/app": "localhost:5000",
+                     "MyRegistry.azurecr.io/tools/app@sha256:" + "0" * 64: "myregistry.azurecr.io",
+                     "mcr.microsoft.com/dotnet/sdk:8.0": "mcr.microsoft.com"}
+
+
+def test_container_registry_findings(tmp_path: Path) -> None:
+    (tmp_path / "batchyard.toml").write_text(REGISTRIES, encoding="utf-8")
+
+    def registry_findings(image: str | None, *, password: bool = True, extra: str = "") -> dict[str, Finding]:
+        if extra:
+            (tmp_path / "batchyard.toml").write_text(extra + REGISTRIES, encoding="utf-8")
+        env = {"BATCHYARD_HOME": str(tmp_path / "home")}
+        if password:
+            env["MYREGISTRY_PASSWORD"] = "a-registry-password-0123456789"
+        config = load_config(tmp_path / "batchyard.toml", env=env)
+        body = BASE.replace("[inputs]", f'container_image = "{image}"\n[inputs]') if image else BASE
+        result = make_plan(write_job(tmp_path, body), config, active_jobs=0, durations=[])
+        return {f.code: f for f in result.findings if f.code.startswith("registry-")}
+
+    assert registry_findings("myregistry.azurecr.io/tools/app:1") == {}
+    for public in ("python:3.12-slim", "myorg/tool:2", "mcr.microsoft.com/azurelinux/base/python:3"):
+        assert registry_findings(public) == {}, public
+    unknown = registry_findings("ghcr.io/someone/tool:1")["registry-not-configured"]
+    assert unknown.severity == "warning" and "ghcr.io" in unknown.message and 'server = "ghcr.io"' in unknown.fix
+    missing = registry_findings("myregistry.azurecr.io/tools/app:1", password=False)["registry-password-missing"]
+    assert missing.severity == "error" and "azure.container_registries.0.password_env" in missing.message
+    assert "MYREGISTRY_PASSWORD" in missing.fix
+    assert registry_findings(None, password=False) == {}, "a job without an image needs no registry"
+    identity = registry_findings("byid.azurecr.io/app:1")["registry-identity-needs-pool"]
+    assert identity.severity == "error" and "pool_id" in identity.fix
+    assert registry_findings("byid.azurecr.io/app:1", extra='[azure]\npool_id = "made-with-arm"\n') == {}

@@ -29,6 +29,7 @@ from ..redact import register_secret
 from ..staging import fan_out, upload_resources
 from ..storage import Storage
 from .azure_pools import PoolManager
+from .azure_registries import ContainerSetup, container_setup
 from .azure_tasks import (
     STDERR_TAIL_BYTES,
     JobFacts,
@@ -138,6 +139,8 @@ class AzureBackend(Backend):
 
     def submit(self, job: Job) -> SubmitResult:
         required = required_patterns(job)
+        # Registries first: a missing password must fail before any container, pool or job exists.
+        containers = container_setup(job.container_image, self.config) if job.container_image else None
         self.store.ensure()
         upload_resources(self.store, job)
         for out in job.outputs:
@@ -169,12 +172,11 @@ class AzureBackend(Backend):
         self._expected[job.id] = len(tasks)
         pool_id, created = (None, False)
         if work:
-            images = (job.container_image,) if job.container_image else ()
-            pool_id, created = self.pools.resolve(job.id, container_images=images)
+            pool_id, created = self.pools.resolve(job.id, containers=containers)
             if batch_job is None:
                 self._create_job(job, pool_id)
             self._reactivate(job, to_reactivate, to_add, {t.task_id.lower(): t for t in tasks})
-            self._add(job, tasks=to_add, required=required)
+            self._add(job, tasks=to_add, required=required, containers=containers)
         elif batch_job is not None and batch_job.pool_info is not None:
             pool_id = batch_job.pool_info.pool_id
         if pool_id:
@@ -236,7 +238,8 @@ class AzureBackend(Backend):
         logs = self.storage.container_sas_url(self.store.log_container, expiry=lifetime, permission="cw")
         return TaskUrls(resource_files=resources, output_containers=outputs, log_container_url=logs)
 
-    def _add(self, job: Job, *, tasks: list[TaskDef], required: list[str]) -> None:
+    def _add(self, job: Job, *, tasks: list[TaskDef], required: list[str],
+             containers: ContainerSetup | None = None) -> None:
         if not tasks:
             return
         lifetime, warnings = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
@@ -249,7 +252,8 @@ class AzureBackend(Backend):
             if task.input_blob is not None and task.input_container is not None:
                 input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
                                                       permission="r")
-            options.append(build_task(job, task, urls=urls, input_url=input_url, required=required))
+            options.append(build_task(job, task, urls=urls, input_url=input_url, required=required,
+                                      registry=containers.task_registry if containers else None))
         report = TaskAdder(self.client, job.id).add(options)
         if report.existed:
             log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",

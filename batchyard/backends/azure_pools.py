@@ -22,10 +22,11 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from ..config import Config, PoolSection
-from ..errors import BackendError
+from ..errors import BackendError, ConfigError
 from ..job import parse_duration
 from ..redact import redact
 from ..storage import Storage
+from .azure_registries import ContainerSetup
 from .azure_tasks import batch_error, enum_text, error_code
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def start_task_command(section: PoolSection) -> str | None:
 
 
 def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None,
-                 container_images: tuple[str, ...] = ()) -> bm.BatchPoolCreateOptions:
+                 containers: ContainerSetup | None = None) -> bm.BatchPoolCreateOptions:
     command = start_task_command(section)
     start = None
     if command:
@@ -99,10 +100,12 @@ def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None,
                 publisher=section.image_publisher, offer=section.image_offer, sku=section.image_sku,
                 version=section.image_version),
             node_agent_sku_id=section.node_agent_sku_id,
-            # Container tasks need a container-enabled pool; listing the image prefetches it on each node.
+            # Container tasks need a container-enabled pool; listing the image prefetches it on each node,
+            # which for a private image needs the registry's credentials here too.
             container_configuration=bm.BatchContainerConfiguration(
-                type=bm.ContainerType.DOCKER_COMPATIBLE, container_image_names=list(container_images),
-            ) if container_images else None),
+                type=bm.ContainerType.DOCKER_COMPATIBLE, container_image_names=[containers.image],
+                container_registries=list(containers.pool_registries) or None,
+            ) if containers else None),
         # Batch refuses target node counts together with an autoscale formula.
         target_dedicated_nodes=None if autoscale else section.dedicated_nodes,
         target_low_priority_nodes=None if autoscale else section.spot_nodes,
@@ -180,11 +183,13 @@ class PoolManager:
             raise batch_error(exc, f"reading pool {pool_id!r}") from None
 
     def create(self, pool_id: str, section: PoolSection, *, job_id: str | None,
-               container_images: tuple[str, ...] = ()) -> bool:
+               containers: ContainerSetup | None = None) -> bool:
         """Create the pool (recorded first, so a crash never leaves an unrecorded pool); False if it existed."""
+        if containers is not None and containers.pool_refusal:
+            raise ConfigError(containers.pool_refusal)
         self.record(pool_id, job_id=job_id)
         try:
-            self.client.create_pool(pool_options(pool_id, section, job_id=job_id, container_images=container_images))
+            self.client.create_pool(pool_options(pool_id, section, job_id=job_id, containers=containers))
         except HttpResponseError as exc:
             if error_code(exc) == "PoolExists":
                 return False
@@ -197,7 +202,7 @@ class PoolManager:
                  section.dedicated_nodes, section.spot_nodes)
         return True
 
-    def resolve(self, job_id: str, *, container_images: tuple[str, ...] = ()) -> tuple[str, bool]:
+    def resolve(self, job_id: str, *, containers: ContainerSetup | None = None) -> tuple[str, bool]:
         """The pool the job runs on, creating it if batchyard should; returns (pool id, created now)."""
         azure = self.config.azure
         if azure.pool_id:
@@ -206,13 +211,11 @@ class PoolManager:
             if azure.pool is None:
                 raise BackendError(f"pool {azure.pool_id!r} ([azure] pool_id) does not exist on Azure Batch; "
                                    "create it, or add an [azure.pool] section so batchyard creates it")
-            return azure.pool_id, self.create(azure.pool_id, azure.pool, job_id=None,
-                                              container_images=container_images)
+            return azure.pool_id, self.create(azure.pool_id, azure.pool, job_id=None, containers=containers)
         pool_id = per_job_pool_id(job_id)
         if self.exists(pool_id):
             return pool_id, False
-        return pool_id, self.create(pool_id, azure.pool or PoolSection(), job_id=job_id,
-                                    container_images=container_images)
+        return pool_id, self.create(pool_id, azure.pool or PoolSection(), job_id=job_id, containers=containers)
 
     def resize_errors(self, pool: bm.BatchPool) -> str | None:
         errors = pool.resize_errors or []

@@ -175,8 +175,9 @@ class TaskUrls:
     log_container_url: str = field(repr=False, default="")
 
 
-def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None,
-               required: Sequence[str]) -> bm.BatchTaskCreateOptions:
+def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None, required: Sequence[str],
+               registry: bm.ContainerRegistryReference | None = None) -> bm.BatchTaskCreateOptions:
+    """One Batch task; ``registry``: the private registry of the job's container image, if any."""
     resource_files = [bm.ResourceFile(http_url=url, file_path=path) for path, url in urls.resource_files]
     if input_url is not None and task.input_path is not None:
         resource_files.insert(0, bm.ResourceFile(http_url=input_url, file_path=task.input_path))
@@ -211,6 +212,7 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
         ),
         container_settings=bm.BatchTaskContainerSettings(
             image_name=job.container_image, working_directory=bm.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
+            registry=registry,
         ) if job.container_image else None,
     )
 

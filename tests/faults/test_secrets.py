@@ -113,16 +113,20 @@ def test_no_secret_in_logs_records_errors_or_reprs(project: Any, tmp_path: Path,
 
 def test_cli_run_status_and_task_environment_hold_no_secret(project: Any, tmp_path: Path) -> None:
     """`run -vv` stderr/stdout, `status --json`, and what the command itself sees in its environment,
-    also with the connection string in a custom variable (connection_string_env)."""
+    also with the connection string in a custom variable (connection_string_env) and a container
+    registry's password in the environment (password_env)."""
     conn = project.env["AZURE_STORAGE_CONNECTION_STRING"]
+    registry_password = "registry-Pa55-" + "k3Yv" * 8
     toml = project.dir / "batchyard.toml"
-    toml.write_text(toml.read_text().replace("[storage]\n", '[storage]\nconnection_string_env = "BY_MY_CONN"\n'))
+    toml.write_text(toml.read_text().replace("[storage]\n", '[storage]\nconnection_string_env = "BY_MY_CONN"\n')
+                    + '[[azure.container_registries]]\nserver = "myregistry.azurecr.io"\nusername = "me"\n'
+                    'password_env = "MYREGISTRY_PASSWORD"\n')
     env_out = tmp_path / "env.json"
     (project.dir / "t.csv").write_text("KEY\nonly\n")
     (project.dir / "job.toml").write_text(
         f'id = "clisecrets"\ncommand = {tool_command("env", str(env_out))!r}\ntasks = "t.csv"\n', encoding="utf-8")
-    extra = {"BY_MY_CONN": conn, "AZURE_STORAGE_KEY": WELL_KNOWN_KEY}
-    secrets = _secrets(conn)
+    extra = {"BY_MY_CONN": conn, "AZURE_STORAGE_KEY": WELL_KNOWN_KEY, "MYREGISTRY_PASSWORD": registry_password}
+    secrets = [*_secrets(conn), registry_password]
     proc = project.cli("run", "job.toml", "-vv", "--workers", "1", env=extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "HTTP" in proc.stderr or "Request" in proc.stderr, "expected the Azure SDK's -vv request log"
@@ -134,4 +138,4 @@ def test_cli_run_status_and_task_environment_hold_no_secret(project: Any, tmp_pa
     seen = json.loads(env_out.read_text())
     assert "AZ_BATCH_TASK_ID" in seen
     _assert_clean(json.dumps(seen), secrets, "the task's environment")
-    assert not {"BY_MY_CONN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING"} & set(seen)
+    assert not {"BY_MY_CONN", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING", "MYREGISTRY_PASSWORD"} & set(seen)

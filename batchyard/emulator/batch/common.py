@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
+from batchyard.redact import register_secret
+
 # What Batch reports for "no limit" (TimeSpan.MaxValue).
 INFINITE_DURATION = "P10675199DT2H48M5.4775807S"
 ERROR_METADATA = "$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element"
@@ -125,4 +127,25 @@ def check_id(value: Any, prop: str = "id") -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise invalid(f"The value provided for {prop} is invalid: ids may contain letters, digits, "
                       "hyphens and underscores, at most 64 characters.", prop)
+    return value
+
+
+def forget_passwords(value: Any) -> Any:
+    """A copy of a request body without its ``password`` fields (container registries, user accounts).
+
+    Batch never returns a password in a GET, and the emulator neither pulls images nor creates
+    users, so it drops them before anything is stored: no view, listing or auto-pool copy can
+    echo one. Each is registered with :mod:`batchyard.redact` first, so the emulator's log and
+    the environment its tasks inherit mask it too.
+    """
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key == "password":
+                register_secret(item if isinstance(item, str) else None)
+                continue
+            out[key] = forget_passwords(item)
+        return out
+    if isinstance(value, list):
+        return [forget_passwords(item) for item in value]
     return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .common import BatchApiError, check_id, invalid, not_found, parse_duration, require, unsupported
+from .common import BatchApiError, check_id, forget_passwords, invalid, not_found, parse_duration, require, unsupported
 from .odata import page, select
 from .ops_pools import _check_pool
 from .protocol import Request, Response, Router, check_conditions, created, entity, resource_headers
@@ -97,7 +97,8 @@ class JobOps:
                 raise BatchApiError(409, "ActiveJobAndScheduleQuotaReached",
                                     "The specified account has reached the maximum number of active jobs "
                                     "and job schedules.")
-            job = Job(id=body["id"], spec=dict(body), state="active", seq=next(store.job_seq))
+            # An auto pool's spec may hold registry passwords: never stored, never echoed.
+            job = Job(id=body["id"], spec=forget_passwords(body), state="active", seq=next(store.job_seq))
             if auto:
                 prefix = auto.get("autoPoolIdPrefix") or ""
                 pool_id = f"{prefix}_{uuid.uuid4()}" if prefix else str(uuid.uuid4()).upper()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .common import BatchApiError, check_id, invalid, not_found, require, rfc1123, unsupported
+from .common import BatchApiError, check_id, forget_passwords, invalid, not_found, require, rfc1123, unsupported
 from .files import file_response, list_files
 from .odata import page, select
 from .protocol import Request, Response, Router, check_conditions, created, entity, resource_headers
 from .state import Node, Pool
-from .translate import split_command_line, validate_task
+from .translate import check_registry, split_command_line, validate_task
 
 if TYPE_CHECKING:
     from .server import BatchEmulator
@@ -34,6 +34,19 @@ def _check_start_task(start: Any) -> None:
     validate_task({**start, "id": "starttask", "constraints": {}}, uses_dependencies=False)
 
 
+def _check_container_configuration(config: Any, prop: str) -> None:
+    if not isinstance(config, dict):
+        raise invalid(f"{prop} must be an object", prop)
+    images = config.get("containerImageNames") or []
+    if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+        raise invalid(f"{prop}.containerImageNames must be a list of image names", f"{prop}.containerImageNames")
+    registries = config.get("containerRegistries") or []
+    if not isinstance(registries, list):
+        raise invalid(f"{prop}.containerRegistries must be a list", f"{prop}.containerRegistries")
+    for i, reg in enumerate(registries):
+        check_registry(reg, f"{prop}.containerRegistries[{i}]")
+
+
 def _check_pool(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise invalid("The pool must be a JSON object.", "pool")
@@ -43,7 +56,11 @@ def _check_pool(body: Any) -> dict[str, Any]:
     require(vm, "nodeAgentSKUId")
     require(vm, "imageReference", dict)
     # containerConfiguration is accepted: container tasks run on the local Docker engine, whose images
-    # are never pulled (containerImageNames are not prefetched; a missing image fails the task).
+    # are never pulled (containerImageNames are not prefetched, containerRegistries are never signed
+    # in to; a missing image fails the task). Registry passwords are dropped in add_pool.
+    if vm.get("containerConfiguration") is not None:
+        _check_container_configuration(vm["containerConfiguration"],
+                                       "virtualMachineConfiguration.containerConfiguration")
     for name, what in REFUSED_POOL_FIELDS.items():
         if body.get(name):
             raise unsupported(what, name)
@@ -108,7 +125,7 @@ class PoolOps:
         store = self.emu.store
         if body["id"].lower() in store.pools:
             raise BatchApiError(409, "PoolExists", "The specified pool already exists.", [("Id", body["id"])])
-        pool = Pool(id=body["id"], spec=dict(body), state="active", auto_for_job=auto_for_job)
+        pool = Pool(id=body["id"], spec=forget_passwords(body), state="active", auto_for_job=auto_for_job)
         store.pools[pool.id.lower()] = pool
         self.emu.engine.resize(pool)
         return pool

@@ -81,6 +81,33 @@ def _check_output_file(of: Any, prop: str) -> None:
                       f"{prop}.uploadOptions.uploadCondition")
 
 
+def check_registry(reg: Any, prop: str) -> None:
+    """A ContainerRegistryReference: username and password, or identityReference (accepted, never used:
+    the emulator runs images already on the local Docker engine and never pulls)."""
+    if not isinstance(reg, dict):
+        raise invalid(f"{prop} must be an object", prop)
+    for key in ("registryServer", "username", "password"):
+        if reg.get(key) is not None and not isinstance(reg[key], str):
+            raise invalid(f"{prop}.{key} must be a string", f"{prop}.{key}")
+    identity = reg.get("identityReference")
+    if identity is not None:
+        if not isinstance(identity, dict) or not isinstance(identity.get("resourceId"), str):
+            raise invalid(f"{prop}.identityReference needs a resourceId", f"{prop}.identityReference.resourceId")
+    elif not reg.get("username") or not reg.get("password"):
+        # Never the value itself in the message: it may be a password.
+        missing = "password" if reg.get("username") else "username"
+        raise invalid(f"{prop} needs username and password, or identityReference", f"{prop}.{missing}")
+
+
+def check_container_settings(settings: Any, prop: str = "containerSettings") -> None:
+    if not isinstance(settings, dict):
+        raise invalid(f"{prop} must be an object", prop)
+    if not isinstance(settings.get("imageName"), str) or not settings["imageName"]:
+        raise invalid(f"{prop}.imageName is required", f"{prop}.imageName")
+    if settings.get("registry") is not None:
+        check_registry(settings["registry"], f"{prop}.registry")
+
+
 def validate_task(body: Any, *, uses_dependencies: bool) -> dict[str, Any]:
     """Check a task body as Batch would on add; returns it (the stored spec)."""
     if not isinstance(body, dict):
@@ -90,6 +117,8 @@ def validate_task(body: Any, *, uses_dependencies: bool) -> dict[str, Any]:
     for name, what in REFUSED_TASK_FIELDS.items():
         if body.get(name):
             raise unsupported(what, name)
+    if body.get("containerSettings") is not None:
+        check_container_settings(body["containerSettings"])
     for i, rf in enumerate(body.get("resourceFiles") or []):
         _check_resource_file(rf, f"resourceFiles[{i}]")
     for i, of in enumerate(body.get("outputFiles") or []):
