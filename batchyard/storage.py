@@ -58,6 +58,10 @@ _CLIENT_KWARGS: dict[str, Any] = {
     "retry_backoff_max": 8,
 }
 BLOCK_SIZE = 8 * 1024 * 1024
+# Every blob client, by account key or by SAS URL, uploads in BLOCK_SIZE blocks. Blocks over 4 MiB
+# also put the SDK on its streamed upload path (the SDK's default 4 MiB blocks were ~15% slower
+# against Azurite for a 512 MiB file).
+_BLOB_KWARGS: dict[str, Any] = {"max_block_size": BLOCK_SIZE, "max_single_put_size": BLOCK_SIZE}
 POOL_SIZE = 32  # concurrent sends/uploads share a client; urllib3's default of 10 would churn connections
 
 
@@ -202,8 +206,7 @@ class Storage:
         with self._lock:
             if self._blob is None:
                 self._blob = BlobServiceClient.from_connection_string(
-                    self.account.connection_string(), max_block_size=BLOCK_SIZE,
-                    max_single_put_size=BLOCK_SIZE, **_client_kwargs(),
+                    self.account.connection_string(), **_BLOB_KWARGS, **_client_kwargs(),
                 )
             return self._blob
 
@@ -346,7 +349,7 @@ class BlobTransfer:
         with self._lock:
             client = self._url_containers.get(container_url)
             if client is None:
-                client = ContainerClient.from_container_url(container_url, **_client_kwargs())
+                client = ContainerClient.from_container_url(container_url, **_BLOB_KWARGS, **_client_kwargs())
                 self._url_containers[container_url] = client
             return client
 
@@ -417,7 +420,9 @@ class BlobTransfer:
                                        content_settings=ContentSettings(content_md5=bytearray(file_md5(src))))
                 return size
             # Big files: hash in a second thread while the blocks go up (reading the file twice
-            # costs less than hashing first and uploading after), then set the header.
+            # costs less than hashing first and uploading after), then set the header. Staging the
+            # blocks ourselves, hashing each as it was read, measured ~8% slower against Azurite
+            # than the SDK's streamed upload, and no faster in big.py.
             with ThreadPoolExecutor(1) as hasher:
                 digest = hasher.submit(file_md5, src)
                 with src.open("rb") as fh:
