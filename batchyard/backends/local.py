@@ -115,8 +115,9 @@ class LocalBackend(Backend):
         import multiprocess
 
         count = workers or self.config.workers
-        # forkserver: workers fork from a clean single-threaded server, never from this process,
-        # whose threads (SDK pools, progress display) could hold a lock at fork time and hang a child.
+        # fork: a worker starts in milliseconds with everything imported (docs/architecture.md).
+        # Workers are started before this process starts its own threads for the run, and each
+        # creates its storage clients afresh (worker_process_main), never using inherited ones.
         self._ctx = multiprocess.get_context("fork")
         self._stop = self._ctx.Event()
         self._workers_args = (options, str(work_dir) if work_dir else None)
