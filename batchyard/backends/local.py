@@ -115,9 +115,8 @@ class LocalBackend(Backend):
         import multiprocess
 
         count = workers or self.config.workers
-        # fork: a worker starts in milliseconds with everything imported (docs/architecture.md).
-        # Workers are started before this process starts its own threads for the run, and each
-        # creates its storage clients afresh (worker_process_main), never using inherited ones.
+        # fork: a worker starts in milliseconds with everything imported (docs/architecture.md);
+        # each creates its storage clients afresh (worker_process_main), never using inherited ones.
         self._ctx = multiprocess.get_context("fork")
         self._stop = self._ctx.Event()
         self._workers_args = (options, str(work_dir) if work_dir else None)
