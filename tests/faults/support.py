@@ -127,3 +127,31 @@ def blob_md5(storage: Any, container: str, name: str) -> tuple[bytes, bytes | No
         size += len(chunk)
     header = client.get_blob_properties().content_settings.content_md5
     return digest.digest(), bytes(header) if header else None, size
+
+
+def serve_until_idle(be: Any, tmp_path: Path, *, lease_s: float = 2, **options: Any) -> Any:
+    """One in-process worker serving ``be``'s queue until it has been idle 1.5 s; returns it."""
+    import threading
+
+    from batchyard.worker import Worker
+
+    worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
+                    options=WorkerOptions(lease_s=lease_s, idle_exit_s=1.5, **options))
+    worker.serve(threading.Event())
+    worker.close()
+    return worker
+
+
+def drain_queue(queue: Any) -> list[dict[str, Any]]:
+    """Receive and delete every message of ``queue``; their JSON bodies (each checked to fit 64 KiB)."""
+    import json
+
+    from batchyard.messages import MAX_MESSAGE_BYTES
+
+    found = []
+    while batch := list(queue.receive_messages(max_messages=32, visibility_timeout=30)):
+        for message in batch:
+            assert len(message.content.encode()) <= MAX_MESSAGE_BYTES
+            found.append(json.loads(message.content))
+            queue.delete_message(message)
+    return found

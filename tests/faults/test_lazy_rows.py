@@ -7,7 +7,6 @@ cancellable, and a task whose definition cannot travel in a message must still r
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +15,9 @@ import pytest
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
 from batchyard.errors import TaskNotFoundError
-from batchyard.messages import MAX_MESSAGE_BYTES, TaskMessage
-from batchyard.worker import Worker, WorkerOptions
+from batchyard.messages import TaskMessage
 
-from .support import runs_of, table_job, tool_command
-
-
-def _serve_until_idle(be: Any, tmp_path: Path) -> Worker:
-    worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
-                    options=WorkerOptions(lease_s=5, idle_exit_s=1.5))
-    worker.serve(threading.Event())
-    worker.close()
-    return worker
-
-
-def _drain(be: Any) -> list[dict[str, Any]]:
-    bodies = []
-    while batch := list(be.store.queue.receive_messages(max_messages=32, visibility_timeout=30)):
-        for message in batch:
-            assert len(message.content.encode()) <= MAX_MESSAGE_BYTES
-            bodies.append(json.loads(message.content))
-            be.store.queue.delete_message(message)
-    return bodies
+from .support import drain_queue, runs_of, serve_until_idle, table_job, tool_command
 
 
 def test_unclaimed_tasks_have_no_row_yet_are_listed_counted_and_then_run(project: Any, tmp_path: Path) -> None:
@@ -55,7 +35,7 @@ def test_unclaimed_tasks_have_no_row_yet_are_listed_counted_and_then_run(project
             be.read_task_log(job.id, listed[0].task_id)
         with pytest.raises(TaskNotFoundError, match="not found"):
             be.read_task_log(job.id, "no-such-task")
-        worker = _serve_until_idle(be, tmp_path)
+        worker = serve_until_idle(be, tmp_path, lease_s=5)
         assert worker.tasks_run == 5
         rows = list(be.store.task_entities(job.id))
         assert len(rows) == 5 and {r["state"] for r in rows} == {"succeeded"}
@@ -77,7 +57,7 @@ def test_cancel_before_any_claim_records_every_task_and_nothing_runs(project: An
         assert {(r.state, r.failure_category) for r in results} == {(TaskState.FAILED, "cancelled")}
         assert sorted(r.label for r in results) == [f"KEY={k}" for k in keys]
         assert be.task_counts(job.id).finished
-        worker = _serve_until_idle(be, tmp_path)  # the queued messages are consumed, nothing runs
+        worker = serve_until_idle(be, tmp_path, lease_s=5)  # the queued messages are consumed, nothing runs
         assert worker.tasks_run == 0
         assert be.store.queue.get_queue_properties().approximate_message_count == 0
     assert runs_of(runs) == []
@@ -94,14 +74,14 @@ def test_definition_too_big_for_a_message_goes_by_row(project: Any, tmp_path: Pa
         be.submit(job)
         rows = list(be.store.task_entities(job.id))
         assert [r["label"] for r in rows] == [f"KEY={big}"] and rows[0]["state"] == "pending"
-        bodies = _drain(be)
+        bodies = drain_queue(be.store.queue)
         by_version = {b["v"]: b for b in bodies}
         assert sorted(by_version) == [1, 2], bodies
         assert by_version[1]["tasks"] == [rows[0]["RowKey"]]
         assert sum(len(b["tasks"]) for b in bodies) == 3
         for body in bodies:  # send them back: drained only to look at them
             be.store.queue.send_message(json.dumps(body))
-        _serve_until_idle(be, tmp_path)
+        serve_until_idle(be, tmp_path, lease_s=5)
         assert {r.state for r in be.list_task_results(job.id)} == {TaskState.SUCCEEDED}
     assert sorted(runs_of(runs)) == sorted(keys)
 

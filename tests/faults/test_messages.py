@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
-from batchyard.messages import MAX_MESSAGE_BYTES
-from batchyard.worker import Worker, WorkerOptions
 
-from .support import runs_of, table_job, tool_command
-
-
-def _serve_until_idle(project: Any, be: Any, tmp_path: Path, **options: Any) -> Worker:
-    worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
-                    options=WorkerOptions(lease_s=2, idle_exit_s=1.5, **options))
-    worker.serve(threading.Event())
-    return worker
-
-
-def _poisoned(be: Any) -> list[dict[str, Any]]:
-    found = []
-    while batch := list(be.store.poison_queue.receive_messages(max_messages=32, visibility_timeout=30)):
-        for message in batch:
-            assert len(message.content.encode()) <= MAX_MESSAGE_BYTES
-            found.append(json.loads(message.content))
-            be.store.poison_queue.delete_message(message)
-    return found
+from .support import drain_queue, runs_of, serve_until_idle, table_job, tool_command
 
 
 def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project: Any, tmp_path: Path) -> None:
@@ -50,12 +30,12 @@ def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project:
         for body in bad:
             be.store.queue.send_message(body)
         be.submit(job)  # queued after the bad ones: the worker must get past them to run it
-        worker = _serve_until_idle(project, be, tmp_path)
+        worker = serve_until_idle(be, tmp_path)
         assert worker.tasks_run == 1
         (result,) = be.list_task_results(job.id)
         assert result.state == "succeeded"
         assert be.store.queue.get_queue_properties().approximate_message_count == 0
-        poisoned = _poisoned(be)
+        poisoned = drain_queue(be.store.poison_queue)
     assert runs_of(runs) == ["ok"]
     assert len(poisoned) == len(bad), [p["reason"] for p in poisoned]
     by_start = {p["original"][:30]: p for p in poisoned}
@@ -75,9 +55,9 @@ def test_message_delivered_too_often_is_poisoned_and_its_task_failed(project: An
         for _ in range(5):  # five deliveries that never finished (default max_dequeue_count = 5)
             (message,) = be.store.queue.receive_messages(max_messages=1, visibility_timeout=30)
             be.store.queue.update_message(message, visibility_timeout=0)
-        _serve_until_idle(project, be, tmp_path)
+        serve_until_idle(be, tmp_path)
         (result,) = be.list_task_results(job.id)
-        poisoned = _poisoned(be)
+        poisoned = drain_queue(be.store.poison_queue)
     assert (result.state, result.failure_category) == ("failed", "poison")
     assert "delivered 6 times (max_dequeue_count=5)" in (result.failure_message or "")
     assert runs_of(runs) == [], "a poisoned message's task ran"
