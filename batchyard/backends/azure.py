@@ -91,6 +91,7 @@ class AzureBackend(Backend):
         self._client: BatchClient | None = None
         self._pools: PoolManager | None = None
         self._expected: dict[str, int] = {}
+        self._short_since: dict[str, float] = {}  # wait: when counts first looked final but short
         self._watch: tuple[str, str] | None = None  # (job id, pool id) that wait() watches
         self._last_alive_check = 0.0
         self._job_state_cache: dict[str, tuple[float, str]] = {}
@@ -283,34 +284,25 @@ class AzureBackend(Backend):
 
     def wait(self, job_id: str, *, on_progress: Any = None, poll_interval: float | None = None,
              timeout: float | None = None) -> TaskCounts:
-        """Poll task counts until every task is final; then, if all succeeded, finish the job.
+        """Poll task counts until every task is final; then, if all succeeded, finish the job."""
+        self._short_since.pop(job_id, None)
+        return super().wait(job_id, on_progress=on_progress, timeout=timeout,
+                            poll_interval=poll_interval or self.config.azure.poll_interval)
 
-        Batch's counts lag behind adds by a few seconds, so "finished" only counts once the total
-        reaches what this process submitted (or after a grace period).
-        """
-        poll = poll_interval or self.config.azure.poll_interval
-        deadline = None if timeout is None else time.monotonic() + timeout
-        expected = self._expected.get(job_id, 0)
-        short_since: float | None = None
-        interval = min(0.25, poll)
-        while True:
-            counts = self.task_counts(job_id)
-            if on_progress is not None:
-                on_progress(counts)
-            if counts.finished:
-                if counts.total >= expected:
-                    break
-                short_since = short_since or time.monotonic()
-                if time.monotonic() - short_since > COUNTS_LAG_GRACE_S:
-                    break
-            if deadline is not None and time.monotonic() >= deadline:
-                return counts
-            self._check_alive()
-            time.sleep(interval)
-            interval = min(poll, interval * 1.5)
+    def _settled(self, job_id: str, counts: TaskCounts) -> bool:
+        # Batch's counts lag behind adds by a few seconds, so "finished" only counts once the total
+        # reaches what this process submitted (or after a grace period).
+        if not counts.finished:
+            return False
+        if counts.total >= self._expected.get(job_id, 0):
+            return True
+        short_since = self._short_since.setdefault(job_id, time.monotonic())
+        return time.monotonic() - short_since > COUNTS_LAG_GRACE_S
+
+    def _on_settled(self, job_id: str, counts: TaskCounts) -> None:
+        self._short_since.pop(job_id, None)
         if counts.total and counts.failed == 0:
             self.finish(job_id)
-        return counts
 
     def finish(self, job_id: str) -> None:
         """Every task succeeded: terminate the job (frees the active-job quota), drop its per-job pool."""

@@ -183,13 +183,21 @@ class Backend(ABC):
             counts = self.task_counts(job_id)
             if on_progress is not None:
                 on_progress(counts)
-            if counts.finished:
+            if self._settled(job_id, counts):
+                self._on_settled(job_id, counts)
                 return counts
             if deadline is not None and time.monotonic() >= deadline:
                 return counts
             self._check_alive()
             time.sleep(interval)
             interval = min(poll_interval, interval * 1.5)
+
+    def _settled(self, job_id: str, counts: TaskCounts) -> bool:
+        """Whether ``wait`` is done: every task final (a backend whose counts lag adds a condition)."""
+        return counts.finished
+
+    def _on_settled(self, job_id: str, counts: TaskCounts) -> None:  # noqa: B027  (optional hook)
+        """Called once by ``wait`` when every task is final (not on a timeout)."""
 
     def run_to_end(self, job: Job, *, workers: int | None = None, timeout: float | None = None,
                    poll_interval: float = 1.0, on_progress: ProgressCallback | None = None,
