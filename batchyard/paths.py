@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import stat
 from pathlib import Path, PurePosixPath
 
 from .errors import UnsafePathError
@@ -64,12 +65,18 @@ def match_outputs(wd: Path, pattern: str) -> list[tuple[Path, str]]:
     fixed, has_wildcard = pattern_base(rest)
     found: list[tuple[Path, str]] = []
     candidates = base_dir.glob(rest) if has_wildcard else [base_dir / rest]
+    # A file directly in base_dir that is not a symlink itself is inside it; a deeper one may
+    # be reached through a directory symlink the command made, so only those are resolved.
+    flat = "/" not in rest
     for path in candidates:
-        if path.is_symlink() or not path.is_file():
-            if path.is_symlink():
-                log.warning("output %s is a symlink; not followed", path.name)
+        try:
+            mode = path.lstat().st_mode
+        except OSError:  # absent (a literal pattern), or gone meanwhile
             continue
-        if not is_inside(base_dir, path):
+        if stat.S_ISLNK(mode):
+            log.warning("output %s is a symlink; not followed", path.name)
+            continue
+        if not stat.S_ISREG(mode) or not (flat or is_inside(base_dir, path)):
             continue
         rel = path.relative_to(base_dir).as_posix()
         if fixed and rel.startswith(fixed + "/"):

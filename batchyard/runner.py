@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import AuthenticationError, BatchyardError, StorageError, UnsafePathError
-from .paths import fnmatch_name, is_inside, match_outputs, pattern_base, safe_relative_path
-from .process_tree import kill_process_tree
+from .paths import fnmatch_name, match_outputs, pattern_base, safe_relative_path
+from .process_tree import WATCHDOG, kill_process_tree
 from .redact import known_secrets, redact
 from .storage import BlobTransfer, SourceMissingError
 from .taskspec import (
@@ -79,7 +79,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STDERR_TAIL_BYTES = 8 * 1024
-WATCH_INTERVAL_S = 0.25  # how often a running command's cancel flag is checked
 FailureCategory = Literal[
     "exit_code", "timeout", "input_missing", "staging_failed", "start_failed",
     "output_missing", "upload_failed", "unsafe_path", "cancelled", "node_lost", "poison", "lost",
@@ -170,10 +169,10 @@ def _stage(attempt: _Attempt, transfer: BlobTransfer) -> None:
         shutil.rmtree(attempt.task_dir, ignore_errors=True)
     attempt.wd.mkdir(parents=True, exist_ok=True)
     for rf in attempt.spec.resource_files:
-        rel = safe_relative_path(rf.file_path, what=f"resource file {rf.file_path!r}")
-        dest = attempt.wd / rel
-        if not is_inside(attempt.wd, dest.parent if dest.parent.exists() else attempt.wd):
-            raise UnsafePathError(f"resource file {rf.file_path!r} would land outside the working dir")
+        # A relative path without '..' stays inside: the working dir was just made empty and
+        # nothing but this loop, which writes regular files only, has written into it yet, so
+        # no symlink can lead out (resolving each path here cost ~0.2 ms per file).
+        dest = attempt.wd / safe_relative_path(rf.file_path, what=f"resource file {rf.file_path!r}")
         if rf.cache_key:
             _stage_cached(attempt.node, rf, dest, transfer)
         else:
@@ -204,37 +203,14 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
             stdout=out, stderr=err, start_new_session=True, close_fds=True,
         )
         deadline = time.monotonic() + spec.max_wall_clock_seconds if spec.max_wall_clock_seconds else None
-        stopped: list[str] = []
-        done = threading.Event()
-
-        def watchdog() -> None:
-            # Limits are enforced here so that the main thread can block in waitpid: polling with
-            # Popen.wait(timeout) notices an exit only after its next back-off sleep (up to 50 ms),
-            # which for a short command costs more than the command itself.
-            while True:
-                step = WATCH_INTERVAL_S if deadline is None else max(0.0, min(WATCH_INTERVAL_S,
-                                                                             deadline - time.monotonic()))
-                if done.wait(step):
-                    return
-                if deadline is not None and time.monotonic() >= deadline:
-                    stopped.append("timeout")
-                elif cancel is not None and cancel.is_set():
-                    stopped.append("cancelled")
-                else:
-                    continue
-                kill_process_tree(proc, task_dir=attempt.task_dir)
-                return
-
-        guard = threading.Thread(target=watchdog, name=f"watchdog-{spec.task_id}", daemon=True)
-        guard.start()
+        watch = WATCHDOG.watch(proc, deadline=deadline, cancel=cancel, task_dir=attempt.task_dir)
         try:
             attempt.exit_code = proc.wait()
         finally:
-            done.set()
-            guard.join()
+            stopped = WATCHDOG.release(watch)
         if stopped:
             attempt.exit_code = proc.returncode
-            return stopped[0]
+            return stopped
         # The leader exited; children it left in its group would outlive the task.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -414,11 +414,12 @@ class BlobTransfer:
 
         size = src.stat().st_size
         try:
-            if size <= BLOCK_SIZE:  # one request: the MD5 travels with it
-                with src.open("rb") as fh:
-                    client.upload_blob(fh, length=size, overwrite=True,
-                                       content_settings=ContentSettings(content_md5=bytearray(file_md5(src))))
-                return size
+            if size <= BLOCK_SIZE:  # one request, the file read once: the MD5 travels with it
+                data = src.read_bytes()
+                md5 = hashlib.md5(data, usedforsecurity=False).digest()
+                client.upload_blob(data, length=len(data), overwrite=True,
+                                   content_settings=ContentSettings(content_md5=bytearray(md5)))
+                return len(data)
             # Big files: hash in a second thread while the blocks go up (reading the file twice
             # costs less than hashing first and uploading after), then set the header. Staging the
             # blocks ourselves, hashing each as it was read, measured ~8% slower against Azurite

@@ -25,8 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,26 +35,21 @@ from azure.core.exceptions import ResourceNotFoundError
 from .config import Config
 from .errors import JobNotFoundError, JobValidationError
 from .job import Job, OutputSpec, output_prefix
+from .message_run import GROUP_WINDOW_S, MAX_GROUP, MessageRun
 from .records import JobStore, StorageLostError, TaskMessage, task_def_from_entity
 from .redact import redact
 from .runner import (
-    AttemptRecord,
     NodeContext,
     OutputFile,
     ResourceFile,
-    StagedAttempt,
-    TaskOutcome,
     TaskSpec,
     now_iso,
-    stage_ahead,
-    start_task,
 )
 from .storage import BlobTransfer, Storage
 
 log = logging.getLogger(__name__)
 
 JOB_CACHE_S = 2.0
-MAX_FINISHING = 2  # tasks whose outputs may wait for upload while the next command runs
 
 
 @dataclass(frozen=True)
@@ -192,18 +186,6 @@ class _Keeper(threading.Thread):
         self.join(timeout=5)
 
 
-@dataclass
-class _Ready:
-    """A claimed task, its spec built and its first attempt staged: ready to start its command."""
-
-    task_id: str
-    spec: TaskSpec
-    claim: _Claim
-    first_attempt: int
-    prior_attempts: list[dict[str, Any]]
-    staged: StagedAttempt
-
-
 class Worker:
     """One worker slot: a loop over queue messages, running one task at a time."""
 
@@ -225,13 +207,23 @@ class Worker:
                                 account_url="local://", is_dedicated=True)
         self._jobs: dict[str, tuple[float, dict[str, Any], Job | None]] = {}
         self.tasks_run = 0
-        # The pipeline's two helpers (see _run_message): one stages the next task, one finishes the last.
-        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="stage-ahead")
-        self._finisher = ThreadPoolExecutor(1, thread_name_prefix="finisher")
+        self._pace: float | None = None  # seconds per command, recently
+        # The pipeline's helper (see batchyard.message_run): while a command runs, it finishes the
+        # task before and prepares the one after.
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+
+    def note_pace(self, seconds: float) -> None:
+        """Fold one task's command time into the worker's recent pace (a moving average)."""
+        self._pace = seconds if self._pace is None else 0.7 * self._pace + 0.3 * seconds
+
+    def group_size(self) -> int:
+        """How many tasks one claim covers (see :class:`batchyard.message_run.RowGroups`)."""
+        if self._pace is None:
+            return 1
+        return max(1, min(MAX_GROUP, int(GROUP_WINDOW_S / max(self._pace, 1e-3))))
 
     def close(self) -> None:
-        self._ahead.shutdown(wait=True)
-        self._finisher.shutdown(wait=True)
+        self._helper.shutdown(wait=True)
 
     # --- job info ------------------------------------------------------------------------------------
     def _job(self, job_id: str) -> tuple[dict[str, Any] | None, Job | None]:
@@ -310,137 +302,12 @@ class Worker:
         keeper = _Keeper(self, message)
         keeper.start()
         try:
-            self._run_message(job, parsed, keeper)
+            MessageRun(self, job, parsed, keeper).run()
         finally:
             keeper.stop()
         if not keeper.lost_message:
             with contextlib.suppress(ResourceNotFoundError):
                 self.store.queue.delete_message(message.id, keeper.pop_receipt)
-
-    def _run_message(self, job: Job, message: TaskMessage, keeper: _Keeper) -> None:
-        """Run a message's tasks one after another, as a pipeline of three steps.
-
-        While task *i*'s command runs, a thread claims and stages task *i+1*, and another
-        uploads task *i-1*'s outputs and records its result. Only the commands are strictly
-        in sequence, so one slot still runs one command at a time; the storage round trips
-        overlap them instead of adding to them. Every result is recorded before this returns,
-        and the message is deleted only after that.
-        """
-        ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
-        # One query for the message's rows; a row that changed meanwhile is re-read at claim time.
-        rows = self.store.get_tasks(job.id, ids) if len(ids) > 1 else {}
-        finishing: list[Future[None]] = []
-        ahead: Future[_Ready | None] | None = None
-        ready = self._prepare(job, ids[0], keeper, rows.get(ids[0]), message)
-        try:
-            for index in range(len(ids)):
-                if keeper.lost_message:
-                    break
-                if index + 1 < len(ids):
-                    following = ids[index + 1]
-                    ahead = self._ahead.submit(self._prepare, job, following, keeper, rows.get(following), message)
-                if ready is not None:
-                    finish = start_task(ready.spec, node=self.node, transfer=self.transfer,
-                                        first_attempt=ready.first_attempt, cancel=ready.claim.cancel,
-                                        staged=ready.staged)
-                    self.tasks_run += 1
-                    while len([f for f in finishing if not f.done()]) >= MAX_FINISHING:
-                        next(f for f in finishing if not f.done()).result()  # bound the outputs waiting
-                    finishing.append(self._finisher.submit(self._finish, job, ready, finish, keeper))
-                    ready = None
-                if ahead is not None:
-                    ready, ahead = ahead.result(), None
-        finally:
-            if ahead is not None:
-                with contextlib.suppress(Exception):
-                    ready = ahead.result()
-            if ready is not None:  # claimed ahead but never started (the message was lost): give it back
-                self._give_back(job, ready, keeper)
-            for future in finishing:
-                future.result()  # a failure re-raises here: the message comes back, nothing is lost
-
-    def _give_back(self, job: Job, ready: _Ready, keeper: _Keeper) -> None:
-        ready.staged.discard()
-        with keeper.renewing:
-            keeper.untrack(ready.task_id)
-            self.store.release_claim(job.id, ready.task_id, etag=ready.claim.etag)
-
-    def _prepare(self, job: Job, task_id: str, keeper: _Keeper, prefetched: dict[str, Any] | None = None,
-                 message: TaskMessage | None = None) -> _Ready | None:
-        """Claim the task and stage its first attempt; None if it is not ours to run."""
-        store = self.store
-        entity = prefetched or store.get_task(job.id, task_id)
-        definition = message.definition(task_id) if message is not None else None
-        if entity is None and definition is not None:  # never claimed: creating its row is the claim
-            if self.job_cancelled(job.id):
-                store.create_final(job.id, task_id, definition.label, {
-                    "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
-                    "ended_at": now_iso(), "attempts_json": []})
-                return None
-            created = store.claim_new(job.id, definition, owner=self.owner, lease_s=self.options.lease_s)
-            if created is None:  # another delivery of this task created it first: decide on that row
-                return self._prepare(job, task_id, keeper)
-            row, etag = created
-            return self._ready(job, keeper, row, etag, [])
-        if entity is None:
-            log.warning("task %s/%s has no record (job deleted?); skipping", job.id, task_id)
-            return None
-        state = entity.get("state")
-        if state in ("succeeded", "failed"):
-            return None  # a duplicate delivery of a finished task
-        if self.job_cancelled(job.id):
-            store.record_final(job.id, task_id, etag=entity["_etag"], fields={
-                "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
-                "ended_at": now_iso(), "attempts_json": json.loads(entity.get("attempts_json") or "[]")})
-            return None
-        claim_live = float(entity.get("claim_expires") or 0) > time.time()
-        if state == "running" and claim_live and entity.get("claim_owner") != self.owner:
-            return None  # another live worker has it; its own message copy covers it if it dies
-        attempts: list[dict[str, Any]] = json.loads(entity.get("attempts_json") or "[]")
-        if state == "running":
-            attempts.append(AttemptRecord(
-                number=len(attempts) + 1, started_at=entity.get("started_at") or now_iso(), ended_at=now_iso(),
-                exit_code=None, failure_category="lost",
-                failure_message="the worker running this attempt was lost (its lease expired)",
-                node_id=str(entity.get("claim_owner") or ""),
-            ).to_dict())
-        etag = store.claim(entity, owner=self.owner, lease_s=self.options.lease_s, attempts=attempts)
-        if etag is None:
-            if prefetched is not None:  # our read may just be stale: decide again on a fresh one
-                return self._prepare(job, task_id, keeper)
-            return None  # someone else claimed it between our read and our write
-        return self._ready(job, keeper, entity, etag, attempts)
-
-    def _ready(self, job: Job, keeper: _Keeper, entity: dict[str, Any], etag: str,
-               attempts: list[dict[str, Any]]) -> _Ready:
-        """Track the claim, build the spec, and stage the first attempt."""
-        claim = keeper.track(job.id, entity["RowKey"], etag)
-        lost = sum(1 for a in attempts if a.get("failure_category") == "lost")
-        job_entity, _ = self._job(job.id)
-        spec = build_local_spec(job, entity, self.store, keep_task_dir=self.options.keep_task_dirs,
-                                retry_bonus=lost, spec_hash=str((job_entity or {}).get("spec_hash") or ""))
-        staged = stage_ahead(spec, node=self.node, transfer=self.transfer, number=len(attempts) + 1)
-        return _Ready(entity["RowKey"], spec, claim, len(attempts) + 1, attempts, staged)
-
-    def _finish(self, job: Job, ready: _Ready, finish: Callable[[], TaskOutcome], keeper: _Keeper) -> None:
-        """Upload the task's outputs and write its one final result (on the finisher thread)."""
-        outcome = finish()
-        last = outcome.last
-        fields = {
-            "state": "succeeded" if outcome.succeeded else "failed",
-            "exit_code": last.exit_code, "failure_category": last.failure_category,
-            "failure_message": last.failure_message, "stderr_tail": outcome.stderr_tail,
-            "ended_at": last.ended_at, "node_id": self.node_id,
-            "attempts_json": ready.prior_attempts + [a.to_dict() for a in outcome.attempts],
-        }
-        with keeper.renewing:  # no renewal between reading the ETag and using it
-            keeper.untrack(ready.task_id)
-            if ready.claim.lost:
-                log.warning("task %s/%s: claim lost while running; the new owner records it", job.id, ready.task_id)
-                return
-            written = self.store.record_final(job.id, ready.task_id, etag=ready.claim.etag, fields=fields)
-        if written is None:
-            log.warning("task %s/%s: result not recorded, another worker owns it now", job.id, ready.task_id)
 
     def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
         log.warning("message %s to the poison queue: %s", message.id, reason)

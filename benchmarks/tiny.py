@@ -56,13 +56,20 @@ def backend_once(conn: str, root: Path, container: str, n: int, workers: int) ->
             with contextlib.suppress(psutil.Error):
                 peak[0] = max(peak[0], psutil.Process(proc.pid).memory_info().rss)
 
-    def go() -> Any:
+    def go() -> Any:  # as `batchyard run` does it: the default polling of Backend.wait
         backend.submit(job)
-        return backend.run_to_end(job, workers=workers, poll_interval=0.2, on_progress=sample)
+        return backend.run_to_end(job, workers=workers, on_progress=sample)
 
     seconds, counts = timed(go)
     assert counts.succeeded == n, counts
     backend.close()
+    # Azurite's blob look-ups slow down with the number of blobs in the account (a 1 KiB get
+    # costs 0.9 ms of its CPU at 2,000 blobs, 2.7 ms at 8,000): each repetition starts with
+    # only the inputs, as the floor starts each one with an empty output folder.
+    storage = storage_of(conn)
+    names = list(storage.list_blob_names(container, f"out/{job.id}/"))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(storage.container(container).delete_blob, names))
     return seconds, peak[0] / 2**20
 
 

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..job import Job
 
+END_POLL_S = 0.1  # the shortest pause between polls, when the job's end is near
+
 
 class TaskState(StrEnum):
     PENDING = "pending"
@@ -176,20 +178,32 @@ class Backend(ABC):
 
     def wait(self, job_id: str, *, on_progress: ProgressCallback | None = None, poll_interval: float = 1.0,
              timeout: float | None = None) -> TaskCounts:
-        """Poll task counts until every task is final (or ``timeout`` seconds pass)."""
+        """Poll task counts until every task is final (or ``timeout`` seconds pass).
+
+        Polls back off to ``poll_interval``, but the next poll comes sooner when the pace of
+        the last ones says the tasks left will be done sooner: the job's end is seen within
+        about a tenth of a second without polling that often the whole time.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(0.25, poll_interval)
+        last: tuple[float, int] | None = None
         while True:
             counts = self.task_counts(job_id)
+            now = time.monotonic()
             if on_progress is not None:
                 on_progress(counts)
             if self._settled(job_id, counts):
                 self._on_settled(job_id, counts)
                 return counts
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and now >= deadline:
                 return counts
             self._check_alive()
-            time.sleep(interval)
+            pause = interval
+            if last is not None and counts.done > last[1]:
+                left = counts.total - counts.done
+                pause = max(END_POLL_S, min(interval, left * (now - last[0]) / (counts.done - last[1])))
+            last = (now, counts.done)
+            time.sleep(pause)
             interval = min(poll_interval, interval * 1.5)
 
     def _settled(self, job_id: str, counts: TaskCounts) -> bool:

@@ -1,0 +1,187 @@
+"""Promise 17: claims and results written in groups (table transactions) keep every promise.
+
+When a worker's recent commands were short, it claims the next tasks of a message in one
+transaction and holds finished results up to half a second to share one. These tests show
+that a worker killed while holding such claims loses nothing and starts no command twice
+but the one it was running, that a group meeting a row made by someone else falls back to
+one write each without taking that task, and that a held result reaches the table while
+the next, long command still runs. Real Azurite, real worker processes, real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from batchyard.backends import get_backend
+from batchyard.backends.base import TaskState
+from batchyard.messages import TaskMessage, pack
+from batchyard.records import JobStore
+from batchyard.worker import Worker, WorkerOptions
+
+from .support import (
+    drain_queue,
+    kill_quietly,
+    runs_of,
+    serve_until_idle,
+    spawn_worker,
+    table_job,
+    tool_command,
+    wait_for,
+)
+
+
+def _one_message(be: Any, job: Any) -> list[str]:
+    """Re-queue a submitted job's tasks as a single message (small jobs get one message per task)."""
+    drain_queue(be.store.queue)
+    tasks = be.fan_out(job)
+    for message in pack(job.id, tasks, len(tasks)):
+        assert isinstance(message, TaskMessage)
+        be.store.send(message)
+    return [t.task_id for t in tasks]
+
+
+def _key(label: str) -> str:
+    """The KEY of a task label like "KEY=g04, SLEEP=4.0"."""
+    return label.split(",")[0].removeprefix("KEY=")
+
+
+def _sleepy_job(project: Any, job_id: str, runs: Path, sleeps: dict[str, float]) -> Any:
+    (project.dir / f"{job_id}.csv").write_text(
+        "KEY,SLEEP\n" + "".join(f"{k},{s}\n" for k, s in sleeps.items()), encoding="utf-8")
+    from batchyard.job import job_from_dict
+
+    return job_from_dict({"id": job_id, "command": tool_command("count", str(runs), "{KEY}", "{SLEEP}", "-", "0"),
+                          "tasks": f"{job_id}.csv"}, source="test", base_dir=project.dir)
+
+
+def test_worker_killed_holding_claims_made_ahead_loses_nothing(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    sleeps = {f"g{i:02d}": 0.0 for i in range(12)}
+    sleeps["g04"] = 4.0  # the command running when the worker dies; g05.. are claimed ahead, not started
+    job = _sleepy_job(project, "grouped-kill", runs, sleeps)
+    first = None
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        _one_message(be, job)
+        try:
+            first = spawn_worker(project, index=0, lease_s=2)
+            wait_for(lambda: "g04" in runs_of(runs), timeout=30, what="g04 to start under worker 0")
+            rows = {r["RowKey"]: r for r in be.store.task_entities(job.id)}
+            time.sleep(1.0)  # past the 0.5 s a held result may wait
+            first.send_signal(signal.SIGKILL)
+            assert first.wait(timeout=10) == -signal.SIGKILL
+            held = {_key(r["label"]) for r in rows.values() if r["state"] == "running"}
+            assert {f"g{i:02d}" for i in range(5, 12)} <= held, f"no group was claimed ahead: {held}"
+            second = spawn_worker(project, index=1, lease_s=2, idle_exit=3)
+            assert second.wait(timeout=90) == 0, (project.dir / "worker-1.log").read_text()
+        finally:
+            for line in runs.read_text().splitlines() if runs.exists() else []:
+                kill_quietly(int(line.split()[1]))
+            if first is not None:
+                kill_quietly(first.pid)
+        results = {_key(r.label): r for r in be.list_task_results(job.id)}
+        assert len(list(be.store.task_entities(job.id))) == 12, "exactly one row per task"
+    assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}, results
+    started = runs_of(runs)
+    assert sorted(set(started)) == sorted(sleeps)
+    assert started.count("g04") == 2, "the killed command runs again (its worker was lost)"
+    twice = sorted(k for k in set(started) if started.count(k) > 1)
+    assert twice == ["g04"], f"a task claimed ahead but never started ran twice: {twice}"
+    for i in range(5, 12):
+        attempts = results[f"g{i:02d}"].attempt_records
+        assert [a["failure_category"] for a in attempts] == ["lost", None], attempts
+
+
+def test_group_meeting_a_row_made_elsewhere_falls_back_and_leaves_that_task(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    job = _sleepy_job(project, "grouped-race", runs, {f"r{i}": 0.0 for i in range(8)})
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        ids = _one_message(be, job)
+        other = next(t for t in be.fan_out(job) if t.task_id == ids[5])
+        worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
+                        options=WorkerOptions(lease_s=30, idle_exit_s=1.5))
+        worker.note_pace(0.01)  # short tasks seen before: claim in groups from the first task
+        groups: list[tuple[int, int, bool]] = []
+        real_get_tasks, real_write_group = worker.store.get_tasks, worker.store.write_group
+
+        def get_tasks_then_race(job_id: str, task_ids: Any) -> Any:
+            found = real_get_tasks(job_id, task_ids)
+            # Another delivery of task 5 claims it right after our look-up: our group will meet its row.
+            JobStore(be.storage, be.config).claim_new(job_id, other, owner="elsewhere:1:x", lease_s=60)
+            return found
+
+        def write_group(creates: Any, merges: Any) -> Any:
+            answer = real_write_group(creates, merges)
+            groups.append((len(creates), len(merges), answer is not None))
+            return answer
+
+        worker.store.get_tasks, worker.store.write_group = get_tasks_then_race, write_group  # type: ignore[method-assign]
+        worker.serve(threading.Event())
+        worker.close()
+        rows = {r["RowKey"]: r for r in be.store.task_entities(job.id)}
+    assert groups and groups[0][0] == 8 and groups[0][2] is False, f"the first group was not refused: {groups}"
+    assert rows[ids[5]]["state"] == "running" and rows[ids[5]]["claim_owner"] == "elsewhere:1:x"
+    assert sorted(runs_of(runs)) == [f"r{i}" for i in range(8) if i != 5], "the task claimed elsewhere ran here"
+    assert all(rows[i]["state"] == "succeeded" and int(rows[i]["deliveries"]) == 1 for i in ids if i != ids[5])
+
+
+def test_held_result_is_written_while_the_next_long_command_runs(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    sleeps = {"h0": 0.0, "h1": 0.0, "h2": 0.0, "h3": 6.0}
+    job = _sleepy_job(project, "grouped-held", runs, sleeps)
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        _one_message(be, job)
+        worker = spawn_worker(project, index=0, lease_s=5, idle_exit=2)
+        try:
+            wait_for(lambda: "h3" in runs_of(runs), timeout=30, what="the long command to start")
+            began = time.monotonic()
+            done = wait_for(lambda: {_key(r["label"]) for r in be.store.task_entities(job.id)
+                                     if r["state"] == "succeeded"} >= {"h0", "h1", "h2"},
+                            timeout=5, what="the short tasks' results")
+            waited = time.monotonic() - began
+            assert done and waited < 3.0, f"held results took {waited:.1f} s to be written"
+            assert "h3" not in {_key(r["label"]) for r in be.store.task_entities(job.id) if r["state"] == "succeeded"}
+            assert worker.wait(timeout=60) == 0, (project.dir / "worker-0.log").read_text()
+        finally:
+            kill_quietly(worker.pid)
+        assert be.task_counts(job.id).succeeded == 4
+    assert sorted(runs_of(runs)) == sorted(sleeps)
+
+
+def test_tiny_tasks_in_one_message_share_transactions(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    keys = [f"t{i:02d}" for i in range(30)]
+    job = table_job(project, "grouped-tiny", tool_command("count", str(runs), "{KEY}", "0", "-", "0"), keys)
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        _one_message(be, job)
+        sizes: list[tuple[int, int]] = []
+        real = JobStore.write_group
+
+        def counting(self: JobStore, creates: Any, merges: Any) -> Any:
+            sizes.append((len(creates), len(merges)))
+            return real(self, creates, merges)
+
+        JobStore.write_group = counting  # type: ignore[method-assign]
+        try:
+            worker = serve_until_idle(be, tmp_path, lease_s=10)
+        finally:
+            JobStore.write_group = real  # type: ignore[method-assign]
+        rows = list(be.store.task_entities(job.id))
+    assert worker.tasks_run == 30
+    assert sorted(runs_of(runs)) == keys
+    assert len(rows) == 30 and all(r["state"] == "succeeded" and int(r["attempt_count"]) == 1 for r in rows)
+    claimed_in_groups = sum(c for c, _ in sizes)
+    recorded_in_groups = sum(m for _, m in sizes)
+    assert claimed_in_groups >= 20 and recorded_in_groups >= 20, f"writes were not grouped: {sizes}"
+    assert len(sizes) <= 15, f"{len(sizes)} transactions for 30 tasks"
+    for row in rows:  # a claim made ahead is not the start: the row says when the command started
+        attempt = json.loads(row["attempts_json"])[0]
+        assert row["started_at"] == attempt["started_at"]
