@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .job import Job, TaskDef
-from .records import TaskMessage
+from .records import TABLE_BATCH, TaskMessage
 from .redact import redact
 from .runner import AttemptRecord, StagedAttempt, TaskOutcome, TaskSpec, now_iso, stage_ahead, start_task
 
@@ -116,6 +116,9 @@ class RowGroups:
         claims: list[tuple[dict[str, Any], _Claim]] = []
         with run.keeper.renewing:
             results = self._take_results() if size > 1 else []
+            if len(rows) + len(results) > TABLE_BATCH:  # a transaction takes at most 100 writes
+                self._put_back(results[TABLE_BATCH - len(rows):])
+                results = results[:TABLE_BATCH - len(rows)]
             try:
                 etags = store.write_group(rows, self._merges(results)) if results or len(rows) > 1 else None
             except Exception:
@@ -159,23 +162,32 @@ class RowGroups:
             self.flush()
 
     def flush(self) -> None:
-        """Write every result held back: one transaction, or one write each if it was refused.
+        """Write every result held back: in transactions, or one write each where one was refused.
 
         A result whose write fails is held again and the error raised, so the message is not
         deleted before it is written.
         """
         with self.run.keeper.renewing:
             results = self._take_results()
-            if len(results) > 1:
+            while results:
+                chunk, results = results[:TABLE_BATCH], results[TABLE_BATCH:]  # at most 100 writes each
                 try:
-                    etags = self.run.worker.store.write_group([], self._merges(results))
+                    self._write_results(chunk)
                 except Exception:
                     self._put_back(results)
                     raise
-                if etags is not None:
-                    self._done(results)
-                    return
-            self._write_one_by_one(results)
+
+    def _write_results(self, results: list[_Result]) -> None:
+        if len(results) > 1:
+            try:
+                etags = self.run.worker.store.write_group([], self._merges(results))
+            except Exception:
+                self._put_back(results)
+                raise
+            if etags is not None:
+                self._done(results)
+                return
+        self._write_one_by_one(results)
 
     def _flush_on_timer(self) -> None:
         try:
@@ -317,9 +329,9 @@ class MessageRun:
         if held is not None:  # claimed ahead, with an earlier task of the message
             row, claim = held
             if worker.job_cancelled(job.id):
-                self._record_cancelled(task_id, claim.etag, [])
-                with self.keeper.renewing:
+                with self.keeper.renewing:  # the claim's ETag cannot change under this write
                     self.keeper.untrack(task_id)
+                    self._record_cancelled(task_id, claim.etag, [])
                 return None
             return self._ready(row, claim, [])
         definition = self.message.definition(task_id)

@@ -185,3 +185,29 @@ def test_tiny_tasks_in_one_message_share_transactions(project: Any, tmp_path: Pa
     for row in rows:  # a claim made ahead is not the start: the row says when the command started
         attempt = json.loads(row["attempts_json"])[0]
         assert row["started_at"] == attempt["started_at"]
+
+
+def test_cancel_while_claims_are_held_records_them_cancelled_unrun(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    sleeps = {f"c{i}": 0.0 for i in range(10)}
+    sleeps["c3"] = 8.0  # running when the job is cancelled; c4..c9 are claimed ahead by then
+    job = _sleepy_job(project, "grouped-cancel", runs, sleeps)
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        _one_message(be, job)
+        worker = spawn_worker(project, index=0, lease_s=2, idle_exit=2)
+        try:
+            wait_for(lambda: "c3" in runs_of(runs), timeout=30, what="c3 to start")
+            held = {_key(r["label"]) for r in be.store.task_entities(job.id) if r["state"] == "running"}
+            assert {f"c{i}" for i in range(4, 10)} <= held, f"no group was claimed ahead: {held}"
+            be.cancel(job.id)
+            assert worker.wait(timeout=60) == 0, (project.dir / "worker-0.log").read_text()
+        finally:
+            kill_quietly(worker.pid)
+        results = {_key(r.label): r for r in be.list_task_results(job.id)}
+        assert be.task_counts(job.id).finished
+    assert sorted(runs_of(runs)) == ["c0", "c1", "c2", "c3"], "a task claimed ahead ran after the cancel"
+    assert {k: r.state for k, r in results.items() if k in ("c0", "c1", "c2")} == dict.fromkeys(
+        ("c0", "c1", "c2"), TaskState.SUCCEEDED)
+    for key in [f"c{i}" for i in range(3, 10)]:
+        assert (results[key].state, results[key].failure_category) == (TaskState.FAILED, "cancelled"), results[key]
