@@ -112,4 +112,7 @@ def run(conn: str, *, n: int = 2000, workers: int = 2, reps: int = 3) -> dict[st
         "overhead_ms_per_task": round((b - f) / n * 1000, 2),
         "worker_peak_rss_mib": round(max(worker_rss), 1),
         "floor_runs_s": [round(x, 3) for x in floors], "backend_runs_s": [round(x, 3) for x in backends],
+        # Each repetition's own ratio (its floor and backend ran back to back): how much of the
+        # spread is the machine drifting between repetitions. The headline uses the medians.
+        "ratio_runs": [round(f_ / b_, 3) for f_, b_ in zip(floors, backends, strict=True)],
     }
