@@ -180,13 +180,14 @@ class Backend(ABC):
              timeout: float | None = None) -> TaskCounts:
         """Poll task counts until every task is final (or ``timeout`` seconds pass).
 
-        Polls back off to ``poll_interval``, but the next poll comes sooner when the pace of
-        the last ones says the tasks left will be done sooner: the job's end is seen within
-        about a tenth of a second without polling that often the whole time.
+        Polls back off to ``poll_interval``, but when the pace since the first poll says the
+        tasks left will be done sooner, the next poll comes after half that time (results
+        arrive in bursts, so the pace is only a guess): the end of a job is seen within a few
+        tenths of a second, without polling that often the whole time.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = min(0.25, poll_interval)
-        last: tuple[float, int] | None = None
+        first: tuple[float, int] | None = None  # (when, done) at the first poll: the pace since then
         while True:
             counts = self.task_counts(job_id)
             now = time.monotonic()
@@ -199,10 +200,11 @@ class Backend(ABC):
                 return counts
             self._check_alive()
             pause = interval
-            if last is not None and counts.done > last[1]:
+            if first is None:
+                first = (now, counts.done)
+            elif counts.done > first[1]:  # half the time the rest would take at the pace so far
                 left = counts.total - counts.done
-                pause = max(END_POLL_S, min(interval, left * (now - last[0]) / (counts.done - last[1])))
-            last = (now, counts.done)
+                pause = max(END_POLL_S, min(interval, left * (now - first[0]) / (counts.done - first[1]) / 2))
             time.sleep(pause)
             interval = min(poll_interval, interval * 1.5)
 
