@@ -392,7 +392,7 @@ class MessageRun:
         return _Ready(entity["RowKey"], spec, claim, len(attempts) + 1, attempts, staged)
 
     def _finish(self, ready: _Ready, finish: Callable[[], TaskOutcome]) -> None:
-        """Upload the task's outputs and hand its one final result to be written (finisher thread)."""
+        """Upload the task's outputs and hand its one final result to be written (helper thread)."""
         outcome = finish()
         last = outcome.last
         self.groups.record(ready.task_id, ready.claim, {
