@@ -211,3 +211,39 @@ def test_cancel_while_claims_are_held_records_them_cancelled_unrun(project: Any,
         ("c0", "c1", "c2"), TaskState.SUCCEEDED)
     for key in [f"c{i}" for i in range(3, 10)]:
         assert (results[key].state, results[key].failure_category) == (TaskState.FAILED, "cancelled"), results[key]
+
+
+def test_held_results_meeting_a_taken_over_row_write_the_others_and_leave_it(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    job = _sleepy_job(project, "grouped-taken", runs, {f"m{i}": 0.0 for i in range(6)})
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        ids = _one_message(be, job)
+        worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
+                        options=WorkerOptions(lease_s=30, idle_exit_s=1.5))
+        worker.note_pace(0.01)
+        other = JobStore(be.storage, be.config)
+        real_write_group = worker.store.write_group
+        refused: list[int] = []
+
+        def write_group(creates: Any, merges: Any) -> Any:
+            # The first group holding task 2's result: task 2 was taken over by another worker meanwhile.
+            taken = not refused and any(update["RowKey"] == ids[2] for update, _ in merges)
+            if taken:
+                row = other.get_task(job.id, ids[2])
+                assert row is not None
+                other.claim(row, owner="elsewhere:2:y", lease_s=60, attempts=[])
+            answer = real_write_group(creates, merges)
+            if taken:
+                refused.append(len(merges))
+                assert answer is None, "a transaction with a stale ETag was accepted"
+            return answer
+
+        worker.store.write_group = write_group  # type: ignore[method-assign]
+        worker.serve(threading.Event())
+        worker.close()
+        rows = {r["RowKey"]: r for r in be.store.task_entities(job.id)}
+    assert refused and refused[0] >= 2, f"results were not grouped: {refused}"
+    assert rows[ids[2]]["state"] == "running" and rows[ids[2]]["claim_owner"] == "elsewhere:2:y", \
+        "the result of a task another worker took over was written over its claim"
+    assert all(rows[i]["state"] == "succeeded" for i in ids if i != ids[2]), {i: rows[i]["state"] for i in ids}
