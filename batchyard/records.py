@@ -394,6 +394,12 @@ class JobStore:
         update = {"PartitionKey": job_id, "RowKey": task_id, "claim_expires": time.time() + lease_s}
         return self._guarded_merge(update, etag)
 
+    def renew_claims(self, job_id: str, held: list[tuple[str, str]], *, lease_s: float) -> list[str] | None:
+        """Renew several claims (task id, ETag) of one job in one transaction; None if any was lost."""
+        expires = time.time() + lease_s
+        updates = [({"PartitionKey": job_id, "RowKey": t, "claim_expires": expires}, etag) for t, etag in held]
+        return self.write_group([], updates)
+
     @staticmethod
     def final_update(job_id: str, task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """The merge that writes a task's one final result and ends its claim."""

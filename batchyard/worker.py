@@ -36,7 +36,7 @@ from .config import Config
 from .errors import JobNotFoundError, JobValidationError
 from .job import Job, OutputSpec, output_prefix
 from .message_run import GROUP_WINDOW_S, MAX_GROUP, MessageRun
-from .records import JobStore, StorageLostError, TaskMessage, task_def_from_entity
+from .records import TABLE_BATCH, JobStore, StorageLostError, TaskMessage, task_def_from_entity
 from .redact import redact
 from .runner import (
     NodeContext,
@@ -163,23 +163,51 @@ class _Keeper(threading.Thread):
             log.warning("renewing message lease failed: %s", redact(str(exc).splitlines()[0]))
         with self.lock:
             held = list(self.claims.items())
-        for task_id, claim in held:
-            with self.renewing:
-                with self.lock:
-                    if self.claims.get(task_id) is not claim:
-                        continue  # finished meanwhile
-                try:
-                    new_etag = store.renew_claim(claim.job_id, task_id, lease_s=lease, etag=claim.etag)
-                except Exception as exc:
-                    log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
-                    continue
-                if new_etag is None:
-                    claim.lost = True
-                    claim.cancel.set()  # someone else owns the task now: stop our copy of the command
-                else:
-                    claim.etag = new_etag
+        if not self._renew_together(held, lease):
+            for task_id, claim in held:
+                self._renew_one(task_id, claim, lease)
+        for _, claim in held:
             if self.worker.job_cancelled(claim.job_id):
                 claim.cancel.set()
+
+    def _renew_together(self, held: list[tuple[str, _Claim]], lease: float) -> bool:
+        """Renew the claims of several tasks of one job (claimed ahead in a group) in one transaction.
+
+        False when there is nothing to group or the service refused it (a claim was lost: one
+        renewal each then tells which).
+        """
+        with self.renewing:
+            with self.lock:
+                current = [(task_id, claim) for task_id, claim in held if self.claims.get(task_id) is claim]
+            if len(current) < 2 or len(current) > TABLE_BATCH or len({c.job_id for _, c in current}) > 1:
+                return False
+            try:
+                etags = self.worker.store.renew_claims(current[0][1].job_id, [(t, c.etag) for t, c in current],
+                                                       lease_s=lease)
+            except Exception as exc:  # transient: the next tick tries again; the claims last until then
+                log.warning("renewing task claims failed: %s", redact(str(exc).splitlines()[0]))
+                return True
+            if etags is None:
+                return False
+            for (_, claim), etag in zip(current, etags, strict=True):
+                claim.etag = etag
+            return True
+
+    def _renew_one(self, task_id: str, claim: _Claim, lease: float) -> None:
+        with self.renewing:
+            with self.lock:
+                if self.claims.get(task_id) is not claim:
+                    return  # finished meanwhile
+            try:
+                new_etag = self.worker.store.renew_claim(claim.job_id, task_id, lease_s=lease, etag=claim.etag)
+            except Exception as exc:
+                log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
+                return
+            if new_etag is None:
+                claim.lost = True
+                claim.cancel.set()  # someone else owns the task now: stop our copy of the command
+            else:
+                claim.etag = new_etag
 
     def stop(self) -> None:
         self._stop_event.set()

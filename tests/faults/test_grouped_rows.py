@@ -247,3 +247,43 @@ def test_held_results_meeting_a_taken_over_row_write_the_others_and_leave_it(pro
     assert rows[ids[2]]["state"] == "running" and rows[ids[2]]["claim_owner"] == "elsewhere:2:y", \
         "the result of a task another worker took over was written over its claim"
     assert all(rows[i]["state"] == "succeeded" for i in ids if i != ids[2]), {i: rows[i]["state"] for i in ids}
+
+
+def test_claims_made_ahead_are_renewed_together_while_a_long_command_runs(project: Any, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    sleeps = {f"n{i}": 0.0 for i in range(8)}
+    sleeps["n2"] = 4.5  # twice the 2 s lease: every claim the worker holds must be renewed meanwhile
+    job = _sleepy_job(project, "grouped-renew", runs, sleeps)
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        _one_message(be, job)
+        worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
+                        options=WorkerOptions(lease_s=2, idle_exit_s=1.5))
+        worker.note_pace(0.01)
+        renewals: list[int] = []
+        real_renew_claims = worker.store.renew_claims
+
+        def renew_claims(job_id: str, held: Any, *, lease_s: float) -> Any:
+            renewals.append(len(held))
+            return real_renew_claims(job_id, held, lease_s=lease_s)
+
+        worker.store.renew_claims = renew_claims  # type: ignore[method-assign]
+        serving = threading.Thread(target=worker.serve, args=(threading.Event(),))
+        serving.start()
+        try:
+            wait_for(lambda: "n2" in runs_of(runs), timeout=30, what="n2 to start")
+            time.sleep(3.0)  # past the lease of every claim made before n2 started
+            rows = {_key(r["label"]): r for r in be.store.task_entities(job.id)}
+            now = time.time()
+            expired = [k for k in [f"n{i}" for i in range(2, 8)]
+                       if rows[k]["state"] == "running" and float(rows[k]["claim_expires"]) <= now]
+            assert not expired, f"claims not renewed: {expired}"
+        finally:
+            serving.join(timeout=60)
+            worker.close()
+        results = list(be.list_task_results(job.id))
+        rows_after = list(be.store.task_entities(job.id))
+    assert renewals and max(renewals) >= 6, f"claims were renewed one by one: {renewals}"
+    assert sorted(runs_of(runs)) == sorted(sleeps)
+    assert all(r.state == TaskState.SUCCEEDED and r.attempts == 1 for r in results), results
+    assert all(int(r["deliveries"]) == 1 for r in rows_after)
