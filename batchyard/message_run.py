@@ -40,6 +40,12 @@ RECORD_DELAY_S = 0.5  # a finished task's result waits at most this long for oth
 GROUP_BYTES = 1 << 20  # well under a transaction's 4 MiB
 
 
+def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final result of a task whose job was cancelled before its command started."""
+    return {"state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
+            "ended_at": now_iso(), "attempts_json": attempts}
+
+
 class _Unread:
     """A task row not looked up yet (unlike None: looked up, and there is none)."""
 
@@ -339,9 +345,7 @@ class MessageRun:
             prefetched is None and definition is None) else prefetched
         if entity is None and definition is not None:  # never claimed: creating its row is the claim
             if worker.job_cancelled(job.id):
-                store.create_final(job.id, task_id, definition.label, {
-                    "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
-                    "ended_at": now_iso(), "attempts_json": []})
+                store.create_final(job.id, task_id, definition.label, _cancelled([]))
                 return None
             mine = self.groups.claim(definition, self._following(task_id))
             if mine is None:  # another delivery of this task created it first: decide on that row
@@ -375,9 +379,7 @@ class MessageRun:
         return self._ready(entity, self.keeper.track(job.id, task_id, etag), attempts)
 
     def _record_cancelled(self, task_id: str, etag: str, attempts: list[dict[str, Any]]) -> None:
-        self.worker.store.record_final(self.job.id, task_id, etag=etag, fields={
-            "state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
-            "ended_at": now_iso(), "attempts_json": attempts})
+        self.worker.store.record_final(self.job.id, task_id, etag=etag, fields=_cancelled(attempts))
 
     def _ready(self, entity: dict[str, Any], claim: _Claim, attempts: list[dict[str, Any]]) -> _Ready:
         """Build the spec of a claimed task and stage its first attempt."""

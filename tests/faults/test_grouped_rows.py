@@ -45,6 +45,14 @@ def _one_message(be: Any, job: Any) -> list[str]:
     return [t.task_id for t in tasks]
 
 
+def _short_task_worker(be: Any, tmp_path: Path, *, lease_s: float) -> Worker:
+    """An in-process worker that has seen short tasks already, so it groups from its first claim."""
+    worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
+                    options=WorkerOptions(lease_s=lease_s, idle_exit_s=1.5))
+    worker.note_pace(0.01)
+    return worker
+
+
 def _key(label: str) -> str:
     """The KEY of a task label like "KEY=g04, SLEEP=4.0"."""
     return label.split(",")[0].removeprefix("KEY=")
@@ -104,9 +112,7 @@ def test_group_meeting_a_row_made_elsewhere_falls_back_and_leaves_that_task(proj
         be.submit(job)
         ids = _one_message(be, job)
         other = next(t for t in be.fan_out(job) if t.task_id == ids[5])
-        worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
-                        options=WorkerOptions(lease_s=30, idle_exit_s=1.5))
-        worker.note_pace(0.01)  # short tasks seen before: claim in groups from the first task
+        worker = _short_task_worker(be, tmp_path, lease_s=30)
         groups: list[tuple[int, int, bool]] = []
         real_get_tasks, real_write_group = worker.store.get_tasks, worker.store.write_group
 
@@ -219,9 +225,7 @@ def test_held_results_meeting_a_taken_over_row_write_the_others_and_leave_it(pro
     with get_backend("local", project.config()) as be:
         be.submit(job)
         ids = _one_message(be, job)
-        worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
-                        options=WorkerOptions(lease_s=30, idle_exit_s=1.5))
-        worker.note_pace(0.01)
+        worker = _short_task_worker(be, tmp_path, lease_s=30)
         other = JobStore(be.storage, be.config)
         real_write_group = worker.store.write_group
         refused: list[int] = []
@@ -257,9 +261,7 @@ def test_claims_made_ahead_are_renewed_together_while_a_long_command_runs(projec
     with get_backend("local", project.config()) as be:
         be.submit(job)
         _one_message(be, job)
-        worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
-                        options=WorkerOptions(lease_s=2, idle_exit_s=1.5))
-        worker.note_pace(0.01)
+        worker = _short_task_worker(be, tmp_path, lease_s=2)
         renewals: list[int] = []
         real_renew_claims = worker.store.renew_claims
 
