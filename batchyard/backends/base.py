@@ -117,6 +117,32 @@ class SubmitResult:
 ProgressCallback = Callable[[TaskCounts], None]
 
 
+class PollSchedule:
+    """How long to wait before the next poll of a job's task counts.
+
+    Pauses back off from 0.25 s to ``poll_interval``, but when the pace since the first poll says
+    the tasks left will be done sooner, the next poll comes after half that time (results arrive
+    in bursts, so the pace is only a guess; at least :data:`END_POLL_S`): the end of a job is
+    seen within a few tenths of a second, without polling that often the whole time.
+    """
+
+    def __init__(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+        self.interval = min(0.25, poll_interval)
+        self.first: tuple[float, int] | None = None  # (when, done) at the first poll
+
+    def pause(self, now: float, counts: TaskCounts) -> float:
+        pause = self.interval
+        if self.first is None:
+            self.first = (now, counts.done)
+        elif counts.done > self.first[1]:  # half the time the rest would take at the pace so far
+            since, done_then = self.first
+            left = counts.total - counts.done
+            pause = max(END_POLL_S, min(self.interval, left * (now - since) / (counts.done - done_then) / 2))
+        self.interval = min(self.poll_interval, self.interval * 1.5)
+        return pause
+
+
 class Backend(ABC):
     """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`."""
 
@@ -178,16 +204,10 @@ class Backend(ABC):
 
     def wait(self, job_id: str, *, on_progress: ProgressCallback | None = None, poll_interval: float = 1.0,
              timeout: float | None = None) -> TaskCounts:
-        """Poll task counts until every task is final (or ``timeout`` seconds pass).
-
-        Polls back off to ``poll_interval``, but when the pace since the first poll says the
-        tasks left will be done sooner, the next poll comes after half that time (results
-        arrive in bursts, so the pace is only a guess): the end of a job is seen within a few
-        tenths of a second, without polling that often the whole time.
-        """
+        """Poll task counts until every task is final (or ``timeout`` seconds pass), on a
+        :class:`PollSchedule`: backing off, yet seeing the job's end soon after it comes."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = min(0.25, poll_interval)
-        first: tuple[float, int] | None = None  # (when, done) at the first poll: the pace since then
+        schedule = PollSchedule(poll_interval)
         while True:
             counts = self.task_counts(job_id)
             now = time.monotonic()
@@ -199,14 +219,7 @@ class Backend(ABC):
             if deadline is not None and now >= deadline:
                 return counts
             self._check_alive()
-            pause = interval
-            if first is None:
-                first = (now, counts.done)
-            elif counts.done > first[1]:  # half the time the rest would take at the pace so far
-                left = counts.total - counts.done
-                pause = max(END_POLL_S, min(interval, left * (now - first[0]) / (counts.done - first[1]) / 2))
-            time.sleep(pause)
-            interval = min(poll_interval, interval * 1.5)
+            time.sleep(schedule.pause(now, counts))
 
     def _settled(self, job_id: str, counts: TaskCounts) -> bool:
         """Whether ``wait`` is done: every task final (a backend whose counts lag adds a condition)."""
