@@ -167,10 +167,12 @@ def _stage(attempt: _Attempt, transfer: BlobTransfer) -> None:
     # A retry starts from a clean working dir, like a fresh task on another node.
     if attempt.task_dir.exists():
         shutil.rmtree(attempt.task_dir, ignore_errors=True)
+        if attempt.task_dir.exists():  # the last attempt's command left what cannot be removed
+            raise UnsafePathError(f"the task dir {attempt.task_dir} could not be emptied for a new attempt")
     attempt.wd.mkdir(parents=True, exist_ok=True)
     for rf in attempt.spec.resource_files:
-        # A relative path without '..' stays inside: the working dir was just made empty and
-        # nothing but this loop, which writes regular files only, has written into it yet, so
+        # A relative path without '..' stays inside: the working dir was just made (or emptied)
+        # and nothing but this loop, which writes regular files only, has written into it yet, so
         # no symlink can lead out (resolving each path here cost ~0.2 ms per file).
         dest = attempt.wd / safe_relative_path(rf.file_path, what=f"resource file {rf.file_path!r}")
         if rf.cache_key:

@@ -73,6 +73,23 @@ def test_runner_refuses_resource_files_outside_the_working_dir(file_path: str, t
     assert uploaded == [] and not (tmp_path / "node" / "workitems" / "j" / "job-1" / "x").exists()
 
 
+def test_runner_refuses_a_task_dir_it_cannot_empty(tmp_path: Path) -> None:
+    """A task dir left as a symlink (a command can plant one for a later attempt or task) is never
+    staged into: the attempt fails as unsafe_path and the place it points to stays untouched."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    node = NodeContext(root=tmp_path / "node")
+    task_dir = node.task_dir("j", "t")
+    task_dir.parent.mkdir(parents=True)
+    task_dir.symlink_to(outside, target_is_directory=True)
+    spec = TaskSpec(job_id="j", task_id="t", argv=("true",),
+                    resource_files=(ResourceFile(file_path="in.txt", container="c", blob="b", is_input=True),))
+    record, uploaded = run_attempt(spec, node=node, transfer=BlobTransfer(None))
+    assert (record.failure_category, uploaded) == ("unsafe_path", [])
+    assert "could not be emptied" in (record.failure_message or "")
+    assert list(outside.iterdir()) == [], "something was written through the symlink"
+
+
 @pytest.mark.parametrize("pattern", ["../../x", "../../../etc/*", "/etc/passwd", "..\\x"])
 def test_runner_output_pattern_leaving_the_task_dir_is_a_task_failure(pattern: str, tmp_path: Path) -> None:
     """An OutputFile pattern (Batch API callers build them freely) that leaves the task dir fails the task as
