@@ -153,11 +153,13 @@ class _Attempt:
         self.task_dir = node.task_dir(spec.job_id, spec.task_id)
         self.wd = self.task_dir / "wd"
         self.started_at = now_iso()
+        self.ended_at: str | None = None  # set when the attempt's slot was free before its record
         self.exit_code: int | None = None
 
     def record(self, category: str | None, message: str | None) -> AttemptRecord:
         return AttemptRecord(
-            number=self.number, started_at=self.started_at, ended_at=now_iso(), exit_code=self.exit_code,
+            number=self.number, started_at=self.started_at, ended_at=self.ended_at or now_iso(),
+            exit_code=self.exit_code,
             failure_category=category, failure_message=redact(message) if message else None,
             node_id=self.node.node_id, slot=self.slot,
         )
@@ -361,19 +363,26 @@ def start_task(
     changes no decision: whether to retry is known before the upload, because an upload can
     only turn a success into a permanent failure (``output_missing``, ``upload_failed``), never
     into a retry. An attempt that is retried is uploaded here, before its working dir is reset.
-    ``staged`` is the first attempt, staged ahead by :func:`stage_ahead`.
+    ``staged`` is the first attempt, staged ahead by :func:`stage_ahead`. Such a pipelined task's
+    attempts span the slot's time only: the first starts when its command does (its staging
+    overlapped the previous command) and the last ends when its command does (its upload
+    overlaps the next), so a slot's attempts never overlap on a timeline.
     """
     attempts: list[AttemptRecord] = []
     number = first_attempt
     while True:
         if staged is not None and number == first_attempt:
             attempt, early = staged._attempt, staged._failed
+            # Staged while the slot's previous command ran: on the slot's timeline it starts now.
+            attempt.started_at = now_iso()
         else:
             attempt = _Attempt(spec, node, number, slot)
             early = _stage_checked(attempt, transfer)
         if early is None:
             early, category, message = _run_command(attempt, cancel)
         if early is None and (category is None or not should_retry(attempt.record(category, message), spec)):
+            if staged is not None:  # pipelined: the outputs go up while the slot's next command runs
+                attempt.ended_at = now_iso()
             return partial(_finish_task, spec, node, transfer, attempts, attempt, category, message, on_attempt)
         record = early or _upload_and_record(attempt, transfer, category, message)[0]
         attempts.append(record)

@@ -191,6 +191,10 @@ def test_tiny_tasks_in_one_message_share_transactions(project: Any, tmp_path: Pa
     for row in rows:  # a claim made ahead is not the start: the row says when the command started
         attempt = json.loads(row["attempts_json"])[0]
         assert row["started_at"] == attempt["started_at"]
+    # One slot, one command at a time: staging ahead and uploading behind do not make its attempts
+    # overlap on the timeline (the report would draw a second lane for the slot).
+    spans = sorted((a["started_at"], a["ended_at"]) for r in rows for a in json.loads(r["attempts_json"]))
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False)), spans
 
 
 def test_cancel_while_claims_are_held_records_them_cancelled_unrun(project: Any, tmp_path: Path) -> None:
