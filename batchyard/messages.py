@@ -109,14 +109,35 @@ class TaskMessage:
         return cls(job, tuple(tasks), tuple(def_from_dict(t, d) for t, d in zip(tasks, defs, strict=True)))
 
 
-def pack(job_id: str, tasks: Sequence[TaskDef], size: int) -> Iterator[TaskMessage | TaskDef]:
+def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *,
+         workers: int | None = None) -> Iterator[TaskMessage | TaskDef]:
     """Version 2 messages of up to ``size`` tasks each, split further where one would be too big.
 
-    A task whose definition alone is too big for a message is yielded as itself: the caller
-    writes its row and sends it in a version 1 message (ids only).
+    Given the number of ``workers`` that will share them, the last messages get smaller (see
+    :func:`chunk_sizes`). A task whose definition alone is too big for a message is yielded as
+    itself: the caller writes its row and sends it in a version 1 message (ids only).
     """
-    for start in range(0, len(tasks), size):
-        yield from _fit(job_id, list(tasks[start:start + size]))
+    counts = chunk_sizes(len(tasks), size, workers) if workers else (size for _ in range(0, len(tasks), size))
+    start = 0
+    for count in counts:
+        yield from _fit(job_id, list(tasks[start:start + count]))
+        start += count
+
+
+def chunk_sizes(n_tasks: int, size: int, workers: int) -> Iterator[int]:
+    """Tasks per message, in queue order: ``size`` each, then fewer towards the end.
+
+    A worker runs a message's tasks one after another, so a last message of ``size`` tasks
+    would keep one worker busy while the others have nothing left (a message of 32 ten-second
+    tasks is five minutes). Guided self-scheduling: each message takes at most a
+    ``2 * workers``-th of what is left, so the last messages are a task or two and the workers
+    finish together.
+    """
+    remaining, share = n_tasks, 2 * max(1, workers)
+    while remaining > 0:
+        count = min(size, max(1, -(-remaining // share)))
+        yield count
+        remaining -= count
 
 
 def _fit(job_id: str, chunk: list[TaskDef]) -> Iterator[TaskMessage | TaskDef]:

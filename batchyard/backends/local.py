@@ -100,7 +100,7 @@ class LocalBackend(Backend):
         size = chunk_size_for(len(tasks), self.config.workers)
         messages: list[TaskMessage] = []
         oversized: list[TaskDef] = []
-        for item in pack(job_id, tasks, size):
+        for item in pack(job_id, tasks, size, workers=self.config.workers):
             (messages if isinstance(item, TaskMessage) else oversized).append(item)  # type: ignore[arg-type]
         if oversized:  # a definition too big for a message: its row is written now, the message names it
             self.store.write_pending(job_id, oversized, reset=True)

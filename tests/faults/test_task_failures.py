@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchyard.job import job_from_dict
-from batchyard.messages import MAX_MESSAGE_BYTES, MAX_TASKS_PER_MESSAGE, TaskMessage, chunk_size_for
+from batchyard.messages import MAX_MESSAGE_BYTES, MAX_TASKS_PER_MESSAGE, TaskMessage, chunk_size_for, chunk_sizes
 
 from .support import alive, blob_md5, known_bytes_md5, run_job, runs_of, table_job, tool_command, wait_for
 
@@ -137,3 +139,21 @@ def test_no_queue_message_exceeds_64_kib(project: Any) -> None:
                 seen += len(body["tasks"])
                 be.store.queue.delete_message(message)
     assert seen == len(keys)
+
+
+@pytest.mark.parametrize(("n_tasks", "workers"), [(2000, 2), (10_000, 8), (33, 1), (100, 64), (1, 2)])
+def test_messages_get_smaller_towards_the_end_so_workers_finish_together(n_tasks: int, workers: int) -> None:
+    """A worker runs a message's tasks in turn: a full last message would leave the others idle."""
+    size = chunk_size_for(n_tasks, workers)
+    sizes = list(chunk_sizes(n_tasks, size, workers))
+    assert sum(sizes) == n_tasks and all(1 <= s <= size for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)
+    # Each message holds at most a 2*workers-th of what was left when it was cut, so the
+    # last message of every worker is a small share of the work, never a full chunk.
+    left = n_tasks
+    for count in sizes:
+        assert count <= max(1, -(-left // (2 * workers)))
+        left -= count
+    assert sizes[-1] == 1
+    if n_tasks == 2000:  # the case the tiny benchmark runs: 32 per message, then 28, 21, 16, ...
+        assert sizes[0] == 32 and sizes[-8:] == [5, 4, 3, 2, 2, 1, 1, 1]
