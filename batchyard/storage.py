@@ -61,6 +61,9 @@ BLOCK_SIZE = 8 * 1024 * 1024
 # Every blob client, by account key or by SAS URL, uploads in BLOCK_SIZE blocks. Blocks over 4 MiB
 # also put the SDK on its streamed upload path (the SDK's default 4 MiB blocks were ~15% slower
 # against Azurite for a 512 MiB file).
+# A blob this small came whole with the download's first response: written from memory in one
+# call, it skips the chunked writer's set-up, ~0.2 ms of CPU per 1 KiB input (round 4).
+SMALL_BLOB = 1024 * 1024
 _BLOB_KWARGS: dict[str, Any] = {"max_block_size": BLOCK_SIZE, "max_single_put_size": BLOCK_SIZE}
 POOL_SIZE = 32  # concurrent sends/uploads share a client; urllib3's default of 10 would churn connections
 
@@ -387,9 +390,10 @@ class BlobTransfer:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         try:
+            stream = client.download_blob(max_concurrency=4)
             with tmp.open("wb") as fh:
-                stream = client.download_blob(max_concurrency=4)
-                size = stream.readinto(fh)
+                # A small blob is already in memory, whole, from the first response.
+                size = fh.write(stream.readall()) if stream.size <= SMALL_BLOB else stream.readinto(fh)
             os.replace(tmp, dest)
             return size
         except ResourceNotFoundError:
