@@ -2,14 +2,14 @@
 
 While task *i*'s command runs, a helper thread uploads task *i-1*'s outputs and records its
 result, then claims and stages task *i+1*. Only the commands are strictly in sequence, so a
-worker slot still runs one command at a time; the storage round trips overlap them.
+worker slot still runs one command at a time; the storage round trips overlap them. The
+pipeline runs on across messages when tasks are short: the next message is opened during a
+message's last command, and a message is closed (last upload, results, delete) during the
+next one's first command.
 
 When the worker's recent tasks were short, table writes are grouped (see
-:class:`RowGroups`): the next few unclaimed tasks are claimed in one table transaction, and
-finished tasks' results wait up to :data:`RECORD_DELAY_S` to share one. On Azurite that
-halves the cost of a tiny task's two table writes, and it changes no promise: a claim is a
-claim whether written alone or with others, every result is still written once, guarded by
-its claim's ETag, and all of a message's results are written before the message is deleted.
+:class:`batchyard.row_groups.RowGroups`): the next few unclaimed tasks are claimed in one table
+transaction, and finished tasks' results wait a moment to share one.
 """
 
 from __future__ import annotations
@@ -17,27 +17,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from .job import Job, TaskDef
-from .records import TABLE_BATCH, TaskMessage
+from .records import TaskMessage
 from .redact import redact
+from .row_groups import RowGroups
 from .runner import AttemptRecord, StagedAttempt, TaskOutcome, TaskSpec, now_iso, stage_ahead, start_task
 
 if TYPE_CHECKING:
     from .worker import Worker, _Claim, _Keeper
 
 log = logging.getLogger(__name__)
-
-GROUP_WINDOW_S = 1.0  # claim ahead at most about this much work...
-MAX_GROUP = 32  # ...and at most this many tasks
-RECORD_DELAY_S = 0.5  # a finished task's result waits at most this long for others to share a write
-GROUP_BYTES = 1 << 20  # well under a transaction's 4 MiB
 
 
 def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -65,219 +63,57 @@ class _Ready:
     staged: StagedAttempt
 
 
-@dataclass
-class _Result:
-    task_id: str
-    claim: _Claim
-    fields: dict[str, Any]
+class MessageRun:
+    """One message's tasks, run in order on ``worker``.
 
-
-class RowGroups:
-    """Claims made ahead and results held back, so several share one table transaction.
-
-    ``size`` is how many tasks one claim covers: about :data:`GROUP_WINDOW_S` of the worker's
-    recent pace, so a claimed task waits at most about that long for its command (Azure Batch
-    counts such a task, assigned but not started, as running too). At 1 (long tasks, or no
-    pace known yet) nothing is grouped and every write goes out at once, as alone.
+    Its life: :meth:`open` looks up the message's rows and prepares its first task; :meth:`run`
+    runs the commands and returns the message's ``close``, which uploads the last task's
+    outputs, writes every result still held and only then deletes the message. The worker
+    hands that ``close`` to the next message's :meth:`run` as ``carry``, which does it on the
+    helper thread while its own first command runs; and while a message's last command runs,
+    ``prefetch`` may take and open the next message. So with short tasks the worker's commands
+    follow each other across messages as closely as within one (docs/performance.md, round 4).
     """
 
-    def __init__(self, run: MessageRun) -> None:
-        self.run = run
-        self.lock = threading.Lock()
-        self.claimed: dict[str, tuple[dict[str, Any], _Claim]] = {}  # claimed ahead, not started yet
-        self.tried: set[str] = set()  # ids already in a claim (made or refused)
-        self.results: list[_Result] = []
-        self._timer: threading.Timer | None = None
-
-    @property
-    def size(self) -> int:
-        return self.run.worker.group_size()
-
-    # --- claims ---------------------------------------------------------------------------------------
-    def take(self, task_id: str) -> tuple[dict[str, Any], _Claim] | None:
-        with self.lock:
-            return self.claimed.pop(task_id, None)
-
-    def claim(self, definition: TaskDef, following: list[TaskDef]) -> tuple[dict[str, Any], _Claim] | None:
-        """Claim ``definition`` (creating its row), and with it up to ``size - 1`` of ``following``.
-
-        Results held back go out in the same transaction. None if the row of ``definition``
-        exists (another delivery created it first).
-        """
-        run, store, size = self.run, self.run.worker.store, self.size
-        group, budget = [definition], GROUP_BYTES
-        for task in following:
-            if len(group) >= size:
-                break
-            if task.task_id in self.tried:
-                continue
-            budget -= len(json.dumps(task.argv)) + 512
-            if budget < 0:
-                break
-            group.append(task)
-        with self.lock:
-            self.tried.update(t.task_id for t in group)
-        owner, lease = run.worker.owner, run.worker.options.lease_s
-        rows = [store.claimed_row(run.job.id, t, owner=owner, lease_s=lease) for t in group]
-        claims: list[tuple[dict[str, Any], _Claim]] = []
-        with run.keeper.renewing:
-            results = self._take_results() if size > 1 else []
-            if len(rows) + len(results) > TABLE_BATCH:  # a transaction takes at most 100 writes
-                self._put_back(results[TABLE_BATCH - len(rows):])
-                results = results[:TABLE_BATCH - len(rows)]
-            try:
-                etags = store.write_group(rows, self._merges(results)) if results or len(rows) > 1 else None
-            except Exception:
-                self._put_back(results)
-                raise
-            if etags is not None:
-                self._done(results)
-                claims = [(row, run.keeper.track(run.job.id, row["RowKey"], etag))
-                          for row, etag in zip(rows, etags[:len(rows)], strict=True)]
-            else:  # refused (or a single claim): one write each tells which rows exist
-                self._write_one_by_one(results)
-                for task in group:
-                    created = store.claim_new(run.job.id, task, owner=owner, lease_s=lease)
-                    if created is not None:
-                        claims.append((created[0], run.keeper.track(run.job.id, task.task_id, created[1])))
-        mine = None
-        with self.lock:
-            for row, claim in claims:
-                if row["RowKey"] == definition.task_id:
-                    mine = (row, claim)
-                else:
-                    self.claimed[row["RowKey"]] = (row, claim)
-        return mine
-
-    def unstarted(self) -> list[tuple[str, _Claim]]:
-        with self.lock:
-            held, self.claimed = self.claimed, {}
-        return [(task_id, claim) for task_id, (_, claim) in held.items()]
-
-    # --- results --------------------------------------------------------------------------------------
-    def record(self, task_id: str, claim: _Claim, fields: dict[str, Any]) -> None:
-        """Write a finished task's result now, or hold it for the next group (at most RECORD_DELAY_S)."""
-        with self.lock:
-            self.results.append(_Result(task_id, claim, fields))
-            due = self.size <= 1 or len(self.results) >= self.size
-            if not due and self._timer is None:
-                self._timer = threading.Timer(RECORD_DELAY_S, self._flush_on_timer)
-                self._timer.daemon = True
-                self._timer.start()
-        if due:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write every result held back: in transactions, or one write each where one was refused.
-
-        A result whose write fails is held again and the error raised, so the message is not
-        deleted before it is written.
-        """
-        with self.run.keeper.renewing:
-            results = self._take_results()
-            while results:
-                chunk, results = results[:TABLE_BATCH], results[TABLE_BATCH:]  # at most 100 writes each
-                try:
-                    self._write_results(chunk)
-                except Exception:
-                    self._put_back(results)
-                    raise
-
-    def _write_results(self, results: list[_Result]) -> None:
-        if len(results) > 1:
-            try:
-                etags = self.run.worker.store.write_group([], self._merges(results))
-            except Exception:
-                self._put_back(results)
-                raise
-            if etags is not None:
-                self._done(results)
-                return
-        self._write_one_by_one(results)
-
-    def _flush_on_timer(self) -> None:
-        try:
-            self.flush()
-        except Exception as exc:  # held again: the message's last flush writes it or fails the message
-            log.warning("writing task results failed (will retry): %s", redact(str(exc).splitlines()[0]))
-
-    def close(self) -> None:
-        """Write what is held back; cancel the timer."""
-        self.flush()
-        with self.lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-    # --- helpers (the caller holds keeper.renewing, so no claim's ETag changes under us) ---------------
-    def _take_results(self) -> list[_Result]:
-        with self.lock:
-            results, self.results = self.results, []
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        kept = []
-        for result in results:
-            if result.claim.lost:
-                self.run.keeper.untrack(result.task_id)
-                log.warning("task %s/%s: claim lost while running; the new owner records it",
-                            self.run.job.id, result.task_id)
-            else:
-                kept.append(result)
-        return kept
-
-    def _put_back(self, results: list[_Result]) -> None:
-        with self.lock:
-            self.results[:0] = results
-
-    def _done(self, results: list[_Result]) -> None:
-        for result in results:
-            self.run.keeper.untrack(result.task_id)
-
-    def _merges(self, results: list[_Result]) -> list[tuple[dict[str, Any], str]]:
-        store, job_id = self.run.worker.store, self.run.job.id
-        return [(store.final_update(job_id, r.task_id, r.fields), r.claim.etag) for r in results]
-
-    def _write_one_by_one(self, results: list[_Result]) -> None:
-        for index, result in enumerate(results):
-            try:
-                written = self.run.worker.store.record_final(self.run.job.id, result.task_id,
-                                                             etag=result.claim.etag, fields=result.fields)
-            except Exception:
-                self._put_back(results[index:])
-                raise
-            self.run.keeper.untrack(result.task_id)
-            if written is None:
-                log.warning("task %s/%s: result not recorded, another worker owns it now",
-                            self.run.job.id, result.task_id)
-
-
-class MessageRun:
-    """Runs one message's tasks in order on ``worker``; every result is recorded when ``run`` returns."""
-
-    def __init__(self, worker: Worker, job: Job, message: TaskMessage, keeper: _Keeper) -> None:
+    def __init__(self, worker: Worker, job: Job, message: TaskMessage, keeper: _Keeper, queue_message: Any) -> None:
         self.worker, self.job, self.message, self.keeper = worker, job, message, keeper
+        self.queue_message = queue_message
         self.ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
         self.rows: dict[str, dict[str, Any]] | None = None
         self.groups = RowGroups(self)
+        self.first: _Ready | None = None
+        self.fetched: MessageRun | None = None  # the next message, opened while the last command ran
 
-    def run(self) -> None:
-        worker, ids = self.worker, self.ids
+    def open(self) -> None:
+        """Look up the message's rows and prepare (claim, stage) its first task."""
         # One query for the message's rows; a row that changed meanwhile is re-read at claim time.
         # What it did not find is worth knowing too: a task with no row is claimed by creating
         # its row, without first asking for it once more.
-        self.rows = worker.store.get_tasks(self.job.id, ids) if len(ids) > 1 else None
-        ready = self._prepare(ids[0], self._looked_up(ids[0]))
+        self.rows = self.worker.store.get_tasks(self.job.id, self.ids) if len(self.ids) > 1 else None
+        self.first = self._prepare(self.ids[0], self._looked_up(self.ids[0]))
+
+    def run(self, *, carry: Callable[[], None] | None = None,
+            prefetch: Callable[[], MessageRun | None] | None = None) -> tuple[Callable[[], None], MessageRun | None]:
+        """Run the commands; returns (this message's ``close``, the next message if one was prefetched).
+
+        ``carry`` (the previous message's ``close``, which never raises) is done on the helper
+        thread while the first command runs. An error re-raises here after the message was
+        wound down without deleting it, so it comes back.
+        """
+        worker, ids = self.worker, self.ids
+        ready, self.first = self.first, None
         last: tuple[_Ready, Callable[[], TaskOutcome]] | None = None  # ran; outputs not uploaded yet
         step: Future[_Ready | None] | None = None
         try:
             for index in range(len(ids)):
                 if self.keeper.lost_message:
                     break
+                following = ids[index + 1] if index + 1 < len(ids) else None
                 # One helper thread, not one per step: two threads making SDK calls at once cost
                 # more CPU in GIL hand-offs than they saved, and a command gives it time for both.
-                step = worker._helper.submit(self._between, last, ids[index + 1] if index + 1 < len(ids) else None)
-                last = None
+                step = worker._helper.submit(self._between, last, following, carry,
+                                             prefetch if following is None else None)
+                last, carry = None, None
                 if ready is not None:
                     began = time.monotonic()
                     finish = start_task(ready.spec, node=worker.node, transfer=worker.transfer,
@@ -287,26 +123,87 @@ class MessageRun:
                     worker.tasks_run += 1
                     last, ready = (ready, finish), None
                 ready, step = step.result(), None  # a failure re-raises here: the message comes back
-        finally:
-            if step is not None:  # the loop was left by an error: let the helper finish first
+        except BaseException:
+            if step is not None:  # let the helper finish its step first
                 with contextlib.suppress(Exception):
                     ready = step.result()
-            if ready is not None:  # claimed ahead but never started (the message was lost): give it back
+            try:
+                self._wind_down(ready, last)
+            finally:
+                if carry is not None:
+                    carry()
+                if self.fetched is not None:
+                    self.fetched.abandon()
+                self.keeper.stop()
+            raise
+        if carry is not None:  # no step ran (the message was lost at once)
+            carry()
+        if ready is not None:  # prepared, then the message was lost: give it back
+            ready.staged.discard()
+            self._give_back(ready.task_id, ready.claim)
+        return partial(self.close, last), self.fetched
+
+    def close(self, last: tuple[_Ready, Callable[[], TaskOutcome]] | None = None) -> None:
+        """Upload the last task's outputs, write the results held, stop renewing, delete the message.
+
+        Never raises: a message whose results could not all be written is not deleted, and
+        comes back when its lease ends.
+        """
+        try:
+            self._wind_down(None, last)
+        except Exception as exc:
+            self.keeper.stop()
+            log.error("finishing a message failed (it will be redelivered): %s", redact(f"{type(exc).__name__}: {exc}"))
+            return
+        self.keeper.stop()
+        if self.keeper.lost_message:
+            return
+        try:
+            self.worker.store.queue.delete_message(self.queue_message.id, self.keeper.pop_receipt)
+        except ResourceNotFoundError:
+            pass  # its lease lapsed and another worker has it: its results are recorded all the same
+        except Exception as exc:
+            log.error("deleting a finished message failed (it will be redelivered; its tasks are done): %s",
+                      redact(f"{type(exc).__name__}: {exc}"))
+
+    def abandon(self) -> None:
+        """Give back a message that was opened but will not run (the worker is stopping)."""
+        try:
+            self._wind_down(self.first, None)
+        except Exception as exc:  # the claims expire with their lease instead
+            log.warning("giving back a prefetched message failed: %s", redact(str(exc).splitlines()[0]))
+        self.first = None
+        self.keeper.stop()
+        with contextlib.suppress(Exception):  # visible again now, not when its lease ends
+            self.worker.store.queue.update_message(self.queue_message.id, self.keeper.pop_receipt,
+                                                   visibility_timeout=0)
+
+    def _wind_down(self, ready: _Ready | None, last: tuple[_Ready, Callable[[], TaskOutcome]] | None) -> None:
+        """Give back what was claimed but not started, finish ``last``, write every result held."""
+        try:
+            if ready is not None:  # claimed ahead but never started: give it back
                 ready.staged.discard()
                 self._give_back(ready.task_id, ready.claim)
             for task_id, claim in self.groups.unstarted():
                 self._give_back(task_id, claim)
-            try:
-                if last is not None:
-                    self._finish(*last)
-            finally:
-                self.groups.close()
+            if last is not None:
+                self._finish(*last)
+        finally:
+            self.groups.close()
 
-    def _between(self, last: tuple[_Ready, Callable[[], TaskOutcome]] | None, following: str | None) -> _Ready | None:
-        """On the helper thread while a command runs: finish the task before it, prepare the one after."""
+    def _between(self, last: tuple[_Ready, Callable[[], TaskOutcome]] | None, following: str | None,
+                 carry: Callable[[], None] | None, prefetch: Callable[[], MessageRun | None] | None) -> _Ready | None:
+        """On the helper thread while a command runs: close the message before (``carry``), finish
+        the task before, then prepare the task after, or open the next message (``prefetch``)."""
+        if carry is not None:
+            carry()
         if last is not None:
             self._finish(*last)
-        return None if following is None else self._prepare(following, self._looked_up(following))
+        if following is not None:
+            return self._prepare(following, self._looked_up(following))
+        if prefetch is not None:
+            self.fetched = prefetch()
+        return None
 
     def _looked_up(self, task_id: str) -> dict[str, Any] | _Unread | None:
         return UNREAD if self.rows is None else self.rows.get(task_id)

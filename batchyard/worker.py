@@ -25,8 +25,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,10 @@ from azure.core.exceptions import ResourceNotFoundError
 from .config import Config
 from .errors import JobNotFoundError, JobValidationError
 from .job import Job, OutputSpec, output_prefix
-from .message_run import GROUP_WINDOW_S, MAX_GROUP, MessageRun
+from .message_run import MessageRun
 from .records import TABLE_BATCH, JobStore, StorageLostError, TaskMessage, task_def_from_entity
 from .redact import redact
+from .row_groups import GROUP_WINDOW_S, MAX_GROUP
 from .runner import (
     NodeContext,
     OutputFile,
@@ -245,7 +248,7 @@ class Worker:
         self._pace = seconds if self._pace is None else 0.7 * self._pace + 0.3 * seconds
 
     def group_size(self) -> int:
-        """How many tasks one claim covers (see :class:`batchyard.message_run.RowGroups`)."""
+        """How many tasks one claim covers (see :class:`batchyard.row_groups.RowGroups`)."""
         if self._pace is None:
             return 1
         return max(1, min(MAX_GROUP, int(GROUP_WINDOW_S / max(self._pace, 1e-3))))
@@ -277,65 +280,119 @@ class Worker:
         self.node.root.mkdir(parents=True, exist_ok=True)
         delay, idle_since = 0.02, time.monotonic()
         errors = 0
-        while not stop.is_set():
-            try:
-                messages = list(self.store.queue.receive_messages(
-                    messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s)))
-                errors = 0
-            except ResourceNotFoundError:
-                raise StorageLostError(
-                    f"queue {self.store.queue_name!r} is gone from the storage account: the job's pending "
-                    "tasks are lost. Re-run the job to re-create the queue and re-queue them."
-                ) from None
-            except Exception as exc:
-                errors += 1
-                wait = min(10.0, 0.5 * 2 ** min(errors, 5))
-                log.warning("storage unavailable (%s); retrying in %.1f s", redact(str(exc).splitlines()[0]), wait)
-                stop.wait(wait)
-                continue
-            if not messages:
-                if self.options.idle_exit_s is not None and time.monotonic() - idle_since > self.options.idle_exit_s:
-                    return
-                stop.wait(delay)
-                delay = min(self.options.poll_max_s, delay * 2)
-                continue
-            delay, idle_since = 0.02, time.monotonic()
-            for message in messages:
+        close: Callable[[], None] | None = None  # the last message's close, done during the next one
+        fetched: MessageRun | None = None  # the next message, opened while the last command ran
+        try:
+            while not stop.is_set():
+                run, fetched = fetched, None
+                if run is None:
+                    try:
+                        message = self._receive()
+                        errors = 0
+                    except StorageLostError:
+                        raise
+                    except Exception as exc:
+                        errors += 1
+                        wait = min(10.0, 0.5 * 2 ** min(errors, 5))
+                        log.warning("storage unavailable (%s); retrying in %.1f s",
+                                    redact(str(exc).splitlines()[0]), wait)
+                        stop.wait(wait)
+                        continue
+                    if message is None:
+                        if close is not None:  # nothing follows: finish the last message now
+                            close, done = None, close
+                            done()
+                        idle_exit = self.options.idle_exit_s
+                        if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                            return
+                        stop.wait(delay)
+                        delay = min(self.options.poll_max_s, delay * 2)
+                        continue
+                    run = self.open_message(message)
+                delay, idle_since = 0.02, time.monotonic()
+                if run is None:  # poisoned, or could not be opened (it comes back)
+                    continue
+                carry, close = close, None
                 try:
-                    self.handle(message)
+                    close, fetched = run.run(carry=carry, prefetch=partial(self._prefetch, stop))
                 except StorageLostError:
                     raise
                 except Exception as exc:  # the message comes back after its lease; nothing is lost
                     log.error("handling a message failed (it will be redelivered): %s",
                               redact(f"{type(exc).__name__}: {exc}"))
+        finally:
+            if close is not None:
+                close()
+            if fetched is not None:
+                fetched.abandon()
 
-    def handle(self, message: Any) -> None:
+    def _receive(self) -> Any | None:
+        try:
+            messages = list(self.store.queue.receive_messages(
+                messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s)))
+        except ResourceNotFoundError:
+            raise StorageLostError(
+                f"queue {self.store.queue_name!r} is gone from the storage account: the job's pending "
+                "tasks are lost. Re-run the job to re-create the queue and re-queue them."
+            ) from None
+        return messages[0] if messages else None
+
+    def _prefetch(self, stop: threading.Event | Any) -> MessageRun | None:
+        """The next message, taken and opened while this message's last command runs.
+
+        Only while tasks are short (the same test as grouping claims): a long task's worker
+        would hold the next message idle for as long as the command runs, where another worker
+        could start it at once.
+        """
+        if stop.is_set() or self.group_size() <= 1:
+            return None
+        try:
+            message = self._receive()
+        except Exception:  # the main loop's next receive reports it
+            return None
+        return None if message is None else self.open_message(message)
+
+    def open_message(self, message: Any) -> MessageRun | None:
+        """Check a received message and prepare its first task; None if there is nothing to run.
+
+        A malformed or over-delivered message, or one naming a job that cannot be loaded, goes
+        to the poison queue. A message that fails to open is left to come back after its lease.
+        """
         try:
             parsed = TaskMessage.decode(message.content)
         except ValueError as exc:
             self._poison(message, f"malformed message: {exc}", None)
-            return
-        if message.dequeue_count > self.options.max_dequeue_count:
-            self._poison(message, f"delivered {message.dequeue_count} times (max_dequeue_count="
-                                  f"{self.options.max_dequeue_count})", parsed)
-            return
+            return None
         try:
-            entity, job = self._job(parsed.job_id)
-        except (JobValidationError, JobNotFoundError) as exc:  # a stored job that no longer loads is permanent
-            self._poison(message, f"job {parsed.job_id!r} cannot be loaded: {exc}", parsed)
-            return
-        if entity is None or job is None:
-            self._poison(message, f"job {parsed.job_id!r} not found", None)
-            return
+            if message.dequeue_count > self.options.max_dequeue_count:
+                self._poison(message, f"delivered {message.dequeue_count} times (max_dequeue_count="
+                                      f"{self.options.max_dequeue_count})", parsed)
+                return None
+            try:
+                entity, job = self._job(parsed.job_id)
+            except (JobValidationError, JobNotFoundError) as exc:  # a stored job that no longer loads is permanent
+                self._poison(message, f"job {parsed.job_id!r} cannot be loaded: {exc}", parsed)
+                return None
+            if entity is None or job is None:
+                self._poison(message, f"job {parsed.job_id!r} not found", None)
+                return None
+        except StorageLostError:
+            raise
+        except Exception as exc:
+            log.error("handling a message failed (it will be redelivered): %s", redact(f"{type(exc).__name__}: {exc}"))
+            return None
         keeper = _Keeper(self, message)
         keeper.start()
+        run = MessageRun(self, job, parsed, keeper, message)
         try:
-            MessageRun(self, job, parsed, keeper).run()
-        finally:
+            run.open()
+        except BaseException as exc:
             keeper.stop()
-        if not keeper.lost_message:
-            with contextlib.suppress(ResourceNotFoundError):
-                self.store.queue.delete_message(message.id, keeper.pop_receipt)
+            if isinstance(exc, StorageLostError) or not isinstance(exc, Exception):
+                raise
+            log.error("handling a message failed (it will be redelivered): %s", redact(f"{type(exc).__name__}: {exc}"))
+            return None
+        return run
 
     def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
         log.warning("message %s to the poison queue: %s", message.id, reason)
