@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def log_redelivered(doing: str, exc: BaseException, *, note: str = "") -> None:
+    """Log a message that failed and comes back after its lease (nothing is lost)."""
+    log.error("%s failed (it will be redelivered%s): %s", doing, note, redact(f"{type(exc).__name__}: {exc}"))
+
+
 def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
     """The final result of a task whose job was cancelled before its command started."""
     return {"state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
@@ -153,7 +158,7 @@ class MessageRun:
             self._wind_down(None, last)
         except Exception as exc:
             self.keeper.stop()
-            log.error("finishing a message failed (it will be redelivered): %s", redact(f"{type(exc).__name__}: {exc}"))
+            log_redelivered("finishing a message", exc)
             return
         self.keeper.stop()
         if self.keeper.lost_message:
@@ -163,20 +168,24 @@ class MessageRun:
         except ResourceNotFoundError:
             pass  # its lease lapsed and another worker has it: its results are recorded all the same
         except Exception as exc:
-            log.error("deleting a finished message failed (it will be redelivered; its tasks are done): %s",
-                      redact(f"{type(exc).__name__}: {exc}"))
+            log_redelivered("deleting a finished message", exc, note="; its tasks are done")
 
-    def abandon(self) -> None:
-        """Give back a message that was opened but will not run (the worker is stopping)."""
+    def abandon(self, *, release: bool = True) -> None:
+        """Give back a message opened but not run: its claims go back to ``pending``.
+
+        With ``release`` (the worker is stopping) the message is visible again at once; without
+        (opening it failed) it comes back when its lease ends, giving a passing fault time to pass.
+        """
         try:
             self._wind_down(self.first, None)
         except Exception as exc:  # the claims expire with their lease instead
-            log.warning("giving back a prefetched message failed: %s", redact(str(exc).splitlines()[0]))
+            log.warning("giving back a message's claims failed: %s", redact(str(exc).splitlines()[0]))
         self.first = None
         self.keeper.stop()
-        with contextlib.suppress(Exception):  # visible again now, not when its lease ends
-            self.worker.store.queue.update_message(self.queue_message.id, self.keeper.pop_receipt,
-                                                   visibility_timeout=0)
+        if release:
+            with contextlib.suppress(Exception):
+                self.worker.store.queue.update_message(self.queue_message.id, self.keeper.pop_receipt,
+                                                       visibility_timeout=0)
 
     def _wind_down(self, ready: _Ready | None, last: tuple[_Ready, Callable[[], TaskOutcome]] | None) -> None:
         """Give back what was claimed but not started, finish ``last``, write every result held."""

@@ -37,7 +37,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from .config import Config
 from .errors import JobNotFoundError, JobValidationError
 from .job import Job, OutputSpec, output_prefix
-from .message_run import MessageRun
+from .message_run import MessageRun, log_redelivered
 from .records import TABLE_BATCH, JobStore, StorageLostError, TaskMessage, task_def_from_entity
 from .redact import redact
 from .row_groups import GROUP_WINDOW_S, MAX_GROUP
@@ -318,8 +318,7 @@ class Worker:
                 except StorageLostError:
                     raise
                 except Exception as exc:  # the message comes back after its lease; nothing is lost
-                    log.error("handling a message failed (it will be redelivered): %s",
-                              redact(f"{type(exc).__name__}: {exc}"))
+                    log_redelivered("handling a message", exc)
         finally:
             if close is not None:
                 close()
@@ -379,18 +378,18 @@ class Worker:
         except StorageLostError:
             raise
         except Exception as exc:
-            log.error("handling a message failed (it will be redelivered): %s", redact(f"{type(exc).__name__}: {exc}"))
+            log_redelivered("checking a message", exc)
             return None
         keeper = _Keeper(self, message)
         keeper.start()
         run = MessageRun(self, job, parsed, keeper, message)
         try:
             run.open()
-        except BaseException as exc:
-            keeper.stop()
-            if isinstance(exc, StorageLostError) or not isinstance(exc, Exception):
+        except Exception as exc:
+            run.abandon(release=False)
+            if isinstance(exc, StorageLostError):
                 raise
-            log.error("handling a message failed (it will be redelivered): %s", redact(f"{type(exc).__name__}: {exc}"))
+            log_redelivered("opening a message", exc)
             return None
         return run
 
