@@ -10,6 +10,7 @@ the next, long command still runs. Real Azurite, real worker processes, real SIG
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import threading
@@ -194,7 +195,7 @@ def test_tiny_tasks_in_one_message_share_transactions(project: Any, tmp_path: Pa
     # One slot, one command at a time: staging ahead and uploading behind do not make its attempts
     # overlap on the timeline (the report would draw a second lane for the slot).
     spans = sorted((a["started_at"], a["ended_at"]) for r in rows for a in json.loads(r["attempts_json"]))
-    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False)), spans
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans)), spans
 
 
 def test_cancel_while_claims_are_held_records_them_cancelled_unrun(project: Any, tmp_path: Path) -> None:
