@@ -143,19 +143,19 @@ class MessageRun:
             raise
         if carry is not None:  # no step ran (the message was lost at once)
             carry()
-        if ready is not None:  # prepared, then the message was lost: give it back
-            ready.staged.discard()
-            self._give_back(ready.task_id, ready.claim)
-        return partial(self.close, last), self.fetched
+        # ``ready`` is set only when the loop stopped early (the message was lost): close gives it back.
+        return partial(self.close, last, ready), self.fetched
 
-    def close(self, last: tuple[_Ready, Callable[[], TaskOutcome]] | None = None) -> None:
-        """Upload the last task's outputs, write the results held, stop renewing, delete the message.
+    def close(self, last: tuple[_Ready, Callable[[], TaskOutcome]] | None = None,
+              unstarted: _Ready | None = None) -> None:
+        """Upload the last task's outputs, write the results held, give back what was claimed but
+        not started (``unstarted``, and claims made ahead), stop renewing, delete the message.
 
         Never raises: a message whose results could not all be written is not deleted, and
         comes back when its lease ends.
         """
         try:
-            self._wind_down(None, last)
+            self._wind_down(unstarted, last)
         except Exception as exc:
             self.keeper.stop()
             log_redelivered("finishing a message", exc)

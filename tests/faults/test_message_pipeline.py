@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,19 @@ def _worker(be: Any, tmp_path: Path, *, pace: float, lease_s: float) -> Worker:
     return worker
 
 
+@contextmanager
+def _serving(worker: Worker, stop: threading.Event | None = None) -> Iterator[threading.Thread]:
+    """``worker`` serving on a thread; on leaving, wait for it to go idle (or ``stop``) and close it."""
+    stop = stop or threading.Event()
+    thread = threading.Thread(target=worker.serve, args=(stop,))
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.join(timeout=60)
+        worker.close()
+
+
 def _rows(be: Any, job: Any) -> dict[str, dict[str, Any]]:
     return {r["RowKey"]: r for r in be.store.task_entities(job.id)}
 
@@ -56,9 +71,7 @@ def test_next_message_is_opened_while_the_last_command_runs(project: Any, tmp_pa
     be, job, _, second = _two_messages(project, "pipe-next", runs, sleeps)
     with be:
         worker = _worker(be, tmp_path, pace=0.01, lease_s=30)
-        serving = threading.Thread(target=worker.serve, args=(threading.Event(),))
-        serving.start()
-        try:
+        with _serving(worker):
             wait_for(lambda: "a3" in runs_of(runs), timeout=30, what="a3 to start")
             rows = wait_for(lambda: (r := _rows(be, job)).get(second[0], {}).get("state") == "running" and r,
                             timeout=2.5, what="the second message's first task to be claimed while a3 runs")
@@ -66,9 +79,6 @@ def test_next_message_is_opened_while_the_last_command_runs(project: Any, tmp_pa
             assert rows[second[0]]["claim_owner"] == worker.owner
             # The whole second message left the queue with this worker: nothing for another to take.
             assert not list(be.store.queue.receive_messages(max_messages=1, visibility_timeout=1))
-        finally:
-            serving.join(timeout=60)
-            worker.close()
         results = {r.task_id: r for r in be.list_task_results(job.id)}
         left = list(be.store.queue.receive_messages(max_messages=32, visibility_timeout=1))
     assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}, results
@@ -85,18 +95,12 @@ def test_a_worker_stopping_gives_back_the_message_it_opened_ahead(project: Any, 
     with be:
         worker = _worker(be, tmp_path, pace=0.01, lease_s=60)
         stop = threading.Event()
-        serving = threading.Thread(target=worker.serve, args=(stop,))
-        serving.start()
-        try:
+        with _serving(worker, stop) as serving:
             wait_for(lambda: _rows(be, job).get(second[0], {}).get("state") == "running", timeout=30,
                      what="the second message to be opened while a3 runs")
             stop.set()  # while a3 runs: the worker finishes a3, then must hand the second message back
             serving.join(timeout=30)
             assert not serving.is_alive()
-        finally:
-            stop.set()
-            serving.join(timeout=30)
-            worker.close()
         rows = _rows(be, job)
         assert all(rows[t]["state"] == "succeeded" for t in first), {t: rows[t]["state"] for t in first}
         given_back = [t for t in second if t in rows]
@@ -122,15 +126,10 @@ def test_long_tasks_leave_the_next_message_in_the_queue(project: Any, tmp_path: 
     be, job, _, second = _two_messages(project, "pipe-long", runs, sleeps)
     with be:
         worker = _worker(be, tmp_path, pace=5.0, lease_s=30)
-        serving = threading.Thread(target=worker.serve, args=(threading.Event(),))
-        serving.start()
-        try:
+        with _serving(worker):
             wait_for(lambda: "a1" in runs_of(runs), timeout=30, what="a1 to start")
             time.sleep(1.5)  # the prefetch would have happened by now
             assert second[0] not in _rows(be, job), "the next message was opened during a long command"
-        finally:
-            serving.join(timeout=60)
-            worker.close()
         results = {r.task_id: r for r in be.list_task_results(job.id)}
     assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}, results
     assert sorted(runs_of(runs)) == sorted(sleeps)
