@@ -36,6 +36,10 @@ class StorageError(BatchyardError):
     """Azure Storage (or Azurite) failed in a way retries did not fix."""
 
 
+class SourceMissingError(StorageError):
+    """The blob to stage does not exist (a permanent failure for the task)."""
+
+
 class AuthenticationError(BatchyardError):
     """Credentials were refused (storage key, Batch key, token). No secret is shown."""
 

@@ -38,11 +38,10 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from .errors import AuthenticationError, BatchyardError, StorageError, UnsafePathError
+from .errors import AuthenticationError, BatchyardError, SourceMissingError, StorageError, UnsafePathError
 from .paths import fnmatch_name, match_outputs, pattern_base, safe_relative_path
 from .process_tree import WATCHDOG, kill_process_tree
 from .redact import known_secrets, redact
-from .storage import BlobTransfer, SourceMissingError
 from .taskspec import (
     AttemptRecord,
     NodeContext,
@@ -52,6 +51,7 @@ from .taskspec import (
     TaskSpec,
     now_iso,
 )
+from .transfer import BlobTransfer
 
 # fnmatch_name, match_outputs and safe_relative_path live in batchyard.paths; importable from here too.
 __all__ = [

@@ -5,9 +5,7 @@ across tasks (on loopback a fresh connection per call costs more than the call).
 client has connect/read timeouts: Azurite can stall, and a hung call must not hang a
 worker forever.
 
-:class:`BlobTransfer` moves files between a task's working directory and Blob storage,
-either by (container, blob name) on the configured account or by a SAS URL, the way a
-Batch node does.
+Moving a task's files is ``transfer.py``'s (:class:`~batchyard.transfer.BlobTransfer`).
 """
 
 from __future__ import annotations
@@ -18,12 +16,11 @@ import os
 import threading
 import urllib.request
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
     ClientAuthenticationError,
@@ -33,7 +30,6 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 from azure.storage.blob import (
-    BlobClient,
     BlobSasPermissions,
     BlobServiceClient,
     ContainerClient,
@@ -43,7 +39,8 @@ from azure.storage.blob import (
 )
 
 from .errors import AuthenticationError, ConfigError, StorageError
-from .redact import redact, redacting_filter, register_secret, strip_sas
+from .redact import redact, redacting_filter, register_secret
+from .small_blobs import BlobStatusError, BlobUnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +58,6 @@ BLOCK_SIZE = 8 * 1024 * 1024
 # Every blob client, by account key or by SAS URL, uploads in BLOCK_SIZE blocks. Blocks over 4 MiB
 # also put the SDK on its streamed upload path (the SDK's default 4 MiB blocks were ~15% slower
 # against Azurite for a 512 MiB file).
-# A blob this small came whole with the download's first response: written from memory in one
-# call, it skips the chunked writer's set-up, ~0.2 ms of CPU per 1 KiB input (round 4).
-SMALL_BLOB = 1024 * 1024
 _BLOB_KWARGS: dict[str, Any] = {"max_block_size": BLOCK_SIZE, "max_single_put_size": BLOCK_SIZE}
 POOL_SIZE = 32  # concurrent sends/uploads share a client; urllib3's default of 10 would churn connections
 
@@ -173,11 +167,15 @@ def translate_error(exc: Exception, what: str) -> Exception:
     """Turn an SDK exception into a batchyard error whose message names ``what`` and holds no secret."""
     if isinstance(exc, ClientAuthenticationError) or (
         isinstance(exc, HttpResponseError) and exc.status_code == 403
-    ):
+    ) or (isinstance(exc, BlobStatusError) and exc.status in (401, 403)):
         return AuthenticationError(
             f"{what}: the storage account refused the credentials (HTTP 403). "
             "Check the AccountKey in AZURE_STORAGE_CONNECTION_STRING or [storage] in batchyard.toml."
         )
+    if isinstance(exc, BlobStatusError):
+        return StorageError(f"{what}: {exc.code} (HTTP {exc.status})")
+    if isinstance(exc, BlobUnreachableError):
+        return StorageError(f"{what}: storage endpoint unreachable ({exc})")
     if isinstance(exc, ServiceRequestError):
         return StorageError(f"{what}: storage endpoint unreachable ({redact(str(exc).splitlines()[0])})")
     code = getattr(exc, "error_code", None) or type(exc).__name__
@@ -324,122 +322,9 @@ class Storage:
         return f"{self.container(container).url}?{token}"
 
 
-class SourceMissingError(StorageError):
-    """The blob to stage does not exist (a permanent failure for the task)."""
-
-
 def file_md5(path: Path) -> bytes:
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1024 * 1024), b""):
             digest.update(chunk)
     return digest.digest()
-
-
-class BlobTransfer:
-    """Downloads and uploads for a task, by account reference or by SAS URL.
-
-    Clients made from SAS URLs are cached per container URL (with its token), so a node
-    staging many files from one container reuses one connection pool.
-    """
-
-    def __init__(self, storage: Storage | None) -> None:
-        self.storage = storage
-        self._url_containers: dict[str, ContainerClient] = {}
-        self._lock = threading.Lock()
-
-    def _container_for_url(self, container_url: str) -> ContainerClient:
-        with self._lock:
-            client = self._url_containers.get(container_url)
-            if client is None:
-                client = ContainerClient.from_container_url(container_url, **_BLOB_KWARGS, **_client_kwargs())
-                self._url_containers[container_url] = client
-            return client
-
-    def _blob_from_url(self, blob_url: str) -> BlobClient:
-        # Split the URL into container URL (+ its SAS query) and blob name, so the container
-        # client, and its connections, are shared by every blob of that container.
-        base, _, query = blob_url.partition("?")
-        parts = urlsplit(base)
-        path_bits = parts.path.lstrip("/").split("/")
-        # path style (Azurite/emulators: /account/container/blob) or host style (/container/blob)
-        is_path_style = parts.hostname in ("127.0.0.1", "localhost", "::1") or (
-            self.storage is not None and base.startswith(self.storage.account.blob_endpoint)
-            and urlsplit(self.storage.account.blob_endpoint).path not in ("", "/")
-        )
-        n_prefix = 2 if is_path_style else 1
-        container_url = f"{parts.scheme}://{parts.netloc}/" + "/".join(path_bits[:n_prefix])
-        blob_name = unquote("/".join(path_bits[n_prefix:]))
-        if query:
-            container_url = f"{container_url}?{query}"
-        return self._container_for_url(container_url).get_blob_client(blob_name)
-
-    def blob_client(self, *, container: str | None = None, name: str | None = None,
-                    url: str | None = None) -> BlobClient:
-        if url:
-            return self._blob_from_url(url)
-        if self.storage is None or container is None or name is None:
-            raise StorageError("no storage account configured for a (container, blob) reference")
-        return self.storage.container(container).get_blob_client(name)
-
-    def download(self, dest: Path, *, container: str | None = None, name: str | None = None,
-                 url: str | None = None) -> int:
-        """Download one blob to ``dest``; raises :class:`SourceMissingError` if it does not exist."""
-        client = self.blob_client(container=container, name=name, url=url)
-        what = strip_sas(url) if url else f"{container}/{name}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        try:
-            stream = client.download_blob(max_concurrency=4)
-            with tmp.open("wb") as fh:
-                # A small blob is already in memory, whole, from the first response.
-                size = fh.write(stream.readall()) if stream.size <= SMALL_BLOB else stream.readinto(fh)
-            os.replace(tmp, dest)
-            return size
-        except ResourceNotFoundError:
-            tmp.unlink(missing_ok=True)
-            raise SourceMissingError(f"input blob not found: {what}") from None
-        except Exception as exc:
-            tmp.unlink(missing_ok=True)
-            raise translate_error(exc, f"downloading {what}") from None
-
-    def upload(self, src: Path, *, blob_name: str, container: str | None = None,
-               container_url: str | None = None) -> int:
-        """Upload a file in blocks, with its MD5 set on the blob so readers can verify it."""
-        if container_url:
-            client = self._container_for_url(container_url).get_blob_client(blob_name)
-            what = f"{strip_sas(container_url)}/{blob_name}"
-        else:
-            if self.storage is None or container is None:
-                raise StorageError("no storage account configured for an output container")
-            client = self.storage.container(container).get_blob_client(blob_name)
-            what = f"{container}/{blob_name}"
-        from azure.storage.blob import ContentSettings
-
-        size = src.stat().st_size
-        try:
-            if size <= BLOCK_SIZE:  # one request, the file read once: the MD5 travels with it
-                data = src.read_bytes()
-                md5 = hashlib.md5(data, usedforsecurity=False).digest()
-                client.upload_blob(data, length=len(data), overwrite=True,
-                                   content_settings=ContentSettings(content_md5=bytearray(md5)))
-                return len(data)
-            # Big files: hash in a second thread while the blocks go up (reading the file twice
-            # costs less than hashing first and uploading after), then set the header. Staging the
-            # blocks ourselves, hashing each as it was read, measured ~8% slower against Azurite
-            # than the SDK's streamed upload, and no faster in big.py.
-            with ThreadPoolExecutor(1) as hasher:
-                digest = hasher.submit(file_md5, src)
-                with src.open("rb") as fh:
-                    client.upload_blob(fh, length=size, overwrite=True, max_concurrency=4)
-                client.set_http_headers(ContentSettings(content_md5=bytearray(digest.result())))
-            return size
-        except Exception as exc:
-            raise translate_error(exc, f"uploading {what}") from None
-
-    def list_names(self, container_url: str, prefix: str = "") -> list[str]:
-        try:
-            return [b.name for b in self._container_for_url(container_url).list_blobs(
-                name_starts_with=prefix or None)]
-        except Exception as exc:
-            raise translate_error(exc, f"listing {strip_sas(container_url)}") from None

@@ -48,7 +48,8 @@ from .runner import (
     TaskSpec,
     now_iso,
 )
-from .storage import BlobTransfer, Storage
+from .storage import Storage
+from .transfer import BlobTransfer
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from batchyard.storage import BlobTransfer
+from batchyard.transfer import BlobTransfer
 
 from .common import median, storage_of, timed
 

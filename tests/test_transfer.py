@@ -1,20 +1,30 @@
-"""BlobTransfer.upload against a real Azurite: every blob carries its whole file's Content-MD5,
-whether it went up in one request or in blocks, by account reference or by container SAS URL."""
+"""BlobTransfer against a real Azurite: every blob carries its whole file's Content-MD5, whether it
+went up in one request or in blocks, by account reference or by container SAS URL; small blobs go
+in one request each and land as the SDK would store them; downloads of every size are whole."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import dataclasses
 import hashlib
+import logging
 import os
 import re
+import socket
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
-from azure.storage.blob import BlobClient
+from azure.storage.blob import BlobClient, ContentSettings
 
-from batchyard.errors import AuthenticationError, StorageError
-from batchyard.storage import BLOCK_SIZE, BlobTransfer
+from batchyard.errors import AuthenticationError, SourceMissingError, StorageError
+from batchyard.small_blobs import SmallBlobs
+from batchyard.storage import BLOCK_SIZE, Storage
+from batchyard.transfer import SMALL_BLOB, BlobTransfer
 
 
 def _file(path: Path, size: int) -> Path:
@@ -74,3 +84,210 @@ def test_upload_errors_name_the_target_without_the_sas(project: Any, tmp_path: P
         BlobTransfer(None).upload(src, blob_name="x.bin", container_url=url)
     assert "/x.bin" in str(info.value)
     assert "sig=" not in str(info.value)
+
+
+# --- the one-request path for small blobs (small_blobs.py) -------------------------------------------
+# Blobs up to SMALL_BLOB go up and down in one urllib3 request each, signed with the account key or
+# by the SAS in a URL; a bigger download continues through the SDK. These tests hold it to the SDK's
+# results on the same Azurite.
+
+NAMES = ["plain.txt", "with space/and more.txt", "ünïcødé/日本語.txt", "plus+eq=amp&semi;comma,.txt",
+         "pct%41%2F.txt", "hash#and?query.txt", "tilde~star*paren()'quote.txt", "a/b/c/deep.txt"]
+
+
+def _transfer(project: Any, container: str, *, by_sas: bool) -> tuple[BlobTransfer, dict[str, str]]:
+    """A transfer and the reference kwargs for `container`: by account, or by a container SAS URL."""
+    if by_sas:
+        url = project.storage.container_sas_url(container, expiry=timedelta(minutes=10), permission="rcw")
+        return BlobTransfer(None), {"container_url": url}
+    return BlobTransfer(project.storage), {"container": container}
+
+
+def _download(transfer: BlobTransfer, ref: dict[str, str], name: str, dest: Path) -> int:
+    if "container_url" in ref:
+        base, _, sas = ref["container_url"].partition("?")
+        return transfer.download(dest, url=f"{base}/{quote(name, safe='/')}?{sas}")
+    return transfer.download(dest, container=ref["container"], name=name)
+
+
+@pytest.mark.parametrize("by_sas", [False, True], ids=["account", "sas"])
+def test_small_blobs_go_in_one_request_each_with_what_the_sdk_stores(
+        project: Any, tmp_path: Path, by_sas: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = project.container("outputs")
+    sdk_made = project.storage.container(out).get_blob_client("by-sdk.bin")
+    src = _file(tmp_path / "src.bin", 3000)
+    sdk_made.upload_blob(src.read_bytes(), content_settings=ContentSettings(
+        content_md5=bytearray(hashlib.md5(src.read_bytes()).digest())))
+
+    def through_the_sdk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a small blob went through the SDK")
+
+    monkeypatch.setattr(BlobClient, "upload_blob", through_the_sdk)
+    monkeypatch.setattr(BlobClient, "download_blob", through_the_sdk)
+    transfer, ref = _transfer(project, out, by_sas=by_sas)
+    for name in NAMES:
+        assert transfer.upload(src, blob_name=name, **ref) == 3000
+        assert _download(transfer, ref, name, tmp_path / "got") == 3000
+        assert (tmp_path / "got").read_bytes() == src.read_bytes()
+    monkeypatch.undo()
+    assert sorted(project.storage.list_blob_names(out, "")) == sorted([*NAMES, "by-sdk.bin"])
+    want = sdk_made.get_blob_properties()
+    for name in NAMES:
+        got = project.storage.container(out).get_blob_client(name).get_blob_properties()
+        assert (got.size, got.blob_type, got.content_settings.content_type, got.content_settings.content_md5) == (
+            want.size, want.blob_type, want.content_settings.content_type, want.content_settings.content_md5)
+
+
+@pytest.mark.parametrize("by_sas", [False, True], ids=["account", "sas"])
+@pytest.mark.parametrize("size", [0, 1, SMALL_BLOB - 1, SMALL_BLOB, SMALL_BLOB + 1, 3 * SMALL_BLOB + 7])
+def test_downloads_of_every_size_are_whole(project: Any, tmp_path: Path, size: int, by_sas: bool) -> None:
+    out = project.container("outputs")
+    src = _file(tmp_path / "src.bin", size)
+    project.storage.container(out).get_blob_client("blob.bin").upload_blob(src.read_bytes())
+    transfer, ref = _transfer(project, out, by_sas=by_sas)
+    assert _download(transfer, ref, "blob.bin", tmp_path / "got") == size
+    assert (tmp_path / "got").read_bytes() == src.read_bytes()
+    assert not (tmp_path / "got.part").exists()
+
+
+def test_a_blob_replaced_between_its_first_part_and_the_rest_is_read_again_whole(project: Any, tmp_path: Path) -> None:
+    out = project.container("outputs")
+    blob = project.storage.container(out).get_blob_client("moving.bin")
+    old, new = os.urandom(2 * SMALL_BLOB), os.urandom(2 * SMALL_BLOB + 5)
+    blob.upload_blob(old)
+    transfer = BlobTransfer(project.storage)
+    small, address = transfer._small, transfer._small_address(blob, "moving.bin", by_account=True)
+    assert small is not None and address is not None
+    first = small.get_first(address, SMALL_BLOB)
+    assert (first.size, first.data) == (len(old), old[:SMALL_BLOB])
+    blob.upload_blob(new, overwrite=True)  # a new version before the rest is read
+    with (tmp_path / "got").open("w+b") as fh:
+        transfer._download_rest(fh, first, blob)
+    assert (tmp_path / "got").read_bytes() == new  # not old's first MiB glued to new's tail
+
+
+def test_small_blob_errors_name_the_blob_and_hold_no_secret(project: Any, tmp_path: Path) -> None:
+    out = project.container("outputs")
+    src = _file(tmp_path / "src.bin", 10)
+    transfer = BlobTransfer(project.storage)
+    with pytest.raises(SourceMissingError, match=re.escape(f"input blob not found: {out}/nope.txt")):
+        transfer.download(tmp_path / "x", container=out, name="nope.txt")
+    with pytest.raises(StorageError, match=re.escape("uploading no-such-container/x.bin: ContainerNotFound")):
+        transfer.upload(src, blob_name="x.bin", container="no-such-container")
+    wrong_key = base64.b64encode(b"not the key" * 4).decode()
+    wrong = BlobTransfer(Storage(dataclasses.replace(project.storage.account, account_key=wrong_key)))
+    for call in (lambda: wrong.upload(src, blob_name="x.bin", container=out),
+                 lambda: wrong.download(tmp_path / "x", container=out, name="x.bin")):
+        with pytest.raises(AuthenticationError) as info:
+            call()
+        assert f"{out}/x.bin" in str(info.value) and wrong_key not in str(info.value)
+    read_only = project.storage.container_sas_url(out, expiry=timedelta(minutes=10), permission="r")
+    with pytest.raises(AuthenticationError) as refused:
+        BlobTransfer(None).upload(src, blob_name="x.bin", container_url=read_only)
+    missing_url = f"{read_only.partition('?')[0]}/nope.txt?{read_only.partition('?')[2]}"
+    with pytest.raises(SourceMissingError) as missing:
+        BlobTransfer(None).download(tmp_path / "x", url=missing_url)
+    for exc in (refused.value, missing.value):
+        assert "sig=" not in str(exc) and read_only.partition("?")[0] in str(exc)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+
+
+class FlakyProxy:
+    """A TCP relay to Azurite's blob port that spoils its first connections: one is closed with
+    the request unanswered, the next answered 503 ServerBusy; the rest are relayed."""
+
+    SPOILED = ("close", "503")
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.accepted = target, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            spoil = self.SPOILED[self.accepted - 1] if self.accepted <= len(self.SPOILED) else None
+            threading.Thread(target=self._handle, args=(conn, spoil), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, spoil: str | None) -> None:
+        with conn:
+            if spoil is not None:
+                conn.recv(65536)
+                if spoil == "503":
+                    conn.sendall(b"HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\n"
+                                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            with socket.create_connection(self.target) as upstream:
+                def pump(src: socket.socket, dst: socket.socket) -> None:
+                    with contextlib.suppress(OSError):
+                        while data := src.recv(65536):
+                            dst.sendall(data)
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+                back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+                back.start()
+                pump(conn, upstream)
+                back.join(timeout=10)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_small_blobs_are_retried_through_a_dropped_connection_and_a_busy_server(project: Any, tmp_path: Path) -> None:
+    endpoint = urlsplit(project.storage.account.blob_endpoint)
+    out = project.container("outputs")
+    src = _file(tmp_path / "src.bin", 2048)
+    for direction in ("upload", "download"):
+        proxy = FlakyProxy((endpoint.hostname or "", endpoint.port or 0))
+        try:
+            via = dataclasses.replace(project.storage.account,
+                                      blob_endpoint=f"http://127.0.0.1:{proxy.port}{endpoint.path}")
+            transfer = BlobTransfer(Storage(via))
+            if direction == "upload":
+                assert transfer.upload(src, blob_name="retried.bin", container=out) == 2048
+            else:
+                assert transfer.download(tmp_path / "got", container=out, name="retried.bin") == 2048
+                assert (tmp_path / "got").read_bytes() == src.read_bytes()
+            assert proxy.accepted == 3, direction  # two spoiled attempts, then the one relayed
+        finally:
+            proxy.close()
+    blob = project.storage.container(out).get_blob_client("retried.bin")
+    assert blob.download_blob().readall() == src.read_bytes()
+
+
+def test_with_a_proxy_variable_set_every_transfer_goes_through_the_sdk(
+        project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests honours proxy variables (and no_proxy); urllib3 on its own would not.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+    def one_request(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the one-request path ignored a proxy variable")
+
+    monkeypatch.setattr(SmallBlobs, "put", one_request)
+    monkeypatch.setattr(SmallBlobs, "get_first", one_request)
+    out = project.container("outputs")
+    src = _file(tmp_path / "src.bin", 100)
+    transfer = BlobTransfer(project.storage)
+    assert transfer.upload(src, blob_name="p.bin", container=out) == 100
+    assert transfer.download(tmp_path / "got", container=out, name="p.bin") == 100
+    assert (tmp_path / "got").read_bytes() == src.read_bytes()
+
+
+def test_request_logs_of_small_blobs_show_no_signature(project: Any, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    out = project.container("outputs")
+    transfer, ref = _transfer(project, out, by_sas=True)
+    src = _file(tmp_path / "src.bin", 100)
+    with caplog.at_level(logging.DEBUG, logger="urllib3"):
+        transfer.upload(src, blob_name="logged.bin", **ref)
+        _download(transfer, ref, "logged.bin", tmp_path / "got")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any("logged.bin" in line for line in lines)  # the request lines were logged...
+    assert not any("sig=" in line and "sig=***" not in line for line in lines)  # ...without a signature

@@ -27,7 +27,7 @@ from batchyard.runner import (
     run_task,
     safe_relative_path,
 )
-from batchyard.storage import BlobTransfer
+from batchyard.transfer import BlobTransfer
 
 from .support import run_job, table_job, tool_command
 

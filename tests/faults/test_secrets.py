@@ -17,7 +17,8 @@ from batchyard.backends import get_backend
 from batchyard.emulator.azurite import WELL_KNOWN_KEY
 from batchyard.errors import BatchyardError
 from batchyard.runner import NodeContext, OutputFile, ResourceFile, TaskSpec, run_task
-from batchyard.storage import BlobTransfer, StorageAccount, translate_error
+from batchyard.storage import StorageAccount, translate_error
+from batchyard.transfer import BlobTransfer
 from batchyard.worker import Worker, WorkerOptions
 
 from .support import PY, TOOL, table_job, tool_command

@@ -18,7 +18,8 @@ from typing import Any
 
 from batchyard.errors import BatchyardError
 from batchyard.runner import NodeContext, run_task
-from batchyard.storage import BlobTransfer, Storage
+from batchyard.storage import Storage
+from batchyard.transfer import BlobTransfer
 
 from .common import iso, utcnow
 from .faults import FaultState

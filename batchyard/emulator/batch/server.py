@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from batchyard.errors import EmulatorError
 from batchyard.redact import install_log_filter, redact, redacting_filter, register_secret
-from batchyard.storage import BlobTransfer, Storage
+from batchyard.storage import Storage
+from batchyard.transfer import BlobTransfer
 
 from .auth import verify
 from .common import BatchApiError

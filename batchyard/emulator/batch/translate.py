@@ -14,7 +14,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from batchyard.errors import AuthenticationError, BatchyardError
 from batchyard.paths import safe_relative_path
 from batchyard.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec
-from batchyard.storage import BlobTransfer, Storage
+from batchyard.storage import Storage
+from batchyard.transfer import BlobTransfer
 
 from .common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
 
