@@ -39,6 +39,7 @@ from azure.data.tables import TableClient, UpdateMode
 from .backends.base import TaskCounts, TaskResult, TaskState, dumps
 from .config import Config
 from .errors import BackendError, JobNotFoundError, StorageError
+from .fast_rest import RestStatusError, RestUnreachableError
 from .job import Job, TaskDef
 from .messages import TaskMessage, poison_body
 from .storage import Storage, translate_error
@@ -331,8 +332,19 @@ class JobStore:
         row to create exists, a row's ETag changed): a transaction is all or nothing, so then
         none was made and the caller writes them one by one to learn which. One transaction
         of 16 creates and 16 merges costs Azurite and this process ~1.3 ms per pair of writes,
-        against ~3.2 ms for the same writes one request each.
+        against ~3.2 ms for the same writes one request each; sent by ``fast_rest`` (one urllib3
+        request, the body built as text) it costs this process ~0.04 ms per row instead of ~0.34.
         """
+        fast = self.storage.fast
+        if fast is not None:
+            try:
+                return fast.submit_group(self.storage.account.table_endpoint, self._tasks_name, creates, merges)
+            except TypeError:
+                pass  # a value type of its own serialization: the SDK's below
+            except (RestStatusError, RestUnreachableError) as exc:
+                if isinstance(exc, RestStatusError) and exc.code == "TableNotFound":
+                    raise _lost(self._tasks_name) from None
+                raise translate_error(exc, f"writing rows of table {self._tasks_name}") from None
         from azure.data.tables import TableTransactionError
 
         ops: list[Any] = [("create", row) for row in creates]

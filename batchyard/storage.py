@@ -39,8 +39,8 @@ from azure.storage.blob import (
 )
 
 from .errors import AuthenticationError, ConfigError, StorageError
+from .fast_rest import FastRest, RestStatusError, RestUnreachableError
 from .redact import redact, redacting_filter, register_secret
-from .small_blobs import BlobStatusError, BlobUnreachableError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,21 @@ def _client_kwargs() -> dict[str, Any]:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return {**_CLIENT_KWARGS, "transport": RequestsTransport(session=session, session_owner=True)}
+
+
+def fast_rest(account: StorageAccount | None) -> FastRest | None:
+    """The one-request path for the per-task calls (``fast_rest.py``), or None where it must not
+    be used: requests (under the SDKs) honours the proxy variables and their exceptions, urllib3
+    alone does not, so with any proxy variable set every call goes through the SDKs."""
+    if urllib.request.getproxies_environment():
+        return None
+    _guard_url_loggers()
+    return FastRest(
+        account_name=account.account_name if account else "", account_key=account.account_key if account else "",
+        connect_timeout=CONNECTION_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retries=_CLIENT_KWARGS["retry_total"],
+        backoff=_CLIENT_KWARGS["retry_backoff_factor"], backoff_max=_CLIENT_KWARGS["retry_backoff_max"],
+        pool_size=8,
+    )
 
 
 @dataclass(frozen=True)
@@ -167,14 +182,14 @@ def translate_error(exc: Exception, what: str) -> Exception:
     """Turn an SDK exception into a batchyard error whose message names ``what`` and holds no secret."""
     if isinstance(exc, ClientAuthenticationError) or (
         isinstance(exc, HttpResponseError) and exc.status_code == 403
-    ) or (isinstance(exc, BlobStatusError) and exc.status in (401, 403)):
+    ) or (isinstance(exc, RestStatusError) and exc.status in (401, 403)):
         return AuthenticationError(
             f"{what}: the storage account refused the credentials (HTTP 403). "
             "Check the AccountKey in AZURE_STORAGE_CONNECTION_STRING or [storage] in batchyard.toml."
         )
-    if isinstance(exc, BlobStatusError):
+    if isinstance(exc, RestStatusError):
         return StorageError(f"{what}: {exc.code} (HTTP {exc.status})")
-    if isinstance(exc, BlobUnreachableError):
+    if isinstance(exc, RestUnreachableError):
         return StorageError(f"{what}: storage endpoint unreachable ({exc})")
     if isinstance(exc, ServiceRequestError):
         return StorageError(f"{what}: storage endpoint unreachable ({redact(str(exc).splitlines()[0])})")
@@ -193,6 +208,7 @@ class Storage:
         self._queue: Any = None
         self._table: Any = None
         self._containers: dict[str, ContainerClient] = {}
+        self._fast: tuple[FastRest | None] | None = None
 
     def __repr__(self) -> str:
         return f"Storage(account={self.account.account_name!r}, blob={self.account.blob_endpoint!r})"
@@ -202,6 +218,14 @@ class Storage:
         return cls(StorageAccount.from_connection_string(conn_str))
 
     # --- clients -------------------------------------------------------------------------------------
+    @property
+    def fast(self) -> FastRest | None:
+        """This account's one-request path for per-task calls; None with a proxy variable set."""
+        with self._lock:
+            if self._fast is None:
+                self._fast = (fast_rest(self.account),)
+            return self._fast[0]
+
     @property
     def blob_service(self) -> BlobServiceClient:
         with self._lock:

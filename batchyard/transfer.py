@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,49 +20,28 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, ContainerClient
 
 from .errors import SourceMissingError, StorageError
+from .fast_rest import BlobAddress, FirstPart, RestStatusError
 from .redact import strip_sas
-from .small_blobs import BlobAddress, BlobStatusError, FirstPart, SmallBlobs
 from .storage import (
     _BLOB_KWARGS,
-    _CLIENT_KWARGS,
     BLOCK_SIZE,
-    CONNECTION_TIMEOUT_S,
-    READ_TIMEOUT_S,
     Storage,
     _client_kwargs,
-    _guard_url_loggers,
+    fast_rest,
     file_md5,
     translate_error,
 )
 
-# Up to this size a blob goes in one request on urllib3 (small_blobs.py): ~0.2 ms of our CPU per
+# Up to this size a blob goes in one request on urllib3 (fast_rest.py): ~0.2 ms of our CPU per
 # request against ~0.9 ms through the SDK (round 5). A bigger download's first part goes that way
 # too; through the SDK, a blob this small is in memory whole after the first response (round 4).
 SMALL_BLOB = 1024 * 1024
 
 
-def _small_blobs(storage: Storage | None) -> SmallBlobs | None:
-    """The one-request path for small blobs, or None where it must not be used.
-
-    requests (under the SDK) honours the proxy variables and their exceptions; urllib3 alone does
-    not, so with any proxy variable set every transfer goes through the SDK.
-    """
-    if urllib.request.getproxies_environment():
-        return None
-    _guard_url_loggers()
-    account = storage.account if storage is not None else None
-    return SmallBlobs(
-        account_name=account.account_name if account else "", account_key=account.account_key if account else "",
-        connect_timeout=CONNECTION_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retries=_CLIENT_KWARGS["retry_total"],
-        backoff=_CLIENT_KWARGS["retry_backoff_factor"], backoff_max=_CLIENT_KWARGS["retry_backoff_max"],
-        pool_size=8,
-    )
-
-
 class BlobTransfer:
     """Downloads and uploads for a task, by account reference or by SAS URL.
 
-    Blobs up to SMALL_BLOB go in one request each on :mod:`batchyard.small_blobs` (a bigger
+    Blobs up to SMALL_BLOB go in one request each on :mod:`batchyard.fast_rest` (a bigger
     download continues through the SDK after its first part); the rest, and every transfer when
     a proxy variable is set, through the SDK. Clients made from SAS URLs are cached per container
     URL (with its token), so a node staging many files from one container reuses one pool.
@@ -73,7 +51,7 @@ class BlobTransfer:
         self.storage = storage
         self._url_containers: dict[str, ContainerClient] = {}
         self._lock = threading.Lock()
-        self._small = _small_blobs(storage)
+        self._small = storage.fast if storage is not None else fast_rest(None)
 
     def _container_for_url(self, container_url: str) -> ContainerClient:
         with self._lock:
@@ -141,7 +119,7 @@ class BlobTransfer:
                 size = fh.tell()
             os.replace(tmp, dest)
             return size
-        except (ResourceNotFoundError, BlobStatusError) as exc:
+        except (ResourceNotFoundError, RestStatusError) as exc:
             tmp.unlink(missing_ok=True)
             if isinstance(exc, ResourceNotFoundError) or exc.status == 404:
                 raise SourceMissingError(f"input blob not found: {what}") from None
@@ -185,7 +163,7 @@ class BlobTransfer:
             address = self._small_address(client, what, by_account=not container_url)
             if self._small is not None and address is not None and size <= SMALL_BLOB:
                 data = src.read_bytes()
-                self._small.put(address, data)
+                self._small.put_blob(address, data)
                 return len(data)
             if size <= BLOCK_SIZE:  # one request, the file read once: the MD5 travels with it
                 data = src.read_bytes()

@@ -22,7 +22,7 @@ import pytest
 from azure.storage.blob import BlobClient, ContentSettings
 
 from batchyard.errors import AuthenticationError, SourceMissingError, StorageError
-from batchyard.small_blobs import SmallBlobs
+from batchyard.fast_rest import FastRest
 from batchyard.storage import BLOCK_SIZE, Storage
 from batchyard.transfer import SMALL_BLOB, BlobTransfer
 
@@ -86,7 +86,7 @@ def test_upload_errors_name_the_target_without_the_sas(project: Any, tmp_path: P
     assert "sig=" not in str(info.value)
 
 
-# --- the one-request path for small blobs (small_blobs.py) -------------------------------------------
+# --- the one-request path for small blobs (fast_rest.py) -------------------------------------------
 # Blobs up to SMALL_BLOB go up and down in one urllib3 request each, signed with the account key or
 # by the SAS in a URL; a bigger download continues through the SDK. These tests hold it to the SDK's
 # results on the same Azurite.
@@ -270,11 +270,11 @@ def test_with_a_proxy_variable_set_every_transfer_goes_through_the_sdk(
     def one_request(*args: object, **kwargs: object) -> None:
         raise AssertionError("the one-request path ignored a proxy variable")
 
-    monkeypatch.setattr(SmallBlobs, "put", one_request)
-    monkeypatch.setattr(SmallBlobs, "get_first", one_request)
+    monkeypatch.setattr(FastRest, "put_blob", one_request)
+    monkeypatch.setattr(FastRest, "get_first", one_request)
     out = project.container("outputs")
     src = _file(tmp_path / "src.bin", 100)
-    transfer = BlobTransfer(project.storage)
+    transfer = BlobTransfer(Storage(project.storage.account))  # the variables are read when a Storage first needs them
     assert transfer.upload(src, blob_name="p.bin", container=out) == 100
     assert transfer.download(tmp_path / "got", container=out, name="p.bin") == 100
     assert (tmp_path / "got").read_bytes() == src.read_bytes()
