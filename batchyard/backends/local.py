@@ -21,9 +21,10 @@ from ..config import Config, resolve_storage_connection_string
 from ..errors import BackendError, JobNotFoundError, TaskNotFoundError
 from ..job import Job, TaskDef
 from ..messages import TaskMessage, chunk_size_for, pack
-from ..records import JobStore, StorageLostError, TaskTally, entity_to_result
+from ..records import JobStore, StorageLostError, entity_to_result
 from ..staging import fan_out, upload_resources
 from ..storage import Storage
+from ..tally import TaskTally
 from ..worker import WorkerOptions, worker_process_main
 from .base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
 
