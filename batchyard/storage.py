@@ -99,7 +99,7 @@ def _client_kwargs() -> dict[str, Any]:
     return {**_CLIENT_KWARGS, "transport": RequestsTransport(session=session, session_owner=True)}
 
 
-def fast_rest(account: StorageAccount | None) -> FastRest | None:
+def fast_rest_client(account: StorageAccount | None) -> FastRest | None:
     """The one-request path for the per-task calls (``fast_rest.py``), or None where it must not
     be used: requests (under the SDKs) honours the proxy variables and their exceptions, urllib3
     alone does not, so with any proxy variable set every call goes through the SDKs."""
@@ -223,7 +223,7 @@ class Storage:
         """This account's one-request path for per-task calls; None with a proxy variable set."""
         with self._lock:
             if self._fast is None:
-                self._fast = (fast_rest(self.account),)
+                self._fast = (fast_rest_client(self.account),)
             return self._fast[0]
 
     @property

@@ -27,7 +27,7 @@ from .storage import (
     BLOCK_SIZE,
     Storage,
     _client_kwargs,
-    fast_rest,
+    fast_rest_client,
     file_md5,
     translate_error,
 )
@@ -51,7 +51,7 @@ class BlobTransfer:
         self.storage = storage
         self._url_containers: dict[str, ContainerClient] = {}
         self._lock = threading.Lock()
-        self._small = storage.fast if storage is not None else fast_rest(None)
+        self._small = storage.fast if storage is not None else fast_rest_client(None)
 
     def _container_for_url(self, container_url: str) -> ContainerClient:
         with self._lock:
@@ -119,19 +119,16 @@ class BlobTransfer:
                 size = fh.tell()
             os.replace(tmp, dest)
             return size
-        except (ResourceNotFoundError, RestStatusError) as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, ResourceNotFoundError) or exc.status == 404:
-                raise SourceMissingError(f"input blob not found: {what}") from None
-            raise translate_error(exc, f"downloading {what}") from None
         except Exception as exc:
             tmp.unlink(missing_ok=True)
+            if isinstance(exc, ResourceNotFoundError) or (isinstance(exc, RestStatusError) and exc.status == 404):
+                raise SourceMissingError(f"input blob not found: {what}") from None
             raise translate_error(exc, f"downloading {what}") from None
 
     @staticmethod
     def _download_rest(fh: Any, first: FirstPart | None, client: BlobClient) -> None:
         """Through the SDK: the blob after its ``first`` part (same version), or all of it."""
-        if first is not None:
+        if first is not None and first.etag:  # (a service always sends one; without it, read all)
             fh.write(first.data)
             try:
                 stream = client.download_blob(offset=len(first.data), max_concurrency=4, etag=first.etag,
