@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -84,13 +83,14 @@ class FastRest:
     """Get Blob, Put Blob and table transactions over one pool of connections; thread-safe."""
 
     def __init__(self, *, account_name: str = "", account_key: str = "", connect_timeout: float,
-                 read_timeout: float, retries: int, backoff: float, backoff_max: float, pool_size: int) -> None:
+                 read_timeout: float, retries: int, backoff: float, backoff_max: float, pool_size: int,
+                 ca_bundle: str | None = None) -> None:
         self._account = account_name
         self._key = base64.b64decode(account_key) if account_key else b""
-        # The CA bundle requests would use, so both paths trust the same authorities.
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        # requests' CA bundle (the one set in the environment, else certifi's): both paths trust
+        # the same authorities.
         self._http = urllib3.PoolManager(
-            num_pools=8, maxsize=pool_size, ca_certs=ca_bundle,
+            num_pools=8, maxsize=pool_size, ca_certs=ca_bundle or certifi.where(),
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             # Every method, as the SDKs' policies do: a transaction whose answer was lost and that
             # is sent again is refused as a whole (its creates exist) and the caller falls back.

@@ -76,6 +76,11 @@ def _guard_url_loggers() -> None:
             logger.addFilter(scrub)
 
 
+def _ca_bundle() -> str | None:
+    """The CA bundle requests reads from the environment, if one is set."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+
+
 def _client_kwargs() -> dict[str, Any]:
     """Per-client options: timeouts, retries and a connection pool sized for our concurrency."""
     import requests
@@ -89,7 +94,7 @@ def _client_kwargs() -> dict[str, Any]:
     # stops looking (the CA bundle variable, read the same way, is read once here); with one,
     # requests keeps its per-URL proxy and no_proxy rules.
     if not urllib.request.getproxies_environment():
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        ca_bundle = _ca_bundle()
         if ca_bundle:
             session.verify = ca_bundle
         session.trust_env = False
@@ -110,7 +115,7 @@ def fast_rest_client(account: StorageAccount | None) -> FastRest | None:
         account_name=account.account_name if account else "", account_key=account.account_key if account else "",
         connect_timeout=CONNECTION_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retries=_CLIENT_KWARGS["retry_total"],
         backoff=_CLIENT_KWARGS["retry_backoff_factor"], backoff_max=_CLIENT_KWARGS["retry_backoff_max"],
-        pool_size=8,
+        pool_size=8, ca_bundle=_ca_bundle(),
     )
 
 

@@ -34,12 +34,8 @@ def _file(path: Path, size: int) -> Path:
 
 def _upload(project: Any, src: Path, name: str, *, by_sas: bool) -> tuple[int, BlobClient]:
     out = project.container("outputs")
-    if by_sas:
-        url = project.storage.container_sas_url(out, expiry=timedelta(minutes=10), permission="rcw")
-        size = BlobTransfer(None).upload(src, blob_name=name, container_url=url)
-    else:
-        size = BlobTransfer(project.storage).upload(src, blob_name=name, container=out)
-    return size, project.storage.container(out).get_blob_client(name)
+    transfer, ref = _transfer(project, out, by_sas=by_sas)
+    return transfer.upload(src, blob_name=name, **ref), project.storage.container(out).get_blob_client(name)
 
 
 def _check(blob: BlobClient, src: Path) -> None:
