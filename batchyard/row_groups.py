@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +114,17 @@ class RowGroups:
                 else:
                     self.claimed[row["RowKey"]] = (row, claim)
         return mine
+
+    def held_after(self, task_id: str, order: list[str], *, skip: Collection[str],
+                   limit: int) -> list[tuple[dict[str, Any], _Claim]]:
+        """Up to ``limit`` tasks claimed ahead that come after ``task_id`` in ``order``, in that
+        order, leaving out those in ``skip``; they stay held (a burst stages them early)."""
+        if limit <= 0:
+            return []
+        with self.lock:
+            after = order[order.index(task_id) + 1:] if task_id in order else []
+            found = [self.claimed[t] for t in after if t in self.claimed and t not in skip]
+        return found[:limit]
 
     def unstarted(self) -> list[tuple[str, _Claim]]:
         with self.lock:

@@ -34,7 +34,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -61,12 +61,14 @@ __all__ = [
     "OutputFile",
     "ResourceFile",
     "StagedAttempt",
+    "TaskFinish",
     "TaskOutcome",
     "TaskSpec",
     "fnmatch_name",
     "kill_process_tree",
     "match_outputs",
     "now_iso",
+    "planned_downloads",
     "run_attempt",
     "run_task",
     "safe_relative_path",
@@ -227,9 +229,10 @@ def _blob_name(output: OutputFile, rel: str, has_wildcard: bool) -> str:
     return output.path
 
 
-def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[str | None, str | None, list[str]]:
-    """Upload outputs for this outcome; returns (category, message, uploaded names)."""
-    uploaded: list[str] = []
+def _upload_plan(attempt: _Attempt, ran_ok: bool) -> tuple[list[tuple[Path, str, OutputFile]], str | None, str | None]:
+    """The files to upload for this outcome, in order, as (path, blob name, output); with the
+    failure (category, message) found on the way, which stops the plan there."""
+    plan: list[tuple[Path, str, OutputFile]] = []
     for output in attempt.spec.output_files:
         wanted = output.upload_on == "completion" or (output.upload_on == "success") == ran_ok
         if not wanted:
@@ -237,22 +240,30 @@ def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[st
         try:
             matches = match_outputs(attempt.wd, output.pattern)
         except UnsafePathError as exc:  # a pattern reaching out of the task dir (from an API caller)
-            return "unsafe_path", str(exc), uploaded
+            return plan, "unsafe_path", str(exc)
         if not matches:
             if output.optional or not ran_ok:
                 continue
-            return "output_missing", f"output pattern {output.pattern!r} matched no file in the working dir", uploaded
+            return plan, "output_missing", f"output pattern {output.pattern!r} matched no file in the working dir"
         _, has_wildcard = pattern_base(output.pattern.removeprefix("../"))
         for path, rel in matches:
             if output.skip_empty and path.stat().st_size == 0:
                 continue
-            name = _blob_name(output, rel, has_wildcard)
-            try:
-                transfer.upload(path, blob_name=name, container=output.container, container_url=output.container_url)
-            except (StorageError, AuthenticationError) as exc:
-                return "upload_failed", str(exc), uploaded
-            uploaded.append(name)
-    return None, None, uploaded
+            plan.append((path, _blob_name(output, rel, has_wildcard), output))
+    return plan, None, None
+
+
+def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[str | None, str | None, list[str]]:
+    """Upload outputs for this outcome; returns (category, message, uploaded names)."""
+    plan, category, message = _upload_plan(attempt, ran_ok)
+    uploaded: list[str] = []
+    for path, name, output in plan:
+        try:
+            transfer.upload(path, blob_name=name, container=output.container, container_url=output.container_url)
+        except (StorageError, AuthenticationError) as exc:
+            return "upload_failed", str(exc), uploaded
+        uploaded.append(name)
+    return category, message, uploaded
 
 
 def _stage_checked(attempt: _Attempt, transfer: BlobTransfer) -> AttemptRecord | None:
@@ -355,7 +366,7 @@ def start_task(
     spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, first_attempt: int = 1, slot: int = 0,
     cancel: threading.Event | None = None, on_attempt: Callable[[AttemptRecord], None] | None = None,
     staged: StagedAttempt | None = None,
-) -> Callable[[], TaskOutcome]:
+) -> TaskFinish:
     """:func:`run_task` up to the last attempt's command; the returned ``finish`` does the rest.
 
     ``finish()`` uploads the last attempt's outputs and logs, removes the task dir and returns
@@ -383,24 +394,58 @@ def start_task(
         if early is None and (category is None or not should_retry(attempt.record(category, message), spec)):
             if staged is not None:  # pipelined: the outputs go up while the slot's next command runs
                 attempt.ended_at = now_iso()
-            return partial(_finish_task, spec, node, transfer, attempts, attempt, category, message, on_attempt)
+            return TaskFinish(spec, node, transfer, attempts, attempt, category, message, on_attempt)
         record = early or _upload_and_record(attempt, transfer, category, message)[0]
         attempts.append(record)
         if on_attempt is not None:
             on_attempt(record)
-        if not should_retry(record, spec):
-            return partial(_outcome, spec, node, attempts, [])
+        if not should_retry(record, spec):  # recorded and uploaded already: nothing is left but the outcome
+            return TaskFinish(spec, node, transfer, attempts, None, None, None, on_attempt)
         number += 1
 
 
-def _finish_task(spec: TaskSpec, node: NodeContext, transfer: BlobTransfer, attempts: list[AttemptRecord],
-                 attempt: _Attempt, category: str | None, message: str | None,
-                 on_attempt: Callable[[AttemptRecord], None] | None) -> TaskOutcome:
-    record, uploaded = _upload_and_record(attempt, transfer, category, message)
-    attempts.append(record)
-    if on_attempt is not None:
-        on_attempt(record)
-    return _outcome(spec, node, attempts, uploaded)
+@dataclass
+class TaskFinish:
+    """What is left of a task after its last command: upload its outputs, record, clean up.
+
+    Call it once. :meth:`uploads` says beforehand which files that call will upload, so a
+    worker can put several tasks' outputs in one burst first (``BlobTransfer.uploaded_ahead``).
+    """
+
+    spec: TaskSpec
+    node: NodeContext
+    transfer: BlobTransfer
+    attempts: list[AttemptRecord]
+    attempt: _Attempt | None  # None: the last attempt is recorded and its outputs uploaded already
+    category: str | None
+    message: str | None
+    on_attempt: Callable[[AttemptRecord], None] | None
+
+    def uploads(self) -> list[tuple[Path, str, str | None, str | None]]:
+        """(path, blob name, container, container URL) of each file the call will upload."""
+        if self.attempt is None:
+            return []
+        plan, _, _ = _upload_plan(self.attempt, ran_ok=self.category is None)
+        return [(path, name, output.container, output.container_url) for path, name, output in plan]
+
+    def __call__(self) -> TaskOutcome:
+        if self.attempt is None:
+            return _outcome(self.spec, self.node, self.attempts, [])
+        record, uploaded = _upload_and_record(self.attempt, self.transfer, self.category, self.message)
+        self.attempts.append(record)
+        if self.on_attempt is not None:
+            self.on_attempt(record)
+        return _outcome(self.spec, self.node, self.attempts, uploaded)
+
+
+def planned_downloads(spec: TaskSpec, node: NodeContext) -> list[tuple[str | None, str | None, str | None]]:
+    """(container, blob, URL) of each file that staging ``spec`` will download (not cached yet)."""
+    refs = []
+    for rf in spec.resource_files:
+        if rf.cache_key and (node.root / "cache" / rf.cache_key).is_file():
+            continue
+        refs.append((rf.container, rf.blob, rf.http_url))
+    return refs
 
 
 def _outcome(spec: TaskSpec, node: NodeContext, attempts: list[AttemptRecord], uploaded: list[str]) -> TaskOutcome:

@@ -7,10 +7,14 @@ emulator's nodes and real Batch nodes all go through it (via ``runner.py``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -37,6 +41,12 @@ from .storage import (
 # too; through the SDK, a blob this small is in memory whole after the first response (round 4).
 SMALL_BLOB = 1024 * 1024
 
+BlobRef = tuple[str | None, str | None, str | None]  # (container, blob name) on the account, or a URL
+# A burst's requests each take a connection of the pool (8), and what they carry is in memory at
+# once: at most this many in one burst, and uploads in bursts of at most BURST_BYTES.
+BURST_REQUESTS = 8
+BURST_BYTES = 8 * 1024 * 1024
+
 
 class BlobTransfer:
     """Downloads and uploads for a task, by account reference or by SAS URL.
@@ -52,6 +62,8 @@ class BlobTransfer:
         self._url_containers: dict[str, ContainerClient] = {}
         self._lock = threading.Lock()
         self._small = storage.fast if storage is not None else fast_rest_client(None)
+        self._firsts: dict[tuple[str | None, str | None, str | None], FirstPart] = {}  # see prefetched()
+        self._stored: dict[tuple[str, str | None, str | None, str], tuple[int, int]] = {}  # see uploaded_ahead()
 
     def _container_for_url(self, container_url: str) -> ContainerClient:
         with self._lock:
@@ -101,17 +113,82 @@ class BlobTransfer:
             return BlobAddress(base, what, signed=True)
         return BlobAddress(base, what, sas=sas) if "sig=" in sas else None
 
+    @contextmanager
+    def prefetched(self, refs: list[BlobRef]) -> Iterator[None]:
+        """Within it, :meth:`download` of one of ``refs`` (container, name, url) starts from its
+        first part got on entry, every one in a single burst (:meth:`FastRest.get_first_many`).
+        One not got then is downloaded as usual; what was not used is dropped on exit."""
+        got: dict[BlobRef, FirstPart] = {}
+        addresses = [(ref, self._address_of(*ref)) for ref in dict.fromkeys(refs)] if self._small else []
+        wanted = [(ref, address) for ref, address in addresses if address is not None][:BURST_REQUESTS]
+        if self._small is not None and len(wanted) > 1:
+            parts = self._small.get_first_many([address for _, address in wanted], SMALL_BLOB)
+            got = {ref: first for (ref, _), first in zip(wanted, parts, strict=True) if first is not None}
+        with self._lock:
+            self._firsts.update(got)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for ref in got:
+                    self._firsts.pop(ref, None)
+
+    @contextmanager
+    def uploaded_ahead(self, files: list[tuple[Path, str, str | None, str | None]]) -> Iterator[None]:
+        """Within it, :meth:`upload` of one of ``files`` (path, blob name, container, container URL)
+        unchanged since entry is already done: the small ones were put on entry, in one burst
+        (:meth:`FastRest.put_blob_many`). One not stored then is uploaded as usual."""
+        wanted: list[tuple[tuple[str, str | None, str | None, str], tuple[int, int], BlobAddress, Path]] = []
+        for src, blob_name, container, container_url in files if self._small is not None else []:
+            with contextlib.suppress(OSError, StorageError):
+                stat = src.stat()
+                address = self._address_of(container, blob_name, None, container_url=container_url)
+                if address is not None and stat.st_size <= SMALL_BLOB:
+                    key = (blob_name, container, container_url, str(src))
+                    wanted.append((key, (stat.st_size, stat.st_mtime_ns), address, src))
+        stored: dict[tuple[str, str | None, str | None, str], tuple[int, int]] = {}
+        while self._small is not None and len(wanted) > 1:
+            burst, size = [], 0
+            while wanted and len(burst) < BURST_REQUESTS and size + wanted[0][1][0] <= BURST_BYTES:
+                size += wanted[0][1][0]
+                burst.append(wanted.pop(0))
+            with contextlib.suppress(OSError):  # (one unreadable now is uploaded alone, and fails there)
+                items = [(address, src.read_bytes()) for _, _, address, src in burst]
+                done = self._small.put_blob_many(items)
+                stored.update({key: seen for (key, seen, _, _), ok in zip(burst, done, strict=True) if ok})
+        with self._lock:
+            self._stored.update(stored)
+        try:
+            yield
+        finally:
+            with self._lock:
+                for key in stored:
+                    self._stored.pop(key, None)
+
+    def _address_of(self, container: str | None, name: str | None, url: str | None, *,
+                    container_url: str | None = None) -> BlobAddress | None:
+        if container_url:
+            client = self._container_for_url(container_url).get_blob_client(name or "")
+            return self._small_address(client, f"{strip_sas(container_url)}/{name}", by_account=False)
+        client = self.blob_client(container=container, name=name, url=url)
+        return self._small_address(client, strip_sas(url) if url else f"{container}/{name}", by_account=not url)
+
     def download(self, dest: Path, *, container: str | None = None, name: str | None = None,
                  url: str | None = None) -> int:
         """Download one blob to ``dest``; raises :class:`SourceMissingError` if it does not exist."""
         what = strip_sas(url) if url else f"{container}/{name}"
         client = self.blob_client(container=container, name=name, url=url)
-        address = self._small_address(client, what, by_account=not url)
+        with self._lock:
+            first = self._firsts.pop((container, name, url), None)
+        address = None if first is not None else self._small_address(client, what, by_account=not url)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
+        # Unique: two downloads may fill the same resource cache entry at once (a burst's threads,
+        # or two worker processes); each writes its own file and the last rename wins, whole.
+        tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with tmp.open("wb") as fh:
-                first = self._small.get_first(address, SMALL_BLOB) if self._small and address else None
+                if first is None and self._small and address:
+                    first = self._small.get_first(address, SMALL_BLOB)
                 if first is None or first.size > len(first.data):
                     self._download_rest(fh, first, client)
                 else:
@@ -153,7 +230,12 @@ class BlobTransfer:
             what = f"{container}/{blob_name}"
         from azure.storage.blob import ContentSettings
 
-        size = src.stat().st_size
+        stat = src.stat()
+        size = stat.st_size
+        with self._lock:
+            seen = self._stored.pop((blob_name, container, container_url, str(src)), None)
+        if seen == (size, stat.st_mtime_ns):  # put in a burst a moment ago, as it is now
+            return size
         try:
             parent = self._container_for_url(container_url) if container_url else self.storage.container(container)
             client = parent.get_blob_client(blob_name)

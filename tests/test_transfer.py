@@ -143,7 +143,7 @@ def test_downloads_of_every_size_are_whole(project: Any, tmp_path: Path, size: i
     transfer, ref = _transfer(project, out, by_sas=by_sas)
     assert _download(transfer, ref, "blob.bin", tmp_path / "got") == size
     assert (tmp_path / "got").read_bytes() == src.read_bytes()
-    assert not (tmp_path / "got.part").exists()
+    assert not list(tmp_path.glob("got*.part"))
 
 
 def test_a_blob_replaced_between_its_first_part_and_the_rest_is_read_again_whole(project: Any, tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_small_blob_errors_name_the_blob_and_hold_no_secret(project: Any, tmp_pa
         BlobTransfer(None).download(tmp_path / "x", url=missing_url)
     for exc in (refused.value, missing.value):
         assert "sig=" not in str(exc) and read_only.partition("?")[0] in str(exc)
-    assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x*.part"))
 
 
 class FlakyProxy:
@@ -287,3 +287,100 @@ def test_request_logs_of_small_blobs_show_no_signature(project: Any, tmp_path: P
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
     assert any("logged.bin" in line for line in lines)  # the request lines were logged...
     assert not any("sig=" in line and "sig=***" not in line for line in lines)  # ...without a signature
+
+
+# --- transfers in bursts (BlobTransfer.prefetched / uploaded_ahead) ----------------------------------
+# A burst sends several small-blob requests at once on as many connections, for less CPU in
+# Azurite and here (docs/performance.md, round 6). It must change nothing a lone transfer
+# promises: the bytes and MD5 stored, a missing blob reported, retries after a failure, no secret
+# in any error; and a blob is sent once, not once in the burst and again alone.
+
+def _lone_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record which blobs go through the one-request-each calls (not a burst)."""
+    seen: list[str] = []
+    for name in ("get_first", "put_blob"):
+        real = getattr(FastRest, name)
+
+        def counting(self: FastRest, address: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            seen.append(f"{_name} {address.what.rsplit('/', 1)[-1]}")
+            return _real(self, address, *args)
+
+        monkeypatch.setattr(FastRest, name, counting)
+    return seen
+
+
+def _refs(ref: dict[str, str], names: list[str]) -> list[tuple[str | None, str | None, str | None]]:
+    if "container_url" in ref:
+        base, _, sas = ref["container_url"].partition("?")
+        return [(None, None, f"{base}/{name}?{sas}") for name in names]
+    return [(ref["container"], name, None) for name in names]
+
+
+@pytest.mark.parametrize("by_sas", [False, True], ids=["account", "sas"])
+def test_a_burst_sends_each_blob_once_and_stores_what_a_lone_transfer_does(
+        project: Any, tmp_path: Path, by_sas: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = project.container("outputs")
+    sizes = {"empty": 0, "one": 1, "small": 3000, "big": SMALL_BLOB + 5}
+    for name, size in sizes.items():
+        project.storage.upload_bytes(box, name, _file(tmp_path / f"{name}.src", size).read_bytes())
+    transfer, ref = _transfer(project, box, by_sas=by_sas)
+    lone = _lone_calls(monkeypatch)
+    refs = _refs(ref, [*sizes, "missing"])
+    with transfer.prefetched(refs):
+        for (container, name, url), want in zip(refs, sizes, strict=False):
+            got = tmp_path / f"{want}.got"
+            assert transfer.download(got, container=container, name=name, url=url) == sizes[want]
+            assert got.read_bytes() == (tmp_path / f"{want}.src").read_bytes()
+        with pytest.raises(SourceMissingError):
+            transfer.download(tmp_path / "nope", container=refs[-1][0], name=refs[-1][1], url=refs[-1][2])
+    # The empty blob's ranged GET is refused (416) and the missing one is 404: those two, and
+    # only those, are asked again alone (which reads the empty one whole and raises for the other).
+    assert sorted(lone) == ["get_first empty", "get_first missing"]
+
+    lone.clear()
+    files = [(tmp_path / f"{name}.src", f"up/{name}", ref.get("container"), ref.get("container_url"))
+             for name in sizes]
+    with transfer.uploaded_ahead(files):
+        (tmp_path / "one.src").write_bytes(b"changed after the burst")  # so it is uploaded again
+        for src, blob_name, container, container_url in files:
+            assert transfer.upload(src, blob_name=blob_name, container=container,
+                                   container_url=container_url) == src.stat().st_size
+    assert lone == ["put_blob one"], lone  # the big one goes in blocks through the SDK, as alone
+    monkeypatch.undo()
+    for name in sizes:
+        blob = project.storage.container(box).get_blob_client(f"up/{name}")
+        data = (tmp_path / f"{name}.src").read_bytes()
+        assert blob.download_blob().readall() == data
+        assert bytes(blob.get_blob_properties().content_settings.content_md5 or b"") == hashlib.md5(data).digest()
+
+
+@pytest.mark.timeout(60)
+def test_burst_requests_that_fail_are_sent_again_alone_with_retries(project: Any, tmp_path: Path) -> None:
+    endpoint = urlsplit(project.storage.account.blob_endpoint)
+    box = project.container("outputs")
+    names = ["a", "b", "c"]
+    for name in names:
+        project.storage.upload_bytes(box, name, name.encode() * 100)
+    proxy = FlakyProxy((endpoint.hostname or "", endpoint.port or 0))
+    try:
+        via = dataclasses.replace(project.storage.account, blob_endpoint=f"http://127.0.0.1:{proxy.port}{endpoint.path}")
+        transfer = BlobTransfer(Storage(via))
+        with transfer.prefetched([(box, name, None) for name in names]):  # 1st connection closed, 2nd 503
+            for name in names:
+                assert transfer.download(tmp_path / name, container=box, name=name) == 100
+                assert (tmp_path / name).read_bytes() == name.encode() * 100
+        assert proxy.accepted == 3  # the two spoiled requests went again on the good connection
+    finally:
+        proxy.close()
+
+
+def test_a_refused_burst_upload_fails_alone_with_no_secret(project: Any, tmp_path: Path) -> None:
+    box = project.container("outputs")
+    read_only = project.storage.container_sas_url(box, expiry=timedelta(minutes=5), permission="r")
+    files = [(_file(tmp_path / f"f{i}", 100), f"f{i}", None, read_only) for i in range(3)]
+    transfer = BlobTransfer(None)
+    # Refused (403) in the burst: no error there, nothing stored; the upload alone then fails.
+    with transfer.uploaded_ahead(files), pytest.raises((StorageError, AuthenticationError)) as refused:
+        transfer.upload(files[0][0], blob_name="f0", container_url=read_only)
+    assert "sig=" not in str(refused.value) and read_only.partition("?")[0] in str(refused.value)
+    assert list(project.storage.list_blob_names(box, "")) == []

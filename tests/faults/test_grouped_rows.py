@@ -18,8 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
+from batchyard.fast_rest import FastRest
+from batchyard.job import job_from_dict
+from batchyard.message_run import TRANSFER_BURST
 from batchyard.messages import TaskMessage, pack
 from batchyard.records import JobStore
 from batchyard.worker import Worker, WorkerOptions
@@ -294,3 +299,35 @@ def test_claims_made_ahead_are_renewed_together_while_a_long_command_runs(projec
     assert sorted(runs_of(runs)) == sorted(sleeps)
     assert all(r.state == TaskState.SUCCEEDED and r.attempts == 1 for r in results), results
     assert all(int(r["deliveries"]) == 1 for r in rows_after)
+
+
+def test_tiny_tasks_stage_inputs_and_upload_outputs_in_bursts(project: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs, outputs = project.container("inputs"), project.container("outputs")
+    files = {f"f{i:02d}.txt": f"payload {i}\n".encode() for i in range(24)}
+    project.put_inputs(inputs, files)
+    job = job_from_dict({"id": "bursts", "command": "cp {input} {input_stem}.out", "inputs": {"container": inputs},
+                         "outputs": [{"pattern": "*.out", "container": outputs, "path": "out/"}]},
+                        source="test", base_dir=project.dir)
+    bursts: dict[str, list[int]] = {"get_first_many": [], "put_blob_many": []}
+    for name, sizes in bursts.items():
+        real = getattr(FastRest, name)
+
+        def counting(self: FastRest, items: list[Any], *args: Any, _real: Any = real, _sizes: list[int] = sizes) -> Any:
+            _sizes.append(len(items))
+            return _real(self, items, *args)
+
+        monkeypatch.setattr(FastRest, name, counting)
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        _one_message(be, job)
+        worker = _short_task_worker(be, tmp_path, lease_s=10)
+        worker.serve(threading.Event())
+        worker.close()
+        rows = list(be.store.task_entities(job.id))
+    assert worker.tasks_run == 24
+    assert len(rows) == 24 and all(r["state"] == "succeeded" and int(r["attempt_count"]) == 1 for r in rows)
+    for kind, sizes in bursts.items():  # most tasks' transfers went in bursts of up to TRANSFER_BURST
+        assert sum(sizes) >= 16 and max(sizes) == TRANSFER_BURST, (kind, sizes)
+    for name, data in files.items():
+        assert project.storage.download_bytes(outputs, f"out/{name.removesuffix('.txt')}.out") == data
