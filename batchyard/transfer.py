@@ -42,6 +42,7 @@ from .storage import (
 SMALL_BLOB = 1024 * 1024
 
 BlobRef = tuple[str | None, str | None, str | None]  # (container, blob name) on the account, or a URL
+_Put = tuple[str, str | None, str | None, str]  # blob name, container or container URL, the file's path
 # A burst's requests each take a connection of the pool (8), and what they carry is in memory at
 # once: at most this many in one burst, and uploads in bursts of at most BURST_BYTES.
 BURST_REQUESTS = 8
@@ -62,8 +63,8 @@ class BlobTransfer:
         self._url_containers: dict[str, ContainerClient] = {}
         self._lock = threading.Lock()
         self._small = storage.fast if storage is not None else fast_rest_client(None)
-        self._firsts: dict[tuple[str | None, str | None, str | None], FirstPart] = {}  # see prefetched()
-        self._stored: dict[tuple[str, str | None, str | None, str], tuple[int, int]] = {}  # see uploaded_ahead()
+        self._firsts: dict[BlobRef, FirstPart] = {}  # see prefetched()
+        self._stored: dict[_Put, tuple[int, int]] = {}  # (size, mtime) of files put by uploaded_ahead()
 
     def _container_for_url(self, container_url: str) -> ContainerClient:
         with self._lock:
@@ -138,7 +139,7 @@ class BlobTransfer:
         """Within it, :meth:`upload` of one of ``files`` (path, blob name, container, container URL)
         unchanged since entry is already done: the small ones were put on entry, in one burst
         (:meth:`FastRest.put_blob_many`). One not stored then is uploaded as usual."""
-        wanted: list[tuple[tuple[str, str | None, str | None, str], tuple[int, int], BlobAddress, Path]] = []
+        wanted: list[tuple[_Put, tuple[int, int], BlobAddress, Path]] = []
         for src, blob_name, container, container_url in files if self._small is not None else []:
             with contextlib.suppress(OSError, StorageError):
                 stat = src.stat()
@@ -146,7 +147,7 @@ class BlobTransfer:
                 if address is not None and stat.st_size <= SMALL_BLOB:
                     key = (blob_name, container, container_url, str(src))
                     wanted.append((key, (stat.st_size, stat.st_mtime_ns), address, src))
-        stored: dict[tuple[str, str | None, str | None, str], tuple[int, int]] = {}
+        stored: dict[_Put, tuple[int, int]] = {}
         while self._small is not None and len(wanted) > 1:
             burst, size = [], 0
             while wanted and len(burst) < BURST_REQUESTS and size + wanted[0][1][0] <= BURST_BYTES:
@@ -165,25 +166,30 @@ class BlobTransfer:
                 for key in stored:
                     self._stored.pop(key, None)
 
+    def _target(self, container: str | None, name: str | None, url: str | None,
+                container_url: str | None = None) -> tuple[BlobClient, str]:
+        """The SDK client of a blob (by account, blob URL or container URL) and its name for messages."""
+        if container_url:
+            return (self._container_for_url(container_url).get_blob_client(name or ""),
+                    f"{strip_sas(container_url)}/{name}")
+        what = strip_sas(url) if url else f"{container}/{name}"
+        return self.blob_client(container=container, name=name, url=url), what
+
     def _address_of(self, container: str | None, name: str | None, url: str | None, *,
                     container_url: str | None = None) -> BlobAddress | None:
-        if container_url:
-            client = self._container_for_url(container_url).get_blob_client(name or "")
-            return self._small_address(client, f"{strip_sas(container_url)}/{name}", by_account=False)
-        client = self.blob_client(container=container, name=name, url=url)
-        return self._small_address(client, strip_sas(url) if url else f"{container}/{name}", by_account=not url)
+        client, what = self._target(container, name, url, container_url)
+        return self._small_address(client, what, by_account=not (url or container_url))
 
     def download(self, dest: Path, *, container: str | None = None, name: str | None = None,
                  url: str | None = None) -> int:
         """Download one blob to ``dest``; raises :class:`SourceMissingError` if it does not exist."""
-        what = strip_sas(url) if url else f"{container}/{name}"
-        client = self.blob_client(container=container, name=name, url=url)
+        client, what = self._target(container, name, url)
         with self._lock:
             first = self._firsts.pop((container, name, url), None)
         address = None if first is not None else self._small_address(client, what, by_account=not url)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # Unique: two downloads may fill the same resource cache entry at once (a burst's threads,
-        # or two worker processes); each writes its own file and the last rename wins, whole.
+        # Unique: two downloads may fill one resource cache entry at once (two task slots of an
+        # emulated node, two worker processes); each writes its own file and the last rename wins.
         tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with tmp.open("wb") as fh:
@@ -222,12 +228,9 @@ class BlobTransfer:
     def upload(self, src: Path, *, blob_name: str, container: str | None = None,
                container_url: str | None = None) -> int:
         """Upload a file in blocks, with its MD5 set on the blob so readers can verify it."""
-        if container_url:
-            what = f"{strip_sas(container_url)}/{blob_name}"
-        elif self.storage is None or container is None:
+        if not container_url and (self.storage is None or container is None):
             raise StorageError("no storage account configured for an output container")
-        else:
-            what = f"{container}/{blob_name}"
+        what = f"{strip_sas(container_url)}/{blob_name}" if container_url else f"{container}/{blob_name}"
         from azure.storage.blob import ContentSettings
 
         stat = src.stat()
@@ -237,8 +240,7 @@ class BlobTransfer:
         if seen == (size, stat.st_mtime_ns):  # put in a burst a moment ago, as it is now
             return size
         try:
-            parent = self._container_for_url(container_url) if container_url else self.storage.container(container)
-            client = parent.get_blob_client(blob_name)
+            client, _ = self._target(container, blob_name, None, container_url)
             address = self._small_address(client, what, by_account=not container_url)
             if self._small is not None and address is not None and size <= SMALL_BLOB:
                 data = src.read_bytes()
