@@ -25,6 +25,7 @@ urllib3's, set like the SDK clients' (``storage.py``). The callers (``transfer.p
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -163,7 +164,9 @@ class FastRest:
         The service gets them at once: Azurite, one Node thread, handles requests that arrive
         together for ~30% less CPU each than the same requests one after another, and this
         thread makes no hand-off to others (threads doing the same cost more CPU than they
-        saved; docs/performance.md, round 6). No retry here: None where a request failed.
+        saved; docs/performance.md, round 6). No retry here: None where a request failed. The
+        pool's ``_get_conn`` / ``_put_conn`` are what urllib3's own ``urlopen`` uses (since 1.x);
+        should they ever fail, every request of the burst is None and goes alone.
         """
         sent: list[tuple[Any, Any]] = []
         for method, url, headers, body in requests:
@@ -260,10 +263,12 @@ class FastRest:
 
 
 def _drop(pool: Any, conn: Any) -> None:
-    """Close a connection that failed and give its place in the pool back."""
-    if conn is not None:
-        conn.close()
-    pool._put_conn(None)
+    """Close a connection that failed and give its place in the pool back (never raises: the
+    request is then sent alone, the usual way)."""
+    with contextlib.suppress(Exception):
+        if conn is not None:
+            conn.close()
+        pool._put_conn(None)
 
 
 def _first_part(response: urllib3.BaseHTTPResponse) -> FirstPart:

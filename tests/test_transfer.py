@@ -384,3 +384,24 @@ def test_a_refused_burst_upload_fails_alone_with_no_secret(project: Any, tmp_pat
         transfer.upload(files[0][0], blob_name="f0", container_url=read_only)
     assert "sig=" not in str(refused.value) and read_only.partition("?")[0] in str(refused.value)
     assert list(project.storage.list_blob_names(box, "")) == []
+
+
+def test_a_burst_the_pool_cannot_serve_leaves_every_transfer_to_go_alone(
+        project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3
+
+    box = project.container("outputs")
+    for name in ("a", "b"):
+        project.storage.upload_bytes(box, name, name.encode() * 10)
+
+    def unusable(*args: object, **kwargs: object) -> None:
+        raise AttributeError("no such pool method")  # as if urllib3 changed its pool's internals
+
+    transfer = BlobTransfer(project.storage)
+    monkeypatch.setattr(urllib3.HTTPConnectionPool, "_get_conn", unusable)
+    monkeypatch.setattr(urllib3.HTTPConnectionPool, "_put_conn", unusable)
+    with transfer.prefetched([(box, "a", None), (box, "b", None)]):
+        monkeypatch.undo()  # the lone requests use the pool the usual way
+        for name in ("a", "b"):
+            assert transfer.download(tmp_path / name, container=box, name=name) == 10
+            assert (tmp_path / name).read_bytes() == name.encode() * 10
