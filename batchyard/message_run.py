@@ -347,7 +347,8 @@ class MessageRun:
             for row, held_claim in self.groups.held_after(entity["RowKey"], self.ids, skip=self.staged,
                                                           limit=self._burst() - 1)]
         stage = partial(stage_ahead, node=worker.node, transfer=worker.transfer)
-        refs = [ref for s in [spec] + [other for _, _, other in others] for ref in planned_downloads(s, worker.node)]
+        specs = [spec, *(other for _, _, other in others)]
+        refs = [ref for each in specs for ref in planned_downloads(each, worker.node)]
         with worker.transfer.prefetched(refs if others else []):
             staged = stage(spec, number=len(attempts) + 1)
             for row, held_claim, other_spec in others:  # (a staging failure is kept for the task's start)

@@ -229,7 +229,7 @@ def _blob_name(output: OutputFile, rel: str, has_wildcard: bool) -> str:
     return output.path
 
 
-def _upload_plan(attempt: _Attempt, ran_ok: bool) -> tuple[list[tuple[Path, str, OutputFile]], str | None, str | None]:
+def _upload_plan(attempt: _Attempt, ran_ok: bool) -> _Plan:
     """The files to upload for this outcome, in order, as (path, blob name, output); with the
     failure (category, message) found on the way, which stops the plan there."""
     plan: list[tuple[Path, str, OutputFile]] = []
@@ -253,9 +253,14 @@ def _upload_plan(attempt: _Attempt, ran_ok: bool) -> tuple[list[tuple[Path, str,
     return plan, None, None
 
 
-def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool) -> tuple[str | None, str | None, list[str]]:
-    """Upload outputs for this outcome; returns (category, message, uploaded names)."""
-    plan, category, message = _upload_plan(attempt, ran_ok)
+_Plan = tuple[list[tuple[Path, str, OutputFile]], str | None, str | None]
+
+
+def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool,
+            planned: _Plan | None = None) -> tuple[str | None, str | None, list[str]]:
+    """Upload outputs for this outcome (``planned`` by :func:`_upload_plan` already, or now);
+    returns (category, message, uploaded names)."""
+    plan, category, message = planned or _upload_plan(attempt, ran_ok)
     uploaded: list[str] = []
     for path, name, output in plan:
         try:
@@ -304,8 +309,8 @@ def _run_command(attempt: _Attempt, cancel: threading.Event | None) -> tuple[Att
 
 
 def _upload_and_record(attempt: _Attempt, transfer: BlobTransfer, category: str | None,
-                       message: str | None) -> tuple[AttemptRecord, list[str]]:
-    up_category, up_message, uploaded = _upload(attempt, transfer, ran_ok=category is None)
+                       message: str | None, planned: _Plan | None = None) -> tuple[AttemptRecord, list[str]]:
+    up_category, up_message, uploaded = _upload(attempt, transfer, ran_ok=category is None, planned=planned)
     if category is None and up_category is not None:
         category, message = up_category, up_message
     return attempt.record(category, message), uploaded
@@ -420,18 +425,20 @@ class TaskFinish:
     category: str | None
     message: str | None
     on_attempt: Callable[[AttemptRecord], None] | None
+    planned: _Plan | None = None  # made by uploads(), used by the call (the command has exited)
 
     def uploads(self) -> list[tuple[Path, str, str | None, str | None]]:
         """(path, blob name, container, container URL) of each file the call will upload."""
         if self.attempt is None:
             return []
-        plan, _, _ = _upload_plan(self.attempt, ran_ok=self.category is None)
-        return [(path, name, output.container, output.container_url) for path, name, output in plan]
+        self.planned = _upload_plan(self.attempt, ran_ok=self.category is None)
+        return [(path, name, output.container, output.container_url) for path, name, output in self.planned[0]]
 
     def __call__(self) -> TaskOutcome:
         if self.attempt is None:
             return _outcome(self.spec, self.node, self.attempts, [])
-        record, uploaded = _upload_and_record(self.attempt, self.transfer, self.category, self.message)
+        record, uploaded = _upload_and_record(self.attempt, self.transfer, self.category, self.message,
+                                              self.planned)
         self.attempts.append(record)
         if self.on_attempt is not None:
             self.on_attempt(record)

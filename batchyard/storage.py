@@ -60,6 +60,7 @@ BLOCK_SIZE = 8 * 1024 * 1024
 # against Azurite for a 512 MiB file).
 _BLOB_KWARGS: dict[str, Any] = {"max_block_size": BLOCK_SIZE, "max_single_put_size": BLOCK_SIZE}
 POOL_SIZE = 32  # concurrent sends/uploads share a client; urllib3's default of 10 would churn connections
+FAST_POOL_SIZE = 8  # connections per host of fast_rest_client: a transfer burst's requests at most
 
 
 # Loggers that print request lines or URLs (with a SAS's sig=) at DEBUG/INFO. Their records are
@@ -115,7 +116,7 @@ def fast_rest_client(account: StorageAccount | None) -> FastRest | None:
         account_name=account.account_name if account else "", account_key=account.account_key if account else "",
         connect_timeout=CONNECTION_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retries=_CLIENT_KWARGS["retry_total"],
         backoff=_CLIENT_KWARGS["retry_backoff_factor"], backoff_max=_CLIENT_KWARGS["retry_backoff_max"],
-        pool_size=8, ca_bundle=_ca_bundle(),
+        pool_size=FAST_POOL_SIZE, ca_bundle=_ca_bundle(),
     )
 
 

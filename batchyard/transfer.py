@@ -29,6 +29,7 @@ from .redact import strip_sas
 from .storage import (
     _BLOB_KWARGS,
     BLOCK_SIZE,
+    FAST_POOL_SIZE,
     Storage,
     _client_kwargs,
     fast_rest_client,
@@ -43,9 +44,9 @@ SMALL_BLOB = 1024 * 1024
 
 BlobRef = tuple[str | None, str | None, str | None]  # (container, blob name) on the account, or a URL
 _Put = tuple[str, str | None, str | None, str]  # blob name, container or container URL, the file's path
-# A burst's requests each take a connection of the pool (8), and what they carry is in memory at
+# A burst's requests each take a connection of the pool, and what they carry is in memory at
 # once: at most this many in one burst, and uploads in bursts of at most BURST_BYTES.
-BURST_REQUESTS = 8
+BURST_REQUESTS = FAST_POOL_SIZE
 BURST_BYTES = 8 * 1024 * 1024
 
 
@@ -125,14 +126,8 @@ class BlobTransfer:
         if self._small is not None and len(wanted) > 1:
             parts = self._small.get_first_many([address for _, address in wanted], SMALL_BLOB)
             got = {ref: first for (ref, _), first in zip(wanted, parts, strict=True) if first is not None}
-        with self._lock:
-            self._firsts.update(got)
-        try:
+        with self._lent(self._firsts, got):
             yield
-        finally:
-            with self._lock:
-                for ref in got:
-                    self._firsts.pop(ref, None)
 
     @contextmanager
     def uploaded_ahead(self, files: list[tuple[Path, str, str | None, str | None]]) -> Iterator[None]:
@@ -157,14 +152,20 @@ class BlobTransfer:
                 items = [(address, src.read_bytes()) for _, _, address, src in burst]
                 done = self._small.put_blob_many(items)
                 stored.update({key: seen for (key, seen, _, _), ok in zip(burst, done, strict=True) if ok})
+        with self._lent(self._stored, stored):
+            yield
+
+    @contextmanager
+    def _lent(self, table: dict[Any, Any], entries: dict[Any, Any]) -> Iterator[None]:
+        """``entries`` in ``table`` (where download / upload take them) for the time of the block."""
         with self._lock:
-            self._stored.update(stored)
+            table.update(entries)
         try:
             yield
         finally:
             with self._lock:
-                for key in stored:
-                    self._stored.pop(key, None)
+                for key in entries:
+                    table.pop(key, None)
 
     def _target(self, container: str | None, name: str | None, url: str | None,
                 container_url: str | None = None) -> tuple[BlobClient, str]:
