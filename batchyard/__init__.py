@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import BatchyardError, JobValidationError
-from .job import Constraints, Inputs, Job, OutputSpec, ResourceFileSpec, load_job
-from .mapping import MapRun, map_files, map_lines
+from batchyard.api.mapping import MapRun, map_files, map_lines
+from batchyard.core.errors import BatchyardError, JobValidationError
+from batchyard.core.job import Constraints, Inputs, Job, OutputSpec, ResourceFileSpec, load_job
+from batchyard.core.version import __version__
 
 __all__ = [
     "BatchyardError",

@@ -1,5 +1,5 @@
 """``python -m batchyard`` is the ``batchyard`` command."""
 
-from .cli import main
+from batchyard.cli.main import main
 
 main()

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from batchyard.transfer import BlobTransfer
+from batchyard.storage.transfer import BlobTransfer
 
 from .common import median, storage_of, timed
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from batchyard.config import Config, load_config
-from batchyard.storage import Storage
+from batchyard.core.config import Config, load_config
+from batchyard.storage.account import Storage
 
 UPPER_PY = """import sys
 data = open(sys.argv[1], 'rb').read()

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from batchyard.config import load_config
-from batchyard.job import job_from_dict
+from batchyard.core.config import load_config
+from batchyard.core.job import job_from_dict
 
 from .common import isolated_config, median, storage_of, timed
 
@@ -55,7 +55,7 @@ def _inputs(conn: str, n: int) -> str:
 
 
 def local(conn: str, *, n: int = 10_000, reps: int = 3) -> dict[str, Any]:
-    from batchyard.backends.local import LocalBackend
+    from batchyard.backends.local.backend import LocalBackend
 
     container = _inputs(conn, n)
     times, peaks = [], []
@@ -78,7 +78,7 @@ def local(conn: str, *, n: int = 10_000, reps: int = 3) -> dict[str, Any]:
 
 def azure_emulator(conn: str, *, n: int = 10_000, reps: int = 3) -> dict[str, Any] | None:
     try:
-        from batchyard.backends.azure import AzureBackend
+        from batchyard.backends.azure.backend import AzureBackend
         from batchyard.emulator.batch import BatchEmulator
     except ImportError as exc:
         print(f"  submit azure: skipped ({exc})")

@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 
-from batchyard.backends.local import LocalBackend
-from batchyard.job import job_from_dict
+from batchyard.backends.local.backend import LocalBackend
+from batchyard.core.job import job_from_dict
 
 from .common import UPPER_PY, isolated_config, median, storage_of, timed
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from batchyard.config import Config, load_config
-from batchyard.storage import Storage
+from batchyard.core.config import Config, load_config
+from batchyard.storage.account import Storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)

@@ -18,14 +18,14 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends import get_backend
-from batchyard.backends.azure import AzureBackend
-from batchyard.backends.azure_pools import per_job_pool_id, pool_options
-from batchyard.backends.azure_registries import container_setup
-from batchyard.backends.azure_tasks import TaskAdder, sas_lifetime
-from batchyard.config import PoolSection, load_config
+from batchyard.backends.azure.backend import AzureBackend
+from batchyard.backends.azure.pools import per_job_pool_id, pool_options
+from batchyard.backends.azure.registries import container_setup
+from batchyard.backends.azure.tasks import TaskAdder, sas_lifetime
+from batchyard.core.config import PoolSection, load_config
+from batchyard.core.errors import AuthenticationError, BackendError, ConfigError
+from batchyard.core.job import job_from_dict
 from batchyard.emulator.batch import FaultConfig
-from batchyard.errors import AuthenticationError, BackendError, ConfigError
-from batchyard.job import job_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conformance.test_azure_emulator import IMAGE, azure_env, create_empty_pool, raw_client
@@ -118,7 +118,7 @@ def test_resubmit_is_idempotent_and_task_exists_is_tolerated(project: Any, batch
         assert (first.enqueued, second.enqueued, second.already_running) == (5, 0, 5)
         assert len(list(client.list_tasks("idem"))) == 5
         # An interrupted submit that did add its tasks: adding them again is not an error.
-        from batchyard.backends.azure_tasks import TaskUrls, build_task
+        from batchyard.backends.azure.tasks import TaskUrls, build_task
 
         urls = TaskUrls(resource_files=(), output_containers={}, log_container_url="http://unused")
         options = [build_task(job, t, urls=urls, input_url=None, required=[]) for t in be.fan_out(job)]
@@ -181,7 +181,7 @@ def test_sas_expiry_follows_the_constraints(project: Any, batch_emulator: Any,
 
 
 def _pool_cli(project: Any, emu: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from batchyard.pool_cli import pool; pool(sys.argv[1:], prog_name='batchyard pool')"
+    code = "import sys; from batchyard.cli.pool import pool; pool(sys.argv[1:], prog_name='batchyard pool')"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=project.dir, env=azure_env(project, emu),
                           capture_output=True, text=True, timeout=60)
 

@@ -24,6 +24,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
+from batchyard.core.errors import EmulatorError
 from batchyard.emulator import azurite as az
 from batchyard.emulator.azurite import (
     AZURITE_VERSION,
@@ -34,7 +35,6 @@ from batchyard.emulator.azurite import (
     start_ephemeral,
     wait_until_ready,
 )
-from batchyard.errors import EmulatorError
 
 
 def answers_http(port: int) -> bool:

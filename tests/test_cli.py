@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from batchyard.backends import get_backend_class, register_backend
-from batchyard.config import load_config
-from batchyard.errors import BackendNotFoundError, ConfigError, MissingDependencyError
+from batchyard.core.config import load_config
+from batchyard.core.errors import BackendNotFoundError, ConfigError, MissingDependencyError
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "uppercase"

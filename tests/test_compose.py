@@ -13,7 +13,7 @@ import pytest
 yaml = pytest.importorskip("yaml")
 
 from batchyard.emulator.azurite import AZURITE_VERSION  # noqa: E402
-from batchyard.storage import StorageAccount  # noqa: E402
+from batchyard.storage.account import StorageAccount  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from batchyard.backends import get_backend
-from batchyard.job import job_from_dict
+from batchyard.core.job import job_from_dict
 
 IMAGE = "batchyard-busybox:test"
 MARKER = b"batchyard-test-image\n"
@@ -84,7 +84,7 @@ def test_missing_image_is_refused_before_anything_is_queued(project: Any) -> Non
     project.put_inputs(ins, {"x.txt": b"x"})
     job = job_from_dict({"id": "noimage", "container_image": "batchyard-no-such-image:1", "command": "true",
                          "inputs": {"container": ins}}, source="test", base_dir=project.dir)
-    from batchyard.containers import ContainerEngineError
+    from batchyard.node.docker import ContainerEngineError
 
     with get_backend("local", project.config()) as be, pytest.raises(ContainerEngineError, match="never pulls"):
         be.submit(job)
@@ -95,7 +95,7 @@ def test_container_task_through_the_azure_backend_on_the_emulator(project: Any, 
     """containerSettings on the task and containerConfiguration on the per-job pool, run by the emulator."""
     import sys
 
-    from batchyard.config import load_config
+    from batchyard.core.config import load_config
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from conformance.test_azure_emulator import azure_env

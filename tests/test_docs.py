@@ -33,7 +33,7 @@ def test_quickstart_commands_run_as_written(project) -> None:
 
 
 def test_cli_reference_matches_the_commands() -> None:
-    from batchyard.cli_reference import cli_reference
+    from batchyard.cli.reference import cli_reference
 
     committed = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert committed == cli_reference(), "docs/cli.md is stale: run python -m batchyard.cli_reference"
+    assert committed == cli_reference(), "docs/cli.md is stale: run python -m batchyard.cli.reference"

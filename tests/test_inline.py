@@ -21,9 +21,20 @@ from typing import Any
 import dill
 import pytest
 
-from batchyard.config import Config, load_config
-from batchyard.errors import JobValidationError
-from batchyard.inline import (
+from batchyard.api.mapping import (
+    InlineError,
+    build_job,
+    map_files,
+    map_lines,
+    parse_inputs,
+    parse_outputs,
+    serialize_function,
+    write_modules_zip,
+)
+from batchyard.core.config import Config, load_config
+from batchyard.core.errors import JobValidationError
+from batchyard.core.job import Inputs, OutputSpec, job_from_dict
+from batchyard.node.inline import (
     EXIT_BAD_PAYLOAD,
     EXIT_FUNCTION_RAISED,
     EXIT_IMPORT_FAILED,
@@ -35,17 +46,6 @@ from batchyard.inline import (
     python_version,
     run_lines,
     split_payload,
-)
-from batchyard.job import Inputs, OutputSpec, job_from_dict
-from batchyard.mapping import (
-    InlineError,
-    build_job,
-    map_files,
-    map_lines,
-    parse_inputs,
-    parse_outputs,
-    serialize_function,
-    write_modules_zip,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,7 +81,7 @@ def node_python(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _inline(*args: str, cwd: Path, python: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(python or [sys.executable]), "-m", "batchyard.inline", *args], cwd=cwd,
+    return subprocess.run([*(python or [sys.executable]), "-m", "batchyard.node.inline", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -203,7 +203,7 @@ def test_missing_module_on_the_node_is_named(tmp_path: Path, monkeypatch: pytest
     _payload(node, module.shout)  # by reference, and not shipped
     res = _inline("lines", "batchyard_fn.pkl", "in.txt", "out", cwd=node)
     assert res.returncode == EXIT_IMPORT_FAILED, res.stderr
-    assert f"batchyard.inline: cannot import module '{name}' needed by the function" in res.stderr
+    assert f"batchyard.node.inline: cannot import module '{name}' needed by the function" in res.stderr
 
 
 def test_launcher_says_batchyard_is_missing(tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_launcher_says_batchyard_is_missing(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-S", "-I", "batchyard_inline.py", "lines", "p.pkl", "in.txt", "out"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert res.returncode == EXIT_NOT_INSTALLED, res.stderr
-    assert "batchyard.inline: batchyard is not installed on this node" in res.stderr
+    assert "batchyard.node.inline: batchyard is not installed on this node" in res.stderr
     assert 'requirements = ["batchyard==9.9.9"]' in res.stderr
 
 
@@ -256,9 +256,9 @@ def test_local_modules_are_shipped_and_installed_ones_are_not(tmp_path: Path,
     assert res.returncode == 0, res.stderr
     assert (node / "out" / "in.txt").read_text() == 'a"!"\nb"!"\n'
     # Installed code is never shipped: stdlib, site-packages, batchyard itself.
-    import batchyard.job
+    import batchyard.core.job
 
-    assert serialize_function(lambda line: json.dumps(batchyard.job.parse_duration(line)), "lines").modules == {}
+    assert serialize_function(lambda line: json.dumps(batchyard.core.job.parse_duration(line)), "lines").modules == {}
 
 
 # ---------------------------------------------------------------------------------------------- backends
@@ -290,9 +290,9 @@ class Env:
 
 def _azure_available() -> str | None:
     try:
-        importlib.import_module("batchyard.backends.azure")
+        importlib.import_module("batchyard.backends.azure.backend")
     except ImportError as exc:
-        return f"batchyard.backends.azure is not available yet ({exc})"
+        return f"batchyard.backends.azure.backend is not available yet ({exc})"
     return None
 
 
@@ -414,7 +414,7 @@ def test_node_without_batchyard_fails_clearly(env: Env, tmp_path: Path, monkeypa
     if config.backend == "azure":  # a pool told not to install batchyard: the node really lacks it
         from dataclasses import replace
 
-        from batchyard.config import PoolSection
+        from batchyard.core.config import PoolSection
 
         pool = (config.azure.pool or PoolSection()).model_copy(update={"install_batchyard": False})
         config = replace(config, azure=config.azure.model_copy(update={"pool": pool}))
@@ -422,7 +422,7 @@ def test_node_without_batchyard_fails_clearly(env: Env, tmp_path: Path, monkeypa
                     config=config, workers=1, timeout=90)
     (result,) = run.results()
     assert (result["state"], result["exit_code"]) == ("failed", EXIT_NOT_INSTALLED)
-    assert "batchyard.inline: batchyard is not installed on this node" in result["stderr_tail"]
+    assert "batchyard.node.inline: batchyard is not installed on this node" in result["stderr_tail"]
 
 
 def test_no_wait_then_wait(env: Env) -> None:
@@ -443,7 +443,7 @@ def test_script_in_main_with_its_helper_module(project: Any) -> None:
     (project.dir / "script.py").write_text(textwrap.dedent(f"""
         import json
         import wordy
-        from batchyard.mapping import map_lines
+        from batchyard.api.mapping import map_lines
 
         def tag(line):
             return wordy.count(line).upper()
@@ -483,9 +483,9 @@ def test_azure_pools_install_the_submitters_batchyard_unless_present() -> None:
     import dill
 
     from batchyard import __version__
-    from batchyard.backends.azure_pools import start_task_command
-    from batchyard.config import PoolSection, load_config
-    from batchyard.mapping import _with_node_install
+    from batchyard.api.mapping import _with_node_install
+    from batchyard.backends.azure.pools import start_task_command
+    from batchyard.core.config import PoolSection, load_config
 
     azure = load_config(env={"BATCHYARD_BACKEND": "azure"})
     start = _with_node_install(azure).azure.pool.start_task

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from batchyard import Job
-from batchyard.errors import JobValidationError
-from batchyard.job import (
+from batchyard.core.errors import JobValidationError
+from batchyard.core.job import (
     job_from_dict,
     load_job,
     make_task_id,
@@ -157,8 +157,9 @@ def test_duplicate_csv_rows_are_refused(tmp_path: Path) -> None:
 
 
 def test_job_file_reference_matches_the_model() -> None:
-    from batchyard.reference import BEGIN, END, job_file_reference
+    from batchyard.analysis.job_reference import BEGIN, END, job_file_reference
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "job-file.md").read_text(encoding="utf-8")
     committed = BEGIN + doc.split(BEGIN, 1)[1].split(END, 1)[0] + END
-    assert committed == job_file_reference(), "docs/job-file.md is stale: run python -m batchyard.reference"
+    assert committed == job_file_reference(), (
+        "docs/job-file.md is stale: run python -m batchyard.analysis.job_reference")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchyard.config import load_config
-from batchyard.findings import Finding
-from batchyard.plan import check_chunks, check_task_ids, make_plan
-from batchyard.plan_cli import plan as plan_command
-from batchyard.registries import image_host
+from batchyard.analysis.plan import check_chunks, check_task_ids, make_plan
+from batchyard.cli.plan import plan as plan_command
+from batchyard.core.config import load_config
+from batchyard.core.findings import Finding
+from batchyard.core.image_registries import image_host
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "uppercase" / "job.toml"

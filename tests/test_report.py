@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from batchyard.analysis.report import COLOURS, build_report, parse_time, render_html, report_numbers
+from batchyard.analysis.report_figures import MAX_BAR_ATTEMPTS, render_figures, render_timeline
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend, TaskCounts, TaskResult, TaskState
-from batchyard.job import Job, job_from_dict
-from batchyard.report import COLOURS, build_report, parse_time, render_html, report_numbers
-from batchyard.report_cli import watch_status
-from batchyard.report_figures import MAX_BAR_ATTEMPTS, render_figures, render_timeline
+from batchyard.cli.report import watch_status
+from batchyard.core.job import Job, job_from_dict
 
 WORK = '''\
 import pathlib, sys, time
@@ -58,11 +58,11 @@ def make_job(project: Any, job_id: str, marks: Path, inputs: dict[str, bytes] = 
 
 def run_report(project: Any, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``batchyard report ...`` in a subprocess (through cli.py once it registers the command)."""
-    from batchyard.cli import main
+    from batchyard.cli.main import main
 
     if "report" in main.commands:
         return project.cli("report", *args, env=env)
-    code = "from batchyard.report_cli import report; report(prog_name='batchyard report')"
+    code = "from batchyard.cli.report import report; report(prog_name='batchyard report')"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=project.dir, env={**project.env, **(env or {})},
                           capture_output=True, text=True, timeout=180)
 
@@ -182,9 +182,9 @@ def check_numbers(numbers: dict[str, Any], results: list[TaskResult]) -> None:
 # ------------------------------------------------------------------------------------------------ azure
 def test_azure_emulator_report(project: Any, batch_emulator: Any, tmp_path: Path) -> None:
     try:
-        import batchyard.backends.azure  # noqa: F401
+        import batchyard.backends.azure.backend  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"batchyard.backends.azure cannot be imported yet ({exc})")
+        pytest.skip(f"batchyard.backends.azure.backend cannot be imported yet ({exc})")
     from azure.batch import BatchClient
     from azure.batch import models as bm
     from azure.core.credentials import AzureNamedKeyCredential
@@ -206,7 +206,7 @@ def test_azure_emulator_report(project: Any, batch_emulator: Any, tmp_path: Path
     marks = tmp_path / "marks"
     marks.mkdir()
     job = make_job(project, "azrep", marks)
-    from batchyard.config import load_config
+    from batchyard.core.config import load_config
 
     with get_backend("azure", load_config(toml, env={**project.env, **env})) as be:
         be.submit(job)

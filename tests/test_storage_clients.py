@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchyard.storage import _client_kwargs
+from batchyard.storage.account import _client_kwargs
 
 
 def _session() -> object:

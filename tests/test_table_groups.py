@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from azure.data.tables import TableClient
 
-from batchyard.errors import AuthenticationError
-from batchyard.fast_rest import FastRest
-from batchyard.records import JobStore, StorageLostError
-from batchyard.storage import Storage
+from batchyard.backends.local.store import JobStore, StorageLostError
+from batchyard.core.errors import AuthenticationError
+from batchyard.storage.account import Storage
+from batchyard.storage.fast_rest import FastRest
 
 KEYS = ["plain", "it's a key with spaces", "ünïcødé-日本", "pct%41+plus=eq&amp"]
 

@@ -21,10 +21,10 @@ from urllib.parse import quote, urlsplit
 import pytest
 from azure.storage.blob import BlobClient, ContentSettings
 
-from batchyard.errors import AuthenticationError, SourceMissingError, StorageError
-from batchyard.fast_rest import FastRest
-from batchyard.storage import BLOCK_SIZE, Storage
-from batchyard.transfer import SMALL_BLOB, BlobTransfer
+from batchyard.core.errors import AuthenticationError, SourceMissingError, StorageError
+from batchyard.storage.account import BLOCK_SIZE, Storage
+from batchyard.storage.fast_rest import FastRest
+from batchyard.storage.transfer import SMALL_BLOB, BlobTransfer
 
 
 def _file(path: Path, size: int) -> Path:

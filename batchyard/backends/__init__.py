@@ -12,11 +12,11 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import BackendNotFoundError, MissingDependencyError
+from batchyard.core.errors import BackendNotFoundError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from .base import Backend
+    from batchyard.backends.base import Backend
+    from batchyard.core.config import Config
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,8 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {
-    "local": _Entry("batchyard.backends.local", "LocalBackend", "pip install batchyard"),
-    "azure": _Entry("batchyard.backends.azure", "AzureBackend", "pip install 'azure-batch>=15.1,<16'"),
+    "local": _Entry("batchyard.backends.local.backend", "LocalBackend", "pip install batchyard"),
+    "azure": _Entry("batchyard.backends.azure.backend", "AzureBackend", "pip install 'azure-batch>=15.1,<16'"),
 }
 
 

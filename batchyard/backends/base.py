@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..job import Job
+    from batchyard.core.config import Config
+    from batchyard.core.job import Job
 
 END_POLL_S = 0.1  # the shortest pause between polls, when the job's end is near
 
@@ -246,7 +246,7 @@ class Backend(ABC):
 
     def download_outputs(self, job_id: str, dest: Path) -> list[Path]:
         """Copy every output blob of the job under ``dest/<container>/<blob name>``."""
-        from ..paths import safe_relative_path
+        from batchyard.core.paths import safe_relative_path
 
         written: list[Path] = []
         storage = self.storage  # type: ignore[attr-defined]

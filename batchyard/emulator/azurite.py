@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from batchyard.errors import EmulatorError
+from batchyard.core.errors import EmulatorError
 
 log = logging.getLogger(__name__)
 

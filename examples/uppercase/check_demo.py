@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from batchyard.backends import get_backend
-from batchyard.config import load_config
-from batchyard.job import load_job
+from batchyard.core.config import load_config
+from batchyard.core.job import load_job
 
 HERE = Path(__file__).resolve().parent
 EXPECTED_FAILURE = "deliberately failing.txt"

@@ -16,12 +16,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+from batchyard.analysis.report import report_from_backend
+from batchyard.analysis.report_figures import render_timeline
 from batchyard.backends import get_backend
-from batchyard.config import load_config
-from batchyard.errors import BatchyardError
-from batchyard.job import job_from_dict
-from batchyard.report import report_from_backend
-from batchyard.report_figures import render_timeline
+from batchyard.core.config import load_config
+from batchyard.core.errors import BatchyardError
+from batchyard.core.job import job_from_dict
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent.parent / "docs" / "images" / "report-timeline.png"

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from batchyard.backends.base import Backend, SubmitResult, TaskResult
-from batchyard.job import Job, job_from_dict
+from batchyard.core.job import Job, job_from_dict
 
 TOOL = Path(__file__).with_name("tool.py")
 

@@ -25,8 +25,8 @@ from azure.core.credentials import AzureNamedKeyCredential
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend
-from batchyard.config import load_config
-from batchyard.job import Job
+from batchyard.core.config import load_config
+from batchyard.core.job import Job
 
 from .scenarios import BackendScenarios, Harness
 from .test_azure_emulator import IMAGE

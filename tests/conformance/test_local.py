@@ -9,7 +9,7 @@ import pytest
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend
-from batchyard.job import Job
+from batchyard.core.job import Job
 
 from .scenarios import BackendScenarios, Harness
 

@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 from batchyard.backends import get_backend
-from batchyard.config import load_config
-from batchyard.job import job_from_dict
-from batchyard.worker import WorkerOptions
+from batchyard.backends.local.worker import WorkerOptions
+from batchyard.core.config import load_config
+from batchyard.core.job import job_from_dict
 
 
 def rss_mb() -> float:

@@ -18,8 +18,8 @@ import psutil
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskCounts, TaskResult
-from batchyard.job import Job, job_from_dict
-from batchyard.worker import WorkerOptions
+from batchyard.backends.local.worker import WorkerOptions
+from batchyard.core.job import Job, job_from_dict
 
 TOOL = Path(__file__).with_name("fault_tool.py").resolve()
 PY = sys.executable
@@ -63,8 +63,8 @@ def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 2.0, t
 
 _WORKER_MAIN = """
 import logging, sys, threading
-from batchyard.config import load_config
-from batchyard.worker import WorkerOptions, worker_process_main
+from batchyard.core.config import load_config
+from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 config = load_config(sys.argv[1])
 idle = None if sys.argv[3] == "none" else float(sys.argv[3])
@@ -133,7 +133,7 @@ def serve_until_idle(be: Any, tmp_path: Path, *, lease_s: float = 2, **options: 
     """One in-process worker serving ``be``'s queue until it has been idle 1.5 s; returns it."""
     import threading
 
-    from batchyard.worker import Worker
+    from batchyard.backends.local.worker import Worker
 
     worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
                     options=WorkerOptions(lease_s=lease_s, idle_exit_s=1.5, **options))
@@ -146,7 +146,7 @@ def drain_queue(queue: Any) -> list[dict[str, Any]]:
     """Receive and delete every message of ``queue``; their JSON bodies (each checked to fit 64 KiB)."""
     import json
 
-    from batchyard.messages import MAX_MESSAGE_BYTES
+    from batchyard.backends.local.messages import MAX_MESSAGE_BYTES
 
     found = []
     while batch := list(queue.receive_messages(max_messages=32, visibility_timeout=30)):

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from batchyard.backends import get_backend
+from batchyard.core.errors import BackendError
+from batchyard.core.job import job_from_dict
 from batchyard.emulator.batch import FaultConfig
-from batchyard.errors import BackendError
-from batchyard.job import job_from_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conformance.test_azure_emulator import azure_env
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _config(project: Any, emu: Any, **azure: Any) -> Any:
-    from batchyard.config import load_config
+    from batchyard.core.config import load_config
 
     toml = project.dir / "batchyard.toml"
     text = toml.read_text(encoding="utf-8").replace('backend = "local"', 'backend = "azure"')

@@ -22,12 +22,12 @@ import pytest
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
-from batchyard.fast_rest import FastRest
-from batchyard.job import job_from_dict
-from batchyard.message_run import TRANSFER_BURST
-from batchyard.messages import TaskMessage, pack
-from batchyard.records import JobStore
-from batchyard.worker import Worker, WorkerOptions
+from batchyard.backends.local.messages import TaskMessage, pack
+from batchyard.backends.local.pipeline import TRANSFER_BURST
+from batchyard.backends.local.store import JobStore
+from batchyard.backends.local.worker import Worker, WorkerOptions
+from batchyard.core.job import job_from_dict
+from batchyard.storage.fast_rest import FastRest
 
 from .support import (
     drain_queue,
@@ -67,7 +67,7 @@ def _key(label: str) -> str:
 def _sleepy_job(project: Any, job_id: str, runs: Path, sleeps: dict[str, float]) -> Any:
     (project.dir / f"{job_id}.csv").write_text(
         "KEY,SLEEP\n" + "".join(f"{k},{s}\n" for k, s in sleeps.items()), encoding="utf-8")
-    from batchyard.job import job_from_dict
+    from batchyard.core.job import job_from_dict
 
     return job_from_dict({"id": job_id, "command": tool_command("count", str(runs), "{KEY}", "{SLEEP}", "-", "0"),
                           "tasks": f"{job_id}.csv"}, source="test", base_dir=project.dir)

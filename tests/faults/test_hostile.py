@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from batchyard.errors import JobValidationError, UnsafePathError
-from batchyard.job import job_from_dict, tasks_from_blob_names
-from batchyard.runner import (
+from batchyard.core.errors import JobValidationError, UnsafePathError
+from batchyard.core.job import job_from_dict, tasks_from_blob_names
+from batchyard.node.runner import (
     NodeContext,
     OutputFile,
     ResourceFile,
@@ -27,7 +27,7 @@ from batchyard.runner import (
     run_task,
     safe_relative_path,
 )
-from batchyard.transfer import BlobTransfer
+from batchyard.storage.transfer import BlobTransfer
 
 from .support import run_job, table_job, tool_command
 

@@ -14,8 +14,8 @@ import pytest
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
-from batchyard.errors import TaskNotFoundError
-from batchyard.messages import TaskMessage
+from batchyard.backends.local.messages import TaskMessage
+from batchyard.core.errors import TaskNotFoundError
 
 from .support import drain_queue, runs_of, serve_until_idle, table_job, tool_command
 

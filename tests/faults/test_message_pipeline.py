@@ -15,9 +15,9 @@ from typing import Any
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
-from batchyard.job import job_from_dict
-from batchyard.messages import TaskMessage, pack
-from batchyard.worker import Worker, WorkerOptions
+from batchyard.backends.local.messages import TaskMessage, pack
+from batchyard.backends.local.worker import Worker, WorkerOptions
+from batchyard.core.job import job_from_dict
 
 from .support import drain_queue, runs_of, tool_command, wait_for
 

@@ -14,12 +14,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from batchyard.backends import get_backend
+from batchyard.backends.local.worker import Worker, WorkerOptions
+from batchyard.core.errors import BatchyardError
 from batchyard.emulator.azurite import WELL_KNOWN_KEY
-from batchyard.errors import BatchyardError
-from batchyard.runner import NodeContext, OutputFile, ResourceFile, TaskSpec, run_task
-from batchyard.storage import StorageAccount, translate_error
-from batchyard.transfer import BlobTransfer
-from batchyard.worker import Worker, WorkerOptions
+from batchyard.node.runner import NodeContext, OutputFile, ResourceFile, TaskSpec, run_task
+from batchyard.storage.account import StorageAccount, translate_error
+from batchyard.storage.transfer import BlobTransfer
 
 from .support import PY, TOOL, table_job, tool_command
 

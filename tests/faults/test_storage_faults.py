@@ -13,10 +13,10 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends import get_backend
+from batchyard.backends.local.worker import WorkerOptions
+from batchyard.core.errors import AuthenticationError, BackendError
 from batchyard.emulator.azurite import WELL_KNOWN_KEY, Azurite
-from batchyard.errors import AuthenticationError, BackendError
-from batchyard.storage import Storage
-from batchyard.worker import WorkerOptions
+from batchyard.storage.account import Storage
 
 from .support import runs_of, spawn_worker, table_job, tool_command, wait_for
 

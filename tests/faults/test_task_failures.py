@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from batchyard.job import job_from_dict
-from batchyard.messages import MAX_MESSAGE_BYTES, MAX_TASKS_PER_MESSAGE, TaskMessage, chunk_size_for, chunk_sizes
+from batchyard.backends.local.messages import (
+    MAX_MESSAGE_BYTES,
+    MAX_TASKS_PER_MESSAGE,
+    TaskMessage,
+    chunk_size_for,
+    chunk_sizes,
+)
+from batchyard.core.job import job_from_dict
 
 from .support import alive, blob_md5, known_bytes_md5, run_job, runs_of, table_job, tool_command, wait_for
 

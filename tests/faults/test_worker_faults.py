@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
-from batchyard.messages import TaskMessage
-from batchyard.worker import WorkerOptions
+from batchyard.backends.local.messages import TaskMessage
+from batchyard.backends.local.worker import WorkerOptions
 
 from .support import (
     blob_md5,

@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from batchyard.errors import BatchyardError
-from batchyard.redact import install_log_filter
-
-from .faults import FaultConfig
-from .server import BatchEmulator
+from batchyard.core.errors import BatchyardError
+from batchyard.core.redact import install_log_filter
+from batchyard.emulator.batch.faults import FaultConfig
+from batchyard.emulator.batch.server import BatchEmulator
 
 
 def read_or_create_key(path: Path) -> str:

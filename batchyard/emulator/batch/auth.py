@@ -20,7 +20,7 @@ import hmac
 from collections.abc import Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from .common import BatchApiError
+from batchyard.emulator.batch.common import BatchApiError
 
 HEADERS_TO_SIGN = (
     "content-encoding", "content-language", "content-length", "content-md5", "content-type", "date",

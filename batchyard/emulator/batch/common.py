@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from batchyard.redact import register_secret
+from batchyard.core.redact import register_secret
 
 # What Batch reports for "no limit" (TimeSpan.MaxValue).
 INFINITE_DURATION = "P10675199DT2H48M5.4775807S"
@@ -135,7 +135,7 @@ def forget_passwords(value: Any) -> Any:
 
     Batch never returns a password in a GET, and the emulator neither pulls images nor creates
     users, so it drops them before anything is stored: no view, listing or auto-pool copy can
-    echo one. Each is registered with :mod:`batchyard.redact` first, so the emulator's log and
+    echo one. Each is registered with :mod:`batchyard.core.redact` first, so the emulator's log and
     the environment its tasks inherit mask it too.
     """
     if isinstance(value, dict):

@@ -19,8 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchyard.errors import EmulatorError
-from batchyard.redact import redact, register_secret
+from batchyard.core.errors import EmulatorError
+from batchyard.core.redact import redact, register_secret
 
 RECORD = "batch-emulator.json"
 KEY_FILE = "batch-emulator.key"

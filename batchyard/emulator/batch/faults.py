@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .common import BatchApiError
+from batchyard.emulator.batch.common import BatchApiError
 
 ENV_VAR = "BATCHYARD_EMULATOR_FAULTS"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .common import BatchApiError, iso, rfc1123
-from .protocol import Request, Response
+from batchyard.emulator.batch.common import BatchApiError, iso, rfc1123
+from batchyard.emulator.batch.protocol import Request, Response
 
 
 def _stamp(ts: float) -> datetime:

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchyard.errors import BatchyardError
-from batchyard.runner import NodeContext, run_task
-from batchyard.storage import Storage
-from batchyard.transfer import BlobTransfer
-
-from .common import iso, utcnow
-from .faults import FaultState
-from .state import Node, Pool, Store, Task
-from .translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
+from batchyard.core.errors import BatchyardError
+from batchyard.emulator.batch.common import iso, utcnow
+from batchyard.emulator.batch.faults import FaultState
+from batchyard.emulator.batch.state import Node, Pool, Store, Task
+from batchyard.emulator.batch.translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
+from batchyard.node.runner import NodeContext, run_task
+from batchyard.storage.account import Storage
+from batchyard.storage.transfer import BlobTransfer
 
 log = logging.getLogger("batchyard.emulator.batch")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from .common import BatchApiError
+from batchyard.emulator.batch.common import BatchApiError
 
 Predicate = Callable[[dict[str, Any]], bool]
 _TOKEN = re.compile(r"\s*(?:(?P<str>'(?:[^']|'')*')|(?P<num>-?\d+)|(?P<lp>\()|(?P<rp>\))|(?P<comma>,)"

@@ -5,14 +5,31 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .common import BatchApiError, check_id, forget_passwords, invalid, not_found, parse_duration, require, unsupported
-from .odata import page, select
-from .ops_pools import _check_pool
-from .protocol import Request, Response, Router, check_conditions, created, entity, resource_headers
-from .state import Job
+from batchyard.emulator.batch.common import (
+    BatchApiError,
+    check_id,
+    forget_passwords,
+    invalid,
+    not_found,
+    parse_duration,
+    require,
+    unsupported,
+)
+from batchyard.emulator.batch.odata import page, select
+from batchyard.emulator.batch.ops_pools import _check_pool
+from batchyard.emulator.batch.protocol import (
+    Request,
+    Response,
+    Router,
+    check_conditions,
+    created,
+    entity,
+    resource_headers,
+)
+from batchyard.emulator.batch.state import Job
 
 if TYPE_CHECKING:
-    from .server import BatchEmulator
+    from batchyard.emulator.batch.server import BatchEmulator
 
 REFUSED_JOB_FIELDS = {
     "jobManagerTask": "job manager tasks",

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .common import BatchApiError, check_id, forget_passwords, invalid, not_found, require, rfc1123, unsupported
-from .files import file_response, list_files
-from .odata import page, select
-from .protocol import Request, Response, Router, check_conditions, created, entity, resource_headers
-from .state import Node, Pool
-from .translate import check_registry, split_command_line, validate_task
+from batchyard.emulator.batch.common import (
+    BatchApiError,
+    check_id,
+    forget_passwords,
+    invalid,
+    not_found,
+    require,
+    rfc1123,
+    unsupported,
+)
+from batchyard.emulator.batch.files import file_response, list_files
+from batchyard.emulator.batch.odata import page, select
+from batchyard.emulator.batch.protocol import (
+    Request,
+    Response,
+    Router,
+    check_conditions,
+    created,
+    entity,
+    resource_headers,
+)
+from batchyard.emulator.batch.state import Node, Pool
+from batchyard.emulator.batch.translate import check_registry, split_command_line, validate_task
 
 if TYPE_CHECKING:
-    from .server import BatchEmulator
+    from batchyard.emulator.batch.server import BatchEmulator
 
 REFUSED_POOL_FIELDS = {
     "mountConfiguration": "mounting file systems (mountConfiguration)",

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .common import BatchApiError, forget_passwords, invalid, iso, not_found, parse_duration
-from .files import delete_file, file_response, list_files
-from .odata import page, select
-from .protocol import Request, Response, Router, check_conditions, created, entity, resource_headers
-from .state import Job, Task
-from .translate import validate_task
+from batchyard.emulator.batch.common import BatchApiError, forget_passwords, invalid, iso, not_found, parse_duration
+from batchyard.emulator.batch.files import delete_file, file_response, list_files
+from batchyard.emulator.batch.odata import page, select
+from batchyard.emulator.batch.protocol import (
+    Request,
+    Response,
+    Router,
+    check_conditions,
+    created,
+    entity,
+    resource_headers,
+)
+from batchyard.emulator.batch.state import Job, Task
+from batchyard.emulator.batch.translate import validate_task
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .server import BatchEmulator
+    from batchyard.emulator.batch.server import BatchEmulator
 
 MAX_TASKS_PER_COLLECTION = 100
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
-from .common import BatchApiError, rfc1123
+from batchyard.emulator.batch.common import BatchApiError, rfc1123
 
 
 @dataclass

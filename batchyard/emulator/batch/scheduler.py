@@ -3,7 +3,7 @@
 Task life: ``active`` -> ``running`` -> ``completed``. A failed attempt with retries left
 goes back to ``active`` (``retryCount`` + 1) and may run on another node, as in Batch; a
 task killed by node loss or pool shrink goes back to ``active`` with ``requeueCount`` + 1.
-Each attempt runs through :func:`batchyard.runner.run_attempt` in its own thread (the
+Each attempt runs through :func:`batchyard.node.runner.run_attempt` in its own thread (the
 command itself is a subprocess). The loop wakes on every change and at least every 0.2 s
 (job deadlines, injected node loss).
 """
@@ -16,13 +16,12 @@ import threading
 import time
 from typing import Any
 
-from batchyard.errors import AuthenticationError, BatchyardError
-from batchyard.runner import AttemptRecord, run_attempt, should_retry
-
-from .common import iso, parse_duration, utcnow
-from .nodes import NodeManager
-from .state import Job, Node, Pool, Task
-from .translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
+from batchyard.core.errors import AuthenticationError, BatchyardError
+from batchyard.emulator.batch.common import iso, parse_duration, utcnow
+from batchyard.emulator.batch.nodes import NodeManager
+from batchyard.emulator.batch.state import Job, Node, Pool, Task
+from batchyard.emulator.batch.translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
+from batchyard.node.runner import AttemptRecord, run_attempt, should_retry
 
 log = logging.getLogger("batchyard.emulator.batch")
 TICK_S = 0.2

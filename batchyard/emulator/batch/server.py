@@ -1,6 +1,6 @@
 """The HTTP front: stdlib ThreadingHTTPServer, SharedKey auth, routing, Batch's headers.
 
-Request lines are logged at DEBUG through :func:`batchyard.redact.redact`; bodies, the
+Request lines are logged at DEBUG through :func:`batchyard.core.redact.redact`; bodies, the
 Authorization header and the account key are never logged.
 """
 
@@ -17,20 +17,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from batchyard.errors import EmulatorError
-from batchyard.redact import install_log_filter, redact, redacting_filter, register_secret
-from batchyard.storage import Storage
-from batchyard.transfer import BlobTransfer
-
-from .auth import verify
-from .common import BatchApiError
-from .faults import FaultConfig, FaultState
-from .ops_jobs import JobOps
-from .ops_pools import PoolOps
-from .ops_tasks import TaskOps
-from .protocol import Request, Response, Router
-from .scheduler import Engine
-from .state import Store
+from batchyard.core.errors import EmulatorError
+from batchyard.core.redact import install_log_filter, redact, redacting_filter, register_secret
+from batchyard.emulator.batch.auth import verify
+from batchyard.emulator.batch.common import BatchApiError
+from batchyard.emulator.batch.faults import FaultConfig, FaultState
+from batchyard.emulator.batch.ops_jobs import JobOps
+from batchyard.emulator.batch.ops_pools import PoolOps
+from batchyard.emulator.batch.ops_tasks import TaskOps
+from batchyard.emulator.batch.protocol import Request, Response, Router
+from batchyard.emulator.batch.scheduler import Engine
+from batchyard.emulator.batch.state import Store
+from batchyard.storage.account import Storage
+from batchyard.storage.transfer import BlobTransfer
 
 log = logging.getLogger("batchyard.emulator.batch")
 MAX_BODY_BYTES = 1024 * 1024  # Batch refuses bigger request bodies with RequestBodyTooLarge
@@ -39,7 +38,7 @@ JSON_TYPE = "application/json;odata=minimalmetadata"
 # Loggers that see the nodes' SAS URLs in full (urllib3 logs request lines at DEBUG). A filter
 # on a logger only covers records logged on that very logger, so each is named here.
 _SCRUBBED = ("urllib3.connectionpool", "azure.core.pipeline.policies.http_logging_policy",
-             "azure.storage.blob", "batchyard.emulator.batch", "batchyard.runner", "batchyard.storage")
+             "azure.storage.blob", "batchyard.emulator.batch", "batchyard.node.runner", "batchyard.storage.account")
 
 
 def _scrub_logs() -> None:

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .common import INFINITE_DURATION, iso, new_etag, utcnow
+from batchyard.emulator.batch.common import INFINITE_DURATION, iso, new_etag, utcnow
 
 RECENT_TASKS = 5
 

@@ -11,13 +11,12 @@ import shlex
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from batchyard.errors import AuthenticationError, BatchyardError
-from batchyard.paths import safe_relative_path
-from batchyard.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec
-from batchyard.storage import Storage
-from batchyard.transfer import BlobTransfer
-
-from .common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
+from batchyard.core.errors import AuthenticationError, BatchyardError
+from batchyard.core.paths import safe_relative_path
+from batchyard.emulator.batch.common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
+from batchyard.node.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec
+from batchyard.storage.account import Storage
+from batchyard.storage.transfer import BlobTransfer
 
 UPLOAD_CONDITIONS = {"tasksuccess": "success", "taskfailure": "failure", "taskcompletion": "completion"}
 # Fields Azure honours that an emulated node cannot: refused so nobody gets a silent wrong answer.

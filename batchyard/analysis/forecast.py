@@ -1,0 +1,101 @@
+"""Time and cost of a job on Azure, from task durations (a previous run, or this one).
+
+Used by ``batchyard plan`` (before a cloud run) and ``batchyard report`` (next to a run's
+actuals). Prices come from a small bundled table (``batchyard/data/vm_prices.toml``, dated,
+approximate) that ``[azure.prices]`` overrides.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from batchyard.core.config import Config, PoolSection
+
+POOL_STARTUP_S = 5 * 60.0  # assumed: allocating nodes and running the start task
+
+
+def load_prices(config: Config) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    data = tomllib.loads(resources.files("batchyard").joinpath("data/vm_prices.toml").read_text(encoding="utf-8"))
+    sizes = {k.lower(): dict(v) for k, v in data["sizes"].items()}
+    for size, price in config.azure.prices.items():
+        sizes.setdefault(size.lower(), {})["usd_per_hour"] = float(price)
+        sizes[size.lower()]["from_config"] = 1.0
+    return sizes, data["meta"]
+
+
+def durations_from(results: Iterable[Any]) -> list[float]:
+    """Seconds per succeeded task (its last attempt's start to end)."""
+    out: list[float] = []
+    for r in results:
+        if str(r.state) != "succeeded" or not r.started_at or not r.ended_at:
+            continue
+        records = [a for a in r.attempt_records if a.get("started_at") and a.get("ended_at")]
+        start, end = (records[-1]["started_at"], records[-1]["ended_at"]) if records else (r.started_at, r.ended_at)
+        try:
+            seconds = (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+        except ValueError:
+            continue
+        out.append(max(0.0, seconds))
+    return out
+
+
+def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, previous: str) -> dict[str, Any]:
+    section = config.azure.pool or PoolSection()
+    sizes, meta = load_prices(config)
+    entry = sizes.get(section.vm_size.lower(), {})
+    price = entry.get("usd_per_hour")
+    existing = bool(config.azure.pool_id)
+    nodes = max(1, section.dedicated_nodes + section.spot_nodes) if not section.autoscale_formula else 1
+    slots = nodes * section.task_slots_per_node
+    result: dict[str, Any] = {
+        "previous_run": previous, "vm_size": section.vm_size, "nodes": nodes,
+        "dedicated_nodes": section.dedicated_nodes, "spot_nodes": section.spot_nodes,
+        "task_slots_per_node": section.task_slots_per_node, "slots": slots,
+        "usd_per_node_hour": price, "price_source": (
+            "[azure.prices] in config" if entry.get("from_config") else
+            f"batchyard/data/vm_prices.toml ({meta['region']}, {meta['date']}, approximate)" if price else None),
+        "assumptions": [
+            f"tasks take as long as in the previous run; {slots} slot(s) run them in parallel",
+            "wall time = max(total task time / slots, longest task) + "
+            f"{'0' if existing else hms(POOL_STARTUP_S)} pool start-up",
+            "cost = nodes x price x wall time (nodes billed while the pool exists); storage and egress excluded",
+            f"spot nodes assumed {meta.get('spot_discount', 0.8):.0%} cheaper than list price",
+        ],
+    }
+    if existing:
+        result["assumptions"].append(f"existing pool {config.azure.pool_id!r}: its size is taken from [azure.pool]")
+    if section.autoscale_formula:
+        result["assumptions"].append("autoscale pool: assumed 1 node")
+    if price is None:
+        result["assumptions"].append(f"no price for {section.vm_size}: add [azure.prices] {section.vm_size} = "
+                                     "<USD per hour> to batchyard.toml")
+    if not durations:
+        result.update(wall_time_s=None, cost_usd=None)
+        return result
+    total = sum(durations) / len(durations) * tasks
+    wall = max(total / slots, max(durations)) + (0.0 if existing else POOL_STARTUP_S)
+    result.update(mean_task_s=round(sum(durations) / len(durations), 3), longest_task_s=round(max(durations), 3),
+                  wall_time_s=round(wall, 1))
+    if price is not None:
+        discount = float(meta.get("spot_discount", 0.8))
+        hourly = price * (section.dedicated_nodes + section.spot_nodes * (1 - discount))
+        if section.autoscale_formula:
+            hourly = price
+        result["cost_usd"] = round(hourly * wall / 3600, 4)
+    else:
+        result["cost_usd"] = None
+    return result
+
+
+def hms(seconds: float) -> str:
+    whole = round(seconds)
+    h, rest = divmod(whole, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+# ---------------------------------------------------------------------------------------------- plan

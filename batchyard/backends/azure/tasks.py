@@ -1,0 +1,400 @@
+"""The azure backend's job/task translation: batchyard's job model <-> Azure Batch tasks.
+
+Pure functions plus :class:`TaskAdder` (adding task collections with our own deadline):
+nothing here decides *which* tasks to add; :mod:`batchyard.backends.azure.backend` does.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import shlex
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from azure.batch import models as bm
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+from batchyard.backends.base import TaskResult, TaskState
+from batchyard.core.errors import (
+    AuthenticationError,
+    BackendError,
+    JobNotFoundError,
+    JobValidationError,
+    TaskNotFoundError,
+)
+from batchyard.core.job import Job, TaskDef, output_prefix
+from batchyard.core.redact import redact
+
+log = logging.getLogger(__name__)
+
+# Exit code of the output-check wrapper when a non-optional pattern matched nothing. Reserved:
+# a command that itself exits 86 in a job with required outputs is reported as output_missing.
+OUTPUT_MISSING_EXIT = 86
+REQUIRED_OUTPUTS_ENV = "BATCHYARD_REQUIRED_OUTPUTS"
+WEEK = timedelta(days=7)
+STDERR_TAIL_BYTES = 8 * 1024
+MAX_DISPLAY_NAME = 1024
+CHUNK = 100  # Batch's limit of tasks per add-collection request
+CHUNK_CONCURRENCY = 8
+
+# Runs "$@" (the real argv, never re-parsed by a shell), then checks each required pattern.
+# Patterns come newline-separated in $BATCHYARD_REQUIRED_OUTPUTS; globbing is off while splitting
+# (set -f) so a pattern is only expanded once, by the inner for loop.
+_CHECK_SCRIPT = (
+    '"$@"; rc=$?; [ "$rc" -ne 0 ] && exit "$rc"; '
+    'nl=$(printf "\\nx"); nl=${nl%x}; set -f; IFS=$nl; '
+    f"for p in ${REQUIRED_OUTPUTS_ENV}; do "
+    'set +f; found=; for f in $p; do if [ -e "$f" ]; then found=1; break; fi; done; set -f; '
+    'if [ -z "$found" ]; then printf "batchyard: output pattern \'%s\' matched no file\\n" "$p" >&2; '
+    f"exit {OUTPUT_MISSING_EXIT}; fi; done; exit 0"
+)
+_MISSING_RE = re.compile(r"batchyard: output pattern '(.*)' matched no file")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def batch_error(exc: BaseException, what: str) -> Exception:
+    """An SDK exception as a batchyard error naming ``what``, with no key or SAS in its message."""
+    if isinstance(exc, HttpResponseError) and exc.status_code == 403:
+        return AuthenticationError(
+            f"{what}: Azure Batch refused the credentials (HTTP 403 {_code(exc) or ''}). Check the Batch "
+            "account key (BATCHYARD_BATCH_KEY or [azure] batch_key) and the account name "
+            "(BATCHYARD_BATCH_ACCOUNT or [azure] batch_account)."
+        )
+    if isinstance(exc, ClientAuthenticationError):
+        return AuthenticationError(f"{what}: authentication failed ({_first_line(exc)}). With no Batch key, "
+                                   "batchyard uses DefaultAzureCredential: log in (az login) or set the key.")
+    if isinstance(exc, ServiceRequestError):
+        if "bearer token" in str(exc).lower():
+            return AuthenticationError(f"{what}: token credentials need an https Batch URL; for an http "
+                                       "endpoint (an emulator) set the Batch account key (BATCHYARD_BATCH_KEY).")
+        return BackendError(f"{what}: the Batch endpoint is unreachable ({_first_line(exc)})")
+    if isinstance(exc, HttpResponseError):
+        code = _code(exc)
+        if code in ("JobNotFound",):
+            return JobNotFoundError(f"{what}: the job does not exist on Azure Batch")
+        if code == "TaskNotFound":
+            return TaskNotFoundError(f"{what}: the task does not exist on Azure Batch")
+        return BackendError(f"{what}: Azure Batch answered {exc.status_code} {code or ''}: {_message(exc)}")
+    return BackendError(f"{what}: {type(exc).__name__}: {_first_line(exc)}")
+
+
+def _code(exc: HttpResponseError) -> str | None:
+    error = getattr(exc, "error", None)
+    return getattr(error, "code", None) if error is not None else None
+
+
+def _message(exc: HttpResponseError) -> str:
+    error = getattr(exc, "error", None)
+    text = getattr(error, "message", None) or exc.reason or ""
+    return redact(str(text).split("\nRequestId:", 1)[0].strip())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
+def enum_text(value: Any) -> str:
+    """An SDK enum (or plain string) as its wire value: ``str()`` of a str-Enum gives ``Cls.MEMBER``."""
+    if value is None:
+        return ""
+    return str(getattr(value, "value", value)).lower()
+
+
+def error_code(exc: BaseException) -> str | None:
+    return _code(exc) if isinstance(exc, HttpResponseError) else None
+
+
+# ---------------------------------------------------------------------------------------------- SAS
+def sas_lifetime(job: Job, *, margin: timedelta) -> tuple[timedelta, list[str]]:
+    """How long the task SAS URLs must live, and the warnings to log about it.
+
+    Every attempt may run up to max_wall_clock_time, so (retries + 1) x limit + margin; the
+    margin covers the time a task waits for a node. Without a limit nothing bounds a task, so a week.
+    """
+    c = job.constraints
+    warnings: list[str] = []
+    if c.max_wall_clock_time is None or c.max_task_retry_count < 0:
+        warnings.append(f"job {job.id}: tasks without max_wall_clock_time (or with unlimited retries) get "
+                        "week-long SAS URLs; set [constraints] max_wall_clock_time to shorten them")
+        return WEEK, warnings
+    lifetime = timedelta(seconds=(c.max_task_retry_count + 1) * c.max_wall_clock_time) + margin
+    if lifetime > WEEK:
+        warnings.append(f"job {job.id}: task SAS URLs live {lifetime} (over 7 days) because of "
+                        "max_wall_clock_time x (max_task_retry_count + 1)")
+    return lifetime, warnings
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+def required_patterns(job: Job) -> list[str]:
+    patterns = [o.pattern for o in job.outputs if not o.optional and o.upload_on != "failure"]
+    for p in patterns:
+        if "\n" in p:
+            raise JobValidationError(f"job {job.id}", [("outputs", f"pattern {p!r} contains a newline")])
+    return patterns
+
+
+def command_line(argv: Sequence[str], required: Sequence[str]) -> str:
+    """The task's command line: argv quoted POSIX-style, wrapped in the output check when needed."""
+    if not required:
+        return shlex.join(argv)
+    return shlex.join(["/bin/sh", "-c", _CHECK_SCRIPT, "batchyard-task", *argv])
+
+
+def _upload_condition(upload_on: str) -> bm.OutputFileUploadCondition:
+    return {"success": bm.OutputFileUploadCondition.TASK_SUCCESS,
+            "failure": bm.OutputFileUploadCondition.TASK_FAILURE,
+            "completion": bm.OutputFileUploadCondition.TASK_COMPLETION}[upload_on]
+
+
+def _has_wildcard(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def batch_output_path(pattern: str, prefix: str) -> str | None:
+    """Batch's OutputFile ``path`` giving the same blob names as the local runner.
+
+    With a wildcard, Batch treats ``path`` as a virtual directory (no trailing '/': Batch adds
+    one). Without one, ``path`` is the blob name, so a prefix ending in '/' gets the file name.
+    """
+    if _has_wildcard(pattern):
+        return prefix.rstrip("/") or None
+    if not prefix or prefix.endswith("/"):
+        return prefix + pattern.rsplit("/", 1)[-1]
+    return prefix
+
+
+@dataclass(frozen=True)
+class TaskUrls:
+    """SAS URLs shared by every task of one submit (made once: signing is not free)."""
+
+    resource_files: tuple[tuple[str, str], ...]  # (file_path, url)
+    output_containers: dict[str, str] = field(repr=False)  # container -> create/write SAS URL
+    log_container_url: str = field(repr=False, default="")
+
+
+def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None, required: Sequence[str],
+               registry: bm.ContainerRegistryReference | None = None) -> bm.BatchTaskCreateOptions:
+    """One Batch task; ``registry``: the private registry of the job's container image, if any."""
+    resource_files = [bm.ResourceFile(http_url=url, file_path=path) for path, url in urls.resource_files]
+    if input_url is not None and task.input_path is not None:
+        resource_files.insert(0, bm.ResourceFile(http_url=input_url, file_path=task.input_path))
+    outputs = []
+    for out in job.outputs:
+        path = batch_output_path(out.pattern, output_prefix(job, out, task))
+        outputs.append(bm.OutputFile(
+            file_pattern=out.pattern,
+            destination=bm.OutputFileDestination(container=bm.OutputFileBlobContainerDestination(
+                container_url=urls.output_containers[out.container], path=path)),
+            upload_options=bm.OutputFileUploadConfiguration(upload_condition=_upload_condition(out.upload_on)),
+        ))
+    # stdout/stderr kept in the log container, so `logs` works after the node is gone.
+    outputs.append(bm.OutputFile(
+        file_pattern="../std*.txt",
+        destination=bm.OutputFileDestination(container=bm.OutputFileBlobContainerDestination(
+            container_url=urls.log_container_url, path=f"{job.id}/{task.task_id}")),
+        upload_options=bm.OutputFileUploadConfiguration(upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION),
+    ))
+    env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.params]
+    if required:
+        env.append(bm.EnvironmentSetting(name=REQUIRED_OUTPUTS_ENV, value="\n".join(required)))
+    c = job.constraints
+    return bm.BatchTaskCreateOptions(
+        id=task.task_id, display_name=task.label[:MAX_DISPLAY_NAME] or None,
+        command_line=command_line(task.argv, required),
+        resource_files=resource_files, output_files=outputs, environment_settings=env or None,
+        constraints=bm.BatchTaskConstraints(
+            max_wall_clock_time=timedelta(seconds=c.max_wall_clock_time) if c.max_wall_clock_time else None,
+            retention_time=timedelta(seconds=c.retention_time) if c.retention_time else None,
+            max_task_retry_count=c.max_task_retry_count,
+        ),
+        container_settings=bm.BatchTaskContainerSettings(
+            image_name=job.container_image, working_directory=bm.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
+            registry=registry,
+        ) if job.container_image else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- results
+_STATES = {"active": TaskState.PENDING, "preparing": TaskState.PENDING, "running": TaskState.RUNNING}
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What result conversion needs to know about the job (from its stored document)."""
+
+    has_required_outputs: bool = False
+    resource_names: tuple[str, ...] = ()  # resource file targets (a missing one is staging_failed)
+    job_completed: bool = False  # a terminated job never starts its active tasks: they are cancelled
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") if value else None
+
+
+def failure_category(info: Any, exit_code: int | None, facts: JobFacts) -> str:
+    code = str(getattr(info, "code", "") or "")
+    message = str(getattr(info, "message", "") or "").lower()
+    if code == "FailureExitCode" or (not code and exit_code not in (None, 0)):
+        return "output_missing" if facts.has_required_outputs and exit_code == OUTPUT_MISSING_EXIT else "exit_code"
+    if code == "TaskEnded":
+        return "cancelled" if "user" in message else "timeout"
+    if code.startswith("FileUpload"):
+        return "upload_failed"
+    if code in ("CommandProgramNotFound", "TaskProcessStartFailed") or "commandprogram" in code.lower():
+        return "start_failed"
+    if code.startswith(("Blob", "Resource", "ContainerNotFound", "ContainerAccess")):
+        text = " ".join(str(getattr(d, "value", "")) for d in getattr(info, "details", None) or [])
+        is_resource = any(n in text or quote(n) in text for n in facts.resource_names)
+        return "staging_failed" if is_resource or code not in ("BlobNotFound",) else "input_missing"
+    return "exit_code" if exit_code not in (None, 0) else "lost"
+
+
+def failure_text(info: Any) -> str | None:
+    if info is None:
+        return None
+    parts = [str(info.message or info.code or "the task failed")]
+    for d in info.details or []:
+        parts.append(f"{d.name}: {d.value}" if d.name else str(d.value))
+    return redact("; ".join(parts))
+
+
+def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail: str = "") -> TaskResult:
+    ex = task.execution_info
+    raw_state = enum_text(task.state) or "active"
+    retries = int(getattr(ex, "retry_count", 0) or 0)
+    started = getattr(ex, "start_time", None)
+    attempts = retries + (1 if started or raw_state in ("running", "completed") else 0)
+    exit_code = getattr(ex, "exit_code", None)
+    category = message = None
+    if raw_state == "completed":
+        if enum_text(getattr(ex, "result", None)) == "success":
+            state = TaskState.SUCCEEDED
+        else:
+            state = TaskState.FAILED
+            category = failure_category(ex.failure_info, exit_code, facts)
+            message = failure_text(ex.failure_info)
+            if category == "output_missing":
+                found = _MISSING_RE.search(stderr_tail)
+                pattern = found.group(1) if found else "?"
+                message = f"output pattern {pattern!r} matched no file in the working dir"
+            elif category == "exit_code" and exit_code is not None:
+                message = f"command exited with code {exit_code}"
+    elif facts.job_completed and raw_state in _STATES and raw_state != "running":
+        state, category, message = TaskState.FAILED, "cancelled", "the job was cancelled (terminated on Azure Batch)"
+    else:
+        state = _STATES.get(raw_state, TaskState.PENDING)
+    node_id = task.node_info.node_id if task.node_info else None
+    ended = _iso(getattr(ex, "end_time", None))
+    record = {"number": attempts, "started_at": _iso(started), "ended_at": ended, "exit_code": exit_code,
+              "failure_category": category, "failure_message": message, "node_id": node_id or "", "slot": 0}
+    return TaskResult(
+        job_id=job_id, task_id=task.id, state=state, label=task.display_name or "", exit_code=exit_code,
+        failure_category=category, failure_message=message, attempts=attempts, started_at=_iso(started),
+        ended_at=ended, node_id=node_id, stderr_tail=stderr_tail,
+        attempt_records=(record,) if attempts else (),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- adding
+@dataclass
+class AddReport:
+    added: int = 0
+    existed: int = 0
+
+
+class TaskAdder:
+    """Add tasks 100 per request, 8 requests at a time, under one deadline.
+
+    Why not the SDK's ``create_tasks``: it retries a persistent 5xx forever, and we want
+    per-task answers: ``TaskExists`` means an earlier (interrupted) submit already added it.
+    """
+
+    def __init__(self, client: Any, job_id: str, *, deadline_s: float = 600.0, chunk: int = CHUNK,
+                 concurrency: int = CHUNK_CONCURRENCY) -> None:
+        self.client, self.job_id = client, job_id
+        self.deadline = time.monotonic() + deadline_s
+        self.deadline_s = deadline_s
+        self.chunk, self.concurrency = chunk, concurrency
+        self.report = AddReport()
+        self._lock = threading.Lock()
+
+    def add(self, tasks: Iterable[bm.BatchTaskCreateOptions]) -> AddReport:
+        items = list(tasks)
+        chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
+        if not chunks:
+            return self.report
+        with ThreadPoolExecutor(min(self.concurrency, len(chunks)), thread_name_prefix="batchyard-add") as pool:
+            for future in [pool.submit(self._add_chunk, c) for c in chunks]:
+                future.result()  # re-raises the first error
+        return self.report
+
+    def _backoff(self, attempt: int, why: str) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BackendError(f"adding tasks to job {self.job_id!r}: Azure Batch still answers {why} after "
+                               f"{self.deadline_s:.0f} s; submit again later (tasks already added are kept)")
+        delay = min(10.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2)
+        time.sleep(max(0.0, min(delay, self.deadline - time.monotonic())))
+
+    def _add_chunk(self, pending: list[bm.BatchTaskCreateOptions]) -> None:
+        attempt = 0
+        while pending:
+            try:
+                result = self.client.create_task_collection(self.job_id, bm.BatchTaskGroup(task_values=pending))
+            except HttpResponseError as exc:
+                if error_code(exc) == "RequestBodyTooLarge" or exc.status_code == 413:
+                    if len(pending) == 1:
+                        raise BackendError(f"task {pending[0].id!r} of job {self.job_id!r} is too large for "
+                                           "Azure Batch (over 1 MB: too many resource files or environment)") from None
+                    half = len(pending) // 2
+                    self._add_chunk(pending[:half])
+                    self._add_chunk(pending[half:])
+                    return
+                if exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429):
+                    self._backoff(attempt, f"{exc.status_code} {error_code(exc) or ''}".strip())
+                    attempt += 1
+                    continue
+                raise batch_error(exc, f"adding tasks to job {self.job_id!r}") from None
+            except ServiceRequestError as exc:  # connection reset: the request may or may not have landed
+                self._backoff(attempt, f"with a connection error ({_first_line(exc)})")
+                attempt += 1
+                continue
+            except Exception as exc:
+                raise batch_error(exc, f"adding tasks to job {self.job_id!r}") from None
+            retry_ids = self._tally(result.result_values or [])
+            by_id = {t.id.lower(): t for t in pending}
+            pending = [by_id[i] for i in retry_ids if i in by_id]
+            if pending:
+                self._backoff(attempt, "server errors for some tasks")
+                attempt += 1
+
+    def _tally(self, results: Sequence[bm.BatchTaskCreateResult]) -> list[str]:
+        retry: list[str] = []
+        added = existed = 0
+        for r in results:
+            status = enum_text(r.status)
+            code = r.error.code if r.error is not None else None
+            if status == "success":
+                added += 1
+            elif status == "clienterror" and code == "TaskExists":
+                existed += 1
+            elif status == "clienterror":
+                text = r.error.message.value if r.error is not None and r.error.message else ""
+                details = "; ".join(f"{d.key}={d.value}" for d in (r.error.error_values or [])) if r.error else ""
+                first = str(text).split("\n", 1)[0]
+                raise BackendError(redact(f"Azure Batch refused task {r.task_id!r} of job {self.job_id!r}: "
+                                          f"{code}: {first}" + (f" ({details})" if details else "")))
+            else:
+                retry.append(str(r.task_id).lower())
+        with self._lock:
+            self.report.added += added
+            self.report.existed += existed
+        return retry

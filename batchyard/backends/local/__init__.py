@@ -1,0 +1,1 @@
+"""The local backend: tasks on an Azure Storage queue, run by worker processes, results in a table."""

@@ -1,0 +1,263 @@
+"""The local backend: an Azure Storage Queue and worker processes, on Azurite or a real account.
+
+Submit writes the job document, one table row per task (100 per transaction) and the
+queue messages (ids only, sent concurrently, several task ids per message for big jobs).
+Workers (``multiprocess`` processes, see :mod:`batchyard.backends.local.worker`) may run in this process
+tree (``batchyard run``) or anywhere else that reaches the same account
+(``batchyard worker``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
+from batchyard.backends.documents import fan_out, upload_resources
+from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
+from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
+from batchyard.backends.local.tally import TaskTally
+from batchyard.backends.local.worker import WorkerOptions, worker_process_main
+from batchyard.core.config import Config, resolve_storage_connection_string
+from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
+from batchyard.core.job import Job, TaskDef
+from batchyard.storage.account import Storage
+
+log = logging.getLogger(__name__)
+
+SEND_CONCURRENCY = 16
+MAX_RESPAWNS = 8
+
+
+class LocalBackend(Backend):
+    """Tasks on a storage queue, run by worker processes on this machine (or any that joins)."""
+
+    name = "local"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._conn = resolve_storage_connection_string(config)
+        self.storage = Storage.from_connection_string(self._conn)
+        self.store = JobStore(self.storage, config)
+        self._procs: list[Any] = []
+        self._stop: Any = None
+        self._ctx: Any = None
+        self._respawns = 0
+        self._tallies: dict[tuple[Any, ...], TaskTally] = {}
+        self._workers_args: tuple[Any, ...] = ()
+
+    # --- submit ----------------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        self.storage.preflight()
+
+    def fan_out(self, job: Job) -> list[TaskDef]:
+        """The job's tasks (uploads ``inputs.local_dir`` first, so they are counted)."""
+        return fan_out(self.storage, job)
+
+    def submit(self, job: Job) -> SubmitResult:
+        if job.container_image:  # fail before anything is queued, not in every task
+            _require_image(job.container_image)
+        self.store.ensure()
+        resource_digests = upload_resources(self.store, job)
+        for out in job.outputs:
+            self.storage.ensure_container(out.container)
+        tasks = self.fan_out(job)
+        existing = {e["RowKey"]: e for e in self._existing(job.id)}
+        to_queue: list[TaskDef] = []
+        done = running = rerun = 0
+        now = time.time()
+        for task in tasks:
+            prior = existing.get(task.task_id)
+            state = prior.get("state") if prior else None
+            if state == "succeeded":
+                done += 1
+            elif state == "running" and float(prior.get("claim_expires") or 0) > now:  # type: ignore[union-attr]
+                running += 1
+            else:
+                rerun += state == "failed"
+                to_queue.append(task)
+        doc = job.model_dump(mode="json")
+        spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
+        self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
+        self.store.save_manifest(job.id, spec_hash, tasks)
+        # A task that ran before (failed, or its worker was lost) has a row: back to pending. The
+        # others get theirs when a worker claims them.
+        self.store.write_pending(job.id, [t for t in to_queue if t.task_id in existing], reset=True)
+        self._enqueue(job.id, to_queue)
+        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=done,
+                            already_running=running, rerun_failed=rerun)
+
+    def _existing(self, job_id: str) -> Iterator[dict[str, Any]]:
+        if self.store.get_job_entity(job_id) is None:
+            return iter(())
+        return self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires"])
+
+    def _enqueue(self, job_id: str, tasks: list[TaskDef]) -> None:
+        size = chunk_size_for(len(tasks), self.config.workers)
+        messages: list[TaskMessage] = []
+        oversized: list[TaskDef] = []
+        for item in pack(job_id, tasks, size, workers=self.config.workers):
+            (messages if isinstance(item, TaskMessage) else oversized).append(item)  # type: ignore[arg-type]
+        if oversized:  # a definition too big for a message: its row is written now, the message names it
+            self.store.write_pending(job_id, oversized, reset=True)
+            ids = [t.task_id for t in oversized]
+            messages += [TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
+        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+            list(pool.map(self.store.send, messages))
+
+    # --- workers ---------------------------------------------------------------------------------------
+    def start_execution(self, job: Job | None = None, *, workers: int | None = None,
+                        options: WorkerOptions | None = None, work_dir: Path | None = None) -> None:
+        import multiprocess
+
+        count = workers or self.config.workers
+        # fork: a worker starts in milliseconds with everything imported (docs/architecture.md);
+        # each creates its storage clients afresh (worker_process_main), never using inherited ones.
+        self._ctx = multiprocess.get_context("fork")
+        self._stop = self._ctx.Event()
+        self._workers_args = (options, str(work_dir) if work_dir else None)
+        self._procs = [self._spawn(i) for i in range(count)]
+
+    def _spawn(self, index: int) -> Any:
+        options, work_dir = self._workers_args
+        proc = self._ctx.Process(
+            target=worker_process_main, name=f"batchyard-worker-{index}",
+            args=(self._conn, self.config, index, self._stop, options, work_dir), daemon=True,
+        )
+        proc.start()
+        return proc
+
+    def _check_alive(self) -> None:
+        """Replace workers that died (a crash or a kill), up to a limit; fail if storage is lost."""
+        for i, proc in enumerate(self._procs):
+            if proc.is_alive() or proc.exitcode == 0 or self._stop is None or self._stop.is_set():
+                continue  # running, or finished on its own (idle exit)
+            if proc.exitcode == 3:
+                raise BackendError("a worker found the task queue gone: the job is lost (see the log above)")
+            if self._respawns >= MAX_RESPAWNS:
+                raise BackendError(f"workers keep dying (last exit code {proc.exitcode}); giving up")
+            log.warning("worker %d exited with code %s; starting a new one", i, proc.exitcode)
+            self._respawns += 1
+            self._procs[i] = self._spawn(i)
+
+    def join_workers(self, *, poll: float = 1.0) -> None:
+        """Block while any worker runs (``batchyard worker``), replacing crashed ones."""
+        while any(p.is_alive() for p in self._procs):
+            self._procs[0].join(timeout=poll)
+            self._check_alive()
+
+    def stop_execution(self) -> None:
+        if self._stop is None:
+            return
+        self._stop.set()
+        deadline = time.monotonic() + 15
+        for proc in self._procs:
+            proc.join(timeout=max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        self._procs, self._stop = [], None
+
+    # --- queries ---------------------------------------------------------------------------------------
+    def _require_job(self, job_id: str) -> dict[str, Any]:
+        try:
+            entity = self.store.get_job_entity(job_id)
+        except StorageLostError:
+            # No jobs table: nothing was ever submitted here (or the storage lost its data).
+            raise JobNotFoundError(
+                f"job {job_id!r} not found: no job has been submitted to storage account "
+                f"{self.storage.account.account_name!r} with this configuration (or its records were lost)"
+            ) from None
+        if entity is None:
+            raise JobNotFoundError(f"job {job_id!r} not found on storage account {self.storage.account.account_name!r}")
+        return entity
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        entity = self._require_job(job_id)
+        # One tally per job and submission: later polls read only the rows that changed.
+        key = (job_id, entity.get("spec_hash"), entity.get("created"), entity.get("total"))
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = TaskTally(self.store, job_id, total=int(entity.get("total") or 0))
+        return tally.refresh()
+
+    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
+        self._require_job(job_id)
+        seen: set[str] = set()
+        for entity in self.store.task_entities(job_id):
+            seen.add(entity["RowKey"])
+            yield entity_to_result(entity)
+        for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row
+            if task_id not in seen:
+                yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.PENDING, label=label)
+
+    def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
+        self._require_job(job_id)
+        entity = self.store.get_task(job_id, task_id)
+        if entity is None:
+            if any(t == task_id for t, _ in self.store.load_manifest(job_id)):
+                raise TaskNotFoundError(f"task {task_id!r} has no {stream} yet (state pending)")
+            raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}")
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.storage.download_bytes(self.store.log_container, f"{job_id}/{task_id}/{stream}.txt")
+        except ResourceNotFoundError:
+            if entity.get("state") in ("succeeded", "failed") and int(entity.get("attempt_count") or 0) > 0:
+                return b""  # the command wrote nothing there (empty logs are not uploaded)
+            raise TaskNotFoundError(
+                f"task {task_id!r} has no {stream} yet (state {entity.get('state')})") from None
+
+    def job(self, job_id: str) -> Job:
+        return self.store.load_job(job_id)
+
+    # --- control ---------------------------------------------------------------------------------------
+    def cancel(self, job_id: str) -> None:
+        self._require_job(job_id)
+        self.store.set_job_state(job_id, "cancelled")
+        from batchyard.node.runner import now_iso
+
+        cancelled = {"state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled"}
+        rows = {e["RowKey"]: e.get("state") for e in self.store.task_entities(job_id, select=["RowKey", "state"])}
+        pending = [t for t, state in rows.items() if state == "pending"]
+
+        def never_ran(item: tuple[str, str]) -> str | None:
+            """No worker took it yet: it gets a row that says it never will (None), unless a worker
+            claimed it meanwhile (its id: decided on its row below)."""
+            fields = {**cancelled, "ended_at": now_iso(), "attempts_json": []}
+            return None if self.store.create_final(job_id, item[0], item[1], fields) else item[0]
+
+        unclaimed = [item for item in self.store.load_manifest(job_id) if item[0] not in rows]
+        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+            pending += [task_id for task_id in pool.map(never_ran, unclaimed) if task_id]
+        for task_id in pending:  # running ones are stopped by their worker, which records them
+            current = self.store.get_task(job_id, task_id)
+            if current is None or current.get("state") != "pending":
+                continue
+            self.store.record_final(job_id, task_id, etag=current["_etag"],
+                                    fields={**cancelled, "ended_at": now_iso(), "attempts_json": []})
+
+    def delete(self, job_id: str) -> None:
+        self._require_job(job_id)
+        self.store.delete_job(job_id)
+
+    def close(self) -> None:
+        self.stop_execution()
+
+
+def _require_image(image: str) -> None:
+    """Raise a clear error when the engine is missing or lacks the image (never pulled implicitly)."""
+    from batchyard.node.docker import ContainerEngineError, engine
+
+    try:
+        engine().images.get(image)
+    except ContainerEngineError:
+        raise
+    except Exception:
+        raise ContainerEngineError(f"container_image {image!r} is not on the Docker engine; pull, load or build "
+                                   "it there first (batchyard never pulls implicitly)") from None

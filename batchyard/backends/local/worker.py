@@ -1,0 +1,440 @@
+"""The local backend's worker: take a message, claim its tasks, run them, record, delete.
+
+Delivery is at least once and results are exactly once:
+
+- a message is received with a visibility lease that a keeper thread renews while the
+  command runs, together with the task row's claim (``claim_expires``);
+- before running, the worker claims the task row with an ETag-guarded update; a row
+  already final is skipped (duplicate message), one claimed by a live worker is left to
+  it, one whose claim expired (its worker died) is taken over and the lost attempt noted;
+- the final result is written with the claim's ETag, so a worker that lost its claim
+  (paused past its lease) cannot overwrite the result of the one that took over;
+- only then is the message deleted. A message that cannot be parsed, names an unknown
+  job, or was delivered more than ``max_dequeue_count`` times goes to ``<queue>-poison``
+  with the reason, and its unfinished tasks are failed as ``poison``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+
+from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP
+from batchyard.backends.local.pipeline import MessageRun, log_redelivered
+from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError, TaskMessage, task_def_from_entity
+from batchyard.core.config import Config
+from batchyard.core.errors import JobNotFoundError, JobValidationError
+from batchyard.core.job import Job, OutputSpec, output_prefix
+from batchyard.core.redact import redact
+from batchyard.node.runner import (
+    NodeContext,
+    OutputFile,
+    ResourceFile,
+    TaskSpec,
+    now_iso,
+)
+from batchyard.storage.account import Storage
+from batchyard.storage.transfer import BlobTransfer
+
+log = logging.getLogger(__name__)
+
+JOB_CACHE_S = 2.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    lease_s: float = 30.0
+    max_dequeue_count: int = 5
+    keep_task_dirs: bool = False
+    idle_exit_s: float | None = None  # exit after this long with nothing to do (None: never)
+    poll_max_s: float = 1.0
+
+
+def log_output(job_id: str, task_id: str, log_container: str) -> tuple[OutputFile, OutputFile]:
+    """stdout/stderr are uploaded after every attempt, like Batch's ``../std*.txt`` output files."""
+    return tuple(  # type: ignore[return-value]
+        OutputFile(pattern=f"../{name}", path=f"{job_id}/{task_id}/{name}", upload_on="completion",
+                   optional=True, container=log_container, skip_empty=True)
+        for name in ("stdout.txt", "stderr.txt")
+    )
+
+
+def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_task_dir: bool,
+                     retry_bonus: int = 0, spec_hash: str = "") -> TaskSpec:
+    """The TaskSpec of one task row under the local backend (blobs by account reference)."""
+    task = task_def_from_entity(entity)
+    # The spec hash changes whenever a re-submit could have changed a resource file, so a node's
+    # cached copy is only reused for the exact submission it came from.
+    resources = [
+        ResourceFile(file_path=rf.target, container=store.system_container,
+                     blob=store.resource_blob(job.id, rf.target),
+                     cache_key=f"{job.id}/{spec_hash}/{rf.target}" if spec_hash else None)
+        for rf in job.resource_files
+    ]
+    if task.input_blob is not None and task.input_path is not None:
+        resources.append(ResourceFile(file_path=task.input_path, container=task.input_container,
+                                      blob=task.input_blob, is_input=True))
+    outputs = [_output(job, out, task) for out in job.outputs]
+    outputs.extend(log_output(job.id, task.task_id, store.log_container))
+    retries = job.constraints.max_task_retry_count
+    return TaskSpec(
+        job_id=job.id, task_id=task.task_id, argv=task.argv,
+        environment={**job.environment, **dict(task.params)},
+        resource_files=tuple(resources), output_files=tuple(outputs),
+        max_wall_clock_seconds=job.constraints.max_wall_clock_time,
+        max_task_retry_count=retries if retries < 0 else retries + retry_bonus,
+        keep_task_dir=keep_task_dir, container_image=job.container_image,
+    )
+
+
+def _output(job: Job, out: OutputSpec, task: Any) -> OutputFile:
+    prefix = output_prefix(job, out, task)
+    return OutputFile(pattern=out.pattern, path=prefix, upload_on=out.upload_on, optional=out.optional,
+                      container=out.container)
+
+
+@dataclass
+class _Claim:
+    """One task this worker holds: the row's current ETag, and the flag that stops its command."""
+
+    job_id: str
+    etag: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: bool = False
+
+
+class _Keeper(threading.Thread):
+    """Renews the message lease and the claims of the message's tasks this worker holds.
+
+    Two tasks can be held at once: one whose command runs, and the one before it whose
+    outputs are being uploaded. ``renewing`` is held around each claim renewal and around the
+    final write of a task, so the final write always carries the row's current ETag.
+    """
+
+    def __init__(self, worker: Worker, message: Any) -> None:
+        super().__init__(daemon=True, name="lease-keeper")
+        self.worker = worker
+        self.message_id = message.id
+        self.pop_receipt = message.pop_receipt
+        self.lock = threading.Lock()
+        self.renewing = threading.Lock()
+        self.claims: dict[str, _Claim] = {}
+        self.lost_message = False
+        self._stop_event = threading.Event()
+
+    def track(self, job_id: str, task_id: str, etag: str) -> _Claim:
+        claim = _Claim(job_id, etag)
+        with self.lock:
+            self.claims[task_id] = claim
+        return claim
+
+    def untrack(self, task_id: str) -> None:
+        with self.lock:
+            self.claims.pop(task_id, None)
+
+    def run(self) -> None:
+        lease = self.worker.options.lease_s
+        interval = max(0.2, min(lease / 3.0, 10.0))
+        while not self._stop_event.wait(interval):
+            try:
+                self._renew(lease)
+            except Exception as exc:  # never let the keeper die: without it the lease lapses
+                log.warning("lease keeper: %s", redact(f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+
+    def _renew(self, lease: float) -> None:
+        store = self.worker.store
+        try:
+            receipt = store.queue.update_message(self.message_id, self.pop_receipt, visibility_timeout=int(lease) or 1)
+            self.pop_receipt = receipt.pop_receipt
+        except ResourceNotFoundError:
+            self.lost_message = True  # our receipt is stale: someone else has the message
+        except Exception as exc:  # transient: the next tick tries again; the claim still protects us
+            log.warning("renewing message lease failed: %s", redact(str(exc).splitlines()[0]))
+        with self.lock:
+            held = list(self.claims.items())
+        if not self._renew_together(held, lease):
+            for task_id, claim in held:
+                self._renew_one(task_id, claim, lease)
+        for _, claim in held:
+            if self.worker.job_cancelled(claim.job_id):
+                claim.cancel.set()
+
+    def _renew_together(self, held: list[tuple[str, _Claim]], lease: float) -> bool:
+        """Renew the claims of several tasks of one job (claimed ahead in a group) in one transaction.
+
+        False when there is nothing to group or the service refused it (a claim was lost: one
+        renewal each then tells which).
+        """
+        with self.renewing:
+            with self.lock:
+                current = [(task_id, claim) for task_id, claim in held if self.claims.get(task_id) is claim]
+            if len(current) < 2 or len(current) > TABLE_BATCH or len({c.job_id for _, c in current}) > 1:
+                return False
+            try:
+                etags = self.worker.store.renew_claims(current[0][1].job_id, [(t, c.etag) for t, c in current],
+                                                       lease_s=lease)
+            except Exception as exc:  # transient: the next tick tries again; the claims last until then
+                log.warning("renewing task claims failed: %s", redact(str(exc).splitlines()[0]))
+                return True
+            if etags is None:
+                return False
+            for (_, claim), etag in zip(current, etags, strict=True):
+                claim.etag = etag
+            return True
+
+    def _renew_one(self, task_id: str, claim: _Claim, lease: float) -> None:
+        with self.renewing:
+            with self.lock:
+                if self.claims.get(task_id) is not claim:
+                    return  # finished meanwhile
+            try:
+                new_etag = self.worker.store.renew_claim(claim.job_id, task_id, lease_s=lease, etag=claim.etag)
+            except Exception as exc:
+                log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
+                return
+            if new_etag is None:
+                claim.lost = True
+                claim.cancel.set()  # someone else owns the task now: stop our copy of the command
+            else:
+                claim.etag = new_etag
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+class Worker:
+    """One worker slot: a loop over queue messages, running one task at a time."""
+
+    def __init__(self, storage: Storage, config: Config, *, index: int = 0,
+                 options: WorkerOptions | None = None, work_dir: Path | None = None) -> None:
+        self.storage = storage
+        self.config = config
+        self.store = JobStore(storage, config)
+        self.transfer = BlobTransfer(storage)
+        self.options = options or WorkerOptions(
+            lease_s=config.local.lease_seconds, max_dequeue_count=config.local.max_dequeue_count,
+            keep_task_dirs=config.local.keep_task_dirs,
+        )
+        host = socket.gethostname()
+        self.node_id = f"{host}-w{index}"
+        self.owner = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        root = (work_dir or Path(config.local.work_dir or config.home / "work")) / f"node-{os.getpid()}-{index}"
+        self.node = NodeContext(root=root, node_id=self.node_id, pool_id="local", account_name="local",
+                                account_url="local://", is_dedicated=True)
+        self._jobs: dict[str, tuple[float, dict[str, Any], Job | None]] = {}
+        self.tasks_run = 0
+        self._pace: float | None = None  # seconds per command, recently
+        # The pipeline's helper (see batchyard.backends.local.pipeline): while a command runs, it finishes the
+        # task before and prepares the one after.
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+
+    def note_pace(self, seconds: float) -> None:
+        """Fold one task's command time into the worker's recent pace (a moving average)."""
+        self._pace = seconds if self._pace is None else 0.7 * self._pace + 0.3 * seconds
+
+    def group_size(self) -> int:
+        """How many tasks one claim covers (see :class:`batchyard.backends.local.grouped_rows.RowGroups`)."""
+        if self._pace is None:
+            return 1
+        return max(1, min(MAX_GROUP, int(GROUP_WINDOW_S / max(self._pace, 1e-3))))
+
+    def close(self) -> None:
+        self._helper.shutdown(wait=True)
+
+    # --- job info ------------------------------------------------------------------------------------
+    def _job(self, job_id: str) -> tuple[dict[str, Any] | None, Job | None]:
+        cached = self._jobs.get(job_id)
+        if cached and cached[0] > time.monotonic():
+            return cached[1], cached[2]
+        entity = self.store.get_job_entity(job_id)
+        if entity is None:
+            return None, None
+        job = cached[2] if cached and cached[1].get("spec_hash") == entity.get("spec_hash") else None
+        if job is None:
+            job = self.store.load_job(job_id)
+        self._jobs[job_id] = (time.monotonic() + JOB_CACHE_S, entity, job)
+        return entity, job
+
+    def job_cancelled(self, job_id: str) -> bool:
+        entity, _ = self._job(job_id)
+        return entity is None or entity.get("state") == "cancelled"
+
+    # --- loop ----------------------------------------------------------------------------------------
+    def serve(self, stop: threading.Event | Any) -> None:
+        """Handle messages until ``stop`` is set (or idle past ``idle_exit_s``)."""
+        self.node.root.mkdir(parents=True, exist_ok=True)
+        delay, idle_since = 0.02, time.monotonic()
+        errors = 0
+        close: Callable[[], None] | None = None  # the last message's close, done during the next one
+        fetched: MessageRun | None = None  # the next message, opened while the last command ran
+        try:
+            while not stop.is_set():
+                run, fetched = fetched, None
+                if run is None:
+                    try:
+                        message = self._receive()
+                        errors = 0
+                    except StorageLostError:
+                        raise
+                    except Exception as exc:
+                        errors += 1
+                        wait = min(10.0, 0.5 * 2 ** min(errors, 5))
+                        log.warning("storage unavailable (%s); retrying in %.1f s",
+                                    redact(str(exc).splitlines()[0]), wait)
+                        stop.wait(wait)
+                        continue
+                    if message is None:
+                        if close is not None:  # nothing follows: finish the last message now
+                            close, done = None, close
+                            done()
+                        idle_exit = self.options.idle_exit_s
+                        if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                            return
+                        stop.wait(delay)
+                        delay = min(self.options.poll_max_s, delay * 2)
+                        continue
+                    run = self.open_message(message)
+                delay, idle_since = 0.02, time.monotonic()
+                if run is None:  # poisoned, or could not be opened (it comes back)
+                    continue
+                carry, close = close, None
+                try:
+                    close, fetched = run.run(carry=carry, prefetch=partial(self._prefetch, stop))
+                except StorageLostError:
+                    raise
+                except Exception as exc:  # the message comes back after its lease; nothing is lost
+                    log_redelivered("handling a message", exc)
+        finally:
+            if close is not None:
+                close()
+            if fetched is not None:
+                fetched.abandon()
+
+    def _receive(self) -> Any | None:
+        try:
+            messages = list(self.store.queue.receive_messages(
+                messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s)))
+        except ResourceNotFoundError:
+            raise StorageLostError(
+                f"queue {self.store.queue_name!r} is gone from the storage account: the job's pending "
+                "tasks are lost. Re-run the job to re-create the queue and re-queue them."
+            ) from None
+        return messages[0] if messages else None
+
+    def _prefetch(self, stop: threading.Event | Any) -> MessageRun | None:
+        """The next message, taken and opened while this message's last command runs.
+
+        Only while tasks are short (the same test as grouping claims): a long task's worker
+        would hold the next message idle for as long as the command runs, where another worker
+        could start it at once.
+        """
+        if stop.is_set() or self.group_size() <= 1:
+            return None
+        try:
+            message = self._receive()
+        except Exception:  # the main loop's next receive reports it
+            return None
+        return None if message is None else self.open_message(message)
+
+    def open_message(self, message: Any) -> MessageRun | None:
+        """Check a received message and prepare its first task; None if there is nothing to run.
+
+        A malformed or over-delivered message, or one naming a job that cannot be loaded, goes
+        to the poison queue. A message that fails to open is left to come back after its lease.
+        """
+        try:
+            parsed = TaskMessage.decode(message.content)
+        except ValueError as exc:
+            self._poison(message, f"malformed message: {exc}", None)
+            return None
+        try:
+            if message.dequeue_count > self.options.max_dequeue_count:
+                self._poison(message, f"delivered {message.dequeue_count} times (max_dequeue_count="
+                                      f"{self.options.max_dequeue_count})", parsed)
+                return None
+            try:
+                entity, job = self._job(parsed.job_id)
+            except (JobValidationError, JobNotFoundError) as exc:  # a stored job that no longer loads is permanent
+                self._poison(message, f"job {parsed.job_id!r} cannot be loaded: {exc}", parsed)
+                return None
+            if entity is None or job is None:
+                self._poison(message, f"job {parsed.job_id!r} not found", None)
+                return None
+        except StorageLostError:
+            raise
+        except Exception as exc:
+            log_redelivered("checking a message", exc)
+            return None
+        keeper = _Keeper(self, message)
+        keeper.start()
+        run = MessageRun(self, job, parsed, keeper, message)
+        try:
+            run.open()
+        except Exception as exc:
+            run.abandon(release=False)
+            if isinstance(exc, StorageLostError):
+                raise
+            log_redelivered("opening a message", exc)
+            return None
+        return run
+
+    def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
+        log.warning("message %s to the poison queue: %s", message.id, reason)
+        self.store.to_poison(message.content if isinstance(message.content, str) else str(message.content), reason)
+        if parsed is not None:
+            fields = {"state": "failed", "failure_category": "poison", "failure_message": reason,
+                      "ended_at": now_iso(), "attempts_json": []}
+            for task_id in parsed.task_ids:
+                entity = self.store.get_task(parsed.job_id, task_id)
+                definition = parsed.definition(task_id)
+                if entity is None and definition is not None:  # never claimed: its row says why it never ran
+                    if self.store.create_final(parsed.job_id, task_id, definition.label, dict(fields)):
+                        continue
+                    entity = self.store.get_task(parsed.job_id, task_id)
+                if entity is None or entity.get("state") in ("succeeded", "failed"):
+                    continue
+                attempts = json.loads(entity.get("attempts_json") or "[]")
+                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"], fields={
+                    "state": "failed", "failure_category": "poison", "failure_message": reason,
+                    "ended_at": now_iso(), "attempts_json": attempts,
+                })
+        with contextlib.suppress(ResourceNotFoundError):
+            self.store.queue.delete_message(message.id, message.pop_receipt)
+
+
+def worker_process_main(connection_string: str, config: Config, index: int, stop: Any,
+                        options: WorkerOptions | None = None, work_dir: str | None = None) -> None:
+    """Entry point of a worker process (clients are created here, never inherited across fork)."""
+    import signal
+
+    from batchyard.core.redact import install_log_filter
+
+    install_log_filter()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    storage = Storage.from_connection_string(connection_string)
+    worker = Worker(storage, config, index=index, options=options, work_dir=Path(work_dir) if work_dir else None)
+    try:
+        worker.serve(stop)
+    except StorageLostError as exc:
+        log.error("%s", exc)
+        raise SystemExit(3) from None
+    finally:
+        worker.close()
+        if not worker.options.keep_task_dirs:  # the node's resource cache and empty task dirs
+            shutil.rmtree(worker.node.root, ignore_errors=True)

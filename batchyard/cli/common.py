@@ -1,0 +1,81 @@
+"""Plumbing every ``batchyard`` subcommand module shares: consoles, logging, options, errors.
+
+Kept apart from :mod:`batchyard.cli.main` so the command modules (plan, report, pool, emulator)
+import it without importing the command group that imports them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+
+from batchyard.backends import get_backend
+from batchyard.backends.base import Backend
+from batchyard.core.config import Config, load_config
+from batchyard.core.errors import BatchyardError, ConfigError, JobValidationError
+from batchyard.core.redact import install_log_filter, redact, redacting_filter
+
+console = Console(stderr=True, soft_wrap=True)
+# Piped output (CI logs, files) is not cut at 80 columns: task ids and file names stay whole.
+out = Console(width=None if sys.stdout.isatty() else 160)
+log = logging.getLogger("batchyard")
+EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.DEBUG if verbose > 1 else logging.INFO
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    handler.addFilter(redacting_filter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("batchyard").setLevel(level)
+    # The Azure SDKs log every request at INFO; only -vv shows them (secrets are filtered anyway).
+    logging.getLogger("azure").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    install_log_filter()
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn batchyard errors into one clear message and an exit code, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (JobValidationError, ConfigError) as exc:
+            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_USAGE)
+        except BatchyardError as exc:
+            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+verbose_option = click.option("-v", "--verbose", count=True, help="Debug logs (-vv: also Azure SDK requests).")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                             help="batchyard.toml to use (default: the nearest one above the working dir).")
+backend_option = click.option("--backend", default=None, help="Backend to use: local or azure (default: config).")
+
+
+def backend_context(verbose: int, config_path: str | None, backend: str | None) -> tuple[Config, Backend]:
+    setup_logging(verbose)
+    config = load_config(config_path, backend=backend)
+    return config, get_backend(None, config)
+
+
+
+
+# Old private names, kept for modules written against them.
+_setup_logging = setup_logging
+_context = backend_context

@@ -1,0 +1,247 @@
+"""The ``batchyard`` command.
+
+Exit codes: 0 every task succeeded (or the command did what it was asked), 1 some task
+failed, 2 bad usage or an invalid job/config file, 3 any other batchyard error
+(storage unreachable, credentials refused...), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from batchyard.backends.base import Backend, TaskCounts, TaskResult
+from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules import these from here)
+    EXIT_ERROR,
+    EXIT_FAILED_TASKS,
+    EXIT_USAGE,
+    _context,
+    _setup_logging,
+    backend_option,
+    config_option,
+    console,
+    handle_errors,
+    out,
+    verbose_option,
+)
+from batchyard.core.config import load_config
+from batchyard.core.job import Job, load_job
+from batchyard.core.version import __version__
+
+SUMMARY_ROWS = 25
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchyard")
+def main() -> None:
+    """Per-file batch jobs: locally on Azure Storage (Azurite), on Azure Batch, or on its emulator."""
+
+
+# --------------------------------------------------------------------------------------------- run
+def _run_with_progress(backend: Backend, job: Job, total: int, *, workers: int | None) -> TaskCounts:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(job.id, total=total, detail="")
+
+        def update(counts: TaskCounts) -> None:
+            progress.update(bar, completed=counts.done, total=counts.total or total,
+                            detail=f"running {counts.running}  failed {counts.failed}")
+
+        return backend.run_to_end(job, workers=workers, on_progress=update)
+
+
+def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str) -> None:
+    """A table of the tasks (all of them for small jobs, else the failed ones), then how to dig in."""
+    failed = sorted((r for r in results if r.state == "failed"), key=lambda r: r.label)
+    shown = failed[:SUMMARY_ROWS] if len(results) > SUMMARY_ROWS else sorted(
+        results, key=lambda r: (r.state != "failed", r.label))
+    table = Table(title=f"{job_id}: {counts.succeeded} succeeded, {counts.failed} failed, {counts.total} total",
+                  title_justify="left")
+    table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48)
+    table.add_column("state", no_wrap=True, min_width=9)
+    table.add_column("exit", justify="right", no_wrap=True, min_width=4)
+    table.add_column("tries", justify="right", no_wrap=True, min_width=5)
+    table.add_column("task id", no_wrap=True, min_width=min(64, max((len(r.task_id) for r in shown), default=7)))
+    for r in shown:
+        style = {"failed": "red", "succeeded": "green"}.get(str(r.state), "")
+        table.add_row(r.label, f"[{style}]{r.state}[/]" if style else str(r.state),
+                      "" if r.exit_code is None else str(r.exit_code), str(r.attempts), r.task_id)
+    out.print(table)
+    for r in failed[:SUMMARY_ROWS]:
+        out.print(f"[red]failed[/] {r.task_id}: {r.failure_category}: {r.failure_message}", highlight=False,
+                  soft_wrap=True)
+    if len(failed) > SUMMARY_ROWS:
+        out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json)")
+    if failed:
+        out.print(f"stderr of a failed task: batchyard logs {job_id} {failed[0].task_id} --stderr", soft_wrap=True)
+
+
+@main.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@backend_option
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Local worker processes (default: config).")
+@click.option("--no-wait", is_flag=True, help="Submit and return (local: run `batchyard worker` to process).")
+@config_option
+@verbose_option
+@handle_errors
+def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, config_path: str | None,
+        verbose: int) -> None:
+    """Submit JOB_FILE and (by default) run it to the end, showing progress and a summary.
+
+    Re-running a job that exists runs only its missing and failed tasks.
+    """
+    _, be = _context(verbose, config_path, backend)
+    job = load_job(job_file)
+    with be:
+        be.preflight()
+        submitted = be.submit(job)
+        console.print(
+            f"job [bold]{job.id}[/] on {be.name}: {submitted.total} tasks, {submitted.enqueued} queued"
+            + (f", {submitted.already_succeeded} already succeeded" if submitted.already_succeeded else "")
+            + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else ""),
+            highlight=False, soft_wrap=True,
+        )
+        if no_wait:
+            if be.name == "local":
+                console.print("workers: run `batchyard worker` (any machine with the same storage) to process it")
+            return
+        counts = _run_with_progress(be, job, submitted.total, workers=workers)
+        _summary(list(be.list_task_results(job.id)), counts, job.id)
+        if counts.failed:
+            sys.exit(EXIT_FAILED_TASKS)
+
+
+# --------------------------------------------------------------------------------------------- queries
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Every task's result as JSON.")
+@click.option("--watch", is_flag=True, help="Live view until the job ends (Ctrl-C stops watching, not the job).")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_path: str | None,
+           verbose: int) -> None:
+    """Counts by state and each task's result (--watch: live, until the job ends)."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        if watch:
+            from batchyard.cli.report import watch_status
+
+            counts = watch_status(be, job_id, console=out)
+            if counts.finished and counts.failed:
+                sys.exit(EXIT_FAILED_TASKS)
+            return
+        results = list(be.list_task_results(job_id))
+        counts = be.task_counts(job_id)
+        if as_json:
+            out.print_json(json.dumps({"job_id": job_id, "backend": be.name, "counts": counts.to_dict(),
+                                       "tasks": [r.to_dict() for r in results]}, ensure_ascii=False))
+            return
+        _summary(results, counts, job_id)
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("task_id")
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Print a task's stdout (or --stderr)."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        data = be.read_task_log(job_id, task_id, stream=stream)
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+@main.command()
+@click.argument("job_id")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Stop a job: pending tasks are cancelled, running ones killed; records stay."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        be.cancel(job_id)
+    console.print(f"job {job_id} cancelled")
+
+
+@main.command()
+@click.argument("job_id")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def delete(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Delete a job's records and logs (its outputs stay)."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        be.delete(job_id)
+    console.print(f"job {job_id} deleted")
+
+
+@main.command()
+@click.argument("job_id")
+@click.argument("dest", type=click.Path(file_okay=False))
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def download(job_id: str, dest: str, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Download every output of a job into DEST/<container>/<blob name>."""
+    _, be = _context(verbose, config_path, backend)
+    with be:
+        written = be.download_outputs(job_id, Path(dest))
+    console.print(f"{len(written)} file(s) written under {dest}")
+
+
+@main.command()
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: config).")
+@click.option("--idle-exit", type=float, default=None, help="Exit after this many seconds with no work.")
+@config_option
+@verbose_option
+@handle_errors
+def worker(workers: int | None, idle_exit: float | None, config_path: str | None, verbose: int) -> None:
+    """Run local workers against the configured storage until Ctrl-C (more machines can join)."""
+    from batchyard.backends.local.backend import LocalBackend
+    from batchyard.backends.local.worker import WorkerOptions
+
+    _setup_logging(verbose)
+    be = LocalBackend(load_config(config_path, backend="local"))
+    be.preflight()
+    options = WorkerOptions(lease_s=be.config.local.lease_seconds, max_dequeue_count=be.config.local.max_dequeue_count,
+                            keep_task_dirs=be.config.local.keep_task_dirs, idle_exit_s=idle_exit)
+    count = workers or be.config.workers
+    be.start_execution(None, workers=count, options=options)
+    console.print(f"{count} worker(s) serving queue {be.store.queue_name!r}; Ctrl-C to stop")
+    try:
+        be.join_workers()
+    except KeyboardInterrupt:
+        console.print("stopping workers (running tasks finish first)")
+    finally:
+        be.stop_execution()
+
+
+# Command groups that live in their own modules (imported last: they import helpers from here).
+from batchyard.cli.emulator import emulator  # noqa: E402
+from batchyard.cli.plan import plan  # noqa: E402
+from batchyard.cli.pool import pool  # noqa: E402
+from batchyard.cli.report import report  # noqa: E402
+
+main.add_command(emulator)
+main.add_command(plan)
+main.add_command(pool)
+main.add_command(report)

@@ -1,0 +1,116 @@
+"""``batchyard plan JOB_FILE``: a dry run. Nothing is submitted, uploaded or created.
+
+Exit codes: 0 no error finding, 1 some finding is an error (the job would fail as written),
+2 bad usage or config, 3 any other batchyard error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from batchyard.analysis.forecast import hms
+from batchyard.analysis.plan import Plan
+from batchyard.cli.common import (
+    EXIT_FAILED_TASKS,
+    _setup_logging,
+    backend_option,
+    config_option,
+    handle_errors,
+    out,
+    verbose_option,
+)
+from batchyard.core.config import load_config
+
+_STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
+
+
+@click.command()
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The whole plan as JSON.")
+@click.option("--show", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="How many tasks (and local files) to list.")
+@backend_option
+@config_option
+@verbose_option
+@handle_errors
+def plan(job_file: str, as_json: bool, show: int, backend: str | None, config_path: str | None, verbose: int) -> None:
+    """Dry run: the tasks JOB_FILE would run, its uploads and outputs, Azure Batch preflight, cost forecast.
+
+    Nothing is submitted or uploaded. Inputs are the files of inputs.local_dir plus the blobs already
+    under the prefix (when storage is configured or the local Azurite runs). Exits 1 when a finding is
+    an error.
+    """
+    from batchyard.analysis.plan import make_plan
+
+    _setup_logging(verbose)
+    config = load_config(config_path, backend=backend)
+    result = make_plan(job_file, config, show=show)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        render(result)
+    if result.has_errors:
+        sys.exit(EXIT_FAILED_TASKS)
+
+
+def render(p: Plan) -> None:
+    out.print(f"[bold]plan[/] for job {escape(str(p.job_id))} ({escape(p.job_file)}), backend {p.backend}: "
+              "nothing submitted", highlight=False)
+    if p.job_id is not None:
+        out.print(f"\n[bold]tasks[/]: {p.tasks}", highlight=False)
+        for row in p.sample:
+            out.print(f"  {escape(row['task_id'])}: {escape(row['command_line'])}", highlight=False)
+            out.print(f"    argv {escape(json.dumps(row['argv'], ensure_ascii=False))}", highlight=False)
+        if p.tasks > len(p.sample):
+            out.print(f"  ... and {p.tasks - len(p.sample)} more", highlight=False)
+        out.print("\n[bold]uploads[/]", highlight=False)
+        local = p.uploads.get("local_dir")
+        if local:
+            out.print(f"  inputs.local_dir: {local['files']} file(s), {local['bytes']} bytes -> container "
+                      f"{local['container']} ({local['note']})", highlight=False)
+            for row in local["first"]:
+                out.print(f"    {escape(row['path'])} -> {escape(row['blob'])}", highlight=False)
+        for rf in p.uploads.get("resource_files", []):
+            out.print(f"  resource file {escape(rf['source'])} ({rf['bytes']} bytes) -> {rf['container']}/"
+                      f"{escape(rf['blob'])}, staged as {escape(rf['file_path'])}", highlight=False)
+        if not local and not p.uploads.get("resource_files"):
+            out.print("  nothing", highlight=False)
+        out.print("\n[bold]outputs[/]", highlight=False)
+        for o in p.outputs:
+            out.print(f"  {escape(o['pattern'])} -> {o['container']}/{escape(o['path'])} (first task: "
+                      f"{o['container']}/{escape(o['first_task_prefix'])}), upload on {o['upload_on']}"
+                      + (", optional" if o["optional"] else ""), highlight=False)
+        if not p.outputs:
+            out.print("  none (only stdout/stderr are kept)", highlight=False)
+    out.print("")
+    table = Table(title=f"findings ({len(p.findings)})", title_justify="left")
+    for col in ("severity", "check", "finding", "fix"):
+        table.add_column(col, overflow="fold")
+    for f in p.findings:
+        style = _STYLE.get(f.severity, "")
+        table.add_row(f"[{style}]{f.severity}[/]", f.code, escape(f.message), escape(f.fix))
+    if p.findings:
+        out.print(table)
+    else:
+        out.print("[bold]findings[/]: none", highlight=False)
+    fc = p.forecast
+    if fc:
+        out.print("\n[bold]forecast on Azure Batch[/]", highlight=False)
+        out.print(f"  {fc['previous_run']}", highlight=False)
+        out.print(f"  pool: {fc['nodes']} node(s) x {fc['task_slots_per_node']} slot(s) of {fc['vm_size']}"
+                  + (f" at ${fc['usd_per_node_hour']}/h ({fc['price_source']})" if fc["usd_per_node_hour"]
+                     else " (no price known)"), highlight=False)
+        if fc.get("wall_time_s") is not None:
+            cost = f"${fc['cost_usd']:.2f}" if fc.get("cost_usd") is not None else "unknown (no price)"
+            out.print(f"  estimated wall time {hms(fc['wall_time_s'])}, cost {cost} (mean task "
+                      f"{fc['mean_task_s']:.1f}s, longest {fc['longest_task_s']:.1f}s)", highlight=False)
+        else:
+            out.print("  no task durations to forecast from: run it locally or on the emulator first", highlight=False)
+        out.print("  assumptions:", highlight=False)
+        for line in fc["assumptions"]:
+            out.print(f"    - {escape(line)}", highlight=False)

@@ -1,0 +1,107 @@
+"""``batchyard pool list|delete``: the Azure Batch pools batchyard created (and only those).
+
+A pool counts as batchyard's when it has a record ``<system container>/pools/<id>.json`` on
+the configured storage account, written before the pool was created. ``delete`` refuses
+any other pool: it may be running someone else's work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from batchyard.core.errors import BackendError
+
+out = Console()
+console = Console(stderr=True)
+
+
+def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """cli.handle_errors, imported when called (cli imports this module to add the group)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from batchyard.cli.common import handle_errors
+
+        return handle_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _backend(config_path: str | None, verbose: int) -> Any:
+    from batchyard.backends.azure.backend import AzureBackend
+    from batchyard.cli.common import _setup_logging
+    from batchyard.core.config import load_config
+
+    _setup_logging(verbose)
+    return AzureBackend(load_config(config_path, backend="azure"))
+
+
+_config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                              help="batchyard.toml to use (default: the nearest one above the working dir).")
+_verbose_option = click.option("-v", "--verbose", count=True, help="Debug logs (-vv: also Azure SDK requests).")
+
+
+@click.group()
+def pool() -> None:
+    """Azure Batch pools batchyard created (per-job pools and [azure] pool_id pools it made)."""
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@_config_option
+@_verbose_option
+@_handled
+def list_pools(as_json: bool, config_path: str | None, verbose: int) -> None:
+    """List the pools batchyard created, with their state on Azure Batch."""
+    import json
+
+    with _backend(config_path, verbose) as be:
+        rows = []
+        for rec in be.pools.records():
+            live = be.pools.get(rec.pool_id)
+            rows.append({
+                "pool_id": rec.pool_id, "job_id": rec.job_id, "created_at": rec.created_at,
+                "state": "missing" if live is None else str(getattr(live.state, "value", live.state)),
+                "nodes": None if live is None else (live.current_dedicated_nodes or 0)
+                + (live.current_low_priority_nodes or 0),
+            })
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"{len(rows)} pool(s) created by batchyard", title_justify="left")
+    for col in ("pool", "job", "created", "state", "nodes"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["pool_id"], r["job_id"] or "(shared)", r["created_at"], r["state"],
+                      "" if r["nodes"] is None else str(r["nodes"]))
+    out.print(table)
+
+
+@pool.command("delete")
+@click.argument("pool_id", required=False)
+@click.option("--all", "delete_all", is_flag=True, help="Delete every pool batchyard created.")
+@_config_option
+@_verbose_option
+@_handled
+def delete_pool(pool_id: str | None, delete_all: bool, config_path: str | None, verbose: int) -> None:
+    """Delete POOL_ID (or --all): only pools batchyard created; running tasks are requeued by Batch."""
+    if bool(pool_id) == delete_all:
+        raise click.UsageError("give a POOL_ID or --all (not both)")
+    with _backend(config_path, verbose) as be:
+        if delete_all:
+            ids = [rec.pool_id for rec in be.pools.records()]
+        else:
+            if be.pools.get_record(pool_id) is None:
+                raise BackendError(f"pool {pool_id!r} was not created by batchyard (no record in container "
+                                   f"{be.store.system_container!r}); refusing to delete it. Delete it in the Azure "
+                                   "portal or with the az CLI if it really is yours.")
+            ids = [pool_id]  # type: ignore[list-item]
+        for pid in ids:
+            existed = be.pools.delete(pid)
+            console.print(f"pool {pid} " + ("deleted" if existed else "was already gone (record removed)"))

@@ -1,0 +1,97 @@
+"""Private container registries: which configured registry a job's image comes from.
+
+An image reference names its registry the way ``docker pull`` reads it: the part before the
+first ``/`` is a registry host when it contains ``.`` or ``:`` or is ``localhost``
+(``myregistry.azurecr.io/tools/app:1``, ``localhost:5000/app``); otherwise the image is on
+Docker Hub (``python:3.12``, ``library/python``, ``myorg/app``). Docker Hub and
+mcr.microsoft.com serve public images without credentials, so an image there needs no entry.
+
+Pure functions shared by the config (server normalisation), ``batchyard plan`` and the azure
+backend; nothing here reads a password (the config does, from the environment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from batchyard.core.findings import Finding
+
+if TYPE_CHECKING:
+    from batchyard.core.config import Config, RegistrySection
+    from batchyard.core.job import Job
+
+DOCKER_HUB = "docker.io"
+# Names Docker Hub answers under; all compare equal to "docker.io", so a `server = "docker.io"`
+# entry (a private Docker Hub repository) matches `myorg/app` as well as `index.docker.io/myorg/app`.
+_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
+PUBLIC_HOSTS = frozenset({DOCKER_HUB, "mcr.microsoft.com"})
+
+
+def normalize_server(server: str) -> str:
+    """``https://MyRegistry.azurecr.io/`` -> ``myregistry.azurecr.io`` (host names ignore case)."""
+    text = server.strip().lower()
+    for scheme in ("https://", "http://"):
+        text = text.removeprefix(scheme)
+    text = text.rstrip("/")
+    return DOCKER_HUB if text in _HUB_ALIASES else text
+
+
+def image_host(image: str) -> str:
+    """The registry host of an image reference (``docker.io`` when it names none)."""
+    first, slash, _ = image.strip().partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return normalize_server(first)
+    return DOCKER_HUB
+
+
+def registry_for(image: str, registries: Sequence[RegistrySection]) -> RegistrySection | None:
+    """The configured registry whose server is the image's host, if any."""
+    host = image_host(image)
+    return next((r for r in registries if r.server == host), None)
+
+
+def unconfigured_private_host(image: str, registries: Sequence[RegistrySection]) -> str | None:
+    """The image's host when it is neither configured nor a public registry (it may need credentials)."""
+    host = image_host(image)
+    if host in PUBLIC_HOSTS or registry_for(image, registries) is not None:
+        return None
+    return host
+
+
+def check_registries(job: Job, config: Config) -> list[Finding]:
+    """``batchyard plan``'s registry rules for a container job (see docs/plan.md)."""
+    image = job.container_image
+    if not image:
+        return []
+    registries = config.azure.container_registries
+    findings: list[Finding] = []
+    host = unconfigured_private_host(image, registries)
+    if host is not None:
+        findings.append(Finding(
+            "warning", "registry-not-configured",
+            f"container_image {image!r} comes from {host}, which no [[azure.container_registries]] entry names: "
+            "Azure Batch can pull it only if that registry allows anonymous pulls or the existing pool "
+            "already holds its credentials",
+            f'add [[azure.container_registries]] with server = "{host}", username and password_env '
+            "(docs/configuration.md)"))
+    for i, reg in enumerate(registries):
+        if reg.password_env and config.registry_password(reg.server) is None:
+            findings.append(Finding(
+                "error", "registry-password-missing",
+                f"azure.container_registries.{i}.password_env: the variable {reg.password_env} (password of "
+                f"{reg.server}) is not set, so submitting this container job would fail",
+                f"export {reg.password_env} before `batchyard run`"))
+    used = registry_for(image, registries)
+    if used is not None and used.identity_resource_id and not config.azure.pool_id:
+        findings.append(Finding(
+            "error", "registry-identity-needs-pool",
+            f"{used.server} signs in with a managed identity (identity_resource_id), which only a pool created "
+            "with that identity has; the pool batchyard would create has none, so it could not pull the image",
+            "create a container-enabled pool with that user-assigned identity (Azure portal, ARM or Bicep "
+            "template) and set [azure] pool_id to it"))
+    return findings
+
+
+__all__ = ["DOCKER_HUB", "PUBLIC_HOSTS", "check_registries", "image_host", "normalize_server", "registry_for",
+           "unconfigured_private_host"]

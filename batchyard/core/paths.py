@@ -1,0 +1,93 @@
+"""Paths that come from outside (job files, blob names, output patterns) and the working dir.
+
+Every name that becomes a file under a task's working dir goes through
+:func:`safe_relative_path`; output matching never follows a symlink or leaves the directory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import stat
+from pathlib import Path, PurePosixPath
+
+from batchyard.core.errors import UnsafePathError
+
+log = logging.getLogger(__name__)
+
+
+def safe_relative_path(name: str, *, what: str) -> PurePosixPath:
+    """A relative path that cannot leave the directory it is joined to, or UnsafePathError."""
+    if "\x00" in name:
+        raise UnsafePathError(f"{what}: NUL byte in path {name!r}")
+    if "\\" in name:
+        raise UnsafePathError(f"{what}: backslash in path {name!r} (use '/')")
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or name.startswith("/"):
+        raise UnsafePathError(f"{what}: path {name!r} must be relative")
+    if any(part == ".." for part in path.parts):
+        raise UnsafePathError(f"{what}: path {name!r} must not contain '..'")
+    if path.parts and path.parts[0] in ("", "."):
+        path = PurePosixPath(*[p for p in path.parts if p != "."]) if len(path.parts) > 1 else path
+    return path
+
+
+def is_inside(base: Path, candidate: Path) -> bool:
+    try:
+        candidate.resolve().relative_to(base.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def pattern_base(pattern: str) -> tuple[str, bool]:
+    """The pattern's fixed leading directories, and whether it has a wildcard at all."""
+    parts = pattern.split("/")
+    fixed: list[str] = []
+    for part in parts[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    has_wildcard = any(c in pattern for c in "*?[")
+    return "/".join(fixed), has_wildcard
+
+
+def match_outputs(wd: Path, pattern: str) -> list[tuple[Path, str]]:
+    """Regular files matching ``pattern`` with their upload-relative names; symlinks never followed.
+
+    ``../`` (one level, as Batch allows for ``../std*.txt``) reaches the task dir.
+    """
+    base_dir = wd
+    rest = pattern
+    if rest.startswith("../"):
+        base_dir, rest = wd.parent, rest[3:]
+    safe_relative_path(rest, what=f"output pattern {pattern!r}")
+    fixed, has_wildcard = pattern_base(rest)
+    found: list[tuple[Path, str]] = []
+    candidates = base_dir.glob(rest) if has_wildcard else [base_dir / rest]
+    # A file directly in base_dir that is not a symlink itself is inside it; a deeper one may
+    # be reached through a directory symlink the command made, so only those are resolved.
+    flat = "/" not in rest
+    for path in candidates:
+        try:
+            mode = path.lstat().st_mode
+        except OSError:  # absent (a literal pattern), or gone meanwhile
+            continue
+        if stat.S_ISLNK(mode):
+            log.warning("output %s is a symlink; not followed", path.name)
+            continue
+        if not stat.S_ISREG(mode) or not (flat or is_inside(base_dir, path)):
+            continue
+        rel = path.relative_to(base_dir).as_posix()
+        if fixed and rel.startswith(fixed + "/"):
+            rel = rel[len(fixed) + 1:]
+        elif not has_wildcard:
+            rel = path.name
+        found.append((path, rel))
+    found.sort(key=lambda item: item[1])
+    return found
+
+
+def fnmatch_name(name: str, pattern: str) -> bool:
+    """Case-sensitive glob match of a blob name (after its prefix), '/' matched by '*' too."""
+    return fnmatch.fnmatchcase(name, pattern)

@@ -1,0 +1,104 @@
+"""Container tasks: a job's ``container_image`` runs its command inside that image.
+
+Like a Batch container task: the node root (with the task's working dir) is mounted at the
+same path inside the container, the command runs in ``$AZ_BATCH_TASK_WORKING_DIR`` with the
+same ``AZ_BATCH_*`` variables and the job's environment (never the host's), with networking
+disabled (files are staged on the host before, and uploaded from it after) and as the
+worker's own user. The wall clock kills the container.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+
+from batchyard.core.errors import BatchyardError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from batchyard.node.runner import NodeContext, TaskSpec
+
+WAIT_STEP_S = 0.25
+ENGINE_FIX = ("start a Docker engine (e.g. `dockerd --bridge=none --iptables=false`, then set DOCKER_HOST), "
+              "or remove container_image from the job")
+
+
+class ContainerEngineError(BatchyardError):
+    """No Docker engine answers, so a container task cannot run here."""
+
+
+def engine() -> Any:
+    """A connected docker client, or a clear error naming the fix."""
+    try:
+        import docker
+    except ModuleNotFoundError:
+        raise MissingDependencyError("container tasks need the docker package: pip install 'batchyard[docker]'") \
+            from None
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        return client
+    except Exception as exc:
+        where = os.environ.get("DOCKER_HOST", "the default socket")
+        raise ContainerEngineError(f"container_image needs a Docker engine, and none answers at {where} "
+                                   f"({type(exc).__name__}); {ENGINE_FIX}") from None
+
+
+def container_environment(spec: TaskSpec, host_env: dict[str, str]) -> dict[str, str]:
+    """What the container sees: the AZ_BATCH_* variables and the job's own, not the host's."""
+    env = {k: v for k, v in host_env.items() if k.startswith("AZ_BATCH_")}
+    env.update(spec.environment)
+    return env
+
+
+def run(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str],
+        cancel: threading.Event | None) -> tuple[int | None, str | None]:
+    """Run ``spec.argv`` in ``spec.container_image``; returns (exit code, None|'timeout'|'cancelled').
+
+    stdout and stderr land in the task dir's stdout.txt / stderr.txt, as for a host command.
+    """
+    client = engine()
+    try:
+        client.images.get(spec.container_image)
+    except Exception:
+        # Never pulled implicitly: a task should not reach out to a registry behind the user's back.
+        raise ContainerEngineError(f"image {spec.container_image!r} is not on the Docker engine; pull, load or "
+                                   "build it there first (batchyard never pulls implicitly)") from None
+    root = str(node.root.resolve())
+    container = client.containers.run(
+        spec.container_image, command=list(spec.argv), working_dir=str((task_dir / "wd").resolve()),
+        volumes={root: {"bind": root, "mode": "rw"}}, environment=container_environment(spec, env),
+        network_disabled=True, user=f"{os.getuid()}:{os.getgid()}", detach=True,
+        labels={"batchyard.job": spec.job_id, "batchyard.task": spec.task_id},
+    )
+    stopped: str | None = None
+    deadline = time.monotonic() + spec.max_wall_clock_seconds if spec.max_wall_clock_seconds else None
+    try:
+        while True:
+            step = WAIT_STEP_S if deadline is None else max(0.01, min(WAIT_STEP_S, deadline - time.monotonic()))
+            try:
+                status = container.wait(timeout=step)
+                code: int | None = int(status.get("StatusCode", -1))
+                break
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                pass  # this wait step timed out: the container still runs
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped = "timeout"
+            elif cancel is not None and cancel.is_set():
+                stopped = "cancelled"
+            if stopped:
+                with contextlib.suppress(Exception):
+                    container.kill()
+                code = None
+                break
+        (task_dir / "stdout.txt").write_bytes(container.logs(stdout=True, stderr=False) or b"")
+        (task_dir / "stderr.txt").write_bytes(container.logs(stdout=False, stderr=True) or b"")
+        return code, stopped
+    finally:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
