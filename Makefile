@@ -1,7 +1,7 @@
 # batchyard developer entry points. On a fresh machine with Python >= 3.11 and access to
 # PyPI and npm, the two commands are:
 #   make demo    venv + Azurite, then run the example job
-#   make test    venv + Azurite, then the test suite (extra pytest arguments: PYTEST_ARGS=...)
+#   make test    venv + Azurite, `make lint`, then the test suite (extra pytest arguments: PYTEST_ARGS=...)
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
@@ -50,11 +50,19 @@ demo: $(STAMP) azurite
 	if [ $$rc -gt 1 ]; then echo "demo: batchyard run failed (exit $$rc)" >&2; exit $$rc; fi
 	$(VENV_PY) examples/uppercase/check_demo.py
 
-test: $(STAMP) azurite
+# Lint first, so CI (which runs `make test`) refuses a broken rule before spending the suite's time.
+test: $(STAMP) lint azurite
 	$(VENV_PY) -m pytest $(PYTEST_ARGS)
 
+# The house rules (docs/architecture.md): ruff; the import contracts in pyproject.toml
+# [tool.importlinter]; no import circle and no module over 450 lines (tools/check_structure.py).
+# Every check runs and reports even when an earlier one failed; the target fails if any did.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
+	@rc=0; \
+	$(VENV)/bin/ruff check . || rc=1; \
+	$(VENV)/bin/lint-imports --no-cache --no-logo || rc=1; \
+	$(VENV_PY) tools/check_structure.py || rc=1; \
+	exit $$rc
 
 bench: $(STAMP) azurite
 	$(VENV_PY) -m benchmarks.run $(BENCH_ARGS)
