@@ -71,12 +71,12 @@ def oversized_modules(package_dir: Path, max_lines: int) -> list[tuple[Path, int
 
 def check(package: str, max_lines: int) -> list[str]:
     """One message per broken rule (empty when the package keeps both)."""
-    graph = grimp.build_graph(package, exclude_type_checking_imports=False, cache_dir=None)
-    problems = [describe_circle(graph, circle) for circle in import_circles(graph)]
     spec = importlib.util.find_spec(package)  # locates the package without running its code
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"check_structure: no package named {package!r} on the path")
     package_dir = Path(next(iter(spec.submodule_search_locations)))
+    graph = grimp.build_graph(package, exclude_type_checking_imports=False, cache_dir=None)
+    problems = [describe_circle(graph, circle) for circle in import_circles(graph)]
     problems += [f"{path.relative_to(package_dir.parent)}: {count} lines, over the limit of {max_lines} "
                  "(split it into modules that each hold one thing)"
                  for path, count in oversized_modules(package_dir, max_lines)]
