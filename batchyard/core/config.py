@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from batchyard.core.errors import ConfigError
-from batchyard.core.image_registries import normalize_server
+from batchyard.core.image_refs import normalize_server
 from batchyard.core.redact import register_secret
 
 log = logging.getLogger(__name__)

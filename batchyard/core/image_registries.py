@@ -1,13 +1,8 @@
 """Private container registries: which configured registry a job's image comes from.
 
-An image reference names its registry the way ``docker pull`` reads it: the part before the
-first ``/`` is a registry host when it contains ``.`` or ``:`` or is ``localhost``
-(``myregistry.azurecr.io/tools/app:1``, ``localhost:5000/app``); otherwise the image is on
-Docker Hub (``python:3.12``, ``library/python``, ``myorg/app``). Docker Hub and
-mcr.microsoft.com serve public images without credentials, so an image there needs no entry.
-
-Pure functions shared by the config (server normalisation), ``batchyard plan`` and the azure
-backend; nothing here reads a password (the config does, from the environment).
+How an image reference names its host is in :mod:`batchyard.core.image_refs` (re-exported here).
+Pure functions shared by ``batchyard plan`` and the azure backend; nothing here reads a password
+(the config does, from the environment).
 """
 
 from __future__ import annotations
@@ -16,33 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from batchyard.core.findings import Finding
+from batchyard.core.image_refs import DOCKER_HUB, PUBLIC_HOSTS, image_host, normalize_server
 
 if TYPE_CHECKING:
     from batchyard.core.config import Config, RegistrySection
     from batchyard.core.job import Job
-
-DOCKER_HUB = "docker.io"
-# Names Docker Hub answers under; all compare equal to "docker.io", so a `server = "docker.io"`
-# entry (a private Docker Hub repository) matches `myorg/app` as well as `index.docker.io/myorg/app`.
-_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
-PUBLIC_HOSTS = frozenset({DOCKER_HUB, "mcr.microsoft.com"})
-
-
-def normalize_server(server: str) -> str:
-    """``https://MyRegistry.azurecr.io/`` -> ``myregistry.azurecr.io`` (host names ignore case)."""
-    text = server.strip().lower()
-    for scheme in ("https://", "http://"):
-        text = text.removeprefix(scheme)
-    text = text.rstrip("/")
-    return DOCKER_HUB if text in _HUB_ALIASES else text
-
-
-def image_host(image: str) -> str:
-    """The registry host of an image reference (``docker.io`` when it names none)."""
-    first, slash, _ = image.strip().partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        return normalize_server(first)
-    return DOCKER_HUB
 
 
 def registry_for(image: str, registries: Sequence[RegistrySection]) -> RegistrySection | None:
