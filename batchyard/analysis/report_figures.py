@@ -17,10 +17,10 @@ import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from batchyard.analysis.report import COLOURS, OUTCOMES, percentile, throughput_series
+from batchyard.analysis.report_data import COLOURS, OUTCOMES, percentile, throughput_series
 
 if TYPE_CHECKING:
-    from batchyard.analysis.report import Attempt, ReportData
+    from batchyard.analysis.report_data import Attempt, ReportData
 
 MAX_BAR_ATTEMPTS = 2000
 MAX_ROWS = 80
