@@ -29,7 +29,7 @@ from batchyard.emulator.batch.protocol import (
 from batchyard.emulator.batch.state import Job
 
 if TYPE_CHECKING:
-    from batchyard.emulator.batch.server import BatchEmulator
+    from batchyard.emulator.batch.service import BatchService
 
 REFUSED_JOB_FIELDS = {
     "jobManagerTask": "job manager tasks",
@@ -58,7 +58,7 @@ def _check_settings(body: dict[str, Any]) -> None:
 
 
 class JobOps:
-    def __init__(self, emu: BatchEmulator) -> None:
+    def __init__(self, emu: BatchService) -> None:
         self.emu = emu
 
     def register(self, r: Router) -> None:

@@ -29,7 +29,7 @@ from batchyard.emulator.batch.state import Node, Pool
 from batchyard.emulator.batch.translate import check_registry, split_command_line, validate_task
 
 if TYPE_CHECKING:
-    from batchyard.emulator.batch.server import BatchEmulator
+    from batchyard.emulator.batch.service import BatchService
 
 REFUSED_POOL_FIELDS = {
     "mountConfiguration": "mounting file systems (mountConfiguration)",
@@ -95,7 +95,7 @@ def _check_pool(body: Any) -> dict[str, Any]:
 
 
 class PoolOps:
-    def __init__(self, emu: BatchEmulator) -> None:
+    def __init__(self, emu: BatchService) -> None:
         self.emu = emu
 
     def register(self, r: Router) -> None:

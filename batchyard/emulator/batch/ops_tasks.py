@@ -22,13 +22,13 @@ from batchyard.emulator.batch.translate import validate_task
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from batchyard.emulator.batch.server import BatchEmulator
+    from batchyard.emulator.batch.service import BatchService
 
 MAX_TASKS_PER_COLLECTION = 100
 
 
 class TaskOps:
-    def __init__(self, emu: BatchEmulator) -> None:
+    def __init__(self, emu: BatchService) -> None:
         self.emu = emu
 
     def register(self, r: Router) -> None:
