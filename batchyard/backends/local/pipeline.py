@@ -44,8 +44,8 @@ from batchyard.node.runner import (
     TaskSpec,
     now_iso,
     planned_downloads,
+    run_task_commands,
     stage_ahead,
-    start_task,
 )
 
 if TYPE_CHECKING:
@@ -146,9 +146,9 @@ class MessageRun:
                     self.command_ended.set()
                 else:
                     began = time.monotonic()
-                    finish = start_task(ready.spec, node=worker.node, transfer=worker.transfer,
-                                        first_attempt=ready.first_attempt, cancel=ready.claim.cancel,
-                                        staged=ready.staged)
+                    finish = run_task_commands(ready.spec, node=worker.node, transfer=worker.transfer,
+                                               first_attempt=ready.first_attempt, cancel=ready.claim.cancel,
+                                               staged=ready.staged)
                     self.command_ended.set()
                     worker.note_pace(time.monotonic() - began)
                     worker.tasks_run += 1
