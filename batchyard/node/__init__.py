@@ -1,4 +1,4 @@
-"""What runs on a node (a local worker, an emulated node, a Batch node): the task runner and its parts.
+"""What runs on a node (the local backend's, an emulated one, a Batch node): the task runner and its parts.
 
 It imports core and storage only: no backend, no dispatcher.
 """

@@ -4,7 +4,7 @@ Like a Batch container task: the node root (with the task's working dir) is moun
 same path inside the container, the command runs in ``$AZ_BATCH_TASK_WORKING_DIR`` with the
 same ``AZ_BATCH_*`` variables and the job's environment (never the host's), with networking
 disabled (files are staged on the host before, and uploaded from it after) and as the
-worker's own user. The wall clock kills the container.
+user batchyard runs as. The wall clock kills the container.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 
+from batchyard.core.batch_semantics import log_file_name
 from batchyard.core.errors import BatchyardError, MissingDependencyError
-
-if TYPE_CHECKING:
-    from batchyard.node.runner import NodeContext, TaskSpec
+from batchyard.node.taskspec import NodeContext, TaskSpec
 
 WAIT_STEP_S = 0.25
 ENGINE_FIX = ("start a Docker engine (e.g. `dockerd --bridge=none --iptables=false`, then set DOCKER_HOST), "
@@ -96,8 +95,8 @@ def run(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str],
                     container.kill()
                 code = None
                 break
-        (task_dir / "stdout.txt").write_bytes(container.logs(stdout=True, stderr=False) or b"")
-        (task_dir / "stderr.txt").write_bytes(container.logs(stdout=False, stderr=True) or b"")
+        (task_dir / log_file_name("stdout")).write_bytes(container.logs(stdout=True, stderr=False) or b"")
+        (task_dir / log_file_name("stderr")).write_bytes(container.logs(stdout=False, stderr=True) or b"")
         return code, stopped
     finally:
         with contextlib.suppress(Exception):

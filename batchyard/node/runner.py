@@ -1,8 +1,9 @@
 """One task's life on a node: stage, run, upload, record.
 
-Shared unchanged by the local backend's workers and the Batch API emulator's nodes, so
-a command sees the same world under both (and under real Azure Batch, whose layout and
-variables this copies):
+Shared unchanged by the local backend's nodes and the Batch API emulator's nodes, so a
+command sees the same world under both (and under real Azure Batch, whose layout and
+variables this copies; the rules both share with Azure are in
+:mod:`batchyard.core.batch_semantics`):
 
     $AZ_BATCH_NODE_ROOT_DIR/
         shared/                       AZ_BATCH_NODE_SHARED_DIR
@@ -25,7 +26,6 @@ Guarantees to the command:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -36,11 +36,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from batchyard.core.batch_semantics import (
+    JOB_CANCELLED,
+    PERMANENT_FAILURES,
+    log_file_name,
+    output_blob_name,
+    staging_code,
+    tail_offset,
+    tail_text,
+)
 from batchyard.core.errors import AuthenticationError, BatchyardError, SourceMissingError, StorageError, UnsafePathError
 from batchyard.core.paths import fnmatch_name, match_outputs, pattern_base, safe_relative_path
-from batchyard.core.redact import known_secrets, redact
+from batchyard.core.redact import redact
+from batchyard.node import docker
+from batchyard.node.environment import task_environment
 from batchyard.node.process_tree import WATCHDOG, kill_process_tree
 from batchyard.node.taskspec import (
     AttemptRecord,
@@ -53,96 +63,23 @@ from batchyard.node.taskspec import (
 )
 from batchyard.storage.transfer import BlobTransfer
 
-# fnmatch_name, match_outputs and safe_relative_path live in batchyard.core.paths; importable from here too.
+# Importable from here too: the paths helpers (batchyard.core.paths) and the task types (taskspec).
 __all__ = [
-    "PERMANENT_FAILURES",
-    "AttemptRecord",
-    "NodeContext",
-    "OutputFile",
-    "ResourceFile",
-    "StagedAttempt",
-    "TaskFinish",
-    "TaskOutcome",
-    "TaskSpec",
-    "fnmatch_name",
-    "kill_process_tree",
-    "match_outputs",
-    "now_iso",
-    "planned_downloads",
-    "run_attempt",
-    "run_task",
-    "safe_relative_path",
-    "should_retry",
-    "stage_ahead",
-    "start_task",
-    "task_environment",
+    "PERMANENT_FAILURES", "AttemptRecord", "NodeContext", "OutputFile", "ResourceFile", "StagedAttempt",
+    "TaskFinish", "TaskOutcome", "TaskSpec", "fnmatch_name", "kill_process_tree", "match_outputs", "now_iso",
+    "planned_downloads", "run_attempt", "run_task", "run_task_commands", "safe_relative_path", "should_retry",
+    "stage_ahead", "task_environment",
 ]
 
 log = logging.getLogger(__name__)
 
-STDERR_TAIL_BYTES = 8 * 1024
-FailureCategory = Literal[
-    "exit_code", "timeout", "input_missing", "staging_failed", "start_failed",
-    "output_missing", "upload_failed", "unsafe_path", "cancelled", "node_lost", "poison", "lost",
-]
-# Failures a retry cannot fix: the same inputs give the same answer.
-PERMANENT_FAILURES: frozenset[str] = frozenset(
-    {"input_missing", "unsafe_path", "output_missing", "start_failed", "timeout", "cancelled", "poison",
-     # Azure Batch retries only a non-zero exit, never a download or upload failure; the storage
-     # clients already retry transient errors, so what is left is not worth a whole attempt.
-     "staging_failed", "upload_failed"}
-)
-# Environment variables that carry batchyard's own credentials; a task never inherits them.
-SECRET_ENV_VARS: frozenset[str] = frozenset({
-    "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN",
-    "BATCHYARD_BATCH_KEY", "AZURE_BATCH_ACCESS_KEY", "AZURE_CLIENT_SECRET",
-})
-
-
-# ---------------------------------------------------------------------------------------------- paths
-def task_environment(spec: TaskSpec, node: NodeContext, task_dir: Path) -> dict[str, str]:
-    """The command's environment: the host's (minus secrets), AZ_BATCH_*, then the job's own.
-
-    Host variables are dropped by name (:data:`SECRET_ENV_VARS`) and by value: any that holds a
-    known secret or a secret's shape (e.g. the connection string under a custom
-    ``connection_string_env`` name, a SAS URL) never reaches the command.
-    """
-    env = dict(_host_environment(tuple(os.environ.items()), known_secrets()))
-    env.update({
-        "AZ_BATCH_ACCOUNT_NAME": node.account_name,
-        "AZ_BATCH_ACCOUNT_URL": node.account_url,
-        "AZ_BATCH_POOL_ID": node.pool_id,
-        "AZ_BATCH_NODE_ID": node.node_id,
-        "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.is_dedicated else "false",
-        "AZ_BATCH_NODE_ROOT_DIR": str(node.root),
-        "AZ_BATCH_NODE_SHARED_DIR": str(node.shared_dir),
-        "AZ_BATCH_NODE_STARTUP_DIR": str(node.startup_dir),
-        "AZ_BATCH_JOB_ID": spec.job_id,
-        "AZ_BATCH_TASK_ID": spec.task_id,
-        "AZ_BATCH_TASK_DIR": str(task_dir),
-        "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
-    })
-    env.update(spec.environment)
-    return env
-
-
-@functools.lru_cache(maxsize=4)
-def _host_environment(items: tuple[tuple[str, str], ...], secrets: int) -> tuple[tuple[str, str], ...]:
-    # Cached by the environment's content and the number of registered secrets (a newly
-    # registered one must be masked): scanning every value costs ~0.2 ms, a noticeable share
-    # of a tiny task's overhead, and a worker's environment does not change between tasks.
-    return tuple((k, v) for k, v in items
-                 if k not in SECRET_ENV_VARS and not k.startswith("AZ_BATCH_") and redact(v) == v)
-
 
 # ---------------------------------------------------------------------------------------------- run
-def _tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> str:
+def _stderr_tail(path: Path) -> str:
     try:
         with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - limit))
-            return fh.read().decode("utf-8", errors="replace")
+            fh.seek(tail_offset(path.stat().st_size))
+            return tail_text(fh.read())
     except OSError:
         return ""
 
@@ -158,12 +95,12 @@ class _Attempt:
         self.ended_at: str | None = None  # set when the attempt's slot was free before its record
         self.exit_code: int | None = None
 
-    def record(self, category: str | None, message: str | None) -> AttemptRecord:
+    def record(self, category: str | None, reason: str | None, batch_code: str | None = None) -> AttemptRecord:
         return AttemptRecord(
             number=self.number, started_at=self.started_at, ended_at=self.ended_at or now_iso(),
             exit_code=self.exit_code,
-            failure_category=category, failure_message=redact(message) if message else None,
-            node_id=self.node.node_id, slot=self.slot,
+            failure_category=category, failure_message=redact(reason) if reason else None,
+            node_id=self.node.node_id, slot=self.slot, batch_code=batch_code,
         )
 
 
@@ -199,11 +136,10 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
     spec = attempt.spec
     env = task_environment(spec, attempt.node, attempt.task_dir)
     if spec.container_image:
-        from batchyard.node import docker as containers
-
-        attempt.exit_code, stopped = containers.run(spec, attempt.node, attempt.task_dir, env, cancel)
+        attempt.exit_code, stopped = docker.run(spec, attempt.node, attempt.task_dir, env, cancel)
         return stopped
-    with (attempt.task_dir / "stdout.txt").open("wb") as out, (attempt.task_dir / "stderr.txt").open("wb") as err:
+    task_dir = attempt.task_dir
+    with (task_dir / log_file_name("stdout")).open("wb") as out, (task_dir / log_file_name("stderr")).open("wb") as err:
         proc = subprocess.Popen(
             list(spec.argv), cwd=attempt.wd, env=env, stdin=subprocess.DEVNULL,
             stdout=out, stderr=err, start_new_session=True, close_fds=True,
@@ -223,15 +159,9 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
         return None
 
 
-def _blob_name(output: OutputFile, rel: str, has_wildcard: bool) -> str:
-    if has_wildcard or not output.path or output.path.endswith("/"):
-        return f"{output.path}{rel}" if output.path.endswith("/") or not output.path else f"{output.path}/{rel}"
-    return output.path
-
-
 def _upload_plan(attempt: _Attempt, ran_ok: bool) -> _Plan:
     """The files to upload for this outcome, in order, as (path, blob name, output); with the
-    failure (category, message) found on the way, which stops the plan there."""
+    failure (category, reason) found on the way, which stops the plan there."""
     plan: list[tuple[Path, str, OutputFile]] = []
     for output in attempt.spec.output_files:
         wanted = output.upload_on == "completion" or (output.upload_on == "success") == ran_ok
@@ -249,7 +179,7 @@ def _upload_plan(attempt: _Attempt, ran_ok: bool) -> _Plan:
         for path, rel in matches:
             if output.skip_empty and path.stat().st_size == 0:
                 continue
-            plan.append((path, _blob_name(output, rel, has_wildcard), output))
+            plan.append((path, output_blob_name(output.path, rel, wildcard=has_wildcard), output))
     return plan, None, None
 
 
@@ -259,8 +189,8 @@ _Plan = tuple[list[tuple[Path, str, OutputFile]], str | None, str | None]
 def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool,
             planned: _Plan | None = None) -> tuple[str | None, str | None, list[str]]:
     """Upload outputs for this outcome (``planned`` by :func:`_upload_plan` already, or now);
-    returns (category, message, uploaded names)."""
-    plan, category, message = planned or _upload_plan(attempt, ran_ok)
+    returns (category, reason, uploaded names)."""
+    plan, category, reason = planned or _upload_plan(attempt, ran_ok)
     uploaded: list[str] = []
     for path, name, output in plan:
         try:
@@ -268,7 +198,7 @@ def _upload(attempt: _Attempt, transfer: BlobTransfer, ran_ok: bool,
         except (StorageError, AuthenticationError) as exc:
             return "upload_failed", str(exc), uploaded
         uploaded.append(name)
-    return category, message, uploaded
+    return category, reason, uploaded
 
 
 def _stage_checked(attempt: _Attempt, transfer: BlobTransfer) -> AttemptRecord | None:
@@ -277,49 +207,48 @@ def _stage_checked(attempt: _Attempt, transfer: BlobTransfer) -> AttemptRecord |
         _stage(attempt, transfer)
     except UnsafePathError as exc:
         return attempt.record("unsafe_path", str(exc))
-    except SourceMissingError as exc:
-        missing_input = any(rf.is_input for rf in attempt.spec.resource_files)
-        return attempt.record("input_missing" if missing_input else "staging_failed", str(exc))
     except (StorageError, AuthenticationError) as exc:  # a refused SAS is the task's failure, not a crash
-        return attempt.record("staging_failed", str(exc))
+        missing_input = isinstance(exc, SourceMissingError) and any(rf.is_input for rf in attempt.spec.resource_files)
+        return attempt.record("input_missing" if missing_input else "staging_failed", str(exc), staging_code(exc))
     return None
 
 
 def _run_command(attempt: _Attempt, cancel: threading.Event | None) -> tuple[AttemptRecord | None, str | None,
                                                                              str | None]:
-    """Run the staged command: (the record if it ended the attempt early, category, message)."""
+    """Run the staged command: (the record if it ended the attempt early, category, reason)."""
     spec = attempt.spec
     try:
         stopped = _execute(attempt, cancel)
-    except BatchyardError as exc:  # no container engine, image missing: the fix is in the message
+    except BatchyardError as exc:  # no container engine, image missing: its text says the fix
         with contextlib.suppress(OSError):
-            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: {exc}\n")
+            (attempt.task_dir / log_file_name("stderr")).write_text(f"batchyard: {exc}\n")
         return attempt.record("start_failed", str(exc)), None, None
     except OSError as exc:  # command not found, not executable
         with contextlib.suppress(OSError):
-            (attempt.task_dir / "stderr.txt").write_text(f"batchyard: cannot start {spec.argv[0]!r}: {exc}\n")
+            (attempt.task_dir / log_file_name("stderr")).write_text(
+                f"batchyard: cannot start {spec.argv[0]!r}: {exc}\n")
         return attempt.record("start_failed", f"cannot start {spec.argv[0]!r}: {exc.strerror or exc}"), None, None
     if stopped == "timeout":
         return None, "timeout", f"killed after max_wall_clock_time ({spec.max_wall_clock_seconds:g} s)"
     if stopped == "cancelled":
-        return attempt.record("cancelled", "the job was cancelled"), None, None
+        return attempt.record("cancelled", JOB_CANCELLED), None, None
     if attempt.exit_code != 0:
         return None, "exit_code", f"command exited with code {attempt.exit_code}"
     return None, None, None
 
 
 def _upload_and_record(attempt: _Attempt, transfer: BlobTransfer, category: str | None,
-                       message: str | None, planned: _Plan | None = None) -> tuple[AttemptRecord, list[str]]:
-    up_category, up_message, uploaded = _upload(attempt, transfer, ran_ok=category is None, planned=planned)
+                       reason: str | None, planned: _Plan | None = None) -> tuple[AttemptRecord, list[str]]:
+    up_category, up_reason, uploaded = _upload(attempt, transfer, ran_ok=category is None, planned=planned)
     if category is None and up_category is not None:
-        category, message = up_category, up_message
-    return attempt.record(category, message), uploaded
+        category, reason = up_category, up_reason
+    return attempt.record(category, reason), uploaded
 
 
 class StagedAttempt:
     """An attempt whose files were staged ahead of time (while another task's command ran).
 
-    Made by :func:`stage_ahead`; handed to :func:`start_task`, or :meth:`discard`-ed if the
+    Made by :func:`stage_ahead`; handed to :func:`run_task_commands`, or :meth:`discard`-ed if the
     task is not run after all.
     """
 
@@ -345,10 +274,10 @@ def run_attempt(
     attempt = _Attempt(spec, node, number, slot)
     early = _stage_checked(attempt, transfer)
     if early is None:
-        early, category, message = _run_command(attempt, cancel)
+        early, category, reason = _run_command(attempt, cancel)
     if early is not None:
         return early, []
-    return _upload_and_record(attempt, transfer, category, message)
+    return _upload_and_record(attempt, transfer, category, reason)
 
 
 def should_retry(record: AttemptRecord, spec: TaskSpec) -> bool:
@@ -363,20 +292,21 @@ def run_task(
     on_attempt: Callable[[AttemptRecord], None] | None = None,
 ) -> TaskOutcome:
     """Run attempts until one succeeds, a failure is permanent, or retries are used up."""
-    return start_task(spec, node=node, transfer=transfer, first_attempt=first_attempt, slot=slot,
-                      cancel=cancel, on_attempt=on_attempt)()
+    return run_task_commands(spec, node=node, transfer=transfer, first_attempt=first_attempt, slot=slot,
+                             cancel=cancel, on_attempt=on_attempt)()
 
 
-def start_task(
+def run_task_commands(
     spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, first_attempt: int = 1, slot: int = 0,
     cancel: threading.Event | None = None, on_attempt: Callable[[AttemptRecord], None] | None = None,
     staged: StagedAttempt | None = None,
 ) -> TaskFinish:
-    """:func:`run_task` up to the last attempt's command; the returned ``finish`` does the rest.
+    """Run the task's attempts up to the last one's command (:func:`run_task` without its end);
+    the returned ``finish`` does the rest.
 
     ``finish()`` uploads the last attempt's outputs and logs, removes the task dir and returns
-    the outcome; a worker calls it on another thread while the next task's command runs. This
-    changes no decision: whether to retry is known before the upload, because an upload can
+    the outcome; the local backend calls it on another thread while the next task's command
+    runs. This changes no decision: whether to retry is known before the upload, because an upload can
     only turn a success into a permanent failure (``output_missing``, ``upload_failed``), never
     into a retry. An attempt that is retried is uploaded here, before its working dir is reset.
     ``staged`` is the first attempt, staged ahead by :func:`stage_ahead`. Such a pipelined task's
@@ -395,12 +325,12 @@ def start_task(
             attempt = _Attempt(spec, node, number, slot)
             early = _stage_checked(attempt, transfer)
         if early is None:
-            early, category, message = _run_command(attempt, cancel)
-        if early is None and (category is None or not should_retry(attempt.record(category, message), spec)):
+            early, category, reason = _run_command(attempt, cancel)
+        if early is None and (category is None or not should_retry(attempt.record(category, reason), spec)):
             if staged is not None:  # pipelined: the outputs go up while the slot's next command runs
                 attempt.ended_at = now_iso()
-            return TaskFinish(spec, node, transfer, attempts, attempt, category, message, on_attempt)
-        record = early or _upload_and_record(attempt, transfer, category, message)[0]
+            return TaskFinish(spec, node, transfer, attempts, attempt, category, reason, on_attempt)
+        record = early or _upload_and_record(attempt, transfer, category, reason)[0]
         attempts.append(record)
         if on_attempt is not None:
             on_attempt(record)
@@ -414,7 +344,7 @@ class TaskFinish:
     """What is left of a task after its last command: upload its outputs, record, clean up.
 
     Call it once. :meth:`uploads` says beforehand which files that call will upload, so a
-    worker can put several tasks' outputs in one burst first (``BlobTransfer.uploaded_ahead``).
+    caller can put several tasks' outputs in one burst first (``BlobTransfer.uploaded_ahead``).
     """
 
     spec: TaskSpec
@@ -423,7 +353,7 @@ class TaskFinish:
     attempts: list[AttemptRecord]
     attempt: _Attempt | None  # None: the last attempt is recorded and its outputs uploaded already
     category: str | None
-    message: str | None
+    reason: str | None
     on_attempt: Callable[[AttemptRecord], None] | None
     planned: _Plan | None = None  # made by uploads(), used by the call (the command has exited)
 
@@ -437,7 +367,7 @@ class TaskFinish:
     def __call__(self) -> TaskOutcome:
         if self.attempt is None:
             return _outcome(self.spec, self.node, self.attempts, [])
-        record, uploaded = _upload_and_record(self.attempt, self.transfer, self.category, self.message,
+        record, uploaded = _upload_and_record(self.attempt, self.transfer, self.category, self.reason,
                                               self.planned)
         self.attempts.append(record)
         if self.on_attempt is not None:
@@ -457,7 +387,7 @@ def planned_downloads(spec: TaskSpec, node: NodeContext) -> list[tuple[str | Non
 
 def _outcome(spec: TaskSpec, node: NodeContext, attempts: list[AttemptRecord], uploaded: list[str]) -> TaskOutcome:
     task_dir = node.task_dir(spec.job_id, spec.task_id)
-    tail = redact(_tail(task_dir / "stderr.txt"))
+    tail = _stderr_tail(task_dir / log_file_name("stderr"))
     if not spec.keep_task_dir:
         shutil.rmtree(task_dir, ignore_errors=True)
     return TaskOutcome(succeeded=attempts[-1].succeeded, attempts=tuple(attempts), stderr_tail=tail,

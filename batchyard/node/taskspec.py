@@ -1,15 +1,19 @@
 """What a node is told to run (:class:`TaskSpec`) and what it reports back (:class:`AttemptRecord`,
-:class:`TaskOutcome`): backend-neutral, shared by the runner, the local workers and the Batch
-emulator's nodes. Spec-shaped objects never print a SAS: URL fields are excluded from repr.
+:class:`TaskOutcome`): backend-neutral, shared by the runner, the local backend's nodes and the
+Batch emulator's nodes. Spec-shaped objects never print a SAS: URL fields are excluded from repr.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+from batchyard.core.batch_semantics import attempt_record, now_iso
+
+__all__ = ["AttemptRecord", "NodeContext", "OutputFile", "ResourceFile", "TaskOutcome", "TaskSpec", "UploadOn",
+           "now_iso"]
 
 UploadOn = Literal["success", "failure", "completion"]
 
@@ -98,17 +102,18 @@ class AttemptRecord:
     failure_message: str | None = None
     node_id: str = ""
     slot: int = 0
+    # Batch's failureInfo code, where the category alone does not tell it (a staging failure:
+    # BlobNotFound, BlobAccessDenied, BlobDownloadMiscError); an emulated node reports it.
+    batch_code: str | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.failure_category is None
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "number": self.number, "started_at": self.started_at, "ended_at": self.ended_at,
-            "exit_code": self.exit_code, "failure_category": self.failure_category,
-            "failure_message": self.failure_message, "node_id": self.node_id, "slot": self.slot,
-        }
+        return attempt_record(self.number, started_at=self.started_at, ended_at=self.ended_at,
+                              exit_code=self.exit_code, category=self.failure_category,
+                              reason=self.failure_message, node_id=self.node_id, slot=self.slot)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,3 @@ class TaskOutcome:
     @property
     def last(self) -> AttemptRecord:
         return self.attempts[-1]
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")

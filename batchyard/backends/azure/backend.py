@@ -24,7 +24,6 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from batchyard.backends.azure.pools import PoolManager
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
 from batchyard.backends.azure.tasks import (
-    STDERR_TAIL_BYTES,
     JobFacts,
     TaskAdder,
     TaskUrls,
@@ -39,6 +38,7 @@ from batchyard.backends.azure.tasks import (
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
 from batchyard.backends.documents import fan_out, upload_resources
 from batchyard.backends.local.store import JobStore
+from batchyard.core.batch_semantics import log_blob_name, log_file_name, tail_offset, tail_text
 from batchyard.core.config import Config, resolve_storage_connection_string
 from batchyard.core.errors import BackendError, ConfigError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef, parse_duration
@@ -373,38 +373,33 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise batch_error(exc, f"listing tasks of job {job_id!r}") from None
 
-    def _log_blob(self, job_id: str, task_id: str, stream: str) -> str:
-        return f"{job_id}/{task_id}/{stream}.txt"
-
     def _stderr_tail(self, job_id: str, task_id: str) -> str:
-        from batchyard.core.redact import redact
-
         container = self.storage.container(self.store.log_container)
-        blob = container.get_blob_client(self._log_blob(job_id, task_id, "stderr"))
+        blob = container.get_blob_client(log_blob_name(job_id, task_id, "stderr"))
         try:
             size = blob.get_blob_properties().size
-            start = max(0, size - STDERR_TAIL_BYTES)
+            start = tail_offset(size)
             data = blob.download_blob(offset=start, length=size - start).readall() if size else b""
         except ResourceNotFoundError:
             try:  # not uploaded (yet): the node may still have it
-                props = self.client.get_task_file_properties(job_id, task_id, "stderr.txt")
+                props = self.client.get_task_file_properties(job_id, task_id, log_file_name("stderr"))
                 size = int(props.content_length or 0)
                 if not size:
                     return ""
-                start = max(0, size - STDERR_TAIL_BYTES)
-                data = b"".join(self.client.download_task_file(job_id, task_id, "stderr.txt",
+                start = tail_offset(size)
+                data = b"".join(self.client.download_task_file(job_id, task_id, log_file_name("stderr"),
                                                                ocp_range=f"bytes={start}-{size - 1}"))
             except Exception:
                 return ""
-        return redact(data.decode("utf-8", errors="replace"))
+        return tail_text(data)
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         try:
-            return self.storage.download_bytes(self.store.log_container, self._log_blob(job_id, task_id, stream))
+            return self.storage.download_bytes(self.store.log_container, log_blob_name(job_id, task_id, stream))
         except ResourceNotFoundError:
             pass
         try:  # the task is still running (or its upload failed): read it from the node
-            return b"".join(self.client.download_task_file(job_id, task_id, f"{stream}.txt"))
+            return b"".join(self.client.download_task_file(job_id, task_id, log_file_name(stream)))
         except ResourceNotFoundError as exc:
             code = error_code(exc)
             if code == "JobNotFound":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import shlex
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -17,12 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 from azure.batch import models as bm
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
 from batchyard.backends.base import TaskResult, TaskState
+from batchyard.core.batch_semantics import (
+    LOG_FILES_PATTERN,
+    OUTPUT_MISSING_EXIT,
+    BatchFailure,
+    attempt_record,
+    batch_output_path,
+    category_of,
+    join_command_line,
+    log_prefix,
+)
 from batchyard.core.errors import (
     AuthenticationError,
     BackendError,
@@ -35,17 +43,14 @@ from batchyard.core.redact import redact
 
 log = logging.getLogger(__name__)
 
-# Exit code of the output-check wrapper when a non-optional pattern matched nothing. Reserved:
-# a command that itself exits 86 in a job with required outputs is reported as output_missing.
-OUTPUT_MISSING_EXIT = 86
 REQUIRED_OUTPUTS_ENV = "BATCHYARD_REQUIRED_OUTPUTS"
 WEEK = timedelta(days=7)
-STDERR_TAIL_BYTES = 8 * 1024
 MAX_DISPLAY_NAME = 1024
 CHUNK = 100  # Batch's limit of tasks per add-collection request
 CHUNK_CONCURRENCY = 8
 
-# Runs "$@" (the real argv, never re-parsed by a shell), then checks each required pattern.
+# Runs "$@" (the real argv, never re-parsed by a shell), then checks each required pattern; exits
+# OUTPUT_MISSING_EXIT when one matched nothing.
 # Patterns come newline-separated in $BATCHYARD_REQUIRED_OUTPUTS; globbing is off while splitting
 # (set -f) so a pattern is only expanded once, by the inner for loop.
 _CHECK_SCRIPT = (
@@ -145,31 +150,14 @@ def required_patterns(job: Job) -> list[str]:
 def command_line(argv: Sequence[str], required: Sequence[str]) -> str:
     """The task's command line: argv quoted POSIX-style, wrapped in the output check when needed."""
     if not required:
-        return shlex.join(argv)
-    return shlex.join(["/bin/sh", "-c", _CHECK_SCRIPT, "batchyard-task", *argv])
+        return join_command_line(argv)
+    return join_command_line(["/bin/sh", "-c", _CHECK_SCRIPT, "batchyard-task", *argv])
 
 
 def _upload_condition(upload_on: str) -> bm.OutputFileUploadCondition:
     return {"success": bm.OutputFileUploadCondition.TASK_SUCCESS,
             "failure": bm.OutputFileUploadCondition.TASK_FAILURE,
             "completion": bm.OutputFileUploadCondition.TASK_COMPLETION}[upload_on]
-
-
-def _has_wildcard(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
-def batch_output_path(pattern: str, prefix: str) -> str | None:
-    """Batch's OutputFile ``path`` giving the same blob names as the local runner.
-
-    With a wildcard, Batch treats ``path`` as a virtual directory (no trailing '/': Batch adds
-    one). Without one, ``path`` is the blob name, so a prefix ending in '/' gets the file name.
-    """
-    if _has_wildcard(pattern):
-        return prefix.rstrip("/") or None
-    if not prefix or prefix.endswith("/"):
-        return prefix + pattern.rsplit("/", 1)[-1]
-    return prefix
 
 
 @dataclass(frozen=True)
@@ -198,9 +186,9 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
         ))
     # stdout/stderr kept in the log container, so `logs` works after the node is gone.
     outputs.append(bm.OutputFile(
-        file_pattern="../std*.txt",
+        file_pattern=LOG_FILES_PATTERN,
         destination=bm.OutputFileDestination(container=bm.OutputFileBlobContainerDestination(
-            container_url=urls.log_container_url, path=f"{job.id}/{task.task_id}")),
+            container_url=urls.log_container_url, path=log_prefix(job.id, task.task_id))),
         upload_options=bm.OutputFileUploadConfiguration(upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION),
     ))
     env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.params]
@@ -241,21 +229,15 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def failure_category(info: Any, exit_code: int | None, facts: JobFacts) -> str:
-    code = str(getattr(info, "code", "") or "")
-    message = str(getattr(info, "message", "") or "").lower()
-    if code == "FailureExitCode" or (not code and exit_code not in (None, 0)):
-        return "output_missing" if facts.has_required_outputs and exit_code == OUTPUT_MISSING_EXIT else "exit_code"
-    if code == "TaskEnded":
-        return "cancelled" if "user" in message else "timeout"
-    if code.startswith("FileUpload"):
-        return "upload_failed"
-    if code in ("CommandProgramNotFound", "TaskProcessStartFailed") or "commandprogram" in code.lower():
-        return "start_failed"
-    if code.startswith(("Blob", "Resource", "ContainerNotFound", "ContainerAccess")):
-        text = " ".join(str(getattr(d, "value", "")) for d in getattr(info, "details", None) or [])
-        is_resource = any(n in text or quote(n) in text for n in facts.resource_names)
-        return "staging_failed" if is_resource or code not in ("BlobNotFound",) else "input_missing"
-    return "exit_code" if exit_code not in (None, 0) else "lost"
+    """batchyard's category of a failed task from the SDK's ``failure_info``."""
+    failure = None
+    if info is not None:
+        detail = " ".join(str(getattr(d, "value", "")) for d in getattr(info, "details", None) or [])
+        failure = BatchFailure(code=str(getattr(info, "code", "") or ""),
+                               category=enum_text(getattr(info, "category", None)),
+                               message=str(getattr(info, "message", "") or ""), detail=detail)
+    return category_of(failure, exit_code, checks_outputs=facts.has_required_outputs,
+                       resource_names=facts.resource_names)
 
 
 def failure_text(info: Any) -> str | None:
@@ -294,8 +276,8 @@ def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail
         state = _STATES.get(raw_state, TaskState.PENDING)
     node_id = task.node_info.node_id if task.node_info else None
     ended = _iso(getattr(ex, "end_time", None))
-    record = {"number": attempts, "started_at": _iso(started), "ended_at": ended, "exit_code": exit_code,
-              "failure_category": category, "failure_message": message, "node_id": node_id or "", "slot": 0}
+    record = attempt_record(attempts, started_at=_iso(started), ended_at=ended, exit_code=exit_code,
+                            category=category, reason=message, node_id=node_id or "")
     return TaskResult(
         job_id=job_id, task_id=task.id, state=state, label=task.display_name or "", exit_code=exit_code,
         failure_category=category, failure_message=message, attempts=attempts, started_at=_iso(started),

@@ -23,6 +23,7 @@ from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
+from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name
 from batchyard.core.config import Config, resolve_storage_connection_string
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef
@@ -206,7 +207,7 @@ class LocalBackend(Backend):
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self.storage.download_bytes(self.store.log_container, f"{job_id}/{task_id}/{stream}.txt")
+            return self.storage.download_bytes(self.store.log_container, log_blob_name(job_id, task_id, stream))
         except ResourceNotFoundError:
             if entity.get("state") in ("succeeded", "failed") and int(entity.get("attempt_count") or 0) > 0:
                 return b""  # the command wrote nothing there (empty logs are not uploaded)
@@ -220,16 +221,13 @@ class LocalBackend(Backend):
     def cancel(self, job_id: str) -> None:
         self._require_job(job_id)
         self.store.set_job_state(job_id, "cancelled")
-        from batchyard.node.runner import now_iso
-
-        cancelled = {"state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled"}
         rows = {e["RowKey"]: e.get("state") for e in self.store.task_entities(job_id, select=["RowKey", "state"])}
         pending = [t for t, state in rows.items() if state == "pending"]
 
         def never_ran(item: tuple[str, str]) -> str | None:
             """No worker took it yet: it gets a row that says it never will (None), unless a worker
             claimed it meanwhile (its id: decided on its row below)."""
-            fields = {**cancelled, "ended_at": now_iso(), "attempts_json": []}
+            fields = final_record("cancelled", JOB_CANCELLED, attempts=[])
             return None if self.store.create_final(job_id, item[0], item[1], fields) else item[0]
 
         unclaimed = [item for item in self.store.load_manifest(job_id) if item[0] not in rows]
@@ -240,7 +238,7 @@ class LocalBackend(Backend):
             if current is None or current.get("state") != "pending":
                 continue
             self.store.record_final(job_id, task_id, etag=current["_etag"],
-                                    fields={**cancelled, "ended_at": now_iso(), "attempts_json": []})
+                                    fields=final_record("cancelled", JOB_CANCELLED, attempts=[]))
 
     def delete(self, job_id: str) -> None:
         self._require_job(job_id)

@@ -34,6 +34,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.local.grouped_rows import RowGroups
 from batchyard.backends.local.store import TaskMessage
+from batchyard.core.batch_semantics import JOB_CANCELLED, final_record
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.redact import redact
 from batchyard.node.runner import (
@@ -44,8 +45,8 @@ from batchyard.node.runner import (
     TaskSpec,
     now_iso,
     planned_downloads,
+    run_task_commands,
     stage_ahead,
-    start_task,
 )
 
 if TYPE_CHECKING:
@@ -64,8 +65,7 @@ def log_redelivered(doing: str, exc: BaseException, *, note: str = "") -> None:
 
 def _cancelled(attempts: list[dict[str, Any]]) -> dict[str, Any]:
     """The final result of a task whose job was cancelled before its command started."""
-    return {"state": "failed", "failure_category": "cancelled", "failure_message": "the job was cancelled",
-            "ended_at": now_iso(), "attempts_json": attempts}
+    return final_record("cancelled", JOB_CANCELLED, attempts=attempts)
 
 
 class _Unread:
@@ -146,9 +146,9 @@ class MessageRun:
                     self.command_ended.set()
                 else:
                     began = time.monotonic()
-                    finish = start_task(ready.spec, node=worker.node, transfer=worker.transfer,
-                                        first_attempt=ready.first_attempt, cancel=ready.claim.cancel,
-                                        staged=ready.staged)
+                    finish = run_task_commands(ready.spec, node=worker.node, transfer=worker.transfer,
+                                               first_attempt=ready.first_attempt, cancel=ready.claim.cancel,
+                                               staged=ready.staged)
                     self.command_ended.set()
                     worker.note_pace(time.monotonic() - began)
                     worker.tasks_run += 1
@@ -372,12 +372,10 @@ class MessageRun:
     def _record(self, ready: _Ready, outcome: TaskOutcome) -> None:
         """Hand a finished task's one final result to be written."""
         last = outcome.last
-        self.groups.record(ready.task_id, ready.claim, {
-            "state": "succeeded" if outcome.succeeded else "failed",
-            "exit_code": last.exit_code, "failure_category": last.failure_category,
-            "failure_message": last.failure_message, "stderr_tail": outcome.stderr_tail,
-            "ended_at": last.ended_at, "node_id": self.worker.node_id,
-            "attempts_json": ready.prior_attempts + [a.to_dict() for a in outcome.attempts],
+        self.groups.record(ready.task_id, ready.claim, final_record(
+            last.failure_category, last.failure_message,
+            attempts=ready.prior_attempts + [a.to_dict() for a in outcome.attempts], ended_at=last.ended_at,
+            exit_code=last.exit_code, stderr_tail=outcome.stderr_tail, node_id=self.worker.node_id,
             # A claim made ahead is up to GROUP_WINDOW_S older than the command's start.
             **({} if ready.prior_attempts else {"started_at": outcome.attempts[0].started_at}),
-        })
+        ))

@@ -38,6 +38,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from batchyard.backends.base import TaskCounts, TaskResult, TaskState, dumps
 from batchyard.backends.local.messages import TaskMessage, poison_body
+from batchyard.core.batch_semantics import log_prefix
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, StorageError
 from batchyard.core.job import Job, TaskDef
@@ -458,7 +459,7 @@ class JobStore:
         container = self.storage.container(self.system_container)
         for name in list(self.storage.list_blob_names(self.system_container, f"jobs/{job_id}/")):
             container.delete_blob(name)
-        for name in list(self.storage.list_blob_names(self.log_container, f"{job_id}/")):
+        for name in list(self.storage.list_blob_names(self.log_container, log_prefix(job_id))):
             self.storage.container(self.log_container).delete_blob(name)
 
     # --- messages -------------------------------------------------------------------------------------
@@ -474,7 +475,7 @@ class JobStore:
 
 
 def _iso_now() -> str:
-    from batchyard.node.runner import now_iso
+    from batchyard.core.batch_semantics import now_iso
 
     return now_iso()
 

@@ -37,6 +37,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP
 from batchyard.backends.local.pipeline import MessageRun, log_redelivered
 from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError, TaskMessage, task_def_from_entity
+from batchyard.core.batch_semantics import LOG_STREAMS, final_record, log_blob_name, log_file_name
 from batchyard.core.config import Config
 from batchyard.core.errors import JobNotFoundError, JobValidationError
 from batchyard.core.job import Job, OutputSpec, output_prefix
@@ -46,7 +47,6 @@ from batchyard.node.runner import (
     OutputFile,
     ResourceFile,
     TaskSpec,
-    now_iso,
 )
 from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
@@ -68,9 +68,9 @@ class WorkerOptions:
 def log_output(job_id: str, task_id: str, log_container: str) -> tuple[OutputFile, OutputFile]:
     """stdout/stderr are uploaded after every attempt, like Batch's ``../std*.txt`` output files."""
     return tuple(  # type: ignore[return-value]
-        OutputFile(pattern=f"../{name}", path=f"{job_id}/{task_id}/{name}", upload_on="completion",
-                   optional=True, container=log_container, skip_empty=True)
-        for name in ("stdout.txt", "stderr.txt")
+        OutputFile(pattern=f"../{log_file_name(stream)}", path=log_blob_name(job_id, task_id, stream),
+                   upload_on="completion", optional=True, container=log_container, skip_empty=True)
+        for stream in LOG_STREAMS
     )
 
 
@@ -398,22 +398,19 @@ class Worker:
         log.warning("message %s to the poison queue: %s", message.id, reason)
         self.store.to_poison(message.content if isinstance(message.content, str) else str(message.content), reason)
         if parsed is not None:
-            fields = {"state": "failed", "failure_category": "poison", "failure_message": reason,
-                      "ended_at": now_iso(), "attempts_json": []}
             for task_id in parsed.task_ids:
                 entity = self.store.get_task(parsed.job_id, task_id)
                 definition = parsed.definition(task_id)
                 if entity is None and definition is not None:  # never claimed: its row says why it never ran
-                    if self.store.create_final(parsed.job_id, task_id, definition.label, dict(fields)):
+                    if self.store.create_final(parsed.job_id, task_id, definition.label,
+                                               final_record("poison", reason, attempts=[])):
                         continue
                     entity = self.store.get_task(parsed.job_id, task_id)
                 if entity is None or entity.get("state") in ("succeeded", "failed"):
                     continue
                 attempts = json.loads(entity.get("attempts_json") or "[]")
-                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"], fields={
-                    "state": "failed", "failure_category": "poison", "failure_message": reason,
-                    "ended_at": now_iso(), "attempts_json": attempts,
-                })
+                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"],
+                                        fields=final_record("poison", reason, attempts=attempts))
         with contextlib.suppress(ResourceNotFoundError):
             self.store.queue.delete_message(message.id, message.pop_receipt)
 

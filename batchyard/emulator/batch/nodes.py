@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchyard.core.batch_semantics import batch_failure, staging_code
 from batchyard.core.errors import BatchyardError
 from batchyard.emulator.batch.common import iso, utcnow
 from batchyard.emulator.batch.faults import FaultState
 from batchyard.emulator.batch.state import Node, Pool, Store, Task
 from batchyard.emulator.batch.translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
-from batchyard.node.runner import NodeContext, run_task
+from batchyard.node.runner import run_task
+from batchyard.node.taskspec import NodeContext
 from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
 
@@ -153,11 +155,10 @@ class NodeManager:
             info.update(retryCount=len(outcome.attempts) - 1, exitCode=exit_code(last),
                         result="success" if outcome.succeeded else "failure", failureInfo=failure_info(last))
         except StagingError as exc:
-            info.update(result="failure", failureInfo={"category": exc.category, "code": exc.code,
-                                                       "message": exc.message})
-        except BatchyardError as exc:
-            info.update(result="failure", failureInfo={"category": "usererror", "code": "BlobAccessDenied",
-                                                       "message": str(exc)})
+            info.update(result="failure", failureInfo=exc.failure.to_json())
+        except BatchyardError as exc:  # the start task's files could not be staged: as for a task
+            failure = batch_failure("staging_failed", code=staging_code(exc), detail=str(exc))
+            info.update(result="failure", failureInfo=failure.to_json())
         with self.store.lock:
             node.start_task_info = {**(node.start_task_info or {}), **{k: v for k, v in info.items() if v is not None},
                                     "endTime": iso(utcnow())}

@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Any
 
-from batchyard.core.errors import AuthenticationError, BatchyardError
+from batchyard.core.batch_semantics import ENDED_BY_USER, batch_failure, staging_code
+from batchyard.core.errors import BatchyardError
 from batchyard.emulator.batch.common import iso, parse_duration, utcnow
 from batchyard.emulator.batch.nodes import NodeManager
 from batchyard.emulator.batch.state import Job, Node, Pool, Task
@@ -25,7 +26,6 @@ from batchyard.node.runner import AttemptRecord, run_attempt, should_retry
 
 log = logging.getLogger("batchyard.emulator.batch")
 TICK_S = 0.2
-ENDED_BY_USER = {"category": "usererror", "code": "TaskEnded", "message": "Task Was Ended by User Request"}
 
 
 def _exit_options(task: Task, failure: dict[str, Any] | None, code: int | None) -> dict[str, Any]:
@@ -156,13 +156,9 @@ class Engine(NodeManager):
                                     slot=slot, cancel=task.cancel)
             retry = should_retry(record, spec)
         except StagingError as exc:
-            failure = {"category": exc.category, "code": exc.code, "message": exc.message}
-        except AuthenticationError as exc:  # a 403 from storage escapes the runner (see report)
-            failure = {"category": "usererror", "code": "BlobAccessDenied",
-                       "message": "Access for one of the specified Azure Blob(s) is denied",
-                       "details": [{"name": "Message", "value": str(exc)}]}
-        except BatchyardError as exc:
-            failure = {"category": "servererror", "code": "BlobDownloadMiscError", "message": str(exc)}
+            failure = exc.failure.to_json()
+        except BatchyardError as exc:  # the task's files could not be staged: as the runner reports it
+            failure = batch_failure("staging_failed", code=staging_code(exc), detail=str(exc)).to_json()
         with self.store.lock:
             self._finish(pool, node, job, task, record, failure, retry)
 
@@ -187,7 +183,7 @@ class Engine(NodeManager):
             task.execution.update(lastRequeueTime=now, startTime=None)
             task.set_state("active")
         elif reason in ("terminate", "delete"):
-            task.execution.update(endTime=now, exitCode=code, result="failure", failureInfo=ENDED_BY_USER)
+            task.execution.update(endTime=now, exitCode=code, result="failure", failureInfo=ENDED_BY_USER.to_json())
             task.set_state("completed")
         elif retry:
             task.retry_count += 1
@@ -291,6 +287,6 @@ class Engine(NodeManager):
         if task.state == "running":
             self.cancel_task(task, "terminate")
         elif task.state == "active":
-            task.execution.update(endTime=iso(utcnow()), result="failure", failureInfo=ENDED_BY_USER)
+            task.execution.update(endTime=iso(utcnow()), result="failure", failureInfo=ENDED_BY_USER.to_json())
             task.set_state("completed")
             self._after_task_change(job)

@@ -1,4 +1,5 @@
-"""Batch task JSON <-> the shared runner's :class:`TaskSpec`, and runner failures -> Batch codes.
+"""Batch task JSON <-> the shared runner's :class:`TaskSpec`, and runner records -> Batch's failureInfo
+(the mapping itself is :mod:`batchyard.core.batch_semantics`).
 
 Validation happens when a task is added (a bad task is a per-task ``clientError``, like
 Azure); resource-file expansion (listing a container) happens on the node, just before
@@ -7,14 +8,15 @@ the task runs, because that is when Batch does it and when its failures belong t
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from batchyard.core.errors import AuthenticationError, BatchyardError
+from batchyard.core import batch_semantics
+from batchyard.core.batch_semantics import BatchFailure, batch_exit_code, batch_failure, staging_code
+from batchyard.core.errors import BatchyardError
 from batchyard.core.paths import safe_relative_path
 from batchyard.emulator.batch.common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
-from batchyard.node.runner import AttemptRecord, OutputFile, ResourceFile, TaskSpec
+from batchyard.node.taskspec import AttemptRecord, OutputFile, ResourceFile, TaskSpec
 from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
 
@@ -28,23 +30,20 @@ REFUSED_TASK_FIELDS = {
 
 
 class StagingError(Exception):
-    """Resource-file expansion failed on the node: carries the Batch failure code."""
+    """Resource-file expansion failed on the node: carries Batch's failureInfo."""
 
-    def __init__(self, category: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.category, self.code, self.message = category, code, message
+    def __init__(self, failure: BatchFailure) -> None:
+        super().__init__(failure.detail or failure.message)
+        self.failure = failure
 
 
 def split_command_line(command_line: str, prop: str = "commandLine") -> tuple[str, ...]:
-    """POSIX ``shlex.split``: Batch on Linux runs the command line without a shell, and the
-    azure backend builds it with ``shlex.join``; use ``/bin/sh -c '...'`` for shell features."""
+    """The argv of a command line (see :func:`batchyard.core.batch_semantics.split_command_line`:
+    no shell runs; use ``/bin/sh -c '...'`` for shell features); a bad one is a 400 naming ``prop``."""
     try:
-        argv = tuple(shlex.split(command_line, posix=True))
+        return batch_semantics.split_command_line(command_line)
     except ValueError as exc:
-        raise invalid(f"{prop} cannot be split into arguments ({exc})", prop) from None
-    if not argv:
-        raise invalid(f"{prop} is empty", prop)
-    return argv
+        raise invalid(f"{prop} {exc}", prop) from None
 
 
 def _check_resource_file(rf: Any, prop: str) -> None:
@@ -188,15 +187,15 @@ def expand_resource_files(body: dict[str, Any], transfer: BlobTransfer,
             else:
                 container = rf["autoStorageContainerName"]
                 if storage is None:
-                    raise StagingError("usererror", "ResourceContainerAccessDenied",
-                                       "no storage account is linked to the emulator (autoStorageContainerName)")
+                    raise StagingError(batch_failure(
+                        "staging_failed", code="ResourceContainerAccessDenied",
+                        detail="no storage account is linked to the emulator (autoStorageContainerName)"))
                 names = list(storage.list_blob_names(container, prefix))
                 out += [ResourceFile(file_path=_joined(rf.get("filePath"), n), container=container, blob=n)
                         for n in names]
-        except AuthenticationError as exc:
-            raise StagingError("usererror", "ResourceContainerAccessDenied", str(exc)) from None
         except BatchyardError as exc:
-            raise StagingError("usererror", "ResourceContainerListMiscError", str(exc)) from None
+            raise StagingError(batch_failure("staging_failed", code=staging_code(exc, listing=True),
+                                             detail=str(exc))) from None
     return tuple(out)
 
 
@@ -215,35 +214,12 @@ def task_spec(job_id: str, body: dict[str, Any], resource_files: tuple[ResourceF
     )
 
 
-# runner category -> (Batch failure category, code, message); see docs/emulator.md
-_FAILURES: dict[str, tuple[str, str, str]] = {
-    "exit_code": ("usererror", "FailureExitCode", "The task exited with an exit code representing a failure"),
-    "timeout": ("servererror", "TaskEnded", "The task exceeded its maxWallClockTime and was terminated"),
-    "input_missing": ("usererror", "BlobNotFound", "One of the specified Azure Blob(s) is not found"),
-    "staging_failed": ("servererror", "BlobDownloadMiscError",
-                       "Miscellaneous error encountered while downloading one of the specified Azure Blob(s)"),
-    "unsafe_path": ("usererror", "ResourceFileCreateFailed", "Failure encountered creating resource file"),
-    "start_failed": ("usererror", "CommandProgramNotFound", "The specified command program is not found"),
-    "output_missing": ("usererror", "FileUploadMiscError", "A required output file was not found"),
-    "upload_failed": ("usererror", "FileUploadMiscError", "An output file could not be uploaded"),
-}
-# Failures that happen before the process runs: Batch reports no exit code for them.
-PRE_RUN = {"input_missing", "staging_failed", "unsafe_path", "start_failed"}
-
-
 def failure_info(record: AttemptRecord) -> dict[str, Any] | None:
+    """The attempt's failure as Batch's failureInfo JSON (None when it succeeded)."""
     if record.failure_category is None:
         return None
-    category, code, message = _FAILURES.get(
-        record.failure_category, ("servererror", "TaskFailed", "The task failed on the node"))
-    if record.failure_category in ("input_missing", "staging_failed") and "not found" in (record.failure_message or ""):
-        category, code, message = _FAILURES["input_missing"]
-    details = [{"name": "Message", "value": record.failure_message}] if record.failure_message else []
-    return {"category": category, "code": code, "message": message, "details": details}
+    return batch_failure(record.failure_category, code=record.batch_code, detail=record.failure_message).to_json()
 
 
 def exit_code(record: AttemptRecord) -> int | None:
-    if record.failure_category in PRE_RUN or record.exit_code is None:
-        return None
-    # A signal death (negative returncode) is reported the way a Linux shell shows it.
-    return 128 - record.exit_code if record.exit_code < 0 else record.exit_code
+    return batch_exit_code(record.exit_code)
