@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from batchyard.core.config import Config
     from batchyard.core.job import Job
+    from batchyard.storage.account import Storage
 
 END_POLL_S = 0.1  # the shortest pause between polls, when the job's end is near
 
@@ -45,8 +46,6 @@ class TaskState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
 
 
 @dataclass(frozen=True)
@@ -144,9 +143,14 @@ class PollSchedule:
 
 
 class Backend(ABC):
-    """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`."""
+    """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`.
+
+    Besides the contract, every backend has ``storage``: the account its job documents, inputs,
+    outputs and logs live on.
+    """
 
     name: str = ""
+    storage: Storage
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -249,7 +253,7 @@ class Backend(ABC):
         from batchyard.core.paths import safe_relative_path
 
         written: list[Path] = []
-        storage = self.storage  # type: ignore[attr-defined]
+        storage = self.storage
         for container, prefix in self.output_locations(job_id):
             for name in storage.list_blob_names(container, prefix):
                 rel = safe_relative_path(name, what=f"output blob {name!r}")

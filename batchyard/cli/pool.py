@@ -99,7 +99,7 @@ def delete_pool(pool_id: str | None, delete_all: bool, config_path: str | None, 
         else:
             if be.pools.get_record(pool_id) is None:
                 raise BackendError(f"pool {pool_id!r} was not created by batchyard (no record in container "
-                                   f"{be.store.system_container!r}); refusing to delete it. Delete it in the Azure "
+                                   f"{be.documents.system_container!r}); refusing to delete it. Delete it in the Azure "
                                    "portal or with the az CLI if it really is yours.")
             ids = [pool_id]  # type: ignore[list-item]
         for pid in ids:

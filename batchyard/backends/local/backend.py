@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
-from batchyard.backends.documents import fan_out, upload_resources
+from batchyard.backends.documents import fan_out
 from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
-from batchyard.core.config import Config, resolve_storage_connection_string
+from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef
 from batchyard.storage.account import Storage
@@ -41,7 +41,7 @@ class LocalBackend(Backend):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self._conn = resolve_storage_connection_string(config)
+        self._conn = local_storage_connection_string(config)
         self.storage = Storage.from_connection_string(self._conn)
         self.store = JobStore(self.storage, config)
         self._procs: list[Any] = []
@@ -63,7 +63,7 @@ class LocalBackend(Backend):
         if job.container_image:  # fail before anything is queued, not in every task
             _require_image(job.container_image)
         self.store.ensure()
-        resource_digests = upload_resources(self.store, job)
+        resource_digests = self.store.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)
@@ -83,7 +83,7 @@ class LocalBackend(Backend):
                 to_queue.append(task)
         doc = job.model_dump(mode="json")
         spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
-        self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
+        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
         self.store.save_manifest(job.id, spec_hash, tasks)
         # A task that ran before (failed, or its worker was lost) has a row: back to pending. The
         # others get theirs when a worker claims them.
@@ -248,6 +248,23 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.stop_execution()
+
+
+def local_storage_connection_string(config: Config) -> str:
+    """The configured account, or the user's local Azurite (started if needed).
+
+    Only the local backend (and what runs on it) falls back to Azurite: its workers run on this
+    machine, where loopback reaches it. The azure backend's nodes could not (see its backend).
+    """
+    if config.storage_connection_string:
+        return config.storage_connection_string
+    from batchyard.core.redact import register_secret
+    from batchyard.emulator.azurite import Azurite
+
+    log.info("no storage configured: using the local Azurite (started if needed)")
+    conn = Azurite(home=config.home).start().connection_string()
+    register_secret(conn)
+    return conn
 
 
 def _require_image(image: str) -> None:
