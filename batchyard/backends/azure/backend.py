@@ -38,7 +38,7 @@ from batchyard.backends.azure.tasks import (
     sas_lifetime,
     task_result,
 )
-from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
+from batchyard.backends.base import Backend, PoolView, SubmitResult, TaskCounts, TaskResult, dumps
 from batchyard.backends.documents import JobDocuments, fan_out
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
@@ -421,6 +421,13 @@ class AzureBackend(Backend):
             raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch nor on storage account "
                                    f"{self.storage.account.account_name!r}")
         self._expected.pop(job_id, None)
+
+    # --- pools ----------------------------------------------------------------------------------------
+    def created_pools(self) -> list[PoolView]:
+        return self.pools.views()
+
+    def delete_created_pool(self, pool_id: str) -> bool:
+        return self.pools.delete_created(pool_id)
 
     def close(self) -> None:
         if self._client is not None:

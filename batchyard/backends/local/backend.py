@@ -145,7 +145,16 @@ class LocalBackend(Backend):
             self._respawns += 1
             self._procs[i] = self._spawn(i)
 
-    def join_workers(self, *, poll: float = 1.0) -> None:
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
+        """Workers for every job on this queue (``batchyard worker``), with the [local] settings."""
+        local = self.config.local
+        options = WorkerOptions(lease_s=local.lease_seconds, max_dequeue_count=local.max_dequeue_count,
+                                keep_task_dirs=local.keep_task_dirs, idle_exit_s=idle_exit_s)
+        count = workers or self.config.workers
+        self.start_execution(None, workers=count, options=options)
+        return f"{count} worker(s) serving queue {self.store.queue_name!r}"
+
+    def join_execution(self, *, poll: float = 1.0) -> None:
         """Block while any worker runs (``batchyard worker``), replacing crashed ones."""
         while any(p.is_alive() for p in self._procs):
             self._procs[0].join(timeout=poll)
