@@ -332,7 +332,7 @@ def test_container_pool_lists_registries_and_the_password_appears_nowhere(
                 "emulator state": json.dumps([p.spec for p in emu.store.pools.values()]
                                              + [t.spec for j in emu.store.jobs.values() for t in j.tasks.values()])}
         assert PRIVATE in seen["GET pool"] and '"username":"myregistry"' in seen["GET pool"]
-        records = be.store.system_container
+        records = be.documents.system_container
         seen["records"] = "".join(project.storage.download_bytes(records, name).decode(errors="replace")
                                   for name in project.storage.list_blob_names(records))
         assert job_id in seen["records"]  # the pool record and the job document are there

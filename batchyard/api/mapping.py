@@ -40,7 +40,7 @@ from batchyard.api.shipping import (  # noqa: F401  (re-exported: the submitter-
 )
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts
-from batchyard.core.config import Config, load_config, resolve_storage_connection_string
+from batchyard.core.config import Config, load_config
 from batchyard.core.job import Inputs, Job, OutputSpec, ResourceFileSpec, job_from_dict
 from batchyard.core.version import __version__
 from batchyard.node.inline import (
@@ -176,12 +176,10 @@ class MapRun:
 
     def outputs(self) -> list[str]:
         """Names of the output blobs (everything under the output prefixes)."""
-        from batchyard.storage.account import Storage
-
-        storage = Storage.from_connection_string(resolve_storage_connection_string(self.config))
         names: list[str] = []
-        for container, prefix in self.output_locations():
-            names.extend(storage.list_blob_names(container, prefix))
+        with self._backend() as be:  # its storage: the local backend's may be the Azurite it started
+            for container, prefix in self.output_locations():
+                names.extend(be.storage.list_blob_names(container, prefix))
         return sorted(names)
 
 

@@ -33,9 +33,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchyard.core.errors import BackendError
+
 if TYPE_CHECKING:
     from batchyard.core.config import Config
     from batchyard.core.job import Job
+    from batchyard.storage.account import Storage
 
 END_POLL_S = 0.1  # the shortest pause between polls, when the job's end is near
 
@@ -45,8 +48,6 @@ class TaskState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-
-
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,20 @@ class SubmitResult:
     rerun_failed: int = 0
 
 
+@dataclass(frozen=True)
+class PoolView:
+    """A pool a backend created, as ``batchyard pool list`` shows it."""
+
+    pool_id: str
+    job_id: str | None  # set for a per-job pool (deleted with its job); None for a shared one
+    created_at: str
+    state: str  # the pool's state on the service, or "missing" when only batchyard's record is left
+    nodes: int | None  # None when the pool is missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 ProgressCallback = Callable[[TaskCounts], None]
 
 
@@ -144,9 +159,20 @@ class PollSchedule:
 
 
 class Backend(ABC):
-    """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`."""
+    """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`.
+
+    Besides the contract, every backend has ``storage``: the account its job documents, inputs,
+    outputs and logs live on. Two optional parts, which a backend without them refuses with a
+    :class:`BackendError` saying so (the CLI reaches them only through this interface):
+
+    - workers on this machine: :meth:`serve_workers` (``batchyard worker``), then
+      :meth:`join_execution` and :meth:`stop_execution` (the local backend);
+    - pools it created: :meth:`created_pools`, :meth:`delete_created_pool`
+      (``batchyard pool``; the azure backend).
+    """
 
     name: str = ""
+    storage: Storage
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -241,6 +267,23 @@ class Backend(ABC):
         finally:
             self.stop_execution()
 
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
+        """Start workers here that take tasks of any job from this backend (``batchyard worker``);
+        returns a line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
+        raise BackendError(f"the {self.name} backend runs no workers on this machine (its tasks run where it "
+                           "sends them); `batchyard worker` serves the local backend")
+
+    def join_execution(self) -> None:  # noqa: B027  (nothing runs here by default)
+        """Block while what :meth:`serve_workers` or :meth:`start_execution` started still runs."""
+
+    def created_pools(self) -> list[PoolView]:
+        """The pools this backend created, with their state (``batchyard pool list``)."""
+        raise BackendError(f"the {self.name} backend has no pools")
+
+    def delete_created_pool(self, pool_id: str) -> bool:
+        """Delete a pool this backend created (False if it was already gone); refuse any other pool."""
+        raise BackendError(f"the {self.name} backend has no pools")
+
     def _check_alive(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""
 
@@ -249,7 +292,7 @@ class Backend(ABC):
         from batchyard.core.paths import safe_relative_path
 
         written: list[Path] = []
-        storage = self.storage  # type: ignore[attr-defined]
+        storage = self.storage
         for container, prefix in self.output_locations(job_id):
             for name in storage.list_blob_names(container, prefix):
                 rel = safe_relative_path(name, what=f"output blob {name!r}")

@@ -1,24 +1,126 @@
-"""Putting a job's files where its tasks will read them, the same way for every backend.
+"""A job's documents on the storage account, and its files put where its tasks will read them.
 
-Before anything is queued: ``inputs.local_dir`` is uploaded to the input container (a file
-whose blob has the same MD5 is skipped), resource files are uploaded once to the system
-container, and the job is fanned out into tasks from the listing (or its CSV table).
+Both backends keep the same documents, in the system container, and nothing else here:
+
+- ``jobs/<job id>/job.json``: the job as submitted, its spec hash and the backend it ran on;
+- ``jobs/<job id>/tasks.json.gz``: the manifest, the id and label of every task of the last
+  submission (the local backend's, whose task rows appear only when a worker claims them);
+- ``jobs/<job id>/resources/<file>``: the resource files, uploaded once;
+
+and the tasks' logs in the log container, under ``<job id>/``. The local backend's queue and
+tables are its own (:mod:`batchyard.backends.local.store`); the azure backend keeps its task
+records in Batch itself, so it needs no queue and no table.
+
+Before anything is queued, ``inputs.local_dir`` is uploaded to the input container (a file
+whose blob has the same MD5 is skipped) and the job is fanned out into tasks from the
+listing (or its CSV table).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from batchyard.backends.local.store import JobStore
-from batchyard.core.errors import JobValidationError
-from batchyard.core.job import Job, TaskDef, tasks_from_blob_names, tasks_from_table
+from azure.core.exceptions import ResourceNotFoundError
+
+from batchyard.backends.base import dumps
+from batchyard.core.batch_semantics import log_prefix
+from batchyard.core.config import Config
+from batchyard.core.errors import JobNotFoundError, JobValidationError
+from batchyard.core.job import Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
 from batchyard.storage.account import Storage, file_md5
 
 log = logging.getLogger(__name__)
 
 UPLOAD_CONCURRENCY = 16
+
+
+class JobDocuments:
+    """The documents of every job on one storage account (blobs only: no queue, no table)."""
+
+    def __init__(self, storage: Storage, config: Config) -> None:
+        self.storage = storage
+        self.system_container = config.storage.system_container
+        self.log_container = config.storage.log_container
+
+    def ensure(self) -> None:
+        """Create the system and log containers (at submit; readers never create them)."""
+        self.storage.ensure_container(self.system_container)
+        self.storage.ensure_container(self.log_container)
+
+    # --- where each document lives --------------------------------------------------------------------
+    @staticmethod
+    def job_doc_blob(job_id: str) -> str:
+        return f"jobs/{job_id}/job.json"
+
+    @staticmethod
+    def manifest_blob(job_id: str) -> str:
+        return f"jobs/{job_id}/tasks.json.gz"
+
+    @staticmethod
+    def resource_blob(job_id: str, target: str) -> str:
+        return f"jobs/{job_id}/resources/{target}"
+
+    # --- the job document -----------------------------------------------------------------------------
+    def save_job(self, job: Job, *, spec_hash: str, backend: str) -> None:
+        doc = {"job": job.model_dump(mode="json"), "spec_hash": spec_hash, "backend": backend}
+        self.storage.upload_bytes(self.system_container, self.job_doc_blob(job.id), dumps(doc).encode())
+
+    def has_job(self, job_id: str) -> bool:
+        return self.storage.blob_md5(self.system_container, self.job_doc_blob(job_id)) is not None
+
+    def load_job_doc(self, job_id: str) -> dict[str, Any]:
+        try:
+            return json.loads(self.storage.download_bytes(self.system_container, self.job_doc_blob(job_id)))
+        except ResourceNotFoundError:
+            raise JobNotFoundError(f"job {job_id!r} not found (no job document)") from None
+
+    def load_job(self, job_id: str) -> Job:
+        """The job as submitted (already validated then, so its CSV need not be on this machine)."""
+        return job_from_dict(self.load_job_doc(job_id)["job"], source=f"job {job_id}", stored=True)
+
+    # --- the manifest: every task of a submission, by id and label --------------------------------------
+    def save_manifest(self, job_id: str, spec_hash: str, tasks: Iterable[TaskDef]) -> None:
+        """The list of a job's tasks, for ``status``, ``cancel`` and reports to show the tasks that
+        have no record yet."""
+        body = dumps({"spec_hash": spec_hash, "tasks": [[t.task_id, t.label] for t in tasks]})
+        self.storage.upload_bytes(self.system_container, self.manifest_blob(job_id),
+                                  gzip.compress(body.encode(), compresslevel=1))
+
+    def load_manifest(self, job_id: str) -> list[tuple[str, str]]:
+        """(task id, label) of every task of the job's last submission; [] for a job without a manifest."""
+        try:
+            data = self.storage.download_bytes(self.system_container, self.manifest_blob(job_id))
+        except ResourceNotFoundError:
+            return []
+        return [(t[0], t[1]) for t in json.loads(gzip.decompress(data))["tasks"]]
+
+    # --- resource files -------------------------------------------------------------------------------
+    def upload_resources(self, job: Job) -> list[str]:
+        """Upload the job's changed resource files; returns their MD5s (part of the spec hash)."""
+        digests = []
+        for i, rf in enumerate(job.resource_files):
+            path = (job.base_dir / rf.source).resolve()
+            if not path.is_file():
+                raise JobValidationError(f"job {job.id}", [(f"resource_files.{i}.source", f"{path} not found")])
+            blob = self.resource_blob(job.id, rf.target)
+            digest = file_md5(path)
+            if self.storage.blob_md5(self.system_container, blob) != digest:
+                self.storage.upload_file(self.system_container, blob, path)
+            digests.append(digest.hex())
+        return digests
+
+    def delete_documents(self, job_id: str) -> None:
+        """Remove the job's documents, resource files and logs (its outputs stay)."""
+        for container, prefix in ((self.system_container, f"jobs/{job_id}/"), (self.log_container, log_prefix(job_id))):
+            client = self.storage.container(container)
+            for name in list(self.storage.list_blob_names(container, prefix)):
+                client.delete_blob(name)
 
 
 def sync_local_dir(storage: Storage, job: Job) -> int:
@@ -42,21 +144,6 @@ def sync_local_dir(storage: Storage, job: Job) -> int:
         uploaded = sum(pool.map(push, files))
     log.info("inputs.local_dir: %d file(s) uploaded, %d unchanged", uploaded, len(files) - uploaded)
     return uploaded
-
-
-def upload_resources(store: JobStore, job: Job) -> list[str]:
-    """Upload the job's changed resource files; returns their MD5s (part of the spec hash)."""
-    digests = []
-    for i, rf in enumerate(job.resource_files):
-        path = (job.base_dir / rf.source).resolve()
-        if not path.is_file():
-            raise JobValidationError(f"job {job.id}", [(f"resource_files.{i}.source", f"{path} not found")])
-        blob = store.resource_blob(job.id, rf.target)
-        digest = file_md5(path)
-        if store.storage.blob_md5(store.system_container, blob) != digest:
-            store.storage.upload_file(store.system_container, blob, path)
-        digests.append(digest.hex())
-    return digests
 
 
 def fan_out(storage: Storage, job: Job) -> list[TaskDef]:

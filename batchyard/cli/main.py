@@ -15,6 +15,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from batchyard.backends import get_backend
 from batchyard.backends.base import Backend, TaskCounts, TaskResult
 from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules import these from here)
     EXIT_ERROR,
@@ -216,19 +217,13 @@ def download(job_id: str, dest: str, backend: str | None, config_path: str | Non
 @handle_errors
 def worker(workers: int | None, idle_exit: float | None, config_path: str | None, verbose: int) -> None:
     """Run local workers against the configured storage until Ctrl-C (more machines can join)."""
-    from batchyard.backends.local.backend import LocalBackend
-    from batchyard.backends.local.worker import WorkerOptions
-
     _setup_logging(verbose)
-    be = LocalBackend(load_config(config_path, backend="local"))
+    be = get_backend("local", load_config(config_path, backend="local"))
     be.preflight()
-    options = WorkerOptions(lease_s=be.config.local.lease_seconds, max_dequeue_count=be.config.local.max_dequeue_count,
-                            keep_task_dirs=be.config.local.keep_task_dirs, idle_exit_s=idle_exit)
-    count = workers or be.config.workers
-    be.start_execution(None, workers=count, options=options)
-    console.print(f"{count} worker(s) serving queue {be.store.queue_name!r}; Ctrl-C to stop")
+    serving = be.serve_workers(workers=workers, idle_exit_s=idle_exit)
+    console.print(f"{serving}; Ctrl-C to stop")
     try:
-        be.join_workers()
+        be.join_execution()
     except KeyboardInterrupt:
         console.print("stopping workers (running tasks finish first)")
     finally:

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from batchyard.core.errors import BackendError
+from batchyard.backends.base import Backend
 
 out = Console()
 console = Console(stderr=True)
@@ -33,13 +33,14 @@ def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _backend(config_path: str | None, verbose: int) -> Any:
-    from batchyard.backends.azure.backend import AzureBackend
+def _backend(config_path: str | None, verbose: int) -> Backend:
+    """The azure backend, through the registry (pools are part of the Backend interface)."""
+    from batchyard.backends import get_backend
     from batchyard.cli.common import _setup_logging
     from batchyard.core.config import load_config
 
     _setup_logging(verbose)
-    return AzureBackend(load_config(config_path, backend="azure"))
+    return get_backend("azure", load_config(config_path, backend="azure"))
 
 
 _config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
@@ -62,15 +63,7 @@ def list_pools(as_json: bool, config_path: str | None, verbose: int) -> None:
     import json
 
     with _backend(config_path, verbose) as be:
-        rows = []
-        for rec in be.pools.records():
-            live = be.pools.get(rec.pool_id)
-            rows.append({
-                "pool_id": rec.pool_id, "job_id": rec.job_id, "created_at": rec.created_at,
-                "state": "missing" if live is None else str(getattr(live.state, "value", live.state)),
-                "nodes": None if live is None else (live.current_dedicated_nodes or 0)
-                + (live.current_low_priority_nodes or 0),
-            })
+        rows = [view.to_dict() for view in be.created_pools()]
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -94,14 +87,7 @@ def delete_pool(pool_id: str | None, delete_all: bool, config_path: str | None, 
     if bool(pool_id) == delete_all:
         raise click.UsageError("give a POOL_ID or --all (not both)")
     with _backend(config_path, verbose) as be:
-        if delete_all:
-            ids = [rec.pool_id for rec in be.pools.records()]
-        else:
-            if be.pools.get_record(pool_id) is None:
-                raise BackendError(f"pool {pool_id!r} was not created by batchyard (no record in container "
-                                   f"{be.store.system_container!r}); refusing to delete it. Delete it in the Azure "
-                                   "portal or with the az CLI if it really is yours.")
-            ids = [pool_id]  # type: ignore[list-item]
+        ids = [view.pool_id for view in be.created_pools()] if delete_all else [pool_id]
         for pid in ids:
-            existed = be.pools.delete(pid)
+            existed = be.delete_created_pool(pid)  # type: ignore[arg-type]
             console.print(f"pool {pid} " + ("deleted" if existed else "was already gone (record removed)"))

@@ -277,15 +277,3 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
         home=home,
     )
 
-
-def resolve_storage_connection_string(config: Config) -> str:
-    """The configured account, or the user's local Azurite (started on demand)."""
-    if config.storage_connection_string:
-        return config.storage_connection_string
-    from batchyard.emulator.azurite import Azurite
-
-    log.info("no storage configured: using the local Azurite (started if needed)")
-    instance = Azurite(home=config.home).start()
-    conn = instance.connection_string()
-    register_secret(conn)
-    return conn

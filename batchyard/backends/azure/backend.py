@@ -3,8 +3,9 @@
 One Batch job per batchyard job (same id) on one pool; one Batch task per TaskDef, whose
 input blob and resource files arrive as read-only SAS URLs and whose outputs (and
 stdout/stderr) leave through create/write-only container SAS URLs. Records live in Batch
-itself; the job document and pool records go to the configured storage account, like
-the local backend's. See docs/azure.md.
+itself; the job documents (:mod:`batchyard.backends.documents`, as the local backend's) and
+pool records go to the configured storage account, where this backend creates no queue and
+no table. Storage must be configured (:mod:`batchyard.backends.azure.clients`). See docs/azure.md.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from batchyard.backends.azure.pools import PoolManager
+from batchyard.backends.azure.clients import make_client, make_storage
+from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
 from batchyard.backends.azure.tasks import (
     JobFacts,
@@ -35,15 +37,12 @@ from batchyard.backends.azure.tasks import (
     sas_lifetime,
     task_result,
 )
-from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, dumps
-from batchyard.backends.documents import fan_out, upload_resources
-from batchyard.backends.local.store import JobStore
+from batchyard.backends.base import Backend, PoolView, SubmitResult, TaskCounts, TaskResult, dumps
+from batchyard.backends.documents import JobDocuments, fan_out
 from batchyard.core.batch_semantics import log_blob_name, log_file_name, tail_offset, tail_text
-from batchyard.core.config import Config, resolve_storage_connection_string
-from batchyard.core.errors import BackendError, ConfigError, JobNotFoundError, TaskNotFoundError
+from batchyard.core.config import Config
+from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef, parse_duration
-from batchyard.core.redact import register_secret
-from batchyard.storage.account import Storage
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +52,6 @@ TASK_SELECT = ["id", "displayName", "state", "executionInfo", "nodeInfo"]
 COUNTS_LAG_GRACE_S = 30.0  # Batch's task counts lag a few seconds behind adds
 
 
-def make_client(config: Config) -> BatchClient:
-    """A BatchClient with a shared key when one is configured, else DefaultAzureCredential."""
-    azure = config.azure
-    if not azure.batch_url:
-        raise ConfigError("azure backend: no Batch account URL; set BATCHYARD_BATCH_URL or [azure] batch_url")
-    url = azure.batch_url.rstrip("/")
-    if config.batch_key:
-        if not azure.batch_account:
-            raise ConfigError("azure backend: a Batch key needs the account name; set BATCHYARD_BATCH_ACCOUNT "
-                              "or [azure] batch_account")
-        from azure.core.credentials import AzureNamedKeyCredential
-
-        register_secret(config.batch_key)
-        credential: Any = AzureNamedKeyCredential(azure.batch_account, config.batch_key)
-    else:
-        if url.startswith("http://"):
-            raise ConfigError(f"azure backend: {url} is plain http, where the SDK refuses token credentials; "
-                              "set the Batch account key (BATCHYARD_BATCH_KEY) for an http endpoint")
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
-    # Few HTTP-level retries: our own loops (adding tasks, waiting) own the long retries.
-    return BatchClient(url, credential, retry_total=3, retry_backoff_factor=0.5, retry_backoff_max=8,
-                       connection_timeout=10, read_timeout=60)
-
-
 class AzureBackend(Backend):
     """Jobs on Azure Batch (or its emulator): the pool runs the tasks, batchyard only submits and reads."""
 
@@ -86,8 +59,8 @@ class AzureBackend(Backend):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self.storage = Storage.from_connection_string(resolve_storage_connection_string(config))
-        self.store = JobStore(self.storage, config)
+        self.storage = make_storage(config)  # refuses a missing or unreachable storage account first
+        self.documents = JobDocuments(self.storage, config)
         self._client: BatchClient | None = None
         self._pools: PoolManager | None = None
         self._expected: dict[str, int] = {}
@@ -142,8 +115,8 @@ class AzureBackend(Backend):
         required = required_patterns(job)
         # Registries first: a missing password must fail before any container, pool or job exists.
         containers = container_setup(job.container_image, self.config) if job.container_image else None
-        self.store.ensure()
-        upload_resources(self.store, job)
+        self.documents.ensure()
+        self.documents.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)
@@ -169,7 +142,7 @@ class AzureBackend(Backend):
                                f"missing or failed task(s) cannot run; `batchyard delete {job.id}` first or use "
                                "a new id")
         spec_hash = hashlib.sha256(dumps(job.model_dump(mode="json")).encode()).hexdigest()[:16]
-        self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
+        self.documents.save_job(job, spec_hash=spec_hash, backend=self.name)
         self._expected[job.id] = len(tasks)
         pool_id, created = (None, False)
         if work:
@@ -230,13 +203,13 @@ class AzureBackend(Backend):
 
     def _urls(self, job: Job, lifetime: timedelta) -> TaskUrls:
         resources = tuple(
-            (rf.target, self.storage.blob_sas_url(self.store.system_container,
-                                                  self.store.resource_blob(job.id, rf.target),
+            (rf.target, self.storage.blob_sas_url(self.documents.system_container,
+                                                  self.documents.resource_blob(job.id, rf.target),
                                                   expiry=lifetime, permission="r"))
             for rf in job.resource_files)
         outputs = {out.container: self.storage.container_sas_url(out.container, expiry=lifetime, permission="cw")
                    for out in job.outputs}
-        logs = self.storage.container_sas_url(self.store.log_container, expiry=lifetime, permission="cw")
+        logs = self.storage.container_sas_url(self.documents.log_container, expiry=lifetime, permission="cw")
         return TaskUrls(resource_files=resources, output_containers=outputs, log_container_url=logs)
 
     def _add(self, job: Job, *, tasks: list[TaskDef], required: list[str],
@@ -324,8 +297,6 @@ class AzureBackend(Backend):
         poller.wait(30)
 
     def _delete_per_job_pool(self, job_id: str) -> None:
-        from batchyard.backends.azure.pools import per_job_pool_id
-
         pool_id = per_job_pool_id(job_id)
         record = self.pools.get_record(pool_id)
         if record is None or record.job_id != job_id or self.config.azure.keep_auto_pool:
@@ -351,8 +322,8 @@ class AzureBackend(Backend):
             job = self.job(job_id)
         except JobNotFoundError:
             return JobFacts(job_completed=self._job_state(job_id, max_age_s=0) == "completed")
-        return JobFacts(has_required_outputs=bool(required_patterns(job)),
-                        resource_names=tuple(self.store.resource_blob(job.id, rf.target) for rf in job.resource_files),
+        resources = tuple(self.documents.resource_blob(job.id, rf.target) for rf in job.resource_files)
+        return JobFacts(has_required_outputs=bool(required_patterns(job)), resource_names=resources,
                         job_completed=self._job_state(job_id, max_age_s=0) == "completed")
 
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
@@ -374,7 +345,7 @@ class AzureBackend(Backend):
             raise batch_error(exc, f"listing tasks of job {job_id!r}") from None
 
     def _stderr_tail(self, job_id: str, task_id: str) -> str:
-        container = self.storage.container(self.store.log_container)
+        container = self.storage.container(self.documents.log_container)
         blob = container.get_blob_client(log_blob_name(job_id, task_id, "stderr"))
         try:
             size = blob.get_blob_properties().size
@@ -395,7 +366,7 @@ class AzureBackend(Backend):
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         try:
-            return self.storage.download_bytes(self.store.log_container, log_blob_name(job_id, task_id, stream))
+            return self.storage.download_bytes(self.documents.log_container, log_blob_name(job_id, task_id, stream))
         except ResourceNotFoundError:
             pass
         try:  # the task is still running (or its upload failed): read it from the node
@@ -411,7 +382,7 @@ class AzureBackend(Backend):
             raise batch_error(exc, f"reading {stream} of task {task_id!r}") from None
 
     def job(self, job_id: str) -> Job:
-        return self.store.load_job(job_id)
+        return self.documents.load_job(job_id)
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
@@ -435,21 +406,23 @@ class AzureBackend(Backend):
             if error_code(exc) != "JobBeingDeleted":
                 raise batch_error(exc, f"deleting job {job_id!r}") from None
             found = True
-        from batchyard.backends.azure.pools import per_job_pool_id
-
         record = self.pools.get_record(per_job_pool_id(job_id))
         if record is not None and record.job_id == job_id:
             self.pools.delete(record.pool_id)
-        if self.store.get_job_entity(job_id) is not None or self._has_doc(job_id):
+        if self.documents.has_job(job_id):
             found = True
-            self.store.delete_job(job_id)
+            self.documents.delete_documents(job_id)
         if not found:
             raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch nor on storage account "
                                    f"{self.storage.account.account_name!r}")
         self._expected.pop(job_id, None)
 
-    def _has_doc(self, job_id: str) -> bool:
-        return self.storage.blob_md5(self.store.system_container, self.store.job_doc_blob(job_id)) is not None
+    # --- pools ----------------------------------------------------------------------------------------
+    def created_pools(self) -> list[PoolView]:
+        return self.pools.views()
+
+    def delete_created_pool(self, pool_id: str) -> bool:
+        return self.pools.delete_created(pool_id)
 
     def close(self) -> None:
         if self._client is not None:

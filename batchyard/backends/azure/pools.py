@@ -23,6 +23,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.registries import ContainerSetup
 from batchyard.backends.azure.tasks import batch_error, enum_text, error_code
+from batchyard.backends.base import PoolView
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BackendError, ConfigError
 from batchyard.core.job import parse_duration
@@ -156,6 +157,28 @@ class PoolManager:
             rec = self.get_record(name.removeprefix("pools/").removesuffix(".json"))
             if rec is not None:
                 yield rec
+
+    def views(self) -> list[PoolView]:
+        """Every pool batchyard recorded, with its state on Batch ("missing" if the pool is gone)."""
+        views = []
+        for rec in self.records():
+            live = self.get(rec.pool_id)
+            if live is None:
+                state, nodes = "missing", None
+            else:
+                state = enum_text(live.state)
+                nodes = (live.current_dedicated_nodes or 0) + (live.current_low_priority_nodes or 0)
+            views.append(PoolView(pool_id=rec.pool_id, job_id=rec.job_id, created_at=rec.created_at,
+                                  state=state, nodes=nodes))
+        return views
+
+    def delete_created(self, pool_id: str) -> bool:
+        """Delete a pool batchyard created (False if it was gone already); refuse any other pool."""
+        if self.get_record(pool_id) is None:
+            raise BackendError(f"pool {pool_id!r} was not created by batchyard (no record in container "
+                               f"{self.container!r}); refusing to delete it. Delete it in the Azure portal or "
+                               "with the az CLI if it really is yours.")
+        return self.delete(pool_id)
 
     def forget(self, pool_id: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
-from batchyard.backends.documents import fan_out, upload_resources
+from batchyard.backends.documents import fan_out
 from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name
-from batchyard.core.config import Config, resolve_storage_connection_string
+from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef
 from batchyard.storage.account import Storage
@@ -42,7 +42,7 @@ class LocalBackend(Backend):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self._conn = resolve_storage_connection_string(config)
+        self._conn = local_storage_connection_string(config)
         self.storage = Storage.from_connection_string(self._conn)
         self.store = JobStore(self.storage, config)
         self._procs: list[Any] = []
@@ -64,7 +64,7 @@ class LocalBackend(Backend):
         if job.container_image:  # fail before anything is queued, not in every task
             _require_image(job.container_image)
         self.store.ensure()
-        resource_digests = upload_resources(self.store, job)
+        resource_digests = self.store.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)
@@ -84,7 +84,7 @@ class LocalBackend(Backend):
                 to_queue.append(task)
         doc = job.model_dump(mode="json")
         spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
-        self.store.save_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
+        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
         self.store.save_manifest(job.id, spec_hash, tasks)
         # A task that ran before (failed, or its worker was lost) has a row: back to pending. The
         # others get theirs when a worker claims them.
@@ -146,7 +146,16 @@ class LocalBackend(Backend):
             self._respawns += 1
             self._procs[i] = self._spawn(i)
 
-    def join_workers(self, *, poll: float = 1.0) -> None:
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
+        """Workers for every job on this queue (``batchyard worker``), with the [local] settings."""
+        local = self.config.local
+        options = WorkerOptions(lease_s=local.lease_seconds, max_dequeue_count=local.max_dequeue_count,
+                                keep_task_dirs=local.keep_task_dirs, idle_exit_s=idle_exit_s)
+        count = workers or self.config.workers
+        self.start_execution(None, workers=count, options=options)
+        return f"{count} worker(s) serving queue {self.store.queue_name!r}"
+
+    def join_execution(self, *, poll: float = 1.0) -> None:
         """Block while any worker runs (``batchyard worker``), replacing crashed ones."""
         while any(p.is_alive() for p in self._procs):
             self._procs[0].join(timeout=poll)
@@ -246,6 +255,23 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.stop_execution()
+
+
+def local_storage_connection_string(config: Config) -> str:
+    """The configured account, or the user's local Azurite (started if needed).
+
+    Only the local backend (and what runs on it) falls back to Azurite: its workers run on this
+    machine, where loopback reaches it. The azure backend's nodes could not (see its backend).
+    """
+    if config.storage_connection_string:
+        return config.storage_connection_string
+    from batchyard.core.redact import register_secret
+    from batchyard.emulator.azurite import Azurite
+
+    log.info("no storage configured: using the local Azurite (started if needed)")
+    conn = Azurite(home=config.home).start().connection_string()
+    register_secret(conn)
+    return conn
 
 
 def _require_image(image: str) -> None:

@@ -1,4 +1,4 @@
-"""Job and task records in Azure Table storage, the queue of task messages, and job documents.
+"""The local backend's job and task records in Azure Table storage, and its queue of task messages.
 
 Layout on the storage account (names configurable in ``[storage]``):
 
@@ -9,9 +9,8 @@ Layout on the storage account (names configurable in ``[storage]``):
   final result. A task no worker has claimed yet has no row: it is pending (rows are
   created by the claim, so a submit costs one queue write per 32 tasks, not a table write
   per task);
-- blob ``<system container>/jobs/<job id>/job.json``: the job as submitted,
-  ``.../tasks.json.gz`` the ids and labels of its tasks (the manifest), and
-  ``.../resources/<file>`` the resource files, uploaded once;
+- the job documents both backends keep (job.json, the manifest, resource files; see
+  :mod:`batchyard.backends.documents`, whose :class:`JobDocuments` this store extends);
 - queue ``<queue>``: versioned JSON messages naming a job and task ids, with the tasks'
   definitions (never a secret; see :mod:`batchyard.backends.local.messages`), and ``<queue>-poison`` for
   messages that could not be handled.
@@ -24,7 +23,6 @@ never overwrite the result of the worker that took over.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import logging
 import time
@@ -36,9 +34,9 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from batchyard.backends.base import TaskCounts, TaskResult, TaskState, dumps
+from batchyard.backends.base import TaskResult, TaskState, dumps
+from batchyard.backends.documents import JobDocuments
 from batchyard.backends.local.messages import TaskMessage, poison_body
-from batchyard.core.batch_semantics import log_prefix
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, StorageError
 from batchyard.core.job import Job, TaskDef
@@ -105,14 +103,13 @@ def pending_row(job_id: str, task: TaskDef) -> dict[str, Any]:
     }
 
 
-class JobStore:
-    """Typed access to the records of every job on one storage account."""
+class JobStore(JobDocuments):
+    """Typed access to the records of every local-backend job on one storage account: the job
+    documents both backends keep, plus this backend's tables and queues."""
 
     def __init__(self, storage: Storage, config: Config) -> None:
-        self.storage = storage
+        super().__init__(storage, config)
         section = config.storage
-        self.system_container = section.system_container
-        self.log_container = section.log_container
         self.queue_name = section.queue
         self.poison_queue_name = f"{section.queue}-poison"
         self._jobs_name = f"{section.table_prefix}jobs"
@@ -159,19 +156,12 @@ class JobStore:
                     queue.create_queue()
         except Exception as exc:
             raise translate_error(exc, "creating batchyard's tables and queues") from None
-        self.storage.ensure_container(self.system_container)
-        self.storage.ensure_container(self.log_container)
+        super().ensure()
 
     # --- jobs -----------------------------------------------------------------------------------------
-    def job_doc_blob(self, job_id: str) -> str:
-        return f"jobs/{job_id}/job.json"
-
-    def resource_blob(self, job_id: str, target: str) -> str:
-        return f"jobs/{job_id}/resources/{target}"
-
-    def save_job(self, job: Job, *, total: int, spec_hash: str, backend: str) -> None:
-        doc = {"job": job.model_dump(mode="json"), "spec_hash": spec_hash, "backend": backend}
-        self.storage.upload_bytes(self.system_container, self.job_doc_blob(job.id), dumps(doc).encode())
+    def record_job(self, job: Job, *, total: int, spec_hash: str, backend: str) -> None:
+        """Save the job document and the job's row (its state, total and spec hash)."""
+        self.save_job(job, spec_hash=spec_hash, backend=backend)
         now = time.time()
         entity = {"PartitionKey": "job", "RowKey": job.id, "state": "active", "total": total,
                   "spec_hash": spec_hash, "backend": backend, "updated": now}
@@ -186,18 +176,6 @@ class JobStore:
             if _table_gone(exc):
                 raise _lost(self._jobs_name) from None
             return None
-
-    def load_job_doc(self, job_id: str) -> dict[str, Any]:
-        try:
-            return json.loads(self.storage.download_bytes(self.system_container, self.job_doc_blob(job_id)))
-        except ResourceNotFoundError:
-            raise JobNotFoundError(f"job {job_id!r} not found (no job document)") from None
-
-    def load_job(self, job_id: str) -> Job:
-        """The job as submitted (already validated then, so its CSV need not be on this machine)."""
-        from batchyard.core.job import job_from_dict
-
-        return job_from_dict(self.load_job_doc(job_id)["job"], source=f"job {job_id}", stored=True)
 
     def set_job_state(self, job_id: str, state: str) -> None:
         self.jobs.update_entity({"PartitionKey": "job", "RowKey": job_id, "state": state, "updated": time.time()},
@@ -246,13 +224,6 @@ class JobStore:
             data["_etag"] = entity.metadata["etag"]
             found[data["RowKey"]] = data
         return found
-
-    def counts(self, job_id: str) -> TaskCounts:
-        """Task counts by state, from every row of the job (see :class:`TaskTally` for polling)."""
-        from batchyard.backends.local.tally import TaskTally  # it reads through this class
-
-        entity = self.get_job_entity(job_id) or {}
-        return TaskTally(self, job_id, total=int(entity.get("total") or 0)).refresh()
 
     def write_pending(self, job_id: str, tasks: Iterable[TaskDef], *, reset: bool = False) -> None:
         """Upsert task rows as pending, 100 per table transaction (one partition per job).
@@ -376,25 +347,6 @@ class JobStore:
             return False
         return True
 
-    # --- the manifest: every task of a submission, by id and label --------------------------------------
-    def manifest_blob(self, job_id: str) -> str:
-        return f"jobs/{job_id}/tasks.json.gz"
-
-    def save_manifest(self, job_id: str, spec_hash: str, tasks: Iterable[TaskDef]) -> None:
-        """Rows are created when tasks are claimed, so the list of a job's tasks lives here, for
-        ``status``, ``cancel`` and reports to show the tasks no worker has taken yet."""
-        body = dumps({"spec_hash": spec_hash, "tasks": [[t.task_id, t.label] for t in tasks]})
-        self.storage.upload_bytes(self.system_container, self.manifest_blob(job_id),
-                                  gzip.compress(body.encode(), compresslevel=1))
-
-    def load_manifest(self, job_id: str) -> list[tuple[str, str]]:
-        """(task id, label) of every task of the job's last submission; [] for a job from before manifests."""
-        try:
-            data = self.storage.download_bytes(self.system_container, self.manifest_blob(job_id))
-        except ResourceNotFoundError:
-            return []
-        return [(t[0], t[1]) for t in json.loads(gzip.decompress(data))["tasks"]]
-
     def release_claim(self, job_id: str, task_id: str, *, etag: str) -> None:
         """Give back a task claimed but never started (its message was lost): pending again, so
         whoever has the message now runs it without counting a lost attempt."""
@@ -456,11 +408,7 @@ class JobStore:
             self.tasks.submit_transaction(ops)  # type: ignore[arg-type]
         with contextlib.suppress(ResourceNotFoundError):
             self.jobs.delete_entity("job", job_id)
-        container = self.storage.container(self.system_container)
-        for name in list(self.storage.list_blob_names(self.system_container, f"jobs/{job_id}/")):
-            container.delete_blob(name)
-        for name in list(self.storage.list_blob_names(self.log_container, log_prefix(job_id))):
-            self.storage.container(self.log_container).delete_blob(name)
+        self.delete_documents(job_id)
 
     # --- messages -------------------------------------------------------------------------------------
     def send(self, message: TaskMessage) -> None:
