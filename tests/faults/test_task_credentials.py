@@ -162,3 +162,72 @@ def test_a_fragment_of_a_batch_key_is_masked_in_a_failure_message() -> None:
     register_secret(batch_key)
     message = f"command exited with code 1: bad token {batch_key[5:25]}; retry"
     assert redact(message) == "command exited with code 1: bad token ***; retry"
+
+
+def test_a_stderr_tail_with_the_start_of_both_keys_is_recorded_masked(project: Any, tmp_path: Path) -> None:
+    """The chained attack of issue #23: a command prints the first 20 characters of the storage key and of
+    the Batch key to stderr; the task's recorded stderr tail (``status --json``) shows neither."""
+    account_key = StorageAccount.from_connection_string(project.env["AZURE_STORAGE_CONNECTION_STRING"]).account_key
+    batch_key = base64.b64encode(secrets.token_bytes(64)).decode()
+    printed = tmp_path / "printed.txt"
+    printed.write_text(f"cat: 'x{account_key[:20]}': No such file\nbad token {batch_key[:20]}\n", encoding="utf-8")
+    command = " ".join(shlex.quote(a) for a in (PY, "-c", "import sys; sys.stderr.write(open(sys.argv[1]).read()); "
+                                                "sys.exit(3)", str(printed)))
+    (project.dir / "t.csv").write_text("KEY\nonly\n", encoding="utf-8")
+    (project.dir / "job.toml").write_text(f'id = "leaky"\ncommand = {json.dumps(command)}\ntasks = "t.csv"\n',
+                                          encoding="utf-8")
+    env = {"BATCHYARD_BATCH_KEY": batch_key}
+    run = _cli(project, "run", "job.toml", "--workers", "1", env=env)
+    _, stderr = run.communicate(timeout=150)
+    assert run.returncode == 1, stderr[-3000:]
+    status = _cli(project, "status", "leaky", "--json", env=env)
+    stdout, stderr = status.communicate(timeout=120)
+    assert status.returncode == 0, stderr[-3000:]
+    (task,) = json.loads(stdout)["tasks"]
+    tail = task["stderr_tail"]
+    assert "No such file" in tail and "bad token" in tail
+    assert account_key[:20] not in tail and batch_key[:20] not in tail
+    assert tail.count(MASK) == 2, tail
+
+
+_HIDE_AND_REPORT = """
+import ctypes, json, os, subprocess, sys
+from batchyard.core.secret_handoff import hide_credentials
+conn = os.environ["AZURE_STORAGE_CONNECTION_STRING"]
+cleared = hide_credentials()
+def shown(pid):
+    return open(f"/proc/{pid}/environ", "rb").read()
+child = os.fork()
+if child == 0:
+    os._exit(0 if conn.encode() not in shown("self") else 1)
+_, forked = os.waitpid(child, 0)
+inherited = subprocess.run(["sh", "-c", 'printf %s "$AZURE_STORAGE_CONNECTION_STRING"'], capture_output=True, text=True)
+json.dump({"cleared": sorted(cleared), "shown": [v in shown("self") for v in (conn.encode(), b"BY_VISIBLE=yes")],
+           "forked_clean": forked == 0, "os_environ": os.environ["AZURE_STORAGE_CONNECTION_STRING"] == conn,
+           "inherited": inherited.stdout == conn, "dumpable": ctypes.CDLL(None).prctl(3, 0, 0, 0, 0)}, sys.stdout)
+"""
+
+
+def test_hide_credentials_clears_proc_environ_but_keeps_the_variables_working(project: Any) -> None:
+    conn = project.env["AZURE_STORAGE_CONNECTION_STRING"]
+    env = {**project.env, "BY_VISIBLE": "yes", "MYREGISTRY_PASSWORD": "x" * 20, "BY_CUSTOM_CONN": conn}
+    proc = subprocess.run([PY, "-c", _HIDE_AND_REPORT], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert {"AZURE_STORAGE_CONNECTION_STRING", "BATCHYARD_HOME", "MYREGISTRY_PASSWORD", "BY_CUSTOM_CONN"} <= set(
+        report["cleared"]) and "BY_VISIBLE" not in report["cleared"]
+    assert report["shown"] == [False, True], "the key is still in /proc/<pid>/environ (or everything was cleared)"
+    assert report["forked_clean"] and report["os_environ"] and report["inherited"]
+    assert report["dumpable"] == 0
+
+
+@pytest.mark.parametrize(("extra_env", "message"), [
+    ({}, "no storage connection string: pass --storage-connection-string-env VAR"),
+    ({"BATCHYARD_SECRETS_FD": "97"}, "BATCHYARD_SECRETS_FD: no secrets could be read from file descriptor '97'"),
+])
+def test_the_emulator_without_its_secrets_says_what_is_missing(extra_env: dict[str, str], message: str,
+                                                               tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BATCHYARD_SECRETS_FD"} | extra_env
+    proc = subprocess.run([PY, "-m", "batchyard.emulator.batch", "--data-dir", str(tmp_path / "d")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
