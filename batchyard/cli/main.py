@@ -32,6 +32,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
 )
 from batchyard.core.config import load_config
 from batchyard.core.job import Job, load_job
+from batchyard.core.secret_handoff import hide_credentials
 from batchyard.core.version import __version__
 
 SUMMARY_ROWS = 25
@@ -41,6 +42,7 @@ SUMMARY_ROWS = 25
 @click.version_option(__version__, prog_name="batchyard")
 def main() -> None:
     """Per-file batch jobs: locally on Azure Storage (Azurite), on Azure Batch, or on its emulator."""
+    hide_credentials()  # before any command starts workers or an emulator whose tasks descend from us
 
 
 # --------------------------------------------------------------------------------------------- run

@@ -49,4 +49,4 @@ def _host_environment(items: tuple[tuple[str, str], ...], secrets: int) -> tuple
     # registered one must be masked): scanning every value costs ~0.2 ms, a noticeable share
     # of a tiny task's overhead, and a node process's environment does not change between tasks.
     return tuple((k, v) for k, v in items
-                 if k not in SECRET_ENV_VARS and not k.startswith("AZ_BATCH_") and redact(v) == v)
+                 if k not in SECRET_ENV_VARS and not k.startswith(("AZ_BATCH_", "BATCHYARD_")) and redact(v) == v)

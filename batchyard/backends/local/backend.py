@@ -27,6 +27,7 @@ from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef
+from batchyard.core.secret_handoff import hide_credentials
 from batchyard.storage.account import Storage
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class LocalBackend(Backend):
                         options: WorkerOptions | None = None, work_dir: Path | None = None) -> None:
         import multiprocess
 
+        # Workers fork from this process: its startup environment, which a task can read, holds no key.
+        hide_credentials(not_dumpable=False)
         count = workers or self.config.workers
         # fork: a worker starts in milliseconds with everything imported (docs/architecture.md);
         # each creates its storage clients afresh (worker_process_main), never using inherited ones.

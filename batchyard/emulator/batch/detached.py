@@ -1,15 +1,18 @@
 """Run the emulator as a background process (``batchyard emulator start --batch``).
 
 ``home/batch-emulator.json`` (0600) records pid, url, account and key file; the key itself
-lives in ``home/batch-emulator.key`` (0600). The storage connection string reaches the child
-through an environment variable, never argv.
+lives in ``home/batch-emulator.key`` (0600). The storage connection string and the key reach the
+child through an inherited file descriptor (:mod:`batchyard.core.secret_handoff`): neither they nor
+the key file's path are in its environment or command line, where its tasks could read them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,14 +22,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchyard.core.errors import EmulatorError
+from batchyard.core.errors import BatchyardError, EmulatorError
 from batchyard.core.redact import redact, register_secret
+from batchyard.core.secret_handoff import HANDOFF_VARIABLE, public_environment, secrets_fd
 
 RECORD = "batch-emulator.json"
 KEY_FILE = "batch-emulator.key"
 READY_FILE = "batch-emulator.ready"
 LOG_FILE = "batch-emulator.log"
-CONN_ENV = "BATCHYARD_BATCH_EMULATOR_STORAGE"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,21 @@ class BatchEmulatorRecord:
     account_key: str = field(repr=False)
     pid: int
     data_dir: Path
+
+
+def read_or_create_key(path: Path) -> str:
+    """The account key from a private file, created (0600) with a fresh random key if absent."""
+    if path.exists():
+        mode = path.stat().st_mode & 0o077
+        if mode:
+            raise BatchyardError(f"{path}: key file is readable by others (chmod 600 it)")
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = base64.b64encode(secrets.token_bytes(64)).decode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return key
 
 
 def _alive(pid: int) -> bool:
@@ -101,13 +119,21 @@ def start_detached(*, home: Path, storage_connection_string: str, port: int = 0,
     data_dir = home / "batch-emulator-data"
     ready = home / READY_FILE
     ready.unlink(missing_ok=True)
-    env = {**os.environ, CONN_ENV: storage_connection_string}
-    cmd = [sys.executable, "-m", "batchyard.emulator.batch", "--storage-connection-string-env", CONN_ENV,
-           "--data-dir", str(data_dir), "--port", str(port), "--key-file", str(home / KEY_FILE),
+    try:
+        key = read_or_create_key(home / KEY_FILE)
+    except BatchyardError as exc:
+        raise EmulatorError(str(exc)) from None
+    handoff = secrets_fd({"storage_connection_string": storage_connection_string, "account_key": key})
+    # Its tasks inherit its environment (minus secrets): the user's other secrets stay here too.
+    env = {**public_environment(os.environ), HANDOFF_VARIABLE: str(handoff)}
+    cmd = [sys.executable, "-m", "batchyard.emulator.batch", "--data-dir", str(data_dir), "--port", str(port),
            "--ready-file", str(ready)]
-    with (home / LOG_FILE).open("ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
+    try:
+        with (home / LOG_FILE).open("ab") as log:
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True, pass_fds=(handoff,))
+    finally:
+        os.close(handoff)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
