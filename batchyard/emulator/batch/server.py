@@ -151,7 +151,8 @@ class BatchEmulator:
         _scrub_logs()
         self.account_name = account_name
         self._key = account_key
-        self.data_dir = Path(data_dir)
+        # Resolved once: node roots then hold no symlink, so the files API can refuse any it meets.
+        self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.faults = FaultState(faults if faults is not None else FaultConfig.from_env())
         self.storage = Storage.from_connection_string(storage_connection_string)
