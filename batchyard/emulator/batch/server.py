@@ -20,12 +20,13 @@ from urllib.parse import parse_qs, urlsplit
 from batchyard.core.errors import EmulatorError
 from batchyard.core.redact import install_log_filter, redact, redacting_filter, register_secret
 from batchyard.emulator.batch.auth import verify
-from batchyard.emulator.batch.common import BatchApiError
+from batchyard.emulator.batch.common import BatchApiError, utcnow
 from batchyard.emulator.batch.faults import FaultConfig, FaultState
 from batchyard.emulator.batch.ops_jobs import JobOps
 from batchyard.emulator.batch.ops_pools import PoolOps
 from batchyard.emulator.batch.ops_tasks import TaskOps
 from batchyard.emulator.batch.protocol import Request, Response, Router
+from batchyard.emulator.batch.replay import ReplayGuard
 from batchyard.emulator.batch.scheduler import Engine
 from batchyard.emulator.batch.state import Store
 from batchyard.storage.account import Storage
@@ -89,8 +90,10 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         request = Request(self.command, self.path, split.path, query, headers, body)
         try:
-            verify(self.command, self.path, dict(self.headers.items()), emu.account_name, emu._key)
-            emu.faults.on_request()
+            now = utcnow()
+            signed = verify(self.command, self.path, dict(self.headers.items()), emu.account_name, emu._key, now=now)
+            emu.faults.on_request()  # an injected 5xx runs nothing, so its retry is no replay
+            emu.replay.claim(signed, now)
             if "api-version" not in query:
                 raise BatchApiError(400, "MissingRequiredQueryParameter",
                                     "A query parameter that's mandatory for this request is not specified.",
@@ -151,6 +154,7 @@ class BatchEmulator:
         _scrub_logs()
         self.account_name = account_name
         self._key = account_key
+        self.replay = ReplayGuard()
         # Resolved once: node roots then hold no symlink, so the files API can refuse any it meets.
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
