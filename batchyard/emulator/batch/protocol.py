@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +12,65 @@ from typing import Any
 from urllib.parse import unquote
 
 from batchyard.emulator.batch.common import BatchApiError, rfc1123
+
+# Batch bodies nest about ten levels deep; anything far deeper is refused before code walks it.
+MAX_JSON_DEPTH = 64
+# No Batch property takes a number past int64 (19 digits); longer digit runs only cost CPU.
+MAX_INT_DIGITS = 19
+
+
+def _invalid_body(why: str) -> BatchApiError:
+    return BatchApiError(400, "InvalidRequestBody", f"The specified Request Body is not syntactically valid: {why}.")
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest deeper than ``limit`` (iterative: the check itself cannot recurse)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or Batch's 400 ``InvalidRequestBody`` saying why not."""
+    try:
+        value = json.loads(body, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+    except UnicodeDecodeError:
+        raise _invalid_body("it is not UTF-8") from None
+    except RecursionError:
+        raise _invalid_body(f"it nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError as exc:
+        raise _invalid_body(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:  # from the hooks above
+        raise _invalid_body(str(exc)) from None
+    if not isinstance(value, dict):
+        raise _invalid_body("the body must be a JSON object")
+    if _depth_exceeds(value, MAX_JSON_DEPTH):
+        raise _invalid_body(f"it nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 @dataclass
@@ -24,16 +84,12 @@ class Request:
     params: list[str] = field(default_factory=list)  # decoded {placeholders} from the route
     rest: str = ""  # decoded remainder for file routes
 
-    def json(self, *, required: bool = True) -> Any:
+    def json(self, *, required: bool = True) -> dict[str, Any]:
         if not self.body.strip():
             if required:
                 raise BatchApiError(400, "MissingRequiredProperty", "The request body is missing.")
             return {}
-        try:
-            return json.loads(self.body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BatchApiError(400, "InvalidRequestBody",
-                                f"The request body is not valid JSON ({exc.__class__.__name__}).") from None
+        return parse_body(self.body)
 
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() == "true"

@@ -7,10 +7,12 @@ Authorization header and the account key are never logged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import secrets
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,21 +22,26 @@ from urllib.parse import parse_qs, urlsplit
 from batchyard.core.errors import EmulatorError
 from batchyard.core.redact import install_log_filter, redact, redacting_filter, register_secret
 from batchyard.emulator.batch.auth import verify
-from batchyard.emulator.batch.common import BatchApiError
+from batchyard.emulator.batch.common import BatchApiError, utcnow
+from batchyard.emulator.batch.connections import ConnectionSlots
 from batchyard.emulator.batch.faults import FaultConfig, FaultState
 from batchyard.emulator.batch.ops_jobs import JobOps
 from batchyard.emulator.batch.ops_pools import PoolOps
 from batchyard.emulator.batch.ops_tasks import TaskOps
 from batchyard.emulator.batch.protocol import Request, Response, Router
+from batchyard.emulator.batch.replay import ReplayGuard
 from batchyard.emulator.batch.scheduler import Engine
 from batchyard.emulator.batch.state import Store
+from batchyard.emulator.batch.wire import FramingError, read_body
 from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
 
 log = logging.getLogger("batchyard.emulator.batch")
-MAX_BODY_BYTES = 1024 * 1024  # Batch refuses bigger request bodies with RequestBodyTooLarge
-DRAIN_LIMIT_BYTES = 32 * 1024 * 1024  # beyond this we close the connection rather than read
 JSON_TYPE = "application/json;odata=minimalmetadata"
+# A connection that sends nothing for this long (between requests or mid-request) is closed.
+IDLE_TIMEOUT_S = 30.0
+# Connections served at once (one thread each); see connections.py for what happens past it.
+MAX_CONNECTIONS = 64
 # Loggers that see the nodes' SAS URLs in full (urllib3 logs request lines at DEBUG). A filter
 # on a logger only covers records logged on that very logger, so each is named here.
 _SCRUBBED = ("urllib3.connectionpool", "azure.core.pipeline.policies.http_logging_policy",
@@ -49,10 +56,45 @@ def _scrub_logs() -> None:
             logger.addFilter(redacting_filter())
 
 
+def _busy_answer(base_url: str) -> bytes:
+    body = json.dumps(BatchApiError(503, "ServerBusy", "The server is currently unable to receive requests. "
+                                    "Please retry your request.").body(base_url, str(uuid.uuid4()))).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most ``slots.limit`` of them; errors of a dropped connection go to DEBUG."""
+
     daemon_threads = True
     allow_reuse_address = True
     emulator: BatchEmulator
+    slots: ConnectionSlots
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.admit(request):
+            log.info("batch emulator: %d connections are all mid-request; refusing one with 503", self.slots.limit)
+            with contextlib.suppress(OSError):  # the client may be gone already
+                request.settimeout(1.0)
+                request.sendall(_busy_answer(self.emulator.url))
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a reset or timed-out client is not news.
+        log.debug("batch emulator: connection from %s ended with an error", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -61,36 +103,46 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: _Server
 
+    def setup(self) -> None:
+        self.timeout = self.server.emulator.idle_timeout_s  # applied to the socket by StreamRequestHandler
+        super().setup()
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s", redact(format % args))
+
+    def handle_one_request(self) -> None:
+        self.server.slots.waiting(self.connection)  # reclaimable until its request line and headers are in
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.server.slots.serving(self.connection)
+        return parsed
 
     def _handle(self) -> None:
         emu = self.server.emulator
         request_id = str(uuid.uuid4())
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES:
-            err = BatchApiError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the "
-                                "maximum permissible limit (1 MB).") if length > 0 else BatchApiError(
-                400, "InvalidHeaderValue", "Content-Length is not valid.")
-            if 0 < length <= DRAIN_LIMIT_BYTES:
-                # Read and drop the body so the client sees our answer instead of a reset.
-                while length > 0:
-                    length -= len(self.rfile.read(min(length, 65536)) or b"x" * length)
-            else:
+            body = read_body(self.command, self.headers, self.rfile,
+                             deadline=time.monotonic() + emu.idle_timeout_s)
+        except FramingError as refused:
+            if refused.close:
                 self.close_connection = True
-            self._send(self._error(err, request_id), request_id, headers)
+            self._send(self._error(refused.error, request_id), request_id, headers)
             return
-        body = self.rfile.read(length) if length else b""
+        except (TimeoutError, ConnectionError) as exc:
+            log.debug("batch emulator: %s %s: %s; connection closed", self.command, redact(self.path[:200]), exc)
+            self.close_connection = True
+            return
         split = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         request = Request(self.command, self.path, split.path, query, headers, body)
         try:
-            verify(self.command, self.path, dict(self.headers.items()), emu.account_name, emu._key)
-            emu.faults.on_request()
+            now = utcnow()
+            signed = verify(self.command, self.path, dict(self.headers.items()), emu.account_name, emu._key, now=now)
+            emu.faults.on_request()  # an injected 5xx runs nothing, so its retry is no replay
+            emu.replay.claim(signed, now)
             if "api-version" not in query:
                 raise BatchApiError(400, "MissingRequiredQueryParameter",
                                     "A query parameter that's mandatory for this request is not specified.",
@@ -121,6 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.dumps(response.body, separators=(",", ":")).encode()
             headers["Content-Type"] = JSON_TYPE
         headers.update(response.headers)
+        if self.close_connection:
+            headers["Connection"] = "close"  # the client must not send another request on this connection
         length = response.content_length if self.command == "HEAD" and response.content_length is not None \
             else len(data)
         self.send_response(response.status)
@@ -128,9 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if response.status != 304 and not (response.status == 204 and not data):
             self.send_header("Content-Length", str(length))
-        self.end_headers()
-        if self.command != "HEAD" and data and response.status not in (204, 304):
-            self.wfile.write(data)
+        try:
+            self.end_headers()
+            if self.command != "HEAD" and data and response.status not in (204, 304):
+                self.wfile.write(data)
+        except OSError as exc:  # reset, broken pipe, or a reader stalled past the timeout
+            log.debug("batch emulator: answer to %s not delivered: %s", self.command, exc)
+            self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
@@ -140,7 +198,8 @@ class BatchEmulator:
 
     def __init__(self, *, storage_connection_string: str, data_dir: Path, account_name: str = "batchyard",
                  account_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultConfig | None = None) -> None:
+                 faults: FaultConfig | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         if account_key is None:
             account_key = base64.b64encode(secrets.token_bytes(64)).decode()
         try:
@@ -149,9 +208,14 @@ class BatchEmulator:
             raise EmulatorError("the Batch emulator's account key must be base64") from None
         register_secret(account_key)
         _scrub_logs()
+        if idle_timeout_s <= 0 or max_connections < 1:
+            raise EmulatorError("the Batch emulator needs idle_timeout_s > 0 and max_connections >= 1")
         self.account_name = account_name
         self._key = account_key
-        self.data_dir = Path(data_dir)
+        self.idle_timeout_s = idle_timeout_s
+        self.replay = ReplayGuard()
+        # Resolved once: node roots then hold no symlink, so the files API can refuse any it meets.
+        self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.faults = FaultState(faults if faults is not None else FaultConfig.from_env())
         self.storage = Storage.from_connection_string(storage_connection_string)
@@ -161,6 +225,7 @@ class BatchEmulator:
         except OSError as exc:
             raise EmulatorError(f"Batch emulator cannot listen on {host}:{port}: {exc.strerror}") from None
         self._server.emulator = self
+        self._server.slots = ConnectionSlots(max_connections)
         self.url = f"http://{host}:{self._server.server_address[1]}"
         self.engine = Engine(self.store, data_dir=self.data_dir, account_name=account_name, account_url=self.url,
                              storage=self.storage, transfer=BlobTransfer(self.storage), faults=self.faults)
@@ -174,6 +239,11 @@ class BatchEmulator:
     @property
     def account_key(self) -> str:
         return self._key
+
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(connections open, of which in the middle of a request): for tests and debugging."""
+        return self._server.slots.counts()
 
     def __repr__(self) -> str:
         return f"BatchEmulator(url={self.url!r}, account_name={self.account_name!r}, data_dir={str(self.data_dir)!r})"
