@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from batchyard.core.errors import ConfigError
 from batchyard.core.image_registries import normalize_server
+from batchyard.core.paths import make_private_dir
 from batchyard.core.redact import register_secret
+from batchyard.core.toml_files import TomlFileError, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +225,41 @@ def find_config(start: Path | None = None) -> Path | None:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return read_toml(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except TomlFileError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_endpoint(url: str, what: str) -> str:
+    """``url`` if it is an http(s) URL with a host; ConfigError naming ``what`` otherwise. Storage and
+    Batch speak HTTP only: any other scheme (ftp://, file://) is a typo or worse, never sent to."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname or ''}" if parts.scheme else repr(url.split("?", 1)[0][:60])
+        raise ConfigError(f"{what}: {shown} is not an http:// or https:// endpoint")
+    return url
+
+
+def _check_storage_endpoints(conn: str, what: str) -> None:
+    """The endpoints a connection string names (a key's value is never shown)."""
+    for piece in conn.split(";"):
+        key, _, value = piece.partition("=")
+        key = key.strip().lower()
+        if key.endswith("endpoint") and value.strip():
+            check_endpoint(value.strip(), f"{what} ({key.strip()})")
+        elif key == "defaultendpointsprotocol" and value.strip().lower() not in ("http", "https"):
+            raise ConfigError(f"{what}: DefaultEndpointsProtocol={value.strip()!r}; only http and https are allowed")
+
+
+def _make_private_dirs(*folders: Path) -> None:
+    """Create batchyard's own folders 0700 before anything writes in them (Azurite's data, task dirs)."""
+    for folder in folders:
+        try:
+            make_private_dir(folder)
+        except OSError as exc:  # whoever needs the folder reports it; status on the azure backend does not
+            log.debug("could not create %s: %s", folder, exc)
 
 
 def load_config(path: str | Path | None = None, *, backend: str | None = None,
@@ -256,6 +288,9 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
     batch_key = environ.get(parsed.azure.batch_key_env) or parsed.azure.batch_key
     register_secret(conn)
     register_secret(batch_key)
+    if conn:
+        _check_storage_endpoints(conn, f"storage connection string (${parsed.storage.connection_string_env} or "
+                                       "[storage] connection_string)")
     passwords = []
     for reg in parsed.azure.container_registries:
         password = environ.get(reg.password_env) if reg.password_env else None
@@ -268,9 +303,13 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
         "batch_url": environ.get(ENV_BATCH_URL) or azure.batch_url,
         "batch_account": environ.get(ENV_BATCH_ACCOUNT) or azure.batch_account,
     }
+    if overrides["batch_url"]:
+        check_endpoint(overrides["batch_url"], f"Batch account URL (${ENV_BATCH_URL} or [azure] batch_url)")
     azure = azure.model_copy(update=overrides)
     chosen = backend or environ.get(ENV_BACKEND) or parsed.backend
     home = Path(environ[ENV_HOME]).expanduser() if environ.get(ENV_HOME) else default_home()
+    work_root = Path(parsed.local.work_dir).expanduser() if parsed.local.work_dir else home / "work"
+    _make_private_dirs(home, *([work_root] if chosen == "local" else []))
     return Config(
         backend=chosen, storage=parsed.storage, local=parsed.local, azure=azure, source=source,
         storage_connection_string=conn or None, batch_key=batch_key or None, registry_passwords=tuple(passwords),
