@@ -35,6 +35,7 @@ from typing import Any
 import psutil
 
 from batchyard.core.errors import EmulatorError
+from batchyard.core.paths import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def default_home() -> Path:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive fcntl lock on `path`, held for the block (released if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # BATCHYARD_HOME (or the cache): only its owner may read it
     with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -282,7 +283,7 @@ def _launch(location: Path, log_path: Path, requested: tuple[int, int, int], cac
             new_session: bool, timeout: float) -> AzuriteInstance:
     """Start Azurite under node and wait until it answers; new ports if a picked one got taken."""
     main_js, node = install_azurite(cache), find_node()
-    location.mkdir(parents=True, exist_ok=True)
+    make_private_dir(location)  # Azurite's data: every blob, queue message and table row
     if log_path.exists():
         os.replace(log_path, log_path.with_name(log_path.name + ".1"))
     deadline = time.monotonic() + timeout
