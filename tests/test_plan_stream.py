@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from array import array
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from batchyard.backends import get_backend_class
 from batchyard.backends.azure.tasks import build_task
 from batchyard.core.errors import JobValidationError
 from batchyard.core.job import job_from_dict, tasks_from_blob_names, tasks_from_table
-from batchyard.core.task_table import repeated_row_problem
+from batchyard.core.task_table import SeenIds, repeated_row_problem
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,12 +44,18 @@ def test_a_repeated_row_stops_the_stream_before_its_last_task(tmp_path: Path) ->
 
 def test_rows_giving_one_task_id_are_told_apart_from_repeats(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("a\n1\n2\n3\n", encoding="utf-8")
-    same_id = lambda row: "one-id" if row["a"] in ("1", "3") else row["a"]  # noqa: E731
-    hashes = array("q", [hash(same_id({"a": v})) for v in "123"])
-    assert repeated_row_problem(tmp_path / "rows.csv", hashes, same_id) == (
+    def same_id(row: dict[str, str]) -> str:
+        return "one-id" if row["a"] in ("1", "3") else row["a"]
+
+    def seen(ids: list[str]) -> SeenIds:
+        found = SeenIds()
+        for task_id in ids:
+            found.add(task_id)
+        return found
+
+    assert repeated_row_problem(tmp_path / "rows.csv", seen(["one-id", "2", "one-id"]), same_id) == (
         "rows.csv lines 2 and 4 give the same task id 'one-id'; change one of them")
-    distinct = array("q", [hash(v) for v in "123"])
-    assert repeated_row_problem(tmp_path / "rows.csv", distinct, lambda row: row["a"]) is None
+    assert repeated_row_problem(tmp_path / "rows.csv", seen(["1", "2", "3"]), lambda row: row["a"]) is None
 
 
 PEAK_RSS = """

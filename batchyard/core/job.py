@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,6 +40,7 @@ from batchyard.core.placeholders import (
     substitute,
 )
 from batchyard.core.task_table import (
+    SeenIds,
     TaskTableError,
     environment_name_problem,
     iter_rows,
@@ -278,7 +278,7 @@ def load_job(path: str | Path) -> Job:
 
 
 # ---------------------------------------------------------------------------------------------- fan-out
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a submit may hold a million of them
 class TaskDef:
     """One task of a job: its id, the blob it reads (if any), its argv and extra environment."""
 
@@ -387,7 +387,7 @@ def tasks_from_table(job: Job) -> Iterator[TaskDef]:
     assert job.tasks is not None
     source = str(job.tasks)
     path = job.base_dir / job.tasks
-    hashes = array("q")
+    seen = SeenIds()
     previous: TaskDef | None = None
     try:
         for line, row in iter_rows(path, taken=BUILTIN_PLACEHOLDERS):
@@ -399,9 +399,9 @@ def tasks_from_table(job: Job) -> Iterator[TaskDef]:
             task = _task_from_values(job, task_id, values, params=tuple(row.items()))
             if previous is not None:  # handed out once the next row is known to be readable
                 yield previous
-            hashes.append(hash(task_id))
+            seen.add(task_id)
             previous = task
-        repeated = repeated_row_problem(path, hashes, lambda row: _row_task_id(job, row), taken=BUILTIN_PLACEHOLDERS)
+        repeated = repeated_row_problem(path, seen, lambda row: _row_task_id(job, row), taken=BUILTIN_PLACEHOLDERS)
     except TaskTableError as exc:
         raise JobValidationError(source, [("tasks", str(exc))]) from None
     if repeated:

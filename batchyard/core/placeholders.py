@@ -27,7 +27,8 @@ def substitute(template: str, values: Mapping[str, str], *, field_name: str) -> 
     """
     out: list[str] = []
     for literal, name in _pieces(template):
-        out.append(literal)
+        if literal:  # a lone value is then returned as is, not copied ("".join of one string)
+            out.append(literal)
         if name is None:
             continue
         if name == _UNBALANCED:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import re
 from array import array
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -134,16 +135,33 @@ def iter_rows(path: Path, *, taken: Collection[str] = ()) -> Iterator[tuple[int,
             raise _csv_error(name, line, exc) from None
 
 
-def repeated_row_problem(path: Path, hashes: array[int], task_id_of: Callable[[Mapping[str, str]], str], *,
-                         taken: Collection[str] = ()) -> str | None:
-    """Which two rows give the same task id, if any. ``hashes``: ``hash()`` of every row's task id, in
-    this process (8 bytes a row, so a million rows cost 8 MB); equal ones are confirmed and located by
-    reading the table again, so a hash collision alone is never reported."""
-    import numpy  # sorts the 8-byte hashes in place of a list of Python ints (5 times their size)
+class SeenIds:
+    """The task ids of a table, 8 bytes each (their ``hash()`` in this process): a million rows cost
+    8 MB. Kept in 64 buckets by hash, so looking for equal ones sorts a 64th of them at a time."""
 
-    ordered = numpy.sort(numpy.frombuffer(hashes, dtype=numpy.int64)) if hashes else numpy.empty(0, numpy.int64)
-    suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
-    del ordered
+    BUCKETS = 64
+
+    def __init__(self) -> None:
+        self._buckets = [array("q") for _ in range(self.BUCKETS)]
+
+    def add(self, task_id: str) -> None:
+        digest = hash(task_id)
+        self._buckets[digest % self.BUCKETS].append(digest)
+
+    def equal_hashes(self) -> set[int]:
+        """Hashes seen more than once (equal ids, or rarely a hash collision of different ones)."""
+        found: set[int] = set()
+        for bucket in self._buckets:
+            ordered = sorted(bucket)
+            found.update(a for a, b in itertools.pairwise(ordered) if a == b)
+        return found
+
+
+def repeated_row_problem(path: Path, seen: SeenIds, task_id_of: Callable[[Mapping[str, str]], str], *,
+                         taken: Collection[str] = ()) -> str | None:
+    """Which two rows give the same task id, if any. Rows whose id hashes alike are confirmed and
+    located by reading the table again, so a hash collision alone is never reported."""
+    suspects = seen.equal_hashes()
     if not suspects:
         return None
     first: dict[str, tuple[int, Mapping[str, str]]] = {}
