@@ -130,7 +130,7 @@ def test_an_account_key_that_is_not_base64(project: Any) -> None:
 
 @pytest.mark.parametrize(("variable", "value", "words"), [
     ("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=a2V5;BlobEndpoint=ftp://127.0.0.1:21/a",
-     "(blobendpoint): ftp://127.0.0.1 is not an http:// or https:// endpoint"),
+     "(BlobEndpoint): ftp://127.0.0.1 is not an http:// or https:// endpoint"),
     ("AZURE_STORAGE_CONNECTION_STRING", "DefaultEndpointsProtocol=ftp;AccountName=a;AccountKey=a2V5",
      "DefaultEndpointsProtocol='ftp'; only http and https"),
     ("BATCHYARD_BATCH_URL", "ftp://127.0.0.1:21", "Batch account URL"),

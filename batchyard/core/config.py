@@ -245,10 +245,10 @@ def check_endpoint(url: str, what: str) -> str:
 def _check_storage_endpoints(conn: str, what: str) -> None:
     """The endpoints a connection string names (a key's value is never shown)."""
     for piece in conn.split(";"):
-        key, _, value = piece.partition("=")
-        key = key.strip().lower()
+        name, _, value = piece.partition("=")
+        key = name.strip().lower()
         if key.endswith("endpoint") and value.strip():
-            check_endpoint(value.strip(), f"{what} ({key.strip()})")
+            check_endpoint(value.strip(), f"{what} ({name.strip()})")
         elif key == "defaultendpointsprotocol" and value.strip().lower() not in ("http", "https"):
             raise ConfigError(f"{what}: DefaultEndpointsProtocol={value.strip()!r}; only http and https are allowed")
 

@@ -112,7 +112,8 @@ class OutputSpec(_Model):
     pattern: str = Field(description="Glob relative to the working dir (`**` for subfolders). No '..', not absolute.")
     container: str = Field(description="Destination container.")
     path: str = Field(default="{job_id}/", description="Blob prefix (placeholders allowed); with a pattern "
-                      "without wildcards and no trailing '/', the blob name itself.")
+                      "without wildcards and no trailing '/', the blob name itself. Before and after substitution: "
+                      "relative, no '.' or '..' segment, no backslash.")
     upload_on: Literal["success", "failure", "completion"] = Field(
         default="success", description="Upload after a successful, a failed, or any attempt.")
     optional: bool = Field(default=False, description="If false, a pattern matching no file fails the task "
@@ -166,7 +167,7 @@ class Job(_Model):
 
     id: str = Field(description="Job id: 1-64 chars, letters, digits, '-' and '_' (Azure Batch's rule).")
     command: str = Field(description="Split like a POSIX shell into argv; each placeholder value becomes exactly "
-                         "one argument. No shell runs unless the command starts one.")
+                         "one argument. No shell runs unless the command starts one. At most 32,767 characters.")
     inputs: Inputs | None = Field(default=None, description="One task per matching blob.")
     tasks: str | None = Field(default=None, description="CSV task table (relative to the job file): one task "
                               "per row; columns become placeholders and environment variables.")
@@ -174,7 +175,7 @@ class Job(_Model):
     outputs: tuple[OutputSpec, ...] = Field(default=(), description="What to upload after each task.")
     constraints: Constraints = Field(default=Constraints(), description="Time limit and retries.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for "
-                                        "every task (AZ_BATCH_* are reserved).")
+                                        "every task (AZ_BATCH_* and BATCHYARD_* are reserved).")
     container_image: str | None = Field(default=None, description="Run the command inside this image. Local "
                                         "backend and emulator: it must be on the Docker engine (never pulled); the "
                                         "node root is mounted at the same path, networking is disabled. Azure Batch "
