@@ -4,6 +4,7 @@ that looks like Rich markup, endpoints that are not http(s), a command too long 
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -83,6 +84,17 @@ def test_csv_values_no_task_can_receive(tmp_path: Path, cell: str, words: str) -
     config = load_config(tmp_path / "batchyard.toml", env={"BATCHYARD_HOME": str(tmp_path / "home")})
     plan = make_plan(tmp_path / "job.toml", config, active_jobs=0, durations=[])
     assert plan.has_errors and any(words in f.message for f in plan.findings if f.code == "job-invalid")
+
+
+def test_the_value_limit_holds_when_the_csv_module_allows_more(tmp_path: Path) -> None:
+    """A program embedding batchyard may raise csv's (process-wide) field limit: values stay bounded."""
+    job = table_job(tmp_path, f"a,b\n1,fine\n2,{'x' * 140_000}\n")
+    previous = csv.field_size_limit(1 << 20)
+    try:
+        with pytest.raises(JobValidationError, match=r"rows\.csv line 3, column b: the value is over 128 KiB"):
+            list(tasks_from_table(job))
+    finally:
+        csv.field_size_limit(previous)
 
 
 def test_a_value_of_128_kib_is_still_read(tmp_path: Path) -> None:
@@ -174,3 +186,15 @@ def test_plan_text_prints_markup_as_written(tmp_path: Path) -> None:
                                                str(tmp_path / "batchyard.toml")], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert f"argv {json.dumps(['echo', MARKUP])}" in result.output
+
+
+@pytest.mark.parametrize(("setting", "words"), [
+    ('[azure]\nsas_margin = "soon"', "azure.sas_margin: 'soon' is not a duration"),
+    ('[azure]\nsteady_timeout = "0s"', "azure.steady_timeout: a duration must be positive"),
+    ('[azure.pool]\nresize_timeout = "1 fortnight"', "azure.pool.resize_timeout: '1 fortnight' is not a duration"),
+])
+def test_durations_in_the_config_are_checked_when_it_loads(tmp_path: Path, setting: str, words: str) -> None:
+    (tmp_path / "batchyard.toml").write_text(setting + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "batchyard.toml", env={"BATCHYARD_HOME": str(tmp_path / "home")})
+    assert words in str(info.value)

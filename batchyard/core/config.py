@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from batchyard.core.durations import parse_duration
 from batchyard.core.errors import ConfigError
 from batchyard.core.image_registries import normalize_server
 from batchyard.core.paths import make_private_dir
@@ -78,6 +79,12 @@ class PoolSection(_Section):
     # submitter's batchyard and dill versions unless the node already has them (docs/inline.md).
     install_batchyard: bool = True
     resize_timeout: str = "15m"
+
+    @field_validator("resize_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # read when a pool is made: a typo is reported now, naming the setting
+        return value
 
 
 class RegistrySection(_Section):
@@ -151,6 +158,12 @@ class AzureSection(_Section):
     active_job_quota: int = Field(default=100, ge=0)  # the account's active jobs + schedules quota (plan checks it)
     prices: dict[str, float] = Field(default_factory=dict)  # [azure.prices] vm size -> USD/hour (plan's forecast)
     container_registries: tuple[RegistrySection, ...] = ()  # [[azure.container_registries]]
+
+    @field_validator("steady_timeout", "sas_margin")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # read at submit: a typo is reported when the configuration loads
+        return value
 
     @field_validator("container_registries")
     @classmethod
@@ -274,7 +287,7 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
         lines = [f"{source}: invalid configuration"]
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
