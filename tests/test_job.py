@@ -137,7 +137,7 @@ def test_csv_task_table(tmp_path: Path) -> None:
         ("input,b\n1,2\n", "shadow the built-in placeholder"),
         ("a,a\n1,2\n", "duplicate column"),
         ("a,b\n1\n", "line 2 has 1 values"),
-        ("a b,c\n1,2\n", "not a valid name"),
+        ("a b,c\n1,2\n", "not a valid environment variable name"),
         ("", "empty"),
     ],
 )
@@ -152,7 +152,7 @@ def test_csv_errors(tmp_path: Path, csv_text: str, words: str) -> None:
 def test_duplicate_csv_rows_are_refused(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("a\n1\n1\n", encoding="utf-8")
     job = job_from_dict({"id": "sweep", "command": "run {a}", "tasks": "p.csv"}, base_dir=tmp_path)
-    with pytest.raises(JobValidationError, match="row 3 repeats row 2"):
+    with pytest.raises(JobValidationError, match=r"p\.csv line 3 repeats line 2"):
         list(tasks_from_table(job))
 
 

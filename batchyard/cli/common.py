@@ -15,6 +15,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend
@@ -22,9 +23,11 @@ from batchyard.core.config import Config, load_config
 from batchyard.core.errors import BatchyardError, ConfigError, JobValidationError
 from batchyard.core.redact import install_log_filter, redact, redacting_filter
 
-console = Console(stderr=True, soft_wrap=True)
+# markup=False: text is never read as Rich markup, so a file name or an error holding "[/red]" prints as
+# written instead of failing with a MarkupError. Styles are given as Text spans (:func:`styled`).
+console = Console(stderr=True, soft_wrap=True, markup=False)
 # Piped output (CI logs, files) is not cut at 80 columns: task ids and file names stay whole.
-out = Console(width=None if sys.stdout.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
 log = logging.getLogger("batchyard")
 EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
 
@@ -42,6 +45,16 @@ def setup_logging(verbose: int) -> None:
     install_log_filter()
 
 
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line from plain strings and ``(text, style)`` pairs; nothing in it is read as markup."""
+    return Text.assemble(*parts)
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, with secrets masked."""
+    console.print(styled(("error:", "red"), " ", redact(message)), highlight=False, soft_wrap=True)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn batchyard errors into one clear message and an exit code, never a traceback."""
 
@@ -50,10 +63,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (JobValidationError, ConfigError) as exc:
-            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             sys.exit(EXIT_USAGE)
         except BatchyardError as exc:
-            console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             console.print("interrupted")

@@ -14,16 +14,17 @@ import threading
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from batchyard.core.config import ENV_BATCH_ACCOUNT, ENV_BATCH_KEY, ENV_BATCH_URL, ENV_STORAGE, default_home
 from batchyard.core.errors import BatchyardError
 from batchyard.core.redact import redact
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, markup=False)  # never reads text as markup (cli/common.py)
 
 
 def _fail(exc: BatchyardError) -> None:
-    console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error:", "red"), " ", redact(str(exc))), highlight=False, soft_wrap=True)
     sys.exit(3)
 
 
@@ -138,7 +139,7 @@ def env() -> None:
     home = default_home()
     instance = Azurite(home=home).status()
     if instance is None:
-        console.print("[red]error:[/red] Azurite is not running: `batchyard emulator start` first")
+        console.print(Text.assemble(("error:", "red"), " Azurite is not running: `batchyard emulator start` first"))
         sys.exit(1)
     lines = [f"export {ENV_STORAGE}={shlex.quote(instance.connection_string())}"]
     record = detached_status(home=home)

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend, TaskCounts, TaskResult
@@ -28,6 +29,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     console,
     handle_errors,
     out,
+    styled,
     verbose_option,
 )
 from batchyard.core.config import load_config
@@ -47,8 +49,8 @@ def main() -> None:
 
 # --------------------------------------------------------------------------------------------- run
 def _run_with_progress(backend: Backend, job: Job, total: int, *, workers: int | None) -> TaskCounts:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(job.id, total=total, detail="")
 
@@ -73,12 +75,12 @@ def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str) -> None
     table.add_column("task id", no_wrap=True, min_width=min(64, max((len(r.task_id) for r in shown), default=7)))
     for r in shown:
         style = {"failed": "red", "succeeded": "green"}.get(str(r.state), "")
-        table.add_row(r.label, f"[{style}]{r.state}[/]" if style else str(r.state),
+        table.add_row(r.label, Text(str(r.state), style=style),
                       "" if r.exit_code is None else str(r.exit_code), str(r.attempts), r.task_id)
     out.print(table)
     for r in failed[:SUMMARY_ROWS]:
-        out.print(f"[red]failed[/] {r.task_id}: {r.failure_category}: {r.failure_message}", highlight=False,
-                  soft_wrap=True)
+        out.print(styled(("failed", "red"), f" {r.task_id}: {r.failure_category}: {r.failure_message}"),
+                  highlight=False, soft_wrap=True)
     if len(failed) > SUMMARY_ROWS:
         out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json)")
     if failed:
@@ -104,10 +106,10 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
     with be:
         be.preflight()
         submitted = be.submit(job)
-        console.print(
-            f"job [bold]{job.id}[/] on {be.name}: {submitted.total} tasks, {submitted.enqueued} queued"
+        console.print(styled(
+            "job ", (job.id, "bold"), f" on {be.name}: {submitted.total} tasks, {submitted.enqueued} queued"
             + (f", {submitted.already_succeeded} already succeeded" if submitted.already_succeeded else "")
-            + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else ""),
+            + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else "")),
             highlight=False, soft_wrap=True,
         )
         if no_wait:

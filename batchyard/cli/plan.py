@@ -10,8 +10,8 @@ import json
 import sys
 
 import click
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from batchyard.analysis.forecast import hms
 from batchyard.analysis.plan import Plan
@@ -22,6 +22,7 @@ from batchyard.cli.common import (
     config_option,
     handle_errors,
     out,
+    styled,
     verbose_option,
 )
 from batchyard.core.config import load_config
@@ -59,31 +60,32 @@ def plan(job_file: str, as_json: bool, show: int, backend: str | None, config_pa
 
 
 def render(p: Plan) -> None:
-    out.print(f"[bold]plan[/] for job {escape(str(p.job_id))} ({escape(p.job_file)}), backend {p.backend}: "
-              "nothing submitted", highlight=False)
+    """The plan as text. Consoles read no markup (cli/common.py): names and messages print as written."""
+    out.print(styled(("plan", "bold"), f" for job {p.job_id} ({p.job_file}), backend {p.backend}: nothing submitted"),
+              highlight=False)
     if p.job_id is not None:
-        out.print(f"\n[bold]tasks[/]: {p.tasks}", highlight=False)
+        out.print(styled("\n", ("tasks", "bold"), f": {p.tasks}"), highlight=False)
         for row in p.sample:
-            out.print(f"  {escape(row['task_id'])}: {escape(row['command_line'])}", highlight=False)
-            out.print(f"    argv {escape(json.dumps(row['argv'], ensure_ascii=False))}", highlight=False)
+            out.print(f"  {row['task_id']}: {row['command_line']}", highlight=False)
+            out.print(f"    argv {json.dumps(row['argv'], ensure_ascii=False)}", highlight=False)
         if p.tasks > len(p.sample):
             out.print(f"  ... and {p.tasks - len(p.sample)} more", highlight=False)
-        out.print("\n[bold]uploads[/]", highlight=False)
+        out.print(styled("\n", ("uploads", "bold")), highlight=False)
         local = p.uploads.get("local_dir")
         if local:
             out.print(f"  inputs.local_dir: {local['files']} file(s), {local['bytes']} bytes -> container "
                       f"{local['container']} ({local['note']})", highlight=False)
             for row in local["first"]:
-                out.print(f"    {escape(row['path'])} -> {escape(row['blob'])}", highlight=False)
+                out.print(f"    {row['path']} -> {row['blob']}", highlight=False)
         for rf in p.uploads.get("resource_files", []):
-            out.print(f"  resource file {escape(rf['source'])} ({rf['bytes']} bytes) -> {rf['container']}/"
-                      f"{escape(rf['blob'])}, staged as {escape(rf['file_path'])}", highlight=False)
+            out.print(f"  resource file {rf['source']} ({rf['bytes']} bytes) -> {rf['container']}/"
+                      f"{rf['blob']}, staged as {rf['file_path']}", highlight=False)
         if not local and not p.uploads.get("resource_files"):
             out.print("  nothing", highlight=False)
-        out.print("\n[bold]outputs[/]", highlight=False)
+        out.print(styled("\n", ("outputs", "bold")), highlight=False)
         for o in p.outputs:
-            out.print(f"  {escape(o['pattern'])} -> {o['container']}/{escape(o['path'])} (first task: "
-                      f"{o['container']}/{escape(o['first_task_prefix'])}), upload on {o['upload_on']}"
+            out.print(f"  {o['pattern']} -> {o['container']}/{o['path']} (first task: "
+                      f"{o['container']}/{o['first_task_prefix']}), upload on {o['upload_on']}"
                       + (", optional" if o["optional"] else ""), highlight=False)
         if not p.outputs:
             out.print("  none (only stdout/stderr are kept)", highlight=False)
@@ -92,15 +94,14 @@ def render(p: Plan) -> None:
     for col in ("severity", "check", "finding", "fix"):
         table.add_column(col, overflow="fold")
     for f in p.findings:
-        style = _STYLE.get(f.severity, "")
-        table.add_row(f"[{style}]{f.severity}[/]", f.code, escape(f.message), escape(f.fix))
+        table.add_row(Text(f.severity, style=_STYLE.get(f.severity, "")), f.code, f.message, f.fix)
     if p.findings:
         out.print(table)
     else:
-        out.print("[bold]findings[/]: none", highlight=False)
+        out.print(styled(("findings", "bold"), ": none"), highlight=False)
     fc = p.forecast
     if fc:
-        out.print("\n[bold]forecast on Azure Batch[/]", highlight=False)
+        out.print(styled("\n", ("forecast on Azure Batch", "bold")), highlight=False)
         out.print(f"  {fc['previous_run']}", highlight=False)
         out.print(f"  pool: {fc['nodes']} node(s) x {fc['task_slots_per_node']} slot(s) of {fc['vm_size']}"
                   + (f" at ${fc['usd_per_node_hour']}/h ({fc['price_source']})" if fc["usd_per_node_hour"]
@@ -113,4 +114,4 @@ def render(p: Plan) -> None:
             out.print("  no task durations to forecast from: run it locally or on the emulator first", highlight=False)
         out.print("  assumptions:", highlight=False)
         for line in fc["assumptions"]:
-            out.print(f"    - {escape(line)}", highlight=False)
+            out.print(f"    - {line}", highlight=False)

@@ -17,8 +17,8 @@ from rich.table import Table
 
 from batchyard.backends.base import Backend
 
-out = Console()
-console = Console(stderr=True)
+out = Console(markup=False)  # pool ids and records print as written (cli/common.py)
+console = Console(stderr=True, markup=False)
 
 
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -111,8 +111,9 @@ def _render(job_id: str, backend: str, counts: TaskCounts, rate: float | None, e
     table = Table(title=f"job {job_id} on {backend}" + (" — finished" if final else ""), title_justify="left")
     for col in ("pending", "running", "succeeded", "failed", "total"):
         table.add_column(col, justify="right")
-    table.add_row(str(counts.pending), f"[blue]{counts.running}[/]", f"[green]{counts.succeeded}[/]",
-                  f"[red]{counts.failed}[/]" if counts.failed else "0", str(counts.total))
+    table.add_row(str(counts.pending), Text(str(counts.running), style="blue"),
+                  Text(str(counts.succeeded), style="green"),
+                  Text(str(counts.failed), style="red") if counts.failed else "0", str(counts.total))
     remaining = counts.pending + counts.running
     eta = remaining / rate if rate else None
     pace = "—" if rate is None else f"{rate * 60:.1f} tasks/min"
@@ -124,7 +125,8 @@ def _render(job_id: str, backend: str, counts: TaskCounts, rate: float | None, e
         for col in ("task", "input", "node", "attempt", "running for"):
             slow.add_column(col, overflow="fold")
         for secs, r in slowest:
-            slow.add_row(r.task_id, r.label, r.node_id or "", str(max(r.attempts, 1)), _duration(secs))
+            # Text: the label is user data, never markup, whatever console the caller passed.
+            slow.add_row(r.task_id, Text(r.label), r.node_id or "", str(max(r.attempts, 1)), _duration(secs))
         parts.append(slow)
     return Group(*parts)  # type: ignore[arg-type]
 

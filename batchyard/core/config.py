@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from batchyard.core.durations import parse_duration
 from batchyard.core.errors import ConfigError
 from batchyard.core.image_refs import normalize_server
+from batchyard.core.paths import make_private_dir
 from batchyard.core.redact import register_secret
+from batchyard.core.toml_files import TomlFileError, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,12 @@ class PoolSection(_Section):
     # submitter's batchyard and dill versions unless the node already has them (docs/inline.md).
     install_batchyard: bool = True
     resize_timeout: str = "15m"
+
+    @field_validator("resize_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # read when a pool is made: a typo is reported now, naming the setting
+        return value
 
 
 class RegistrySection(_Section):
@@ -150,6 +159,12 @@ class AzureSection(_Section):
     prices: dict[str, float] = Field(default_factory=dict)  # [azure.prices] vm size -> USD/hour (plan's forecast)
     container_registries: tuple[RegistrySection, ...] = ()  # [[azure.container_registries]]
 
+    @field_validator("steady_timeout", "sas_margin")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)  # read at submit: a typo is reported when the configuration loads
+        return value
+
     @field_validator("container_registries")
     @classmethod
     def _distinct_servers(cls, value: tuple[RegistrySection, ...]) -> tuple[RegistrySection, ...]:
@@ -223,11 +238,41 @@ def find_config(start: Path | None = None) -> Path | None:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return read_toml(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except TomlFileError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_endpoint(url: str, what: str) -> str:
+    """``url`` if it is an http(s) URL with a host; ConfigError naming ``what`` otherwise. Storage and
+    Batch speak HTTP only: any other scheme (ftp://, file://) is a typo or worse, never sent to."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname or ''}" if parts.scheme else repr(url.split("?", 1)[0][:60])
+        raise ConfigError(f"{what}: {shown} is not an http:// or https:// endpoint")
+    return url
+
+
+def _check_storage_endpoints(conn: str, what: str) -> None:
+    """The endpoints a connection string names (a key's value is never shown)."""
+    for piece in conn.split(";"):
+        name, _, value = piece.partition("=")
+        key = name.strip().lower()
+        if key.endswith("endpoint") and value.strip():
+            check_endpoint(value.strip(), f"{what} ({name.strip()})")
+        elif key == "defaultendpointsprotocol" and value.strip().lower() not in ("http", "https"):
+            raise ConfigError(f"{what}: DefaultEndpointsProtocol={value.strip()!r}; only http and https are allowed")
+
+
+def _make_private_dirs(*folders: Path) -> None:
+    """Create batchyard's own folders 0700 before anything writes in them (Azurite's data, task dirs)."""
+    for folder in folders:
+        try:
+            make_private_dir(folder)
+        except OSError as exc:  # whoever needs the folder reports it; status on the azure backend does not
+            log.debug("could not create %s: %s", folder, exc)
 
 
 def load_config(path: str | Path | None = None, *, backend: str | None = None,
@@ -242,7 +287,7 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
         lines = [f"{source}: invalid configuration"]
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
-            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             lines.append(f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
@@ -256,6 +301,9 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
     batch_key = environ.get(parsed.azure.batch_key_env) or parsed.azure.batch_key
     register_secret(conn)
     register_secret(batch_key)
+    if conn:
+        _check_storage_endpoints(conn, f"storage connection string (${parsed.storage.connection_string_env} or "
+                                       "[storage] connection_string)")
     passwords = []
     for reg in parsed.azure.container_registries:
         password = environ.get(reg.password_env) if reg.password_env else None
@@ -268,9 +316,13 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
         "batch_url": environ.get(ENV_BATCH_URL) or azure.batch_url,
         "batch_account": environ.get(ENV_BATCH_ACCOUNT) or azure.batch_account,
     }
+    if overrides["batch_url"]:
+        check_endpoint(overrides["batch_url"], f"Batch account URL (${ENV_BATCH_URL} or [azure] batch_url)")
     azure = azure.model_copy(update=overrides)
     chosen = backend or environ.get(ENV_BACKEND) or parsed.backend
     home = Path(environ[ENV_HOME]).expanduser() if environ.get(ENV_HOME) else default_home()
+    work_root = Path(parsed.local.work_dir).expanduser() if parsed.local.work_dir else home / "work"
+    _make_private_dirs(home, *([work_root] if chosen == "local" else []))
     return Config(
         backend=chosen, storage=parsed.storage, local=parsed.local, azure=azure, source=source,
         storage_connection_string=conn or None, batch_key=batch_key or None, registry_passwords=tuple(passwords),

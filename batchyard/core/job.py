@@ -1,8 +1,9 @@
 """The job model: one command, many inputs, one task per input.
 
 A job file (TOML) or ``batchyard.Job(...)`` builds the same frozen pydantic model. Fan-out
-(:func:`expand_tasks`) turns a job into :class:`TaskDef` s, one per matching input blob
-(Azure Batch CLI's ``taskPerFile``) or per row of a CSV task table (a parameter sweep).
+(:func:`tasks_from_blob_names`, :func:`tasks_from_table`) turns a job into :class:`TaskDef` s,
+one per matching input blob (Azure Batch CLI's ``taskPerFile``) or per row of a CSV task table
+(a parameter sweep).
 
 Task ids are deterministic from the job id and the input, so a re-submit finds the same
 tasks, and unique even compared case-insensitively (Batch compares them that way): a
@@ -11,11 +12,8 @@ readable slug of the input plus a hash of its exact name.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
-import shlex
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,60 +29,31 @@ from pydantic import (
     model_validator,
 )
 
+from batchyard.core.durations import parse_duration
 from batchyard.core.errors import JobValidationError, UnsafePathError
-from batchyard.core.paths import fnmatch_name, safe_relative_path
+from batchyard.core.paths import blob_name_problem, fnmatch_name, safe_relative_path
+from batchyard.core.placeholders import (
+    MAX_COMMAND_CHARS,
+    PLACEHOLDER_RE,
+    split_command,
+    static_prefix,
+    substitute,
+)
+from batchyard.core.task_table import (
+    SeenIds,
+    TaskTableError,
+    environment_name_problem,
+    iter_rows,
+    read_header,
+    repeated_row_problem,
+)
+from batchyard.core.toml_files import TomlFileError, read_toml
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
-PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 BUILTIN_PLACEHOLDERS = ("input", "input_name", "input_stem", "input_blob", "job_id", "task_id")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INPUT_PLACEHOLDERS = ("input", "input_name", "input_stem", "input_blob")
 TASK_ID_HASH_LEN = 12
-_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*d)?\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*"
-                          r"(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$")
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``"90s"``, ``"10m"``, ``"1h30m"``, ``"2d"`` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '10m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION_RE.match(value)
-        if not value.strip() or not match or not any(match.groups()):
-            raise ValueError(f"{value!r} is not a duration (use e.g. '90s', '10m', '1h30m', '2d')")
-        d, h, m, s = (float(g) if g else 0.0 for g in match.groups())
-        seconds = d * 86400 + h * 3600 + m * 60 + s
-    if seconds <= 0:
-        raise ValueError("a duration must be positive")
-    return seconds
-
-
-def substitute(template: str, values: Mapping[str, str], *, field_name: str) -> str:
-    """Replace ``{name}`` placeholders with values verbatim; ``{{``/``}}`` are literal braces.
-
-    Only plain names are allowed (no attribute access or format specs), so a template can
-    never reach into Python objects.
-    """
-
-    def repl(match: re.Match[str]) -> str:
-        piece = match.group(0)
-        if piece == "{{":
-            return "{"
-        if piece == "}}":
-            return "}"
-        name = match.group(1)
-        if name is None:
-            raise ValueError(f"{field_name}: unbalanced brace in {template!r} (write {{{{ or }}}} for a literal one)")
-        if name not in values:
-            allowed = ", ".join("{" + k + "}" for k in sorted(values))
-            raise ValueError(f"{field_name}: unknown placeholder {{{name}}} (allowed: {allowed})")
-        return values[name]
-
-    return PLACEHOLDER_RE.sub(repl, template)
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
@@ -143,7 +112,8 @@ class OutputSpec(_Model):
     pattern: str = Field(description="Glob relative to the working dir (`**` for subfolders). No '..', not absolute.")
     container: str = Field(description="Destination container.")
     path: str = Field(default="{job_id}/", description="Blob prefix (placeholders allowed); with a pattern "
-                      "without wildcards and no trailing '/', the blob name itself.")
+                      "without wildcards and no trailing '/', the blob name itself. Before and after substitution: "
+                      "relative, no '.' or '..' segment, no backslash.")
     upload_on: Literal["success", "failure", "completion"] = Field(
         default="success", description="Upload after a successful, a failed, or any attempt.")
     optional: bool = Field(default=False, description="If false, a pattern matching no file fails the task "
@@ -166,8 +136,9 @@ class OutputSpec(_Model):
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
-        if v.startswith("/") or "\\" in v or ".." in PurePosixPath(v).parts or "\x00" in v:
-            raise ValueError(f"path {v!r} must be a relative blob prefix without '..' or backslashes")
+        problem = blob_name_problem(v)
+        if problem:
+            raise ValueError(f"path {v!r} {problem}: it must be a relative blob prefix")
         return v
 
 
@@ -196,7 +167,7 @@ class Job(_Model):
 
     id: str = Field(description="Job id: 1-64 chars, letters, digits, '-' and '_' (Azure Batch's rule).")
     command: str = Field(description="Split like a POSIX shell into argv; each placeholder value becomes exactly "
-                         "one argument. No shell runs unless the command starts one.")
+                         "one argument. No shell runs unless the command starts one. At most 32,767 characters.")
     inputs: Inputs | None = Field(default=None, description="One task per matching blob.")
     tasks: str | None = Field(default=None, description="CSV task table (relative to the job file): one task "
                               "per row; columns become placeholders and environment variables.")
@@ -204,7 +175,7 @@ class Job(_Model):
     outputs: tuple[OutputSpec, ...] = Field(default=(), description="What to upload after each task.")
     constraints: Constraints = Field(default=Constraints(), description="Time limit and retries.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for "
-                                        "every task (AZ_BATCH_* are reserved).")
+                                        "every task (AZ_BATCH_* and BATCHYARD_* are reserved).")
     container_image: str | None = Field(default=None, description="Run the command inside this image. Local "
                                         "backend and emulator: it must be on the Docker engine (never pulled); the "
                                         "node root is mounted at the same path, networking is disabled. Azure Batch "
@@ -222,8 +193,11 @@ class Job(_Model):
     @field_validator("command")
     @classmethod
     def _command(cls, v: str) -> str:
+        if len(v) > MAX_COMMAND_CHARS:  # before splitting, which is slow on a long one
+            raise ValueError(f"is {len(v):,} characters long; at most {MAX_COMMAND_CHARS:,} are accepted (put a "
+                             "long script in a resource file and run that)")
         try:
-            argv = shlex.split(v)
+            argv = split_command(v)
         except ValueError as exc:
             raise ValueError(f"cannot be split into arguments: {exc}") from None
         if not argv:
@@ -234,10 +208,9 @@ class Job(_Model):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not ENV_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a valid environment variable name")
-            if name.startswith("AZ_BATCH_"):
-                raise ValueError(f"{name!r}: AZ_BATCH_* variables are set by the node, not the job")
+            problem = environment_name_problem(name)
+            if problem:
+                raise ValueError(problem)
             if not isinstance(value, str):
                 raise ValueError(f"{name}: value must be a string")
         return v
@@ -250,9 +223,12 @@ class Job(_Model):
             return self  # a stored job was checked at submit; its CSV stays on the submitter's disk
         names = set(BUILTIN_PLACEHOLDERS)
         if self.tasks is not None:
-            names |= set(read_task_table(self.base_dir / self.tasks, check_only=True))
-            names -= {"input", "input_name", "input_stem", "input_blob"}
-        for piece in shlex.split(self.command):
+            try:
+                names |= set(read_header(self.base_dir / self.tasks, taken=BUILTIN_PLACEHOLDERS))
+            except TaskTableError as exc:
+                raise ValueError(f"tasks: {exc}") from None
+            names -= set(INPUT_PLACEHOLDERS)
+        for piece in split_command(self.command):
             substitute(piece, dict.fromkeys(names, ""), field_name="command")
         for i, out in enumerate(self.outputs):
             substitute(out.path, dict.fromkeys(names, ""), field_name=f"outputs.{i}.path")
@@ -260,13 +236,12 @@ class Job(_Model):
 
     @property
     def argv_template(self) -> list[str]:
-        return shlex.split(self.command)
+        return list(split_command(self.command))
 
     def output_locations(self) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs under which every output of this job lands: each output's
         path up to its first per-task placeholder."""
-        return sorted({(out.container, out.path.replace("{job_id}", self.id).split("{", 1)[0])
-                       for out in self.outputs})
+        return sorted({(out.container, static_prefix(out.path, self.id)) for out in self.outputs})
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -295,16 +270,16 @@ def load_job(path: str | Path) -> Job:
     """Read and validate a TOML job file; errors name the file and the field."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = read_toml(path)
     except FileNotFoundError:
         raise JobValidationError(str(path), [("", "file not found")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise JobValidationError(str(path), [("", f"not valid TOML: {exc}")]) from None
+    except TomlFileError as exc:
+        raise JobValidationError(str(path), [("", str(exc))]) from None
     return job_from_dict(data, source=str(path), base_dir=path.resolve().parent)
 
 
 # ---------------------------------------------------------------------------------------------- fan-out
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a submit may hold a million of them
 class TaskDef:
     """One task of a job: its id, the blob it reads (if any), its argv and extra environment."""
 
@@ -348,38 +323,20 @@ def placeholder_values(job: Job, task_id: str, input_path: str | None, input_blo
     return values
 
 
-def read_task_table(path: Path, *, check_only: bool = False) -> list[str] | list[dict[str, str]]:
-    """The CSV task table: header row of column names, one task per following row."""
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-    except FileNotFoundError:
-        raise ValueError(f"tasks: file {str(path)!r} not found") from None
-    if not rows or not rows[0]:
-        raise ValueError(f"tasks: {path.name} is empty (it needs a header row)")
-    header = [h.strip() for h in rows[0]]
-    for name in header:
-        if not ENV_NAME_RE.match(name):
-            raise ValueError(f"tasks: column {name!r} is not a valid name (letters, digits, '_')")
-        if name in BUILTIN_PLACEHOLDERS:
-            raise ValueError(f"tasks: column {name!r} would shadow the built-in placeholder {{{name}}}")
-    if len(set(header)) != len(header):
-        raise ValueError(f"tasks: duplicate column names in {path.name}")
-    if check_only:
-        return header
-    table: list[dict[str, str]] = []
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise ValueError(f"tasks: {path.name} line {lineno} has {len(row)} values, header has {len(header)}")
-        table.append(dict(zip(header, row, strict=True)))
-    return table
-
-
 def _task_from_values(job: Job, task_id: str, values: Mapping[str, str], **fields: Any) -> TaskDef:
-    argv = tuple(substitute(piece, values, field_name="command") for piece in job.argv_template)
+    argv = tuple(substitute(piece, values, field_name="command") for piece in split_command(job.command))
     return TaskDef(task_id=task_id, argv=argv, **fields)
+
+
+def _unsafe_output(job: Job, values: Mapping[str, str]) -> tuple[int, str, str] | None:
+    """The first output whose path, with these values, would not land where it says:
+    (its index, the substituted path, the problem); None when every output is in place."""
+    for index, out in enumerate(job.outputs):
+        prefix = substitute(out.path, values, field_name=f"outputs.{index}.path")
+        problem = blob_name_problem(prefix)
+        if problem:
+            return index, prefix, problem
+    return None
 
 
 def tasks_from_blob_names(job: Job, names: Iterable[str]) -> Iterator[TaskDef]:
@@ -406,29 +363,72 @@ def tasks_from_blob_names(job: Job, names: Iterable[str]) -> Iterator[TaskDef]:
                                                            f"same task id {task_id!r}")])
         seen[lowered] = name
         values = placeholder_values(job, task_id, staged.as_posix(), name, {})
+        unsafe = _unsafe_output(job, values)
+        if unsafe is not None:
+            index, path, problem = unsafe
+            raise JobValidationError("inputs", [(f"outputs.{index}.path", f"blob {name!r}: "
+                                                 f"{job.outputs[index].path!r} becomes {path!r}, which {problem}")])
         yield _task_from_values(job, task_id, values, input_container=job.inputs.container,
                                 input_blob=name, input_path=staged.as_posix())
 
 
+def _row_task_id(job: Job, row: Mapping[str, str]) -> str:
+    key = "\x1f".join(f"{k}={v}" for k, v in row.items())
+    return make_task_id(job.id, key, next(iter(row.values()), ""))
+
+
 def tasks_from_table(job: Job) -> Iterator[TaskDef]:
+    """One task per row of the job's CSV table, read as the tasks are consumed (never the whole table).
+
+    Every output path is checked with the row's values (a value is data: it cannot move an output
+    out of its prefix); errors name the line and the column. A repeated row is found when the
+    table has been read to its end (the ids seen are kept as 8-byte hashes), before the last
+    task is handed out, so a caller that consumes every task never acts on a table with one.
+    """
     assert job.tasks is not None
+    source = str(job.tasks)
+    path = job.base_dir / job.tasks
+    seen = SeenIds()
+    previous: TaskDef | None = None
     try:
-        rows = read_task_table(job.base_dir / job.tasks)
-    except ValueError as exc:
-        raise JobValidationError(str(job.tasks), [("tasks", str(exc))]) from None
-    seen: dict[str, int] = {}
-    for index, row in enumerate(rows):
-        assert isinstance(row, dict)
-        key = "\x1f".join(f"{k}={v}" for k, v in row.items())
-        first_value = next(iter(row.values()), "")
-        task_id = make_task_id(job.id, key, first_value)
-        if task_id.lower() in seen:
-            first = seen[task_id.lower()] + 2
-            raise JobValidationError(str(job.tasks), [("tasks", f"row {index + 2} repeats row {first}")])
-        seen[task_id.lower()] = index
-        values = placeholder_values(job, task_id, None, None, row)
-        yield _task_from_values(job, task_id, values, params=tuple(row.items()))
+        for line, row in iter_rows(path, taken=BUILTIN_PLACEHOLDERS):
+            task_id = _row_task_id(job, row)
+            values = placeholder_values(job, task_id, None, None, row)
+            unsafe = _unsafe_output(job, values)
+            if unsafe is not None:
+                raise JobValidationError(source, [_misplaced_row(job, path.name, line, row, values, unsafe)])
+            task = _task_from_values(job, task_id, values, params=tuple(row.items()))
+            if previous is not None:  # handed out once the next row is known to be readable
+                yield previous
+            seen.add(task_id)
+            previous = task
+        repeated = repeated_row_problem(path, seen, lambda row: _row_task_id(job, row), taken=BUILTIN_PLACEHOLDERS)
+    except TaskTableError as exc:
+        raise JobValidationError(source, [("tasks", str(exc))]) from None
+    if repeated:
+        raise JobValidationError(source, [("tasks", repeated)])
+    if previous is not None:
+        yield previous
+
+
+def _misplaced_row(job: Job, table: str, line: int, row: Mapping[str, str], values: Mapping[str, str],
+                   unsafe: tuple[int, str, str]) -> tuple[str, str]:
+    """The problem of a row whose values move an output, naming the column(s) to blame: those whose
+    value, replaced by a plain one, puts the output back in place (all the path's columns if none does)."""
+    index, path, problem = unsafe
+    template = job.outputs[index].path
+    used = [m.group(1) for m in PLACEHOLDER_RE.finditer(template) if m.group(1) in row]
+    blamed = [name for name in used if _unsafe_output(job, {**values, name: "x"}) is None] or used
+    columns = ", ".join(f"{name} = {row[name]!r}" for name in dict.fromkeys(blamed))
+    return (f"outputs.{index}.path", f"{table} line {line}, column {columns}: {template!r} becomes {path!r}, "
+            f"which {problem}")
 
 
 def output_prefix(job: Job, output: OutputSpec, task: TaskDef) -> str:
-    return substitute(output.path, task.values(job), field_name="outputs.path")
+    """The blob prefix of ``output`` for ``task``; UnsafePathError if the task's values would move it
+    (fan-out refuses such tasks; this guards whatever builds a task some other way)."""
+    prefix = substitute(output.path, task.values(job), field_name="outputs.path")
+    problem = blob_name_problem(prefix)
+    if problem:
+        raise UnsafePathError(f"task {task.task_id}: output path {output.path!r} becomes {prefix!r}, which {problem}")
+    return prefix

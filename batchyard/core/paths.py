@@ -6,8 +6,10 @@ Every name that becomes a file under a task's working dir goes through
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
+import os
 import stat
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +31,48 @@ def safe_relative_path(name: str, *, what: str) -> PurePosixPath:
         raise UnsafePathError(f"{what}: path {name!r} must not contain '..'")
     if path.parts and path.parts[0] in ("", "."):
         path = PurePosixPath(*[p for p in path.parts if p != "."]) if len(path.parts) > 1 else path
+    return path
+
+
+MAX_BLOB_NAME = 1024  # Azure Storage: a blob name is 1 to 1,024 characters
+
+
+def blob_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a blob name (or prefix) that lands where it says, or None if it is.
+
+    HTTP clients and the storage service collapse ``.`` and ``..`` segments of a URL path, so
+    ``job/../other/x`` would be written to ``other/x``: such segments, a leading ``/``, a
+    backslash (some clients turn it into ``/``) and NUL are refused. Empty segments (``a//b``)
+    are kept as they are by every URL rule, so they are allowed.
+    """
+    if "\x00" in name:
+        return "contains a NUL character"
+    if "\\" in name:
+        return "contains a backslash (blob names use '/')"
+    if name.startswith("/"):
+        return "starts with '/' (blob names are relative to their container)"
+    dots = sorted({part for part in name.split("/") if part in (".", "..")}, reverse=True)
+    if dots:
+        return f"has a {dots[0]!r} segment (a URL collapses it, so the blob would land somewhere else)"
+    if len(name) > MAX_BLOB_NAME:
+        return f"is {len(name)} characters long, over the {MAX_BLOB_NAME} of a blob name"
+    return None
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents with mode 0700 (only their owner can list or enter them).
+
+    ``Path.mkdir(parents=True)`` would give the parents the umask's mode (usually 0755). Directories
+    that already exist keep their mode: they may be shared on purpose.
+    """
+    missing: list[Path] = []
+    folder = path
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process: its maker's mode
+            directory.mkdir(mode=0o700)
     return path
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchyard.core.errors import EmulatorError
+from batchyard.core.paths import make_private_dir
 
 log = logging.getLogger("batchyard.emulator.azurite")
 
@@ -77,7 +78,7 @@ def default_cache() -> Path:
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive fcntl lock on `path`, held for the block (released if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # BATCHYARD_HOME (or the cache): only its owner may read it
     with open(path, "a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

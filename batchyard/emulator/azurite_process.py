@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from batchyard.core.errors import EmulatorError
+from batchyard.core.paths import make_private_dir
 from batchyard.emulator.azurite_install import AZURITE_VERSION, find_node, install_azurite
 
 log = logging.getLogger("batchyard.emulator.azurite")
@@ -162,7 +163,7 @@ def launch(location: Path, log_path: Path, requested: tuple[int, int, int], cach
             new_session: bool, timeout: float) -> AzuriteInstance:
     """Start Azurite under node and wait until it answers; new ports if a picked one got taken."""
     main_js, node = install_azurite(cache), find_node()
-    location.mkdir(parents=True, exist_ok=True)
+    make_private_dir(location)  # Azurite's data: every blob, queue message and table row
     if log_path.exists():
         os.replace(log_path, log_path.with_name(log_path.name + ".1"))
     deadline = time.monotonic() + timeout

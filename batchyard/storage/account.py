@@ -10,6 +10,8 @@ Moving a task's files is ``transfer.py``'s (:class:`~batchyard.storage.transfer.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import os
@@ -155,6 +157,11 @@ class StorageAccount:
         if not key:
             raise ConfigError(f"{source}: AccountKey is missing (SAS-only connection strings are not supported)")
         register_secret(key)
+        try:  # every signature decodes the key; a bad one would fail in each request instead
+            base64.b64decode(key, validate=True)
+        except binascii.Error:
+            raise ConfigError(f"{source}: AccountKey is not base64 (a storage key is 88 characters of A-Z, a-z, "
+                              "0-9, '+' and '/', ending in '='); copy it again from the portal") from None
         protocol = parts.get("defaultendpointsprotocol", "https")
         suffix = parts.get("endpointsuffix", "core.windows.net")
 

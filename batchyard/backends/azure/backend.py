@@ -24,6 +24,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.clients import make_client, make_storage
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
+from batchyard.backends.azure.preview import SubmitPreview, preview_submit
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
 from batchyard.backends.azure.tasks import (
     JobFacts,
@@ -429,6 +430,15 @@ class AzureBackend(Backend):
             self._client.close()
             self._client = None
             self._pools = None
+
+    @staticmethod
+    def preview_submit(job: Job, *, sas_margin: timedelta, account_url: str, system_container: str,
+                       log_container: str) -> SubmitPreview:
+        """What submit would send for ``job``, sending nothing: the SAS lifetime and its warnings, the
+        required output patterns, each task's exact request size (:class:`~.preview.SubmitPreview`).
+        ``batchyard plan`` reaches it through the backend registry, needing no account or client."""
+        return preview_submit(job, sas_margin=sas_margin, account_url=account_url,
+                              system_container=system_container, log_container=log_container)
 
 
 __all__ = ["AzureBackend", "make_client"]
