@@ -14,6 +14,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from batchyard.core.batch_semantics import ENDED_BY_USER, batch_failure, staging_code
@@ -47,6 +48,11 @@ def _exit_options(task: Task, failure: dict[str, Any] | None, code: int | None) 
 class Engine(NodeManager):
     """Node manager + scheduler + the job/task state transitions they cause."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Work on a clock (autoscale evaluations, job schedules): called every tick, lock held.
+        self.periodic: list[Callable[[], None]] = []
+
     def start(self) -> None:
         self.spawn("batch-scheduler", self._loop)
 
@@ -64,6 +70,11 @@ class Engine(NodeManager):
         with self.store.lock:
             while not self.stopping.is_set():
                 self._check_deadlines_and_faults()
+                for work in self.periodic:
+                    try:
+                        work()
+                    except Exception:  # one failing feature must not stop the scheduler
+                        log.exception("batch emulator: periodic %s failed", getattr(work, "__qualname__", work))
                 self._schedule()
                 self.store.changed.wait(TICK_S)
 

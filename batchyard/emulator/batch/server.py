@@ -22,6 +22,8 @@ from batchyard.core.redact import install_log_filter, redact, redacting_filter, 
 from batchyard.emulator.batch.auth import verify
 from batchyard.emulator.batch.common import BatchApiError
 from batchyard.emulator.batch.faults import FaultConfig, FaultState
+from batchyard.emulator.batch.intervals import IntervalScale
+from batchyard.emulator.batch.ops_autoscale import AutoscaleOps
 from batchyard.emulator.batch.ops_jobs import JobOps
 from batchyard.emulator.batch.ops_pools import PoolOps
 from batchyard.emulator.batch.ops_tasks import TaskOps
@@ -140,7 +142,7 @@ class BatchEmulator:
 
     def __init__(self, *, storage_connection_string: str, data_dir: Path, account_name: str = "batchyard",
                  account_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultConfig | None = None) -> None:
+                 faults: FaultConfig | None = None, interval_scale: float | None = None) -> None:
         if account_key is None:
             account_key = base64.b64encode(secrets.token_bytes(64)).decode()
         try:
@@ -164,10 +166,13 @@ class BatchEmulator:
         self.url = f"http://{host}:{self._server.server_address[1]}"
         self.engine = Engine(self.store, data_dir=self.data_dir, account_name=account_name, account_url=self.url,
                              storage=self.storage, transfer=BlobTransfer(self.storage), faults=self.faults)
+        self.intervals = IntervalScale(interval_scale) if interval_scale is not None else IntervalScale.from_env()
         self.router = Router()
         self.pools = PoolOps(self)
-        for ops in (self.pools, JobOps(self), TaskOps(self)):
+        autoscale = AutoscaleOps(self, self.intervals)
+        for ops in (self.pools, JobOps(self), TaskOps(self), autoscale):
             ops.register(self.router)
+        self.engine.periodic.append(autoscale.tick)
         self._thread: threading.Thread | None = None
         self._started = False
 

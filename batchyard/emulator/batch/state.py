@@ -117,6 +117,7 @@ class Pool(Resource):
     node_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
     auto_for_job: str | None = None  # id of the job that owns this auto pool
     resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    autoscale_run: dict[str, Any] | None = None  # the last evaluation of the autoscale formula (ops_autoscale)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -137,6 +138,8 @@ class Pool(Resource):
         })
         if self.resize_errors:
             out["resizeErrors"] = self.resize_errors
+        if self.autoscale_run is not None:
+            out["autoScaleRun"] = self.autoscale_run
         return out
 
 
