@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from batchyard.emulator.batch.common import invalid
 
 ENV_VAR = "BATCHYARD_EMULATOR_INTERVAL_SCALE"
 
@@ -56,3 +60,15 @@ def format_duration(seconds: float) -> str:
     if clock:
         out += "T" + clock
     return out if out != "P" else "PT0S"
+
+
+def parse_time(value: Any, prop: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise invalid(f"{prop} must be an ISO-8601 date and time such as 2025-06-01T12:00:00Z", prop) from None
+    if stamp.tzinfo is None:
+        raise invalid(f"{prop} must carry a time zone (e.g. a trailing Z)", prop)
+    return stamp

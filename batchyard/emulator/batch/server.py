@@ -25,6 +25,7 @@ from batchyard.emulator.batch.faults import FaultConfig, FaultState
 from batchyard.emulator.batch.intervals import IntervalScale
 from batchyard.emulator.batch.ops_autoscale import AutoscaleOps
 from batchyard.emulator.batch.ops_jobs import JobOps
+from batchyard.emulator.batch.ops_nodes import NodeOps
 from batchyard.emulator.batch.ops_pools import PoolOps
 from batchyard.emulator.batch.ops_tasks import TaskOps
 from batchyard.emulator.batch.protocol import Request, Response, Router
@@ -169,10 +170,10 @@ class BatchEmulator:
         self.intervals = IntervalScale(interval_scale) if interval_scale is not None else IntervalScale.from_env()
         self.router = Router()
         self.pools = PoolOps(self)
-        autoscale = AutoscaleOps(self, self.intervals)
-        for ops in (self.pools, JobOps(self), TaskOps(self), autoscale):
+        autoscale, nodes = AutoscaleOps(self, self.intervals), NodeOps(self)
+        for ops in (self.pools, JobOps(self), TaskOps(self), autoscale, nodes):
             ops.register(self.router)
-        self.engine.periodic.append(autoscale.tick)
+        self.engine.periodic += [autoscale.tick, nodes.tick]
         self._thread: threading.Thread | None = None
         self._started = False
 
