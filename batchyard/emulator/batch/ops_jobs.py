@@ -111,15 +111,19 @@ class JobOps:
             _check_pool({**require(auto, "pool", dict), "id": "autopool"})
 
     def add_job(self, body: dict[str, Any]) -> Job:
-        """Check and create a job (its auto pool too)."""
+        """Check and create a job (its auto pool too): a client's, or one a job schedule makes now."""
         self.check_job_body(body)
         auto = body["poolInfo"].get("autoPoolSpecification")
         store = self.emu.store
         with store.lock:
             if body["id"].lower() in store.jobs:
                 raise BatchApiError(409, "JobExists", "The specified job already exists.", [("Id", body["id"])])
+            if body["id"].lower() in store.job_schedules:
+                raise BatchApiError(409, "JobScheduleWithSameIdExists", "A job schedule with the specified job id "
+                                    "exists. Job and job schedule cannot have the same id.", [("Id", body["id"])])
             quota = self.emu.faults.config.job_quota
             live = sum(1 for j in store.jobs.values() if j.state not in ("completed", "deleting"))
+            live += sum(1 for s in store.job_schedules.values() if s.state in ("active", "disabled"))
             if quota and live >= quota:
                 raise BatchApiError(409, "ActiveJobAndScheduleQuotaReached",
                                     "The specified account has reached the maximum number of active jobs "

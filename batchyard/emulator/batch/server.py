@@ -27,9 +27,11 @@ from batchyard.emulator.batch.ops_autoscale import AutoscaleOps
 from batchyard.emulator.batch.ops_jobs import JobOps
 from batchyard.emulator.batch.ops_nodes import NodeOps
 from batchyard.emulator.batch.ops_pools import PoolOps
+from batchyard.emulator.batch.ops_schedules import JobScheduleOps
 from batchyard.emulator.batch.ops_tasks import TaskOps
 from batchyard.emulator.batch.protocol import Request, Response, Router
 from batchyard.emulator.batch.scheduler import Engine
+from batchyard.emulator.batch.schedules import ScheduleClock
 from batchyard.emulator.batch.state import Store
 from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
@@ -170,10 +172,13 @@ class BatchEmulator:
         self.intervals = IntervalScale(interval_scale) if interval_scale is not None else IntervalScale.from_env()
         self.router = Router()
         self.pools = PoolOps(self)
-        autoscale, nodes = AutoscaleOps(self, self.intervals), NodeOps(self)
-        for ops in (self.pools, JobOps(self), TaskOps(self), autoscale, nodes):
+        jobs, autoscale = JobOps(self), AutoscaleOps(self, self.intervals)
+        clock = ScheduleClock(self.store, self.engine, self.intervals, jobs.add_job)
+        nodes = NodeOps(self)
+        for ops in (self.pools, jobs, TaskOps(self), autoscale, JobScheduleOps(self, clock, jobs.check_job_body),
+                    nodes):
             ops.register(self.router)
-        self.engine.periodic += [autoscale.tick, nodes.tick]
+        self.engine.periodic += [autoscale.tick, clock.tick, nodes.tick]
         self._thread: threading.Thread | None = None
         self._started = False
 

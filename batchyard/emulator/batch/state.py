@@ -218,6 +218,17 @@ class Job(Resource):
         return out
 
 
+@dataclass
+class JobSchedule(Resource):
+    """A schedule's own fields; its clock is :mod:`batchyard.emulator.batch.schedules`."""
+
+    job_ids: list[str] = field(default_factory=list)  # the jobs it made, oldest first
+    job_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    next_run: datetime | None = None  # when the next job is due (None: no more jobs)
+    last_run: datetime | None = None  # when it last made a job
+    end_time: datetime | None = None
+
+
 class Store:
     """Everything the emulator knows; lost on restart."""
 
@@ -227,4 +238,4 @@ class Store:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.job_seq = itertools.count(0)
-
+        self.job_schedules: dict[str, JobSchedule] = {}
