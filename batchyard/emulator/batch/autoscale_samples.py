@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 SAMPLE_PERIOD_S = 30.0  # Azure records a sample of every metric this often
 SAMPLE_DELAY_S = 60.0  # ...and a formula sees it about this long after
 KEEP_SAMPLES = 2880  # 24 hours of samples
+EDGE_S = 1e-6  # a sample taken at a window's edge is in it (scaled times are sums of floats)
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SampleHistory:
         self._samples.append((now, dict(values)))
 
     def _available(self, now: float) -> list[tuple[float, dict[str, float]]]:
-        cutoff = now - self.delay_s * self.scale
+        cutoff = now - self.delay_s * self.scale + EDGE_S
         return [s for s in self._samples if s[0] <= cutoff]
 
     def last(self, metric: str, count: int, now: float) -> list[float]:
@@ -54,14 +55,15 @@ class SampleHistory:
 
     def window(self, metric: str, start: float, end: float, now: float) -> list[float]:
         """Available samples taken between the clock times ``start`` and ``end``, oldest first."""
-        return [values.get(metric, 0.0) for taken, values in self._available(now) if start <= taken <= end]
+        return [values.get(metric, 0.0) for taken, values in self._available(now)
+                if start - EDGE_S <= taken <= end + EDGE_S]
 
     def percent(self, start: float, end: float, now: float) -> float:
         """Available samples in [start, end] as a percentage of the samples the period allows there."""
         expected = (end - start) / self.real_period
         if expected <= 0:
             return 0.0
-        found = sum(1 for taken, _ in self._available(now) if start <= taken <= end)
+        found = sum(1 for taken, _ in self._available(now) if start - EDGE_S <= taken <= end + EDGE_S)
         return min(100.0, 100.0 * found / expected)
 
     def count(self) -> int:
