@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from batchyard.core.errors import ConfigError
 from batchyard.core.image_refs import normalize_server
+from batchyard.core.job import parse_duration
 from batchyard.core.redact import register_secret
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,24 @@ class PoolSection(_Section):
     start_task: str | None = None
     requirements: tuple[str, ...] = ()
     autoscale_formula: str | None = None
+    # How often Azure applies the formula (Batch allows 5 minutes to 168 hours); `plan` simulates it.
+    autoscale_evaluation_interval: str = "5m"
     # map_files/map_lines jobs: pools batchyard creates get a start task that installs the
     # submitter's batchyard and dill versions unless the node already has them (docs/inline.md).
     install_batchyard: bool = True
     resize_timeout: str = "15m"
+
+    @field_validator("autoscale_evaluation_interval")
+    @classmethod
+    def _evaluation_interval(cls, value: str) -> str:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise PydanticCustomError("duration", str(exc)) from None
+        if not 5 * 60 <= seconds <= 168 * 3600:
+            raise PydanticCustomError("autoscale_interval", "Azure Batch evaluates a formula every 5 minutes to "
+                                      "168 hours, not {value}", {"value": value})
+        return value
 
 
 class RegistrySection(_Section):
