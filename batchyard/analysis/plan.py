@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from batchyard.analysis.autoscale_sim import autoscale_forecast
 from batchyard.analysis.forecast import POOL_STARTUP_S, durations_from, forecast, hms, load_prices
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BatchyardError, JobValidationError
@@ -473,6 +474,10 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
         previous = f"given durations of {len(durations)} tasks"
     findings.extend(check_quota(config, active_jobs=active_jobs, job_exists=job_exists))
     plan.forecast = forecast(config, tasks=len(tasks), durations=durations or None, previous=previous)
+    autoscale, problems = autoscale_forecast(config, tasks=len(tasks), durations=durations or None)
+    if autoscale is not None:  # the pool's formula run over a simulated job (analysis/autoscale_sim.py)
+        plan.forecast["autoscale"] = autoscale
+    findings.extend(problems)
     plan.findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     return plan
 
