@@ -43,7 +43,10 @@ _BUSY_NODE = {"rebooting": "NodeBeingRebooted", "starting": "NodeBeingStarted", 
               "reimaging": "NodeBeingReimaged", "unusable": "NodeStateUnusable"}
 
 
-def _option(body: dict[str, Any], prop: str, allowed: tuple[str, ...]) -> str:
+def _option(body: Any, prop: str, allowed: tuple[str, ...]) -> str:
+    """The option a reboot / disable-scheduling body gives (an empty body means requeue)."""
+    if not isinstance(body, dict):
+        raise invalid("The body must be a JSON object.", "body")
     value = body.get(prop) or "requeue"
     if not isinstance(value, str) or value.lower() not in allowed:
         raise invalid(f"{prop} must be one of {', '.join(allowed)}", prop)
@@ -89,7 +92,7 @@ class NodeOps:
     # --- reboot -----------------------------------------------------------------------------------
     def reboot(self, req: Request) -> Response:
         body = req.json(required=False) or {}
-        option = _option(body if isinstance(body, dict) else {}, "nodeRebootOption", REBOOT_OPTIONS)
+        option = _option(body, "nodeRebootOption", REBOOT_OPTIONS)
         with self.emu.store.lock:
             pool, node = self._node(req)
             if node.state not in ("idle", "running"):
@@ -124,7 +127,7 @@ class NodeOps:
     # --- scheduling -------------------------------------------------------------------------------
     def disable_scheduling(self, req: Request) -> Response:
         body = req.json(required=False) or {}
-        option = _option(body if isinstance(body, dict) else {}, "nodeDisableSchedulingOption", SCHEDULING_OPTIONS)
+        option = _option(body, "nodeDisableSchedulingOption", SCHEDULING_OPTIONS)
         with self.emu.store.lock:
             pool, node = self._node(req)
             if not node.scheduling_enabled:
