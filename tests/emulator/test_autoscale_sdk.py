@@ -67,6 +67,10 @@ def test_recorded_scale_pool_flow(emulator: Any) -> None:
     # The formula is applied a moment after enable (evaluate changed nothing): 2 nodes, not 3.
     pool = wait_for(lambda: (p := client.get_pool(pool_id)).current_dedicated_nodes == 2 and p, what="2 nodes")
     assert pool.target_dedicated_nodes == 2 and pool.auto_scale_run.results.startswith("$TargetDedicatedNodes=2;")
+    # The next evaluation gives the same size: the pool, unchanged, keeps its ETag.
+    later = wait_for(lambda: (p := client.get_pool(pool_id)).auto_scale_run.timestamp > pool.auto_scale_run.timestamp
+                     and p, what="the next evaluation")
+    assert later.etag == pool.etag and later.current_dedicated_nodes == 2
     status, code, _ = error_of(lambda: client.begin_resize_pool(pool_id, bm.BatchPoolResizeOptions(
         target_dedicated_nodes=1)))
     assert (status, code) == (409, "OperationInvalidForCurrentState")

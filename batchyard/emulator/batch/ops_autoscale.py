@@ -228,8 +228,14 @@ class AutoscaleOps:
         pool.autoscale_run = run
         if result is None:
             return
-        pool.spec["targetDedicatedNodes"] = min(MAX_NODES, result.dedicated)
-        pool.spec["targetLowPriorityNodes"] = min(MAX_NODES, result.low_priority)
+        targets = {"targetDedicatedNodes": min(MAX_NODES, result.dedicated),
+                   "targetLowPriorityNodes": min(MAX_NODES, result.low_priority)}
+        live = [n for n in pool.nodes.values() if not n.removed]
+        sized = (sum(1 for n in live if n.is_dedicated), sum(1 for n in live if not n.is_dedicated)) == \
+            (targets["targetDedicatedNodes"], targets["targetLowPriorityNodes"])
+        if sized and all(int(pool.spec.get(k) or 0) == v for k, v in targets.items()):
+            return  # nothing to change: the pool keeps its ETag, as an unchanged pool does on Azure
+        pool.spec.update(targets)
         if result.deallocation != "requeue":
             self._shrink(pool, result.deallocation)
         self.emu.engine.resize(pool)  # grows, and shrinks what is left with requeue (Batch's default)
