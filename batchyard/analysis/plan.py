@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from batchyard.analysis.autoscale_sim import autoscale_forecast
 from batchyard.analysis.forecast import durations_from, forecast, load_prices
 from batchyard.analysis.plan_checks import (
     ChunkCheck,
@@ -235,6 +236,10 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     durations, active_jobs, job_exists, previous = _backend_facts(ctx, job, durations, active_jobs)
     findings.extend(check_quota(config, active_jobs=active_jobs, job_exists=job_exists))
     plan.forecast = forecast(config, tasks=scan.count, durations=durations or None, previous=previous)
+    autoscale, problems = autoscale_forecast(config, tasks=scan.count, durations=durations or None)
+    if autoscale is not None:  # the pool's formula run over a simulated job (analysis/autoscale_sim.py)
+        plan.forecast["autoscale"] = autoscale
+    findings.extend(problems)
     plan.findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     return plan
 

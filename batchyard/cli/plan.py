@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
+from batchyard.analysis.autoscale_sim import timeline_lines
 from batchyard.analysis.forecast import hms
 from batchyard.analysis.plan import Plan
 from batchyard.cli.common import (
@@ -115,3 +117,18 @@ def render(p: Plan) -> None:
         out.print("  assumptions:", highlight=False)
         for line in fc["assumptions"]:
             out.print(f"    - {line}", highlight=False)
+    if fc and fc.get("autoscale"):
+        render_autoscale(fc["autoscale"])
+
+
+def render_autoscale(auto: dict[str, Any]) -> None:
+    """The pool's formula over a simulated run: nodes over time, wall time, node-hours."""
+    wall = hms(auto["wall_time_s"]) if auto["wall_time_s"] is not None else "never (see findings)"
+    cost = f", cost ${auto['cost_usd']:.2f}" if auto.get("cost_usd") is not None else ""
+    out.print(styled("\n", ("autoscale formula, simulated", "bold"), f": all tasks done after {wall}; "
+                     f"{auto['dedicated_node_hours']:.2f} dedicated + {auto['spot_node_hours']:.2f} spot node-hours"
+                     f"{cost}"), highlight=False)
+    for line in timeline_lines(auto):
+        out.print(f"  {line}", highlight=False)
+    for line in auto["assumptions"]:
+        out.print(f"    - {line}", highlight=False)

@@ -75,6 +75,8 @@ class PoolSection(_Section):
     start_task: str | None = None
     requirements: tuple[str, ...] = ()
     autoscale_formula: str | None = None
+    # How often Azure applies the formula (Batch allows 5 minutes to 168 hours); `plan` simulates it.
+    autoscale_evaluation_interval: str = "5m"
     # map_files/map_lines jobs: pools batchyard creates get a start task that installs the
     # submitter's batchyard and dill versions unless the node already has them (docs/inline.md).
     install_batchyard: bool = True
@@ -84,6 +86,18 @@ class PoolSection(_Section):
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)  # read when a pool is made: a typo is reported now, naming the setting
+        return value
+
+    @field_validator("autoscale_evaluation_interval")
+    @classmethod
+    def _evaluation_interval(cls, value: str) -> str:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise PydanticCustomError("duration", str(exc)) from None
+        if not 5 * 60 <= seconds <= 168 * 3600:
+            raise PydanticCustomError("autoscale_interval", "Azure Batch evaluates a formula every 5 minutes to "
+                                      "168 hours, not {value}", {"value": value})
         return value
 
 

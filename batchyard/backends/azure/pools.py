@@ -112,7 +112,8 @@ def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None,
         target_low_priority_nodes=None if autoscale else section.spot_nodes,
         enable_auto_scale=autoscale or None,
         auto_scale_formula=section.autoscale_formula if autoscale else None,
-        auto_scale_evaluation_interval=timedelta(minutes=5) if autoscale else None,
+        auto_scale_evaluation_interval=timedelta(seconds=parse_duration(section.autoscale_evaluation_interval))
+        if autoscale else None,
         resize_timeout=None if autoscale else timedelta(seconds=parse_duration(section.resize_timeout)),
         task_slots_per_node=section.task_slots_per_node, start_task=start, metadata=metadata,
     )

@@ -15,6 +15,7 @@ from batchyard.emulator.batch.common import (
     require,
     unsupported,
 )
+from batchyard.emulator.batch.jobprep_spec import check_prep_release
 from batchyard.emulator.batch.odata import page, select
 from batchyard.emulator.batch.ops_pools import _check_pool
 from batchyard.emulator.batch.protocol import (
@@ -31,11 +32,7 @@ from batchyard.emulator.batch.state import Job
 if TYPE_CHECKING:
     from batchyard.emulator.batch.service import BatchService
 
-REFUSED_JOB_FIELDS = {
-    "jobManagerTask": "job manager tasks",
-    "jobPreparationTask": "job preparation tasks",
-    "jobReleaseTask": "job release tasks",
-}
+REFUSED_JOB_FIELDS = {"jobManagerTask": "job manager tasks"}
 PATCHABLE = ("priority", "maxParallelTasks", "allowTaskPreemption", "onAllTasksComplete", "constraints",
              "metadata", "onTaskFailure")
 ON_ALL = ("noaction", "terminatejob")
@@ -90,10 +87,18 @@ class JobOps:
         if not isinstance(body, dict):
             raise invalid("The job must be a JSON object.", "job")
         check_id(require(body, "id"))
+        with self.emu.store.lock:
+            job = self.add_job(body)
+            return created(self.url(job), job.etag, job.last_modified)
+
+    @staticmethod
+    def check_job_body(body: dict[str, Any]) -> None:
+        """What Azure checks of a job before it exists: a client's job, or a job schedule's jobSpecification."""
         pool_info = require(body, "poolInfo", dict)
         for name, what in REFUSED_JOB_FIELDS.items():
             if body.get(name):
                 raise unsupported(what, name)
+        check_prep_release(body)
         _check_settings(body)
         auto = pool_info.get("autoPoolSpecification")
         if not pool_info.get("poolId") and not auto:
@@ -103,13 +108,22 @@ class JobOps:
             if (auto.get("poolLifetimeOption") or "job").lower() != "job":
                 raise unsupported("auto pools that outlive a job schedule (poolLifetimeOption jobschedule)",
                                   "poolInfo.autoPoolSpecification.poolLifetimeOption")
-            pool_body = require(auto, "pool", dict)
+            _check_pool({**require(auto, "pool", dict), "id": "autopool"})
+
+    def add_job(self, body: dict[str, Any]) -> Job:
+        """Check and create a job (its auto pool too): a client's, or one a job schedule makes now."""
+        self.check_job_body(body)
+        auto = body["poolInfo"].get("autoPoolSpecification")
         store = self.emu.store
         with store.lock:
             if body["id"].lower() in store.jobs:
                 raise BatchApiError(409, "JobExists", "The specified job already exists.", [("Id", body["id"])])
+            if body["id"].lower() in store.job_schedules:
+                raise BatchApiError(409, "JobScheduleWithSameIdExists", "A job schedule with the specified job id "
+                                    "exists. Job and job schedule cannot have the same id.", [("Id", body["id"])])
             quota = self.emu.faults.config.job_quota
             live = sum(1 for j in store.jobs.values() if j.state not in ("completed", "deleting"))
+            live += sum(1 for s in store.job_schedules.values() if s.state in ("active", "disabled"))
             if quota and live >= quota:
                 raise BatchApiError(409, "ActiveJobAndScheduleQuotaReached",
                                     "The specified account has reached the maximum number of active jobs "
@@ -119,14 +133,14 @@ class JobOps:
             if auto:
                 prefix = auto.get("autoPoolIdPrefix") or ""
                 pool_id = f"{prefix}_{uuid.uuid4()}" if prefix else str(uuid.uuid4()).upper()
-                pool = self.emu.pools.add_pool(_check_pool({**pool_body, "id": pool_id}), auto_for_job=job.id)
+                pool = self.emu.pools.add_pool(_check_pool({**auto["pool"], "id": pool_id}), auto_for_job=job.id)
                 job.pool_id = pool.id
             else:
-                job.pool_id = pool_info["poolId"]
+                job.pool_id = body["poolInfo"]["poolId"]
             job.execution = {"startTime": None, "poolId": job.pool_id}
             store.jobs[job.id.lower()] = job
             self.emu.engine.job_settings_changed(job)
-            return created(self.url(job), job.etag, job.last_modified)
+            return job
 
     def list(self, req: Request) -> Response:
         with self.emu.store.lock:

@@ -16,6 +16,7 @@ from batchyard.emulator.batch.common import (
 )
 from batchyard.emulator.batch.files import file_response, list_files
 from batchyard.emulator.batch.odata import page, select
+from batchyard.emulator.batch.ops_autoscale import check_pool_autoscale
 from batchyard.emulator.batch.protocol import (
     Request,
     Response,
@@ -81,8 +82,7 @@ def _check_pool(body: Any) -> dict[str, Any]:
     for name, what in REFUSED_POOL_FIELDS.items():
         if body.get(name):
             raise unsupported(what, name)
-    if body.get("enableAutoScale"):
-        raise unsupported("autoscale formulas (set targetDedicatedNodes instead)", "enableAutoScale")
+    check_pool_autoscale(body)
     for key in ("targetDedicatedNodes", "targetLowPriorityNodes"):
         value = body.get(key, 0) or 0
         if not isinstance(value, int) or value < 0 or value > 64:
@@ -109,9 +109,6 @@ class PoolOps:
         r.add("POST", "pools/{}/resize", self.resize)
         r.add("POST", "pools/{}/stopresize", self.stop_resize)
         r.add("POST", "pools/{}/removenodes", self.remove_nodes)
-        r.add("POST", "pools/{}/disableautoscale", self.disable_autoscale)
-        r.add("POST", "pools/{}/enableautoscale", self.enable_autoscale)
-        r.add("POST", "pools/{}/evaluateautoscale", self.evaluate_autoscale)
         r.add("GET", "pools/{}/nodes", self.list_nodes)
         r.add("GET", "pools/{}/nodes/{}", self.get_node)
         r.add("GET", "pools/{}/nodes/{}/files", self.list_node_files)
@@ -212,6 +209,9 @@ class PoolOps:
             pool = self.pool(req.params[0])
             if pool.state != "active":
                 raise BatchApiError(409, "PoolBeingDeleted", "The specified pool is being deleted.")
+            if pool.spec.get("enableAutoScale"):
+                raise BatchApiError(409, "OperationInvalidForCurrentState", "The pool scales automatically: "
+                                    "disable autoscale before resizing it.")
             for key in ("targetDedicatedNodes", "targetLowPriorityNodes"):
                 if key in body:
                     value = body[key]
@@ -238,20 +238,6 @@ class PoolOps:
                 self.emu.engine.remove_node(pool, node, reason="requeue")
             pool.touch()
             return self.done(pool, 202)
-
-    def disable_autoscale(self, req: Request) -> Response:
-        with self.emu.store.lock:  # autoscale is never enabled here, so this is a no-op
-            return self.done(self.pool(req.params[0]))
-
-    def enable_autoscale(self, req: Request) -> Response:
-        with self.emu.store.lock:
-            self.pool(req.params[0])
-        raise unsupported("autoscale formulas (resize the pool instead)", "autoScaleFormula")
-
-    def evaluate_autoscale(self, req: Request) -> Response:
-        with self.emu.store.lock:
-            self.pool(req.params[0])
-        raise BatchApiError(409, "AutoScaleNotEnabled", "Autoscale is not enabled on the specified pool.")
 
     # --- nodes ------------------------------------------------------------------------------------
     def list_nodes(self, req: Request) -> Response:

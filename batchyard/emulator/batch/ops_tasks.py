@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchyard.emulator.batch.common import BatchApiError, forget_passwords, invalid, iso, not_found, parse_duration
 from batchyard.emulator.batch.files import delete_file, file_response, list_files
+from batchyard.emulator.batch.jobprep_spec import reserved_task_id
 from batchyard.emulator.batch.odata import page, select
 from batchyard.emulator.batch.protocol import (
     Request,
@@ -71,6 +72,9 @@ class TaskOps:
     def _add(self, job: Job, body: Any) -> Task:
         """Validate and insert one task (caller holds the lock); raises BatchApiError per task."""
         spec = validate_task(body, uses_dependencies=bool(job.spec.get("usesTaskDependencies")))
+        reserved = reserved_task_id(job.spec, spec["id"])
+        if reserved is not None:
+            raise reserved
         if spec["id"].lower() in job.tasks:
             raise BatchApiError(409, "TaskExists", "The specified task already exists.", [("Id", spec["id"])])
         # containerSettings.registry may carry a password: dropped (Batch never echoes it); other

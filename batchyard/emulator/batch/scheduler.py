@@ -14,12 +14,13 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from batchyard.core.batch_semantics import ENDED_BY_USER, batch_failure, staging_code
 from batchyard.core.errors import BatchyardError
 from batchyard.emulator.batch.common import iso, parse_duration, utcnow
-from batchyard.emulator.batch.nodes import NodeManager
+from batchyard.emulator.batch.jobprep import PrepRelease
 from batchyard.emulator.batch.state import Job, Node, Pool, Task
 from batchyard.emulator.batch.translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
 from batchyard.node.runner import AttemptRecord, run_attempt, should_retry
@@ -44,8 +45,14 @@ def _exit_options(task: Task, failure: dict[str, Any] | None, code: int | None) 
     return {} if failure is None else cond.get("default") or {}
 
 
-class Engine(NodeManager):
-    """Node manager + scheduler + the job/task state transitions they cause."""
+class Engine(PrepRelease):
+    """Node manager + scheduler + the job/task state transitions they cause (jobs' preparation and
+    release tasks: :mod:`batchyard.emulator.batch.jobprep`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Work on a clock (autoscale evaluations, job schedules): called every tick, lock held.
+        self.periodic: list[Callable[[], None]] = []
 
     def start(self) -> None:
         self.spawn("batch-scheduler", self._loop)
@@ -64,6 +71,11 @@ class Engine(NodeManager):
         with self.store.lock:
             while not self.stopping.is_set():
                 self._check_deadlines_and_faults()
+                for work in self.periodic:
+                    try:
+                        work()
+                    except Exception:  # one failing feature must not stop the scheduler
+                        log.exception("batch emulator: periodic %s failed", getattr(work, "__qualname__", work))
                 self._schedule()
                 self.store.changed.wait(TICK_S)
 
@@ -111,6 +123,9 @@ class Engine(NodeManager):
                     break
                 fits = [n for n in nodes if n.schedulable and n.free_slots >= task.required_slots]
                 if not fits or not self._dependencies_met(job, task):
+                    continue
+                fits = [n for n in fits if self.prep_ready(job, pool, n)]
+                if not fits:
                     continue
                 fits.sort(key=lambda n: (n.free_slots if pack else -n.free_slots, n.id))
                 self._start_task(pool, fits[0], job, task)
@@ -219,6 +234,8 @@ class Engine(NodeManager):
     def _after_task_change(self, job: Job) -> None:
         """Finish a terminating/deleting job once its tasks are dead; onAllTasksComplete."""
         running = any(t.state == "running" for t in job.tasks.values())
+        if job.state in ("terminating", "deleting") and not running and self.releasing(job):
+            return  # the job ends once its release tasks have run
         if job.state == "terminating" and not running:
             self._complete_job(job)
         elif job.state == "deleting" and not running:

@@ -25,12 +25,17 @@ from batchyard.emulator.batch.auth import verify
 from batchyard.emulator.batch.common import BatchApiError, utcnow
 from batchyard.emulator.batch.connections import ConnectionSlots
 from batchyard.emulator.batch.faults import FaultConfig, FaultState
+from batchyard.emulator.batch.intervals import IntervalScale
+from batchyard.emulator.batch.ops_autoscale import AutoscaleOps
 from batchyard.emulator.batch.ops_jobs import JobOps
+from batchyard.emulator.batch.ops_nodes import NodeOps
 from batchyard.emulator.batch.ops_pools import PoolOps
+from batchyard.emulator.batch.ops_schedules import JobScheduleOps
 from batchyard.emulator.batch.ops_tasks import TaskOps
 from batchyard.emulator.batch.protocol import Request, Response, Router
 from batchyard.emulator.batch.replay import ReplayGuard
 from batchyard.emulator.batch.scheduler import Engine
+from batchyard.emulator.batch.schedules import ScheduleClock
 from batchyard.emulator.batch.state import Store
 from batchyard.emulator.batch.wire import FramingError, read_body
 from batchyard.storage.account import Storage
@@ -199,7 +204,7 @@ class BatchEmulator:
     def __init__(self, *, storage_connection_string: str, data_dir: Path, account_name: str = "batchyard",
                  account_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  faults: FaultConfig | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, interval_scale: float | None = None) -> None:
         if account_key is None:
             account_key = base64.b64encode(secrets.token_bytes(64)).decode()
         try:
@@ -229,10 +234,16 @@ class BatchEmulator:
         self.url = f"http://{host}:{self._server.server_address[1]}"
         self.engine = Engine(self.store, data_dir=self.data_dir, account_name=account_name, account_url=self.url,
                              storage=self.storage, transfer=BlobTransfer(self.storage), faults=self.faults)
+        self.intervals = IntervalScale(interval_scale) if interval_scale is not None else IntervalScale.from_env()
         self.router = Router()
         self.pools = PoolOps(self)
-        for ops in (self.pools, JobOps(self), TaskOps(self)):
+        jobs, autoscale = JobOps(self), AutoscaleOps(self, self.intervals)
+        clock = ScheduleClock(self.store, self.engine, self.intervals, jobs.add_job)
+        nodes = NodeOps(self)
+        for ops in (self.pools, jobs, TaskOps(self), autoscale, JobScheduleOps(self, clock, jobs.check_job_body),
+                    nodes):
             ops.register(self.router)
+        self.engine.periodic += [autoscale.tick, clock.tick, nodes.tick]
         self._thread: threading.Thread | None = None
         self._started = False
 

@@ -72,6 +72,8 @@ class Node:
     start_task_info: dict[str, Any] | None = None
     recent: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=RECENT_TASKS))
     removed: bool = False
+    scheduling_enabled: bool = True  # disablescheduling: the node keeps running what it has, takes nothing new
+    booted: datetime = field(default_factory=utcnow)  # lastBootTime: allocation, then each reboot
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -83,7 +85,7 @@ class Node:
 
     @property
     def schedulable(self) -> bool:
-        return not self.removed and self.state in ("idle", "running")
+        return not self.removed and self.scheduling_enabled and self.state in ("idle", "running")
 
     def refresh_state(self) -> None:
         if self.state in ("idle", "running"):
@@ -92,8 +94,9 @@ class Node:
     def view(self, base: str, pool: Pool) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id, "url": f"{base}/pools/{pool.id}/nodes/{self.id}", "state": self.state,
-            "schedulingState": "enabled", "stateTransitionTime": iso(self.state_time),
-            "lastBootTime": iso(self.allocated), "allocationTime": iso(self.allocated),
+            "schedulingState": "enabled" if self.scheduling_enabled else "disabled",
+            "stateTransitionTime": iso(self.state_time), "lastBootTime": iso(self.booted),
+            "allocationTime": iso(self.allocated),
             "ipAddress": "127.0.0.1", "affinityId": f"TVM:{self.id}", "vmSize": pool.spec.get("vmSize", ""),
             "totalTasksRun": self.total_run, "totalTasksSucceeded": self.total_succeeded,
             "runningTasksCount": len(self.running), "runningTaskSlotsCount": self.used_slots,
@@ -117,6 +120,7 @@ class Pool(Resource):
     node_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
     auto_for_job: str | None = None  # id of the job that owns this auto pool
     resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    autoscale_run: dict[str, Any] | None = None  # the last evaluation of the autoscale formula (ops_autoscale)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -137,6 +141,8 @@ class Pool(Resource):
         })
         if self.resize_errors:
             out["resizeErrors"] = self.resize_errors
+        if self.autoscale_run is not None:
+            out["autoScaleRun"] = self.autoscale_run
         return out
 
 
@@ -189,6 +195,9 @@ class Job(Resource):
     seq: int = 0
     execution: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # monotonic time of the job's maxWallClockTime
+    # Per node (key: node id, lower case) where its preparation task ran: pool/node ids and the
+    # preparation and release tasks' execution info (jobprep.py).
+    prep_release: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -209,6 +218,17 @@ class Job(Resource):
         return out
 
 
+@dataclass
+class JobSchedule(Resource):
+    """A schedule's own fields; its clock is :mod:`batchyard.emulator.batch.schedules`."""
+
+    job_ids: list[str] = field(default_factory=list)  # the jobs it made, oldest first
+    job_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    next_run: datetime | None = None  # when the next job is due (None: no more jobs)
+    last_run: datetime | None = None  # when it last made a job
+    end_time: datetime | None = None
+
+
 class Store:
     """Everything the emulator knows; lost on restart."""
 
@@ -218,3 +238,4 @@ class Store:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.job_seq = itertools.count(0)
+        self.job_schedules: dict[str, JobSchedule] = {}
