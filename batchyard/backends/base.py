@@ -20,6 +20,9 @@ What a job's command can rely on, on every backend:
 - **Delivery.** At least once: a task may start again if its worker or node is lost, so
   commands should be safe to re-run. A task recorded as succeeded never runs again for
   the same job id, and each task has exactly one final record.
+- **Replay.** ``batchyard debug`` runs one task again on this machine with the same argv,
+  environment, resource files, input and image, in the same ``AZ_BATCH_*`` layout
+  (:meth:`Backend.replay_task`, :class:`TaskReplay`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from batchyard.core.errors import BackendError
 if TYPE_CHECKING:
     from batchyard.core.config import Config
     from batchyard.core.job import Job
+    from batchyard.node.taskspec import NodeContext, TaskSpec
     from batchyard.storage.account import Storage
 
 END_POLL_S = 0.1  # the shortest pause between polls, when the job's end is near
@@ -129,6 +133,25 @@ class PoolView:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TaskReplay:
+    """One task, ready to run again on this machine (``batchyard debug``; :meth:`Backend.replay_task`).
+
+    ``spec`` is the task as it ran: its argv, environment, container image and wall-clock limit;
+    its resource files (and input) by (container, blob) on the backend's ``storage``, so they are
+    read with the user's credentials, never with the task's SAS, which may have expired (a URL on
+    another account stays a URL). It has no output file, so a replay uploads nothing and the
+    job's outputs and logs stay as the run left them; one attempt, no retry; its task dir is kept.
+    ``node`` is the node root given, named as the node the task ran on (node id, pool, account),
+    which the ``AZ_BATCH_*`` variables show.
+    """
+
+    spec: TaskSpec
+    node: NodeContext
+    result: TaskResult | None  # what the task's record says; None when it has none yet
+    source: str  # where the definition was read, for people ("Batch's task", "the task row"...)
+
+
 ProgressCallback = Callable[[TaskCounts], None]
 
 
@@ -169,6 +192,8 @@ class Backend(ABC):
       :meth:`join_execution` and :meth:`stop_execution` (the local backend);
     - pools it created: :meth:`created_pools`, :meth:`delete_created_pool`
       (``batchyard pool``; the azure backend).
+
+    And one that both built-in backends have: :meth:`replay_task` (``batchyard debug``).
     """
 
     name: str = ""
@@ -283,6 +308,17 @@ class Backend(ABC):
     def delete_created_pool(self, pool_id: str) -> bool:
         """Delete a pool this backend created (False if it was already gone); refuse any other pool."""
         raise BackendError(f"the {self.name} backend has no pools")
+
+    def replay_task(self, job_id: str, task_id: str, *, node_root: Path) -> TaskReplay:
+        """``task_id`` of ``job_id`` as it ran (or, not started yet, as it would run), to run again
+        under ``node_root`` on this machine: see :class:`TaskReplay` for what it holds.
+
+        The definition is read where this backend keeps its truth (the local backend: the task's
+        row and the job document; the azure backend: Batch's task and job). An unknown job or
+        task raises :class:`~batchyard.core.errors.JobNotFoundError` /
+        :class:`~batchyard.core.errors.TaskNotFoundError`. Nothing is changed anywhere.
+        """
+        raise BackendError(f"the {self.name} backend cannot replay a task on this machine")
 
     def _check_alive(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from azure.batch import BatchClient
@@ -26,6 +27,7 @@ from batchyard.backends.azure.clients import make_client, make_storage
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
+from batchyard.backends.azure.replay import replay_task
 from batchyard.backends.azure.tasks import (
     JobFacts,
     TaskAdder,
@@ -38,7 +40,7 @@ from batchyard.backends.azure.tasks import (
     sas_lifetime,
     task_result,
 )
-from batchyard.backends.base import Backend, PoolView, SubmitResult, TaskCounts, TaskResult, dumps
+from batchyard.backends.base import Backend, PoolView, SubmitResult, TaskCounts, TaskReplay, TaskResult, dumps
 from batchyard.backends.documents import JobDocuments, fan_out
 from batchyard.core.batch_semantics import log_blob_name, log_file_name, tail_offset, tail_text
 from batchyard.core.config import Config
@@ -439,6 +441,10 @@ class AzureBackend(Backend):
         ``batchyard plan`` reaches it through the backend registry, needing no account or client."""
         return preview_submit(job, sas_margin=sas_margin, account_url=account_url,
                               system_container=system_container, log_container=log_container)
+
+    def replay_task(self, job_id: str, task_id: str, *, node_root: Path) -> TaskReplay:
+        return replay_task(self.client, self.storage, self.config, self.documents, job_id, task_id,
+                           node_root=node_root, facts=self._facts(job_id))
 
 
 __all__ = ["AzureBackend", "make_client"]

@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
+from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskReplay, TaskResult, TaskState, dumps
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
+from batchyard.backends.local.replay import replay_task
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
@@ -258,6 +259,12 @@ class LocalBackend(Backend):
 
     def close(self) -> None:
         self.stop_execution()
+
+    # --- debug -----------------------------------------------------------------------------------------
+    def replay_task(self, job_id: str, task_id: str, *, node_root: Path) -> TaskReplay:
+        """The task from its row and the job document (:mod:`batchyard.backends.local.replay`)."""
+        self._require_job(job_id)
+        return replay_task(self.store, self.job(job_id), task_id, node_root=node_root)
 
 
 def local_storage_connection_string(config: Config) -> str:
