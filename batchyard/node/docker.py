@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -55,6 +56,40 @@ def container_environment(spec: TaskSpec, host_env: dict[str, str]) -> dict[str,
     return env
 
 
+def require_image(client: Any, image: str) -> None:
+    """Raise a clear error unless ``image`` is on the engine already."""
+    try:
+        client.images.get(image)
+    except Exception:
+        # Never pulled implicitly: a task should not reach out to a registry behind the user's back.
+        raise ContainerEngineError(f"image {image!r} is not on the Docker engine; pull, load or "
+                                   "build it there first (batchyard never pulls implicitly)") from None
+
+
+def shell_command(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str], *,
+                  tty: bool, program: str = "/bin/sh") -> list[str]:
+    """The ``docker run`` command line that opens ``program`` interactively in ``spec.container_image``
+    the way :func:`run` runs the task there (node root mounted at its path, the working dir, the
+    user, no network), for ``batchyard debug --shell``.
+
+    Start it with ``env`` (the task's environment) as its own: each variable the container gets
+    is passed by name only (``-e NAME``), so no value appears on a command line.
+    """
+    require_image(engine(), spec.container_image or "")
+    docker_cli = shutil.which("docker", path=env.get("PATH"))
+    if docker_cli is None:
+        raise ContainerEngineError("a shell in a container image needs the docker command on PATH "
+                                   "(the Docker CLI); install it, or debug without --shell")
+    root = str(node.root.resolve())
+    argv = [docker_cli, "run", "--rm", "--interactive", *(["--tty"] if tty else []), "--network", "none",
+            "--user", f"{os.getuid()}:{os.getgid()}", "--volume", f"{root}:{root}",
+            "--workdir", str((task_dir / "wd").resolve()),
+            "--label", f"batchyard.job={spec.job_id}", "--label", f"batchyard.task={spec.task_id}"]
+    for name in container_environment(spec, env):
+        argv += ["--env", name]
+    return [*argv, spec.container_image or "", program]
+
+
 def run(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str],
         cancel: threading.Event | None) -> tuple[int | None, str | None]:
     """Run ``spec.argv`` in ``spec.container_image``; returns (exit code, None|'timeout'|'cancelled').
@@ -62,12 +97,7 @@ def run(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str],
     stdout and stderr land in the task dir's stdout.txt / stderr.txt, as for a host command.
     """
     client = engine()
-    try:
-        client.images.get(spec.container_image)
-    except Exception:
-        # Never pulled implicitly: a task should not reach out to a registry behind the user's back.
-        raise ContainerEngineError(f"image {spec.container_image!r} is not on the Docker engine; pull, load or "
-                                   "build it there first (batchyard never pulls implicitly)") from None
+    require_image(client, spec.container_image or "")
     root = str(node.root.resolve())
     container = client.containers.run(
         spec.container_image, command=list(spec.argv), working_dir=str((task_dir / "wd").resolve()),

@@ -255,6 +255,11 @@ class StagedAttempt:
     def __init__(self, attempt: _Attempt, failed: AttemptRecord | None) -> None:
         self._attempt, self._failed = attempt, failed
 
+    @property
+    def failure(self) -> AttemptRecord | None:
+        """The record of a staging that failed (its reason says which file); None: all is staged."""
+        return self._failed
+
     def discard(self) -> None:
         shutil.rmtree(self._attempt.task_dir, ignore_errors=True)
 
