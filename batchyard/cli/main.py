@@ -235,11 +235,13 @@ def worker(workers: int | None, idle_exit: float | None, config_path: str | None
 
 
 # Command groups that live in their own modules (imported last: they import helpers from here).
+from batchyard.cli.debug import debug  # noqa: E402
 from batchyard.cli.emulator import emulator  # noqa: E402
 from batchyard.cli.plan import plan  # noqa: E402
 from batchyard.cli.pool import pool  # noqa: E402
 from batchyard.cli.report import report  # noqa: E402
 
+main.add_command(debug)
 main.add_command(emulator)
 main.add_command(plan)
 main.add_command(pool)
