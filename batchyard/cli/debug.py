@@ -60,11 +60,12 @@ EXIT_INTERRUPTED = 130
 @handle_errors
 def debug(job_id: str, task_id: str, shell: bool, root: str | None, backend: str | None, config_path: str | None,
           verbose: int) -> None:
-    """Run task TASK_ID of job JOB_ID again on this machine, as it ran: same command line, environment,
-    resource files, input and container image, in a kept task dir that it prints. Inputs are read with
-    your credentials, not with the task's SAS. Nothing is uploaded.
+    """Run task TASK_ID of job JOB_ID again here, as it ran (or a shell in it).
 
-    Shows the task's stdout and stderr and exits with its exit code (or, with --shell, the shell's).
+    The same command line, environment, resource files, input and container image, in a kept task
+    dir that it prints (the AZ_BATCH_* layout of a node). Inputs are read with your credentials, not
+    with the task's SAS. Nothing is uploaded. Shows the task's stdout and stderr and exits with its
+    exit code (with --shell, the shell's). See docs/debugging.md.
     """
     for what, value in (("JOB_ID", job_id), ("TASK_ID", task_id)):
         if not ID_RE.match(value):
