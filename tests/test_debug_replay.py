@@ -107,9 +107,11 @@ def test_a_failed_task_replayed_reproduces_its_exit_code_stderr_and_environment(
     assert not {"AZURE_STORAGE_CONNECTION_STRING", "BATCHYARD_BATCH_KEY", "BATCHYARD_HOME"} & set(env)
     no_secret_in(side, replayed.stdout, replayed.stderr, (task_dir / "wd" / "env.txt").read_text())
 
+    replays = set((Path(side.env["BATCHYARD_HOME"]) / "debug").iterdir())
     unknown = side.debug(job_id, "no-such-task")
     assert unknown.returncode == 3 and "Traceback" not in unknown.stderr
     assert f"task 'no-such-task' not found in job '{job_id}'" in unknown.stderr, unknown.stderr
+    assert set((Path(side.env["BATCHYARD_HOME"]) / "debug").iterdir()) == replays, "an empty node root was left"
 
 
 def test_a_task_with_an_input_and_a_resource_file_replays_and_opens_a_shell(side: Side) -> None:
@@ -225,3 +227,17 @@ def test_ctrl_c_stops_the_replayed_command_and_its_children(project: Any, tmp_pa
     while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the command's child outlived the interrupted replay"
         time.sleep(0.2)
+
+
+def test_a_blob_url_is_read_back_as_its_container_and_blob_on_the_account_only() -> None:
+    from batchyard.backends.azure.replay import account_reference
+
+    sas = "?se=2020-01-01&sp=r&sig=abc%3D"
+    azure, azurite = "https://acct.blob.core.windows.net", "http://127.0.0.1:10000/devstoreaccount1"
+    assert account_reference(f"https://ACCT.blob.core.windows.net/inputs/in/b%20b.txt{sas}", azure) == (
+        "inputs", "in/b b.txt")
+    assert account_reference(f"{azurite}/sys-x/jobs/j/resources/helper.sh{sas}", azurite) == (
+        "sys-x", "jobs/j/resources/helper.sh")
+    assert account_reference(f"https://other.blob.core.windows.net/inputs/a.txt{sas}", azure) is None
+    assert account_reference(f"http://127.0.0.1:10000/otheraccount/inputs/a.txt{sas}", azurite) is None
+    assert account_reference(f"{azure}/inputs{sas}", azure) is None, "a container is not a blob"

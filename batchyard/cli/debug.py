@@ -75,7 +75,12 @@ def debug(job_id: str, task_id: str, shell: bool, root: str | None, backend: str
     hide_credentials()  # again, now that the configuration registered its secrets (a custom variable's too)
     with be:
         node_root = Path(root).resolve() if root else _new_node_root(config.home / "debug", job_id)
-        replay = be.replay_task(job_id, task_id, node_root=node_root)
+        try:
+            replay = be.replay_task(job_id, task_id, node_root=node_root)
+        except BaseException:
+            if not root:  # nothing to replay: leave no empty folder behind
+                node_root.rmdir()
+            raise
         _announce(replay, be.name)
         transfer = BlobTransfer(be.storage)
         code = _open_shell(replay, transfer) if shell else _run(replay, transfer)
