@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from batchyard.backends.base import TaskReplay
+from batchyard.backends.base import TaskReplay, TaskState
 from batchyard.cli.common import (
     EXIT_ERROR,
     EXIT_USAGE,
@@ -36,6 +36,7 @@ from batchyard.cli.common import (
 )
 from batchyard.core.batch_semantics import batch_exit_code, log_file_name
 from batchyard.core.job import ID_RE
+from batchyard.core.redact import redact
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.node import docker
 from batchyard.node.environment import task_environment
@@ -94,16 +95,18 @@ def _new_node_root(parent: Path, job_id: str) -> Path:
 
 def _announce(replay: TaskReplay, backend: str) -> None:
     spec, result = replay.spec, replay.result
-    if result is None:
+    if result is None or result.state == TaskState.PENDING:
         before = "it has not run yet"
     else:
-        before = f"it {result.state}" + (f" with exit code {result.exit_code}" if result.exit_code is not None else "")
+        before = "it is running" if result.state == TaskState.RUNNING else f"it {result.state}"
+        before += f" with exit code {result.exit_code}" if result.exit_code is not None else ""
         before += f" on node {result.node_id}" if result.node_id else ""
         if result.failure_category and result.failure_category != "exit_code":  # the exit code says it all
             before += f" ({result.failure_category}: {result.failure_message})"
     console.print(styled("debug ", (f"{spec.job_id} {spec.task_id}", "bold"),
                          f" ({backend} backend; from {replay.source}): {before}"), highlight=False, soft_wrap=True)
-    console.print(f"command: {shlex.join(spec.argv)}", highlight=False, soft_wrap=True)
+    # The command line is shown as the user wrote it, but a secret typed into it is still masked here.
+    console.print(f"command: {redact(shlex.join(spec.argv))}", highlight=False, soft_wrap=True)
     if spec.container_image:
         console.print(f"image: {spec.container_image}", highlight=False, soft_wrap=True)
     console.print(f"task dir: {_task_dir(replay)}", highlight=False, soft_wrap=True)
