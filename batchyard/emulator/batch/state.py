@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from batchyard.emulator.batch import defaults
 from batchyard.emulator.batch.common import INFINITE_DURATION, iso, new_etag, utcnow
 
 RECENT_TASKS = 5
@@ -72,6 +73,8 @@ class Node:
     start_task_info: dict[str, Any] | None = None
     recent: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=RECENT_TASKS))
     removed: bool = False
+    index: int = 0  # the node's place in its pool: its inbound endpoints' names and ports follow it
+    ready_at: float | None = None  # monotonic end of its boot (``starting``), see transitions.py
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -106,7 +109,7 @@ class Node:
             out["startTask"] = pool.spec["startTask"]
         if self.start_task_info is not None:
             out["startTaskInfo"] = dict(self.start_task_info)
-        return out
+        return defaults.node_view(out, pool.spec, self.index)
 
 
 @dataclass
@@ -117,6 +120,9 @@ class Pool(Resource):
     node_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(0))
     auto_for_job: str | None = None  # id of the job that owns this auto pool
     resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    settle_at: float | None = None  # monotonic end of ``resizing``/``stopping`` (transitions.py)
+    gone_at: float | None = None  # monotonic end of ``deleting``
+    resizing: tuple[str, ...] = ()  # the targets the resize under way changes (for ResizeStopped)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -137,7 +143,7 @@ class Pool(Resource):
         })
         if self.resize_errors:
             out["resizeErrors"] = self.resize_errors
-        return out
+        return defaults.pool_view(out)
 
 
 @dataclass
@@ -189,6 +195,7 @@ class Job(Resource):
     seq: int = 0
     execution: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # monotonic time of the job's maxWallClockTime
+    settle_at: float | None = None  # monotonic end of ``terminating``/``deleting`` (transitions.py)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -206,7 +213,7 @@ class Job(Resource):
             "constraints": constraints,
             "executionInfo": {k: v for k, v in self.execution.items() if v is not None},
         })
-        return out
+        return defaults.job_view(out)
 
 
 class Store:
