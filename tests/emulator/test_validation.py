@@ -174,3 +174,20 @@ def test_sdk_sees_azure_error_for_a_malformed_image_id(batch_emulator: Any) -> N
                 node_agent_sku_id="batch.node.ubuntu 22.04")))
     assert info.value.status_code == 400 and info.value.error.code == "InvalidPropertyValue"
     assert [v.key for v in info.value.model.error_values] == ["PropertyName", "PropertyValue", "Reason"]
+
+
+def test_add_collection_judges_each_task_but_refuses_a_malformed_one(batch_emulator: Any) -> None:
+    client = BatchClient(batch_emulator.url, AzureNamedKeyCredential(batch_emulator.account_name,
+                                                                     batch_emulator.account_key), retry_total=0)
+    client.create_job(bm.BatchJobCreateOptions(id="coll-job", pool_info=bm.BatchPoolInfo(pool_id="nowhere")))
+    result = client.create_task_collection("coll-job", bm.BatchTaskGroup(task_values=[
+        bm.BatchTaskCreateOptions(id="good", command_line="true"),
+        bm.BatchTaskCreateOptions(id="bad id", command_line="true")]))
+    assert [(r.task_id, r.status) for r in result.result_values] == [
+        ("good", bm.BatchTaskAddStatus.SUCCESS), ("bad id", bm.BatchTaskAddStatus.CLIENT_ERROR)]
+    body = {"value": [{"id": "t1", "commandLine": "true", "commandLines": ["x"]}]}
+    request = HttpRequest("POST", "/jobs/coll-job/addtaskcollection?api-version=2025-06-01", content=json.dumps(body),
+                          headers={"Content-Type": "application/json; odata=minimalmetadata"})
+    with pytest.raises(HttpResponseError) as info:
+        client.send_request(request)
+    assert info.value.status_code == 400 and info.value.error.code == "InvalidRequestBody"

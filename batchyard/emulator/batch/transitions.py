@@ -19,7 +19,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import Any
 
 TIMING_ENV = "BATCHYARD_EMULATOR_TIMING"
 # What each kind of transition covers, for the engine's ``finish`` (tests and the recordings' replay).
@@ -77,7 +76,3 @@ def settled(at: float | None) -> bool:
     """Whether a state that ends at ``at`` (see :func:`settle_at`) is over."""
     return at is None or time.monotonic() >= at
 
-
-def describe(timing: Timing) -> dict[str, Any]:
-    """The durations as a plain dict (for logs and docs)."""
-    return {spec.name: getattr(timing, spec.name) for spec in fields(timing)}

@@ -67,6 +67,9 @@ BODIES: tuple[tuple[str, str, str], ...] = (
     ("PUT", "jobschedules/{}", "BatchJobSchedule"),
 )
 
+# Bodies whose items are judged one by one (the operation answers per item).
+PER_ITEM_RULES = frozenset({"BatchTaskGroup"})
+
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _IMAGE_ID = re.compile(r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.Compute/"
                        r"(?:images/[^/]+|galleries/[^/]+/images/[^/]+(?:/versions/[^/]+)?)", re.IGNORECASE)
@@ -130,8 +133,9 @@ def invalid_value(name: str, path: str, value: Any, reason: str) -> BatchApiErro
 class _Walk:
     """One body against one definition; raises the first problem found, as Azure stops at its first."""
 
-    def __init__(self, definitions: dict[str, Any]) -> None:
+    def __init__(self, definitions: dict[str, Any], rules: dict[tuple[str, str], Callable[[str], str | None]]) -> None:
         self.definitions = definitions
+        self.rules = rules
 
     def definition(self, schema: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
         ref = schema.get("$ref")
@@ -200,7 +204,7 @@ class _Walk:
             if value is None:
                 continue  # a JSON null is an absent property
             self.value(properties[key], value, key, inner)
-            rule = RULES.get((definition, key))
+            rule = self.rules.get((definition, key))
             reason = rule(value) if rule is not None and isinstance(value, str) else None
             if reason:
                 raise invalid_value(key, inner, value, reason)
@@ -219,7 +223,11 @@ class BodyValidator:
 
     def __init__(self, *, strict: bool = True, definitions: dict[str, Any] | None = None) -> None:
         self.strict = strict
-        self._walk = _Walk(definitions if definitions is not None else load_schema())
+        definitions = definitions if definitions is not None else load_schema()
+        self._walk = _Walk(definitions, RULES)
+        # In an add-collection a task whose value breaks a rule (a bad id) is that task's clientError,
+        # not the request's: only the structure of its tasks fails the whole request.
+        self._structure_only = _Walk(definitions, {})
         self._routes = [(method, _segments(route), name) for method, route, name in BODIES]
         for _, _, name in BODIES:
             if name not in self._walk.definitions:
@@ -243,4 +251,5 @@ class BodyValidator:
             self.check_body(name, parse_body(request.body))
 
     def check_body(self, name: str, body: Any) -> None:
-        self._walk.object(name, self._walk.definitions[name], body, "")
+        walk = self._structure_only if name in PER_ITEM_RULES else self._walk
+        walk.object(name, walk.definitions[name], body, "")
