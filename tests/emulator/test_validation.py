@@ -164,6 +164,13 @@ def test_strict_refuses_and_lenient_accepts_an_unknown_property(batch_emulator_f
     assert _raw_create_pool(batch_emulator_factory(strict=False), body) == 201
 
 
+def test_lenient_still_refuses_a_malformed_image_id(batch_emulator_factory: Any) -> None:
+    body = pool_body(id="lenient-image", virtualMachineConfiguration={
+        "imageReference": {"virtualMachineImageId": "/subscriptions/x/images/y"},
+        "nodeAgentSKUId": "batch.node.ubuntu 22.04"})
+    assert _raw_create_pool(batch_emulator_factory(strict=False), body) == 400
+
+
 def test_sdk_sees_azure_error_for_a_malformed_image_id(batch_emulator: Any) -> None:
     client = BatchClient(batch_emulator.url, AzureNamedKeyCredential(batch_emulator.account_name,
                                                                      batch_emulator.account_key), retry_total=0)

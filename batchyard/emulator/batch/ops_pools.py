@@ -27,6 +27,7 @@ from batchyard.emulator.batch.protocol import (
 )
 from batchyard.emulator.batch.state import Node, Pool
 from batchyard.emulator.batch.translate import check_registry, split_command_line, validate_task
+from batchyard.emulator.batch.validation import image_id_problem, invalid_value
 
 if TYPE_CHECKING:
     from batchyard.emulator.batch.service import BatchService
@@ -71,7 +72,13 @@ def _check_pool(body: Any) -> dict[str, Any]:
     require(body, "vmSize")
     vm = require(body, "virtualMachineConfiguration", dict)
     require(vm, "nodeAgentSKUId")
-    require(vm, "imageReference", dict)
+    image = require(vm, "imageReference", dict)
+    # Checked here too, not only by the strict schema: Azure refuses a malformed id whatever the client.
+    image_id = image.get("virtualMachineImageId")
+    problem = image_id_problem(image_id) if isinstance(image_id, str) else None
+    if problem:
+        raise invalid_value("virtualMachineImageId", "virtualMachineConfiguration.imageReference.virtualMachineImageId",
+                            image_id, problem)
     # containerConfiguration is accepted: container tasks run on the local Docker engine, whose images
     # are never pulled (containerImageNames are not prefetched, containerRegistries are never signed
     # in to; a missing image fails the task). Registry passwords are dropped in add_pool.

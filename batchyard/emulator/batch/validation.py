@@ -87,7 +87,8 @@ def _max_length(limit: int) -> Callable[[str], str | None]:
     return lambda value: None if len(value) <= limit else f"at most {limit} characters"
 
 
-def _image_id(value: str) -> str | None:
+def image_id_problem(value: str) -> str | None:
+    """Why ``value`` is not an image resource id Azure takes (None when it is one)."""
     return None if _IMAGE_ID.fullmatch(value) else f"The specified resource id must be of the format {_IMAGE_ID_FORMS}"
 
 
@@ -101,7 +102,7 @@ RULES: dict[tuple[str, str], Callable[[str], str | None]] = {
     ("BatchJobCreateOptions", "displayName"): _max_length(1024),
     ("BatchTaskCreateOptions", "displayName"): _max_length(1024),
     ("BatchAutoPoolSpecification", "autoPoolIdPrefix"): _max_length(20),
-    ("BatchVmImageReference", "virtualMachineImageId"): _image_id,
+    ("BatchVmImageReference", "virtualMachineImageId"): image_id_problem,
 }
 
 
