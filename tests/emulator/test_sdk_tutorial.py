@@ -87,7 +87,10 @@ def test_tutorial_flow(batch_emulator: Any, blobs: BlobServiceClient, caplog: py
     out_url = f"{blobs.url}/{outputs}?{out_sas}"
 
     make_pool(client, "tutorial-pool")
-    assert client.get_pool("tutorial-pool").allocation_state == bm.AllocationState.STEADY
+    deadline = time.monotonic() + 30  # a new pool is resizing for a moment, as on Azure, then steady
+    while client.get_pool("tutorial-pool").allocation_state != bm.AllocationState.STEADY:
+        assert time.monotonic() < deadline, "the pool never became steady"
+        time.sleep(0.1)
     make_job(client, "tutorial-job", "tutorial-pool")
     tasks = []
     for i, name in enumerate(files):

@@ -44,10 +44,13 @@ class BatchApiError(Exception):
         return out
 
 
-def not_found(kind: str, ident: str) -> BatchApiError:
-    """``PoolNotFound`` / ``JobNotFound`` / ``TaskNotFound`` / ``NodeNotFound`` / ``FileNotFound``."""
-    return BatchApiError(404, f"{kind}NotFound", f"The specified {kind.lower()} does not exist.",
-                         [("Id", ident)] if ident else [])
+def not_found(kind: str, ident: str = "") -> BatchApiError:
+    """``PoolNotFound`` / ``JobNotFound`` / ``TaskNotFound`` / ``NodeNotFound``.
+
+    Azure's answer carries only the code and message, no ``values`` naming ``ident`` (its recorded
+    404s show it), so neither does this one.
+    """
+    return BatchApiError(404, f"{kind}NotFound", f"The specified {kind.lower()} does not exist.")
 
 
 def invalid(message: str, prop: str | None = None, code: str = "InvalidPropertyValue") -> BatchApiError:

@@ -12,6 +12,7 @@ walks descriptors too (``os.fwalk``), and deleting unlinks relative to the opene
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 import os
 import posixpath
 import shutil
@@ -28,6 +29,14 @@ from batchyard.emulator.batch.protocol import Request, Response
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO a task left behind must not hang the request thread.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+# Python's own extension table only (no /etc/mime.types): the same answer on every machine.
+_MIME_TYPES = mimetypes.MimeTypes()
+_DEFAULT_TYPE = "application/octet-stream"
+
+
+def content_type(name: str) -> str:
+    """The type Azure gives a node file: by its extension (``stdout.txt`` is ``text/plain``)."""
+    return _MIME_TYPES.guess_type(name, strict=False)[0] or _DEFAULT_TYPE
 
 
 class _Unavailable(Exception):
@@ -100,15 +109,19 @@ def _opened(root: Path, rel: str) -> Iterator[tuple[int, os.stat_result]]:
         os.close(fd)
 
 
-def _properties(st: os.stat_result) -> dict[str, Any]:
-    is_dir = stat.S_ISDIR(st.st_mode)
-    props: dict[str, Any] = {
+def _properties(name: str, st: os.stat_result) -> dict[str, Any]:
+    return {
         "creationTime": iso(_stamp(st.st_ctime)), "lastModified": iso(_stamp(st.st_mtime)),
-        "contentLength": str(0 if is_dir else st.st_size), "fileMode": f"{st.st_mode:o}",
+        "contentLength": str(st.st_size), "contentType": content_type(name), "fileMode": f"{st.st_mode:o}",
     }
-    if not is_dir:
-        props["contentType"] = "application/octet-stream"
-    return props
+
+
+def _entry(name: str, st: os.stat_result, files_url: str) -> dict[str, Any]:
+    # Azure lists a directory by name, url and isDirectory only: no properties.
+    entry: dict[str, Any] = {"name": name, "url": f"{files_url}/{quote(name)}", "isDirectory": stat.S_ISDIR(st.st_mode)}
+    if not entry["isDirectory"]:
+        entry["properties"] = _properties(name, st)
+    return entry
 
 
 def list_files(root: Path, files_url: str, recursive: bool) -> list[dict[str, Any]]:
@@ -131,8 +144,7 @@ def list_files(root: Path, files_url: str, recursive: bool) -> list[dict[str, An
     except _Unavailable:
         return []
     found.sort(key=lambda item: item[0].split("/"))
-    return [{"name": name, "url": f"{files_url}/{quote(name)}", "isDirectory": stat.S_ISDIR(st.st_mode),
-             "properties": _properties(st)} for name, st in found]
+    return [_entry(name, st, files_url) for name, st in found]
 
 
 def _byte_range(wanted: str, size: int) -> tuple[int, int]:
@@ -149,17 +161,20 @@ def _byte_range(wanted: str, size: int) -> tuple[int, int]:
     return start, end
 
 
-def file_response(req: Request, root: Path | None, rel: str, url: str) -> Response:
-    """GET (content, with ``ocp-range``) or HEAD (properties) of one file."""
+def file_response(req: Request, root: Path | None, rel: str, files_url: str) -> Response:
+    """GET (content, with ``ocp-range``) or HEAD (properties) of one file under ``files_url``."""
     if root is None:
         raise _not_found(rel)
     try:
         with _opened(root, rel) as (fd, st):
             is_dir = stat.S_ISDIR(st.st_mode)
+            # Azure sends the file's URL percent-encoded as a whole (its path already encoded once).
+            url = quote(f"{files_url}/{quote(rel)}", safe="")
             headers = {
                 "ocp-creation-time": rfc1123(_stamp(st.st_ctime)), "Last-Modified": rfc1123(_stamp(st.st_mtime)),
                 "ocp-batch-file-isdirectory": "true" if is_dir else "false", "ocp-batch-file-url": url,
-                "ocp-batch-file-mode": f"{st.st_mode:o}", "Content-Type": "application/octet-stream",
+                "ocp-batch-file-mode": f"{st.st_mode:o}",
+                "Content-Type": _DEFAULT_TYPE if is_dir else content_type(rel),
             }
             if is_dir:
                 if req.method == "HEAD":

@@ -3,7 +3,9 @@
 A node is a directory ``data_dir/nodes/<pool>/<node>`` laid out like a Batch node's
 ``$AZ_BATCH_NODE_ROOT_DIR`` plus ``taskSlotsPerNode`` slots; every task (and the start
 task) runs through the shared runner, so commands see the same world as under the local
-backend. Allocation is instant: pools stay ``steady``.
+backend. Nodes join and leave at once, but the pool shows Azure's transitional states for a
+short while (``resizing``, ``stopping``, ``deleting``; a new node ``starting``): see
+:mod:`batchyard.emulator.batch.transitions`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from batchyard.core.errors import BatchyardError
 from batchyard.emulator.batch.common import iso, utcnow
 from batchyard.emulator.batch.faults import FaultState
 from batchyard.emulator.batch.state import Node, Pool, Store, Task
+from batchyard.emulator.batch.transitions import Timing, settle_at, settled
 from batchyard.emulator.batch.translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
 from batchyard.node.runner import run_task
 from batchyard.node.taskspec import NodeContext
@@ -28,6 +31,12 @@ from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
 
 log = logging.getLogger("batchyard.emulator.batch")
+# Azure's resizeErrors after a stop-resize, one per node kind the stopped resize was changing.
+RESIZE_STOPPED = {
+    "targetDedicatedNodes": "Desired number of dedicated nodes could not be allocated due to a stop resize operation",
+    "targetLowPriorityNodes": "Desired number of low priority nodes could not be allocated due to a stop resize "
+                              "operation",
+}
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,10 @@ class NodeManager:
     """Pool sizing and node lifecycle; the scheduler (a subclass) adds task execution."""
 
     def __init__(self, store: Store, *, data_dir: Path, account_name: str, account_url: str,
-                 storage: Storage | None, transfer: BlobTransfer, faults: FaultState) -> None:
+                 storage: Storage | None, transfer: BlobTransfer, faults: FaultState,
+                 timing: Timing | None = None) -> None:
         self.store = store
+        self.timing = timing or Timing()
         self.data_dir = data_dir
         self.account_name = account_name
         self.account_url = account_url
@@ -82,10 +93,13 @@ class NodeManager:
 
     # --- sizing -----------------------------------------------------------------------------------
     def resize(self, pool: Pool) -> None:
-        """Bring the pool's live nodes to its targets (caller holds the lock)."""
+        """Bring the pool's live nodes to its targets (caller holds the lock); ``resizing`` for a while."""
+        changing = []
         for dedicated, key in ((True, "targetDedicatedNodes"), (False, "targetLowPriorityNodes")):
             target = int(pool.spec.get(key) or 0)
             live = [n for n in pool.nodes.values() if not n.removed and n.is_dedicated == dedicated]
+            if target != len(live):
+                changing.append(key)
             for _ in range(target - len(live)):
                 self.add_node(pool, dedicated)
             if len(live) > target:
@@ -93,8 +107,52 @@ class NodeManager:
                 live.sort(key=lambda n: (len(n.running), n.id))
                 for node in live[: len(live) - target]:
                     self.remove_node(pool, node, reason="requeue")
-        pool.allocation_state, pool.allocation_time = "steady", utcnow()
+        self.begin_allocation(pool, tuple(changing))
         pool.touch()
+        self.store.changed.notify_all()
+
+    def begin_allocation(self, pool: Pool, changing: tuple[str, ...]) -> None:
+        """``resizing`` until the resize settles (a new resize clears the last one's errors, as on Azure)."""
+        pool.resize_errors, pool.resizing = [], changing
+        self._allocation(pool, "resizing", settle_at(self.timing.resize_s))
+
+    def stop_resize(self, pool: Pool) -> None:
+        """``stopping``, then ``steady`` with a ``ResizeStopped`` error per node kind the resize was changing."""
+        if pool.allocation_state == "resizing":
+            self._allocation(pool, "stopping", settle_at(self.timing.stop_resize_s))
+
+    def _allocation(self, pool: Pool, state: str, until: float | None) -> None:
+        if until is None:
+            self._settle_allocation(pool, state)
+            return
+        pool.allocation_state, pool.allocation_time, pool.settle_at = state, utcnow(), until
+
+    def _settle_allocation(self, pool: Pool, state: str) -> None:
+        if state == "stopping":
+            pool.resize_errors = [{"code": "ResizeStopped", "message": RESIZE_STOPPED[key]} for key in pool.resizing]
+        pool.allocation_state, pool.allocation_time, pool.settle_at, pool.resizing = "steady", utcnow(), None, ()
+
+    def settle_pools(self) -> None:
+        """End the pools' and nodes' transitional states whose time is up (caller holds the lock)."""
+        for pool in list(self.store.pools.values()):
+            if pool.allocation_state in ("resizing", "stopping") and settled(pool.settle_at):
+                self._settle_allocation(pool, pool.allocation_state)
+            if pool.state == "deleting" and settled(pool.gone_at) and self.store.pools.get(pool.id.lower()) is pool:
+                del self.store.pools[pool.id.lower()]
+            for node in list(pool.nodes.values()):
+                if node.state == "starting" and node.ready_at is not None and settled(node.ready_at):
+                    node.ready_at = None
+                    self._boot(pool, node)
+
+    def finish_transitions(self, kinds: tuple[str, ...]) -> None:
+        """End at once the pending transitions of these kinds (``pools``, ``nodes``): for tests."""
+        for pool in self.store.pools.values():
+            if "pools" in kinds:
+                pool.settle_at = 0.0 if pool.settle_at is not None else None
+                pool.gone_at = 0.0 if pool.gone_at is not None else None
+            for node in pool.nodes.values() if "nodes" in kinds else ():
+                node.ready_at = 0.0 if node.ready_at is not None else None
+        self.settle_pools()
         self.store.changed.notify_all()
 
     def add_node(self, pool: Pool, dedicated: bool) -> Node:
@@ -104,17 +162,24 @@ class NodeManager:
         for sub in ("shared", "startup", "workitems"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         node = Node(id=node_id, pool_id=pool.id, root=root, is_dedicated=dedicated,
-                    slots=int(pool.spec.get("taskSlotsPerNode") or 1))
+                    slots=int(pool.spec.get("taskSlotsPerNode") or 1), index=n)
         pool.nodes[node_id.lower()] = node
+        node.ready_at = settle_at(self.timing.node_start_s)
+        if node.ready_at is None:
+            self._boot(pool, node)
+        return node
+
+    def _boot(self, pool: Pool, node: Node) -> None:
+        """The node has booted: it runs the pool's start task, or is idle."""
         start = pool.spec.get("startTask")
         if start:
             wait = bool(start.get("waitForSuccess", True))
             node.set_state("waitingforstarttask" if wait else "idle")
             node.start_task_info = {"state": "running", "startTime": iso(utcnow()), "retryCount": 0}
-            self.spawn(f"starttask-{node_id}", self._run_start_task, pool, node, dict(start), wait)
+            self.spawn(f"starttask-{node.id}", self._run_start_task, pool, node, dict(start), wait)
         else:
             node.set_state("idle")
-        return node
+        self.store.changed.notify_all()
 
     def remove_node(self, pool: Pool, node: Node, *, reason: str) -> None:
         """Take a node out of the pool; its running tasks are killed and requeued."""
@@ -135,10 +200,13 @@ class NodeManager:
             task.cancel.set()
 
     def delete_pool(self, pool: Pool) -> None:
+        """``deleting`` for a while (its nodes leave at once), then gone."""
         pool.set_state("deleting")
         for node in list(pool.nodes.values()):
             self.remove_node(pool, node, reason="requeue")
-        self.store.pools.pop(pool.id.lower(), None)
+        pool.gone_at = settle_at(self.timing.delete_s)
+        if pool.gone_at is None:
+            self.store.pools.pop(pool.id.lower(), None)
         self.store.changed.notify_all()
 
     # --- start task -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from batchyard.emulator.batch.common import (
     check_id,
     forget_passwords,
     invalid,
+    iso,
     not_found,
     parse_duration,
     require,
@@ -137,7 +138,8 @@ class JobOps:
                 job.pool_id = pool.id
             else:
                 job.pool_id = body["poolInfo"]["poolId"]
-            job.execution = {"startTime": None, "poolId": job.pool_id}
+            # Azure starts a job's clock when it is created, not when its first task runs.
+            job.execution = {"startTime": iso(job.created), "poolId": job.pool_id}
             store.jobs[job.id.lower()] = job
             self.emu.engine.job_settings_changed(job)
             return job

@@ -14,7 +14,7 @@ from batchyard.emulator.batch.common import (
     rfc1123,
     unsupported,
 )
-from batchyard.emulator.batch.files import file_response, list_files
+from batchyard.emulator.batch.files import delete_file, file_response, list_files
 from batchyard.emulator.batch.odata import page, select
 from batchyard.emulator.batch.ops_autoscale import check_pool_autoscale
 from batchyard.emulator.batch.protocol import (
@@ -28,6 +28,7 @@ from batchyard.emulator.batch.protocol import (
 )
 from batchyard.emulator.batch.state import Node, Pool
 from batchyard.emulator.batch.translate import check_registry, split_command_line, validate_task
+from batchyard.emulator.batch.validation import image_id_problem, invalid_value
 
 if TYPE_CHECKING:
     from batchyard.emulator.batch.service import BatchService
@@ -72,7 +73,13 @@ def _check_pool(body: Any) -> dict[str, Any]:
     require(body, "vmSize")
     vm = require(body, "virtualMachineConfiguration", dict)
     require(vm, "nodeAgentSKUId")
-    require(vm, "imageReference", dict)
+    image = require(vm, "imageReference", dict)
+    # Checked here too, not only by the strict schema: Azure refuses a malformed id whatever the client.
+    image_id = image.get("virtualMachineImageId")
+    problem = image_id_problem(image_id) if isinstance(image_id, str) else None
+    if problem:
+        raise invalid_value("virtualMachineImageId", "virtualMachineConfiguration.imageReference.virtualMachineImageId",
+                            image_id, problem)
     # containerConfiguration is accepted: container tasks run on the local Docker engine, whose images
     # are never pulled (containerImageNames are not prefetched, containerRegistries are never signed
     # in to; a missing image fails the task). Registry passwords are dropped in add_pool.
@@ -114,6 +121,7 @@ class PoolOps:
         r.add("GET", "pools/{}/nodes/{}/files", self.list_node_files)
         r.add("GET", "pools/{}/nodes/{}/files/{*}", self.get_node_file)
         r.add("HEAD", "pools/{}/nodes/{}/files/{*}", self.get_node_file)
+        r.add("DELETE", "pools/{}/nodes/{}/files/{*}", self.delete_node_file)
 
     # --- helpers ----------------------------------------------------------------------------------
     def pool(self, pool_id: str) -> Pool:
@@ -137,7 +145,11 @@ class PoolOps:
     def add_pool(self, body: dict[str, Any], auto_for_job: str | None = None) -> Pool:
         """Create a pool and its nodes (also used for auto pools); caller holds the lock."""
         store = self.emu.store
-        if body["id"].lower() in store.pools:
+        existing = store.pools.get(body["id"].lower())
+        if existing is not None and existing.state == "deleting":
+            raise BatchApiError(409, "PoolBeingDeleted", "The specified pool has been marked for deletion and is "
+                                "being reclaimed.", [("Id", body["id"])])
+        if existing is not None:
             raise BatchApiError(409, "PoolExists", "The specified pool already exists.", [("Id", body["id"])])
         pool = Pool(id=body["id"], spec=forget_passwords(body), state="active", auto_for_job=auto_for_job)
         store.pools[pool.id.lower()] = pool
@@ -153,7 +165,9 @@ class PoolOps:
 
     def list(self, req: Request) -> Response:
         with self.emu.store.lock:
-            views = [p.view(self.emu.url) for p in self.emu.store.pools.values()]
+            # Azure lists pools by id, whatever the order they were created in.
+            pools = sorted(self.emu.store.pools.values(), key=lambda p: p.id.lower())
+            views = [p.view(self.emu.url) for p in pools]
         items, next_link = page(views, req.query, self.emu.url, "/pools")
         return self.emu.listing("pools", items, next_link)
 
@@ -222,9 +236,12 @@ class PoolOps:
             return self.done(pool, 202)
 
     def stop_resize(self, req: Request) -> Response:
-        # Resizes complete instantly, so there is never one to stop: accepted, no effect.
+        # Nodes join at once, so only the allocation state stops: ``stopping``, then ``steady`` with
+        # a ResizeStopped error per node kind the resize was changing (docs/emulator.md).
         with self.emu.store.lock:
-            return self.done(self.pool(req.params[0]), 202)
+            pool = self.pool(req.params[0])
+            self.emu.engine.stop_resize(pool)
+            return self.done(pool, 202)
 
     def remove_nodes(self, req: Request) -> Response:
         body = req.json()
@@ -232,10 +249,13 @@ class PoolOps:
         with self.emu.store.lock:
             pool = self.pool(req.params[0])
             nodes = [self.node(pool, str(i)) for i in ids]
+            changing: set[str] = set()
             for node in nodes:
                 key = "targetDedicatedNodes" if node.is_dedicated else "targetLowPriorityNodes"
                 pool.spec[key] = max(0, int(pool.spec.get(key) or 0) - 1)
+                changing.add(key)
                 self.emu.engine.remove_node(pool, node, reason="requeue")
+            self.emu.engine.begin_allocation(pool, tuple(sorted(changing)))
             pool.touch()
             return self.done(pool, 202)
 
@@ -267,5 +287,11 @@ class PoolOps:
         with self.emu.store.lock:
             pool = self.pool(req.params[0])
             node = self.node(pool, req.params[1])
-        url = f"{self.emu.url}/pools/{pool.id}/nodes/{node.id}/files/{req.rest}"
-        return file_response(req, node.root, req.rest, url)
+        return file_response(req, node.root, req.rest, f"{self.emu.url}/pools/{pool.id}/nodes/{node.id}/files")
+
+    def delete_node_file(self, req: Request) -> Response:
+        with self.emu.store.lock:
+            pool = self.pool(req.params[0])
+            node = self.node(pool, req.params[1])
+        delete_file(node.root, req.rest, req.flag("recursive"))
+        return Response(200)

@@ -216,7 +216,7 @@ class TaskOps:
             job = self.job(req.params[0])
             task = self.task(job, req.params[1])
             root = self.task_root(job, task)
-        return file_response(req, root, req.rest, f"{self.url(job, task)}/files/{req.rest}")
+        return file_response(req, root, req.rest, f"{self.url(job, task)}/files")
 
     def delete_file(self, req: Request) -> Response:
         with self.emu.store.lock:

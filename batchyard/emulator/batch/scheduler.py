@@ -22,6 +22,7 @@ from batchyard.core.errors import BatchyardError
 from batchyard.emulator.batch.common import iso, parse_duration, utcnow
 from batchyard.emulator.batch.jobprep import PrepRelease
 from batchyard.emulator.batch.state import Job, Node, Pool, Task
+from batchyard.emulator.batch.transitions import settle_at, settled
 from batchyard.emulator.batch.translate import StagingError, exit_code, expand_resource_files, failure_info, task_spec
 from batchyard.node.runner import AttemptRecord, run_attempt, should_retry
 
@@ -71,6 +72,7 @@ class Engine(PrepRelease):
         with self.store.lock:
             while not self.stopping.is_set():
                 self._check_deadlines_and_faults()
+                self._settle()
                 for work in self.periodic:
                     try:
                         work()
@@ -93,6 +95,21 @@ class Engine(PrepRelease):
                     log.info("fault injection: node %s lost; its tasks are requeued", node.id)
                     self.remove_node(pool, node, reason="requeue")
                     self.add_node(pool, node.is_dedicated)  # Azure allocates a replacement
+
+    def _settle(self) -> None:
+        """Move on the pools, nodes and jobs whose transitional state has lasted long enough."""
+        self.settle_pools()
+        for job in list(self.store.jobs.values()):
+            if job.state in ("terminating", "deleting"):
+                self._after_task_change(job)
+
+    def finish_transitions(self, kinds: tuple[str, ...]) -> None:
+        """End at once the pending transitions of these kinds (``pools``, ``nodes``, ``jobs``): for tests."""
+        if "jobs" in kinds:
+            for job in self.store.jobs.values():
+                job.settle_at = 0.0 if job.settle_at is not None else None
+        super().finish_transitions(kinds)
+        self._settle()
 
     def _dependencies_met(self, job: Job, task: Task) -> bool:
         deps = task.spec.get("dependsOn") or {}
@@ -236,13 +253,13 @@ class Engine(PrepRelease):
         running = any(t.state == "running" for t in job.tasks.values())
         if job.state in ("terminating", "deleting") and not running and self.releasing(job):
             return  # the job ends once its release tasks have run
-        if job.state == "terminating" and not running:
+        if job.state == "terminating" and not running and settled(job.settle_at):
             self._complete_job(job)
-        elif job.state == "deleting" and not running:
+        elif job.state == "deleting" and not running and settled(job.settle_at):
             self._forget_job(job)
-        elif (job.state == "active" and job.spec.get("onAllTasksComplete") == "terminatejob"
+        elif (job.state == "active" and job.spec.get("onAllTasksComplete") == "terminatejob" and job.tasks
               and all(t.state == "completed" for t in job.tasks.values())):
-            # Like Azure, a job with no tasks counts as complete: set terminatejob after adding tasks.
+            # A job with no tasks stays active, as on Azure (its recorded answers show it).
             self.terminate_job(job, "AllTasksComplete")
 
     def job_settings_changed(self, job: Job) -> None:
@@ -255,18 +272,21 @@ class Engine(PrepRelease):
     def terminate_job(self, job: Job, reason: str) -> None:
         job.execution["terminateReason"] = reason
         job.set_state("terminating")
+        job.settle_at = settle_at(self.timing.terminate_s)
         for task in job.tasks.values():
             if task.state == "running":
                 self.cancel_task(task, "terminate")
         self._after_task_change(job)
 
     def _complete_job(self, job: Job) -> None:
+        job.settle_at = None
         job.execution["endTime"] = iso(utcnow())
         job.set_state("completed")
         self._release_auto_pool(job)
 
     def delete_job(self, job: Job) -> None:
         job.set_state("deleting")
+        job.settle_at = settle_at(self.timing.delete_s)
         for task in job.tasks.values():
             if task.state == "running":
                 self.cancel_task(task, "delete")

@@ -37,6 +37,8 @@ from batchyard.emulator.batch.replay import ReplayGuard
 from batchyard.emulator.batch.scheduler import Engine
 from batchyard.emulator.batch.schedules import ScheduleClock
 from batchyard.emulator.batch.state import Store
+from batchyard.emulator.batch.transitions import KINDS, Timing
+from batchyard.emulator.batch.validation import BodyValidator, lenient_from_env
 from batchyard.emulator.batch.wire import FramingError, read_body
 from batchyard.storage.account import Storage
 from batchyard.storage.transfer import BlobTransfer
@@ -152,7 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise BatchApiError(400, "MissingRequiredQueryParameter",
                                     "A query parameter that's mandatory for this request is not specified.",
                                     [("QueryParameterName", "api-version")])
-            response = emu.router.match(request)(request)
+            handler = emu.router.match(request)
+            emu.validator.check(request)  # Azure reads the body against the schema before acting on it
+            response = handler(request)
         except BatchApiError as exc:
             if exc.status >= 500 or exc.status == 403:
                 log.info("batch emulator: %s %s -> %s", self.command, redact(split.path), exc.code)
@@ -204,7 +208,8 @@ class BatchEmulator:
     def __init__(self, *, storage_connection_string: str, data_dir: Path, account_name: str = "batchyard",
                  account_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  faults: FaultConfig | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS, interval_scale: float | None = None) -> None:
+                 max_connections: int = MAX_CONNECTIONS, interval_scale: float | None = None,
+                 timing: Timing | None = None, strict: bool | None = None) -> None:
         if account_key is None:
             account_key = base64.b64encode(secrets.token_bytes(64)).decode()
         try:
@@ -223,6 +228,11 @@ class BatchEmulator:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.faults = FaultState(faults if faults is not None else FaultConfig.from_env())
+        try:
+            self.timing = timing if timing is not None else Timing.from_env()
+        except ValueError as exc:
+            raise EmulatorError(str(exc)) from None
+        self.validator = BodyValidator(strict=strict if strict is not None else not lenient_from_env())
         self.storage = Storage.from_connection_string(storage_connection_string)
         self.store = Store()
         try:
@@ -233,7 +243,8 @@ class BatchEmulator:
         self._server.slots = ConnectionSlots(max_connections)
         self.url = f"http://{host}:{self._server.server_address[1]}"
         self.engine = Engine(self.store, data_dir=self.data_dir, account_name=account_name, account_url=self.url,
-                             storage=self.storage, transfer=BlobTransfer(self.storage), faults=self.faults)
+                             storage=self.storage, transfer=BlobTransfer(self.storage), faults=self.faults,
+                             timing=self.timing)
         self.intervals = IntervalScale(interval_scale) if interval_scale is not None else IntervalScale.from_env()
         self.router = Router()
         self.pools = PoolOps(self)
@@ -258,6 +269,17 @@ class BatchEmulator:
 
     def __repr__(self) -> str:
         return f"BatchEmulator(url={self.url!r}, account_name={self.account_name!r}, data_dir={str(self.data_dir)!r})"
+
+    def finish_transitions(self, *kinds: str) -> None:
+        """End at once the transitional states now under way (all, or of ``pools``/``nodes``/``jobs``).
+
+        For tests that hold states (``timing=transitions.hold()``) to see them, then move on without sleeping.
+        """
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown transition kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
+        with self.store.lock:
+            self.engine.finish_transitions(kinds or KINDS)
 
     def listing(self, kind: str, items: list[dict[str, Any]], next_link: str | None) -> Response:
         body: dict[str, Any] = {"odata.metadata": f"{self.url}/$metadata#{kind}", "value": items}

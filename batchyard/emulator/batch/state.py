@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from batchyard.emulator.batch import defaults
 from batchyard.emulator.batch.common import INFINITE_DURATION, iso, new_etag, utcnow
 
 RECENT_TASKS = 5
@@ -74,6 +75,8 @@ class Node:
     removed: bool = False
     scheduling_enabled: bool = True  # disablescheduling: the node keeps running what it has, takes nothing new
     booted: datetime = field(default_factory=utcnow)  # lastBootTime: allocation, then each reboot
+    index: int = 0  # the node's place in its pool: its inbound endpoints' names and ports follow it
+    ready_at: float | None = None  # monotonic end of its boot (``starting``), see transitions.py
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -109,7 +112,7 @@ class Node:
             out["startTask"] = pool.spec["startTask"]
         if self.start_task_info is not None:
             out["startTaskInfo"] = dict(self.start_task_info)
-        return out
+        return defaults.node_view(out, pool.spec, self.index)
 
 
 @dataclass
@@ -121,6 +124,9 @@ class Pool(Resource):
     auto_for_job: str | None = None  # id of the job that owns this auto pool
     resize_errors: list[dict[str, Any]] = field(default_factory=list)
     autoscale_run: dict[str, Any] | None = None  # the last evaluation of the autoscale formula (ops_autoscale)
+    settle_at: float | None = None  # monotonic end of ``resizing``/``stopping`` (transitions.py)
+    gone_at: float | None = None  # monotonic end of ``deleting``
+    resizing: tuple[str, ...] = ()  # the targets the resize under way changes (for ResizeStopped)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -143,7 +149,7 @@ class Pool(Resource):
             out["resizeErrors"] = self.resize_errors
         if self.autoscale_run is not None:
             out["autoScaleRun"] = self.autoscale_run
-        return out
+        return defaults.pool_view(out)
 
 
 @dataclass
@@ -198,6 +204,7 @@ class Job(Resource):
     # Per node (key: node id, lower case) where its preparation task ran: pool/node ids and the
     # preparation and release tasks' execution info (jobprep.py).
     prep_release: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settle_at: float | None = None  # monotonic end of ``terminating``/``deleting`` (transitions.py)
 
     def view(self, base: str) -> dict[str, Any]:
         out = dict(self.spec)
@@ -215,7 +222,7 @@ class Job(Resource):
             "constraints": constraints,
             "executionInfo": {k: v for k, v in self.execution.items() if v is not None},
         })
-        return out
+        return defaults.job_view(out)
 
 
 @dataclass
