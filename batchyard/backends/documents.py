@@ -168,6 +168,8 @@ def fan_out(storage: Storage, job: Job) -> list[TaskDef]:
 
 
 def _checked_ids(job: Job, tasks: Iterable[TaskDef]) -> list[TaskDef]:
+    if ID_RE.fullmatch(job.id) is None:  # the model's check lets a trailing newline through
+        raise JobValidationError(f"job {job.id!r}", [("id", "not a valid id (1-64 letters, digits, '-' or '_')")])
     checked = list(tasks)
     for task in checked:
         if ID_RE.fullmatch(task.task_id) is None:

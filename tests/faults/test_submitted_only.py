@@ -88,6 +88,14 @@ def test_ids_follow_batchs_rule_both_ways(bad: str) -> None:
     assert check_id("Ok_id-09" + "x" * 56, "task id")
 
 
+def test_a_job_id_the_model_let_through_is_refused_before_anything_is_queued() -> None:
+    from batchyard.core.job import job_from_dict
+
+    job = job_from_dict({"id": "j\n", "command": "true", "inputs": {"container": "ins"}}, base_dir=Path.cwd())
+    with pytest.raises(JobValidationError, match="not a valid id"):
+        _checked_ids(job, [TaskDef(task_id="fine-1", argv=("x",))])
+
+
 def _job_stub() -> Any:
     from batchyard.core.job import job_from_dict
 
