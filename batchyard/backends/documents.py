@@ -2,7 +2,9 @@
 
 Both backends keep the same documents, in the system container, and nothing else here:
 
-- ``jobs/<job id>/job.json``: the job as submitted, its spec hash and the backend it ran on;
+- ``jobs/<job id>/job.json``: the job as submitted, its spec hash and the backend it ran on; on
+  the local backend also the job's message key (the secret its queue messages are MACed with,
+  which no queue message carries: docs/security.md);
 - ``jobs/<job id>/tasks.json.gz``: the manifest, the id and label of every task of the last
   submission (the local backend's, whose task rows appear only when a worker claims them);
 - ``jobs/<job id>/resources/<file>``: the resource files, uploaded once;
@@ -32,7 +34,7 @@ from batchyard.backends.base import dumps
 from batchyard.core.batch_semantics import log_prefix
 from batchyard.core.config import Config
 from batchyard.core.errors import JobNotFoundError, JobValidationError
-from batchyard.core.job import Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
+from batchyard.core.job import ID_RE, Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
 from batchyard.storage.account import Storage, file_md5
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,10 @@ class JobDocuments:
         return f"jobs/{job_id}/resources/{target}"
 
     # --- the job document -----------------------------------------------------------------------------
-    def save_job(self, job: Job, *, spec_hash: str, backend: str) -> None:
+    def save_job(self, job: Job, *, spec_hash: str, backend: str, message_key: str | None = None) -> None:
         doc = {"job": job.model_dump(mode="json"), "spec_hash": spec_hash, "backend": backend}
+        if message_key is not None:
+            doc["message_key"] = message_key
         self.storage.upload_bytes(self.system_container, self.job_doc_blob(job.id), dumps(doc).encode())
 
     def has_job(self, job_id: str) -> bool:
@@ -147,15 +151,29 @@ def sync_local_dir(storage: Storage, job: Job) -> int:
 
 
 def fan_out(storage: Storage, job: Job) -> list[TaskDef]:
-    """The job's tasks (``inputs.local_dir`` is uploaded first, so its files are counted)."""
+    """The job's tasks (``inputs.local_dir`` is uploaded first, so its files are counted), each id
+    checked against Batch's id rule before anything is queued (ids become table keys and dirs)."""
     if job.tasks is not None:
-        return list(tasks_from_table(job))
+        return _checked_ids(job, tasks_from_table(job))
     assert job.inputs is not None
     if job.inputs.local_dir:
         sync_local_dir(storage, job)
-    tasks = list(tasks_from_blob_names(job, storage.list_blob_names(job.inputs.container, job.inputs.prefix)))
+    tasks = _checked_ids(job, tasks_from_blob_names(job, storage.list_blob_names(job.inputs.container,
+                                                                                 job.inputs.prefix)))
     if not tasks:
         raise JobValidationError(f"job {job.id}", [(
             "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "
                       f"matches glob {job.inputs.glob!r}")])
     return tasks
+
+
+def _checked_ids(job: Job, tasks: Iterable[TaskDef]) -> list[TaskDef]:
+    if ID_RE.fullmatch(job.id) is None:  # the model's check lets a trailing newline through
+        raise JobValidationError(f"job {job.id!r}", [("id", "not a valid id (1-64 letters, digits, '-' or '_')")])
+    checked = list(tasks)
+    for task in checked:
+        if ID_RE.fullmatch(task.task_id) is None:
+            raise JobValidationError(f"job {job.id}", [(
+                f"task {task.label!r}", f"task id {task.task_id!r} is not a valid id (1-64 letters, digits, "
+                                        "'-' or '_')")])
+    return checked

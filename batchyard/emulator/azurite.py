@@ -6,18 +6,23 @@ re-exports: :mod:`~batchyard.emulator.azurite_install` (the pinned npm install i
 ``$BATCHYARD_CACHE``, default ``~/.cache/batchyard/``) and :mod:`~batchyard.emulator.azurite_process`
 (starting, probing and stopping one Azurite; the unrecorded instances tests use). The user's
 instance is recorded under ``$BATCHYARD_HOME`` (default ``~/.local/share/batchyard/``):
-``azurite/`` (data), ``azurite.json`` (pid, ports...) and ``azurite.log``.
-Decisions (pin, Node, flags) are in ``docs/azurite.md``.
+``azurite/`` (data), ``azurite.json`` (pid, ports...), ``azurite.log`` and ``azurite.key``: the
+account key made for this home (0600), which the instance takes instead of the public
+well-known key, so another local user who reaches its loopback ports holds no key for it.
+Decisions (pin, Node, flags, the key) are in ``docs/azurite.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
 import logging
 import os
+import secrets
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -36,6 +41,7 @@ from batchyard.emulator.azurite_install import (
     install_azurite,
 )
 from batchyard.emulator.azurite_process import (
+    ACCOUNTS_VARIABLE,
     LOOPBACK,
     SERVICES,
     WELL_KNOWN_ACCOUNT,
@@ -56,6 +62,38 @@ log = logging.getLogger(__name__)
 
 DOCKER_IMAGE = f"mcr.microsoft.com/azure-storage/azurite:{AZURITE_VERSION}"
 _CONTAINER_PORTS = (10000, 10001, 10002)
+KEY_BYTES = 64  # as long as an Azure storage account key
+
+
+def home_account_key(path: Path) -> str:
+    """The account key kept in ``path`` (made on first use: 64 random bytes, base64, mode 0600).
+
+    Registered as a secret, so no log, error or record shows it.
+    """
+    from batchyard.core.redact import register_secret
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text(encoding="ascii", errors="replace").strip()
+        try:
+            valid = len(base64.b64decode(key, validate=True)) >= 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            raise EmulatorError(f"{path} does not hold an Azurite account key (base64 of 32 bytes or more): "
+                                "delete it, and restart Azurite, to get a new one") from None
+    else:
+        key = base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(key + "\n")
+    register_secret(key)
+    return key
+
+
+def _key_id(key: str) -> str:
+    """Names a key in azurite.json without giving it away (a hash: the key cannot be found from it)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def default_home() -> Path:
@@ -103,6 +141,7 @@ class Azurite:
         self.docker = docker
         self.state_file = self.home / "azurite.json"
         self.log_file = self.home / "azurite.log"
+        self.key_file = self.home / "azurite.key"
         # One container and volume per home, so two homes never fight over a name.
         self.docker_name = "batchyard-azurite-" + hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
 
@@ -116,22 +155,24 @@ class Azurite:
 
     def start(self, *, timeout: float = 30.0) -> AzuriteInstance:
         with file_lock(self.home / "azurite.lock"):
+            key = home_account_key(self.key_file)
             recorded = self._read()
-            if recorded is not None and self._alive(recorded):
+            if recorded is not None and self._alive(recorded) and recorded.account_key == key:
                 self._warn_mismatch(recorded)
                 log.info("reusing Azurite (pid %s, ports %s)", recorded.pid, recorded.ports)
                 return recorded
             if recorded is not None:
-                log.info("Azurite record %s is stale; replacing it", self.state_file)
+                why = "does not run with this home's key" if self._alive(recorded) else "is stale"
+                log.info("Azurite of %s %s; replacing it", self.state_file, why)
                 self._kill(recorded, timeout=5.0)  # it may be alive but no longer answering
             if self.docker:
-                instance = self._start_docker(timeout)
+                instance = self._start_docker(timeout, key)
             else:
                 instance = launch(self.location, self.log_file, self.requested_ports, self.cache,
-                                   new_session=True, timeout=timeout)
+                                   new_session=True, timeout=timeout, account_key=key)
             record = {**asdict(instance), "location": str(instance.location) if instance.location else None,
-                      "version": AZURITE_VERSION,
-                      "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+                      "version": AZURITE_VERSION, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+            record["account_key"] = _key_id(key)  # which key it runs with, never the key itself
             tmp = self.state_file.with_name(self.state_file.name + ".tmp")
             tmp.write_text(json.dumps(record, indent=2) + "\n")
             os.replace(tmp, self.state_file)
@@ -148,15 +189,28 @@ class Azurite:
         try:
             rec = json.loads(self.state_file.read_text())
             pid, location = rec.get("pid"), rec.get("location")
+            key = self._recorded_key(rec.get("account_key"))
             return AzuriteInstance(int(rec["blob_port"]), int(rec["queue_port"]), int(rec["table_port"]),
                                    pid=None if pid is None else int(pid),
                                    location=Path(location) if location else None,
-                                   host=rec.get("host") or LOOPBACK, container_id=rec.get("container_id"))
+                                   host=rec.get("host") or LOOPBACK, container_id=rec.get("container_id"),
+                                   account_key=key)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable %s: %s", self.state_file, exc)
             return None
+
+    def _recorded_key(self, key_id: Any) -> str:
+        """The key a recorded instance runs with: this home's if the record names it; the public key
+        for one recorded before homes had keys; "" (no key that works) if the key file changed since."""
+        if key_id is None:
+            return WELL_KNOWN_KEY
+        try:
+            key = home_account_key(self.key_file) if self.key_file.exists() else ""
+        except EmulatorError:
+            return ""
+        return key if key and _key_id(key) == key_id else ""
 
     @staticmethod
     def _alive(instance: AzuriteInstance) -> bool:
@@ -183,7 +237,7 @@ class Azurite:
             log.warning("reusing the running Azurite (ports %s, data %s), not the requested settings; "
                         "stop it first to change them", running.ports, running.location)
 
-    def _start_docker(self, timeout: float) -> AzuriteInstance:
+    def _start_docker(self, timeout: float, key: str) -> AzuriteInstance:
         docker, client = _docker()
         ports = pick_ports(self.requested_ports)
         with contextlib.suppress(docker.errors.NotFound):
@@ -196,9 +250,10 @@ class Azurite:
         container = client.containers.run(
             DOCKER_IMAGE, ["azurite", *azurite_flags("0.0.0.0", "/data", _CONTAINER_PORTS)],  # noqa: S104
             name=self.docker_name, detach=True, labels={"batchyard": "azurite"},
+            environment={ACCOUNTS_VARIABLE: f"{WELL_KNOWN_ACCOUNT}:{key}"},
             ports={f"{c}/tcp": (LOOPBACK, h) for c, h in zip(_CONTAINER_PORTS, ports, strict=True)},
             volumes={self.docker_name: {"bind": "/data", "mode": "rw"}})
-        instance = AzuriteInstance(*ports, pid=None, location=None, container_id=container.id)
+        instance = AzuriteInstance(*ports, pid=None, location=None, container_id=container.id, account_key=key)
 
         def dead() -> str | None:
             container.reload()

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -33,6 +33,7 @@ log = logging.getLogger("batchyard.emulator.azurite")
 WELL_KNOWN_ACCOUNT = "devstoreaccount1"
 # Public: Microsoft documents this key for every Azurite / storage emulator.
 WELL_KNOWN_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+ACCOUNTS_VARIABLE = "AZURITE_ACCOUNTS"  # Azurite's own: "name:key" replaces its default account
 SERVICES = ("blob", "queue", "table")
 LOOPBACK = "127.0.0.1"
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started by this interpreter, reaped here
@@ -40,7 +41,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # started by this interprete
 
 @dataclass(frozen=True)
 class AzuriteInstance:
-    """A running Azurite. The (well-known) key is not a field, so it never shows in repr."""
+    """A running Azurite. Its account key never shows in repr (nor takes part in comparisons)."""
 
     blob_port: int
     queue_port: int
@@ -49,6 +50,7 @@ class AzuriteInstance:
     location: Path | None
     host: str = LOOPBACK
     container_id: str | None = None
+    account_key: str = field(default=WELL_KNOWN_KEY, repr=False, compare=False)
 
     @property
     def ports(self) -> tuple[int, int, int]:
@@ -58,7 +60,7 @@ class AzuriteInstance:
         return f"http://{self.host}:{self.ports[SERVICES.index(service)]}/{WELL_KNOWN_ACCOUNT}"
 
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={WELL_KNOWN_ACCOUNT};AccountKey={WELL_KNOWN_KEY};"
+        return (f"DefaultEndpointsProtocol=http;AccountName={WELL_KNOWN_ACCOUNT};AccountKey={self.account_key};"
                 + "".join(f"{s.capitalize()}Endpoint={self.endpoint(s)};" for s in SERVICES))
 
 
@@ -159,9 +161,21 @@ def azurite_flags(bind: str, location: str, ports: tuple[int, int, int]) -> list
     return [*hosts, "--location", location, "--disableTelemetry", "--skipApiVersionCheck", "--silent"]
 
 
+def accounts_env(base: dict[str, str], account_key: str | None) -> dict[str, str]:
+    """Azurite's environment for ``account_key`` (its one account then takes that key instead of the
+    public one); without one, none of the caller's ``AZURITE_ACCOUNTS``, so the well-known key works."""
+    env = {k: v for k, v in base.items() if k != ACCOUNTS_VARIABLE}
+    if account_key is not None:
+        env[ACCOUNTS_VARIABLE] = f"{WELL_KNOWN_ACCOUNT}:{account_key}"
+    return env
+
+
 def launch(location: Path, log_path: Path, requested: tuple[int, int, int], cache: Path | None, *,
-            new_session: bool, timeout: float) -> AzuriteInstance:
-    """Start Azurite under node and wait until it answers; new ports if a picked one got taken."""
+            new_session: bool, timeout: float, account_key: str | None = None) -> AzuriteInstance:
+    """Start Azurite under node and wait until it answers; new ports if a picked one got taken.
+
+    With ``account_key`` its account takes that key (``AZURITE_ACCOUNTS``), not the public one.
+    """
     main_js, node = install_azurite(cache), find_node()
     make_private_dir(location)  # Azurite's data: every blob, queue message and table row
     if log_path.exists():
@@ -173,9 +187,11 @@ def launch(location: Path, log_path: Path, requested: tuple[int, int, int], cach
         argv = [str(node.node), str(main_js), *azurite_flags(LOOPBACK, str(location), ports)]
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=location, env=node.env(), start_new_session=new_session)
+                                    cwd=location, env=accounts_env(node.env(), account_key),
+                                    start_new_session=new_session)
         _CHILDREN[proc.pid] = proc
-        instance = AzuriteInstance(*ports, pid=proc.pid, location=location)
+        instance = AzuriteInstance(*ports, pid=proc.pid, location=location,
+                                   account_key=account_key or WELL_KNOWN_KEY)
         try:
             wait_ready(instance, max(1.0, deadline - time.monotonic()),
                         lambda p=proc: None if p.poll() is None else f"exited with code {p.returncode}",
@@ -192,14 +208,16 @@ def launch(location: Path, log_path: Path, requested: tuple[int, int, int], cach
     raise AssertionError("unreachable")
 
 
-def start_ephemeral(location: Path, *, timeout: float = 30.0) -> tuple[AzuriteInstance, Callable[[], None]]:
-    """A fresh Azurite with data (and azurite.log) under `location`, not recorded in user state.
+def start_ephemeral(location: Path, *, timeout: float = 30.0,
+                    account_key: str | None = None) -> tuple[AzuriteInstance, Callable[[], None]]:
+    """A fresh Azurite with data (and azurite.log) under `location`, not recorded in user state;
+    its account takes ``account_key`` if given, else the public well-known key.
 
     Returns it with an idempotent stop function (also registered to run at interpreter exit).
     """
     location = Path(location)
     instance = launch(location, location / "azurite.log", (0, 0, 0), None, new_session=False,
-                       timeout=timeout)
+                       timeout=timeout, account_key=account_key)
     pid = instance.pid
     assert pid is not None
 

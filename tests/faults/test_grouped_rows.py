@@ -22,6 +22,7 @@ import pytest
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
+from batchyard.backends.local.admission import job_message_key
 from batchyard.backends.local.messages import TaskMessage, pack
 from batchyard.backends.local.pipeline import TRANSFER_BURST
 from batchyard.backends.local.store import JobStore
@@ -45,7 +46,7 @@ def _one_message(be: Any, job: Any) -> list[str]:
     """Re-queue a submitted job's tasks as a single message (small jobs get one message per task)."""
     drain_queue(be.store.queue)
     tasks = be.fan_out(job)
-    for message in pack(job.id, tasks, len(tasks)):
+    for message in pack(job.id, tasks, len(tasks), key=job_message_key(be.store, job.id)):
         assert isinstance(message, TaskMessage)
         be.store.send(message)
     return [t.task_id for t in tasks]

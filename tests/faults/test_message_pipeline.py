@@ -15,6 +15,7 @@ from typing import Any
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
+from batchyard.backends.local.admission import job_message_key
 from batchyard.backends.local.messages import TaskMessage, pack
 from batchyard.backends.local.worker import Worker, WorkerOptions
 from batchyard.core.job import job_from_dict
@@ -34,7 +35,7 @@ def _two_messages(project: Any, job_id: str, runs: Path,
     drain_queue(be.store.queue)
     tasks = be.fan_out(job)
     half = len(tasks) // 2
-    for message in pack(job.id, tasks, half):
+    for message in pack(job.id, tasks, half, key=job_message_key(be.store, job.id)):
         assert isinstance(message, TaskMessage)
         be.store.send(message)
     return be, job, [t.task_id for t in tasks[:half]], [t.task_id for t in tasks[half:]]

@@ -21,14 +21,19 @@ def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project:
         "[1, 2, 3]": "not a JSON object",
         '{"v": 1, "job": "afterbad", "tasks": []}': "non-empty list of task ids",
         '{"v": 1, "job": "no-such-job", "tasks": ["t"]}': "job 'no-such-job' not found",
-        # hostile bodies whose JSON-escaped copy would not fit in a queue message if kept whole
-        '"' * 40_000: "not JSON",
-        "\U0001f680" * 15_000: "not JSON",
+        '{"tasks": ["a/b"], "v": 1, "job": "afterbad"}': "task id 'a/b' is not a valid id",
     }
+    # Put as they are, not base64-encoded (as batchyard's are): hostile bodies whose JSON-escaped
+    # copy would not fit in a poison message if kept whole.
+    raw = {'"' * 40_000: "not base64-encoded", "\U0001f680" * 15_000: "not base64-encoded",
+           '{"v":1,"job":"afterbad","tasks":["x"]}': "not base64-encoded"}
     with get_backend("local", project.config()) as be:
         be.store.ensure()
         for body in bad:
             be.store.queue.send_message(body)
+        for body in raw:
+            be.storage.queue_service.get_queue_client(be.store.queue_name).send_message(body)
+        bad.update(raw)
         be.submit(job)  # queued after the bad ones: the worker must get past them to run it
         worker = serve_until_idle(be, tmp_path)
         assert worker.tasks_run == 1

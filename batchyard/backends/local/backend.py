@@ -1,7 +1,9 @@
 """The local backend: an Azure Storage Queue and worker processes, on Azurite or a real account.
 
-Submit writes the job document, one table row per task (100 per transaction) and the
-queue messages (ids only, sent concurrently, several task ids per message for big jobs).
+Submit writes the job document (with the job's message key), the manifest and the queue
+messages (the tasks' definitions, each MACed with that key, sent concurrently, several tasks per
+message for big jobs); a task too big for a message gets its row at submit and an ids-only
+message. Workers run only what the job's owner submitted (:mod:`batchyard.backends.local.admission`).
 Workers (``multiprocess`` processes, see :mod:`batchyard.backends.local.worker`) may run in this process
 tree (``batchyard run``) or anywhere else that reaches the same account
 (``batchyard worker``).
@@ -19,7 +21,8 @@ from typing import Any
 
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskReplay, TaskResult, TaskState, dumps
 from batchyard.backends.documents import fan_out
-from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
+from batchyard.backends.local.admission import message_key_for_submit
+from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
 from batchyard.backends.local.replay import replay_task
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
 from batchyard.backends.local.tally import TaskTally
@@ -86,12 +89,13 @@ class LocalBackend(Backend):
                 to_queue.append(task)
         doc = job.model_dump(mode="json")
         spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
-        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name)
+        key = message_key_for_submit(self.store, job.id)
+        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name, message_key=key)
         self.store.save_manifest(job.id, spec_hash, tasks)
         # A task that ran before (failed, or its worker was lost) has a row: back to pending. The
         # others get theirs when a worker claims them.
         self.store.write_pending(job.id, [t for t in to_queue if t.task_id in existing], reset=True)
-        self._enqueue(job.id, to_queue)
+        self._enqueue(job.id, to_queue, key.encode())
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=done,
                             already_running=running, rerun_failed=rerun)
 
@@ -100,11 +104,11 @@ class LocalBackend(Backend):
             return iter(())
         return self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires"])
 
-    def _enqueue(self, job_id: str, tasks: list[TaskDef]) -> None:
+    def _enqueue(self, job_id: str, tasks: list[TaskDef], key: bytes) -> None:
         size = chunk_size_for(len(tasks), self.config.workers)
         messages: list[TaskMessage] = []
         oversized: list[TaskDef] = []
-        for item in pack(job_id, tasks, size, workers=self.config.workers):
+        for item in pack(job_id, tasks, size, key=key, workers=self.config.workers):
             (messages if isinstance(item, TaskMessage) else oversized).append(item)  # type: ignore[arg-type]
         if oversized:  # a definition too big for a message: its row is written now, the message names it
             self.store.write_pending(job_id, oversized, reset=True)
@@ -211,6 +215,10 @@ class LocalBackend(Backend):
                 yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.PENDING, label=label)
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
+        try:
+            check_id(task_id, "task id")
+        except ValueError as exc:
+            raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}: {exc}") from None
         self._require_job(job_id)
         entity = self.store.get_task(job_id, task_id)
         if entity is None:

@@ -4,37 +4,71 @@ Two versions are read; submit writes version 2:
 
 - ``{"v": 1, "job": ID, "tasks": [IDS]}``: ids only; each task's row was written at submit;
 - ``{"v": 2, "job": ID, "tasks": [IDS], "defs": [DEFS]}``: the same ids with each task's
-  definition (argv, input blob, parameters). The worker creates the task's row when it claims
-  it, so a submit writes no row per task: a table write costs Azurite ~1 ms of CPU per row,
-  which made rows the bulk of submitting 10,000 tasks.
+  definition (argv, input blob, parameters) and its ``mac``. The worker creates the task's row
+  when it claims it, so a submit writes no row per task: a table write costs Azurite ~1 ms of
+  CPU per row, which made rows the bulk of submitting 10,000 tasks.
 
-A definition carries what the row would (never a secret: the job's environment stays in the
-job document). Messages stay under :data:`MAX_MESSAGE_BYTES` of UTF-8 text: :func:`pack`
-splits a chunk that would not fit, and a task too big for any message is left to a row
-written at submit and a version 1 message.
+Anyone who can put a message on the queue could write a definition, so each one carries a MAC
+(HMAC-SHA256 over the job id, the task id and the canonical definition) made with the job's
+own secret, which lives only in the job document (see :func:`definition_mac` and
+docs/security.md). A definition carries what the row would (never a secret: the job's
+environment stays in the job document). Task and job ids follow Batch's id rule
+(:func:`check_id`) both ways. On the queue a message is base64 of its UTF-8 JSON (the SDK's
+``TextBase64EncodePolicy``), so no character of a value can make the queue service choke on
+its XML; it stays under :data:`MAX_MESSAGE_BYTES` once encoded: :func:`pack` splits a chunk
+that would not fit, and a task too big for any message is left to a row written at submit and
+a version 1 message.
 """
 
 from __future__ import annotations
 
+import binascii
+import hashlib
+import hmac
 import json
+from base64 import b64decode
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from batchyard.core.job import TaskDef
+from batchyard.core.job import ID_RE, TaskDef
 
-MAX_MESSAGE_BYTES = 64 * 1024
-# The queue service counts the XML-escaped request body: keep a definition-carrying message
-# well below the limit, so escaping (& < > in argv) can never push it over.
+MAX_MESSAGE_BYTES = 64 * 1024  # the queue's limit, counted on the base64 text it stores
+MAX_TEXT_BYTES = MAX_MESSAGE_BYTES * 3 // 4  # the most UTF-8 JSON whose base64 fits in that
+# A definition-carrying message stays well below the limit (room for the MACs and the id list).
 MAX_PACKED_BYTES = 40 * 1024
 MAX_TASKS_PER_MESSAGE = 32
-MAX_POISON_BYTES = 48 * 1024  # a poison message stays well under the queue's 64 KiB
+MAX_POISON_BYTES = 46 * 1024  # base64 makes it ~61 KiB: under the queue's 64 KiB
 MAX_REASON_CHARS = 2_000
 READ_VERSIONS = (1, 2)
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_id(value: Any, what: str) -> str:
+    """``value`` if it is a Batch id (letters, digits, '-', '_'; 1 to 64), else ValueError naming it.
+
+    Such an id is safe as a table key, a blob name part and a directory name: no ``/``, no ``..``.
+    """
+    if not isinstance(value, str) or ID_RE.fullmatch(value) is None:
+        raise ValueError(f"{what} {value!r} is not a valid id (1-64 letters, digits, '-' or '_')")
+    return value
+
+
+def decode_text(content: Any) -> str:
+    """The JSON text of a message as the queue holds it (base64 of UTF-8); ValueError if it is not that."""
+    try:
+        return b64decode(str(content).encode("ascii"), validate=True).decode("utf-8")
+    except (UnicodeError, binascii.Error):
+        raise ValueError("not base64-encoded UTF-8 text (batchyard's messages are)") from None
+
+
+def definition_mac(key: bytes, job_id: str, task: TaskDef) -> str:
+    """HMAC-SHA256 (hex) of a task's definition, bound to its job and task id, under the job's secret."""
+    canonical = json.dumps([job_id, task.task_id, def_to_dict(task)], separators=(",", ":"), sort_keys=True)
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def def_to_dict(task: TaskDef) -> dict[str, Any]:
@@ -69,15 +103,35 @@ class TaskMessage:
     job_id: str
     task_ids: tuple[str, ...]
     defs: tuple[TaskDef, ...] | None = None  # version 2: the definitions, in task_ids order
+    macs: tuple[str | None, ...] | None = None  # version 2: each definition's MAC (None: it had none)
 
-    def encode(self) -> str:
+    def body(self) -> dict[str, Any]:
+        check_id(self.job_id, "job id")
+        for task_id in self.task_ids:
+            check_id(task_id, "task id")
         body: dict[str, Any] = {"v": 1, "job": self.job_id, "tasks": list(self.task_ids)}
         if self.defs is not None:
-            body.update(v=2, defs=[def_to_dict(d) for d in self.defs])
-        text = _dumps(body)
-        if len(text.encode()) > MAX_MESSAGE_BYTES:  # pack() never builds one; guard the invariant
-            raise ValueError("task message over 64 KiB")
+            macs = self.macs or (None,) * len(self.defs)
+            body.update(v=2, defs=[{**def_to_dict(d), **({"mac": m} if m else {})}
+                                   for d, m in zip(self.defs, macs, strict=True)])
+        return body
+
+    def encode(self) -> str:
+        """The message's JSON text (the queue client base64-encodes it)."""
+        text = _dumps(self.body())
+        if len(text.encode()) > MAX_TEXT_BYTES:  # pack() never builds one; guard the invariant
+            raise ValueError("task message over 64 KiB once base64-encoded")
         return text
+
+    def forged(self, key: bytes) -> str | None:
+        """Why the definitions are not the job owner's (a MAC missing or wrong), or None if all are."""
+        defs = self.defs or ()
+        for task, mac in zip(defs, self.macs or (None,) * len(defs), strict=True):
+            if not mac:
+                return f"definition of task {task.task_id!r} carries no MAC"
+            if not hmac.compare_digest(mac.encode(), definition_mac(key, self.job_id, task).encode()):
+                return f"definition of task {task.task_id!r} has a wrong MAC (not made with job {self.job_id!r}'s key)"
+        return None
 
     def definition(self, task_id: str) -> TaskDef | None:
         if self.defs is None:
@@ -101,17 +155,23 @@ class TaskMessage:
             raise ValueError("field 'job' missing or not a string")
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) and t for t in tasks):
             raise ValueError("field 'tasks' must be a non-empty list of task ids")
+        check_id(job, "job id")
+        for task_id in tasks:
+            check_id(task_id, "task id")
         if version == 1:
             return cls(job, tuple(tasks))
         defs = data.get("defs")
         if not isinstance(defs, list) or len(defs) != len(tasks):
             raise ValueError("field 'defs' must be a list with one definition per task id")
-        return cls(job, tuple(tasks), tuple(def_from_dict(t, d) for t, d in zip(tasks, defs, strict=True)))
+        parsed = tuple(def_from_dict(t, d) for t, d in zip(tasks, defs, strict=True))
+        macs = tuple(d.get("mac") if isinstance(d.get("mac"), str) else None for d in defs)
+        return cls(job, tuple(tasks), parsed, macs)
 
 
-def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *,
+def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
          workers: int | None = None) -> Iterator[TaskMessage | TaskDef]:
-    """Version 2 messages of up to ``size`` tasks each, split further where one would be too big.
+    """Version 2 messages of up to ``size`` tasks each, each definition MACed with the job's
+    ``key``, split further where one would be too big.
 
     Given the number of ``workers`` that will share them, the last messages get smaller (see
     :func:`chunk_sizes`). A task whose definition alone is too big for a message is yielded as
@@ -120,7 +180,7 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *,
     counts = chunk_sizes(len(tasks), size, workers) if workers else (size for _ in range(0, len(tasks), size))
     start = 0
     for count in counts:
-        yield from _fit(job_id, list(tasks[start:start + count]))
+        yield from _fit(job_id, list(tasks[start:start + count]), key)
         start += count
 
 
@@ -140,17 +200,17 @@ def chunk_sizes(n_tasks: int, size: int, workers: int) -> Iterator[int]:
         remaining -= count
 
 
-def _fit(job_id: str, chunk: list[TaskDef]) -> Iterator[TaskMessage | TaskDef]:
-    message = TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk))
-    if len(_dumps({"v": 2, "job": job_id, "tasks": list(message.task_ids),
-                   "defs": [def_to_dict(d) for d in chunk]}).encode()) <= MAX_PACKED_BYTES:
+def _fit(job_id: str, chunk: list[TaskDef], key: bytes) -> Iterator[TaskMessage | TaskDef]:
+    message = TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk),
+                          tuple(definition_mac(key, job_id, t) for t in chunk))
+    if len(_dumps(message.body()).encode()) <= MAX_PACKED_BYTES:
         yield message
     elif len(chunk) == 1:
         yield chunk[0]
     else:
         half = len(chunk) // 2
-        yield from _fit(job_id, chunk[:half])
-        yield from _fit(job_id, chunk[half:])
+        yield from _fit(job_id, chunk[:half], key)
+        yield from _fit(job_id, chunk[half:], key)
 
 
 def chunk_size_for(n_tasks: int, workers: int) -> int:
@@ -163,9 +223,10 @@ def chunk_size_for(n_tasks: int, workers: int) -> int:
 def poison_body(content: str, reason: str, at: str) -> str:
     """The poison-queue message for ``content``: the reason and as much of the original as fits.
 
-    The queue takes at most 64 KiB of UTF-8 per message, and JSON escaping can double a
-    hostile message (quotes, backslashes, control characters), so the original is cut until
-    the encoded body fits in :data:`MAX_POISON_BYTES`; ``truncated`` says whether it was.
+    The queue takes at most 64 KiB per message (of base64 text: 4/3 of the JSON), and JSON
+    escaping can double a hostile message (quotes, backslashes, control characters), so the
+    original is cut until the JSON body fits in :data:`MAX_POISON_BYTES`; ``truncated`` says
+    whether it was.
     """
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[:MAX_REASON_CHARS] + "..."

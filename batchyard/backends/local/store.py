@@ -11,9 +11,10 @@ Layout on the storage account (names configurable in ``[storage]``):
   per task);
 - the job documents both backends keep (job.json, the manifest, resource files; see
   :mod:`batchyard.backends.documents`, whose :class:`JobDocuments` this store extends);
-- queue ``<queue>``: versioned JSON messages naming a job and task ids, with the tasks'
-  definitions (never a secret; see :mod:`batchyard.backends.local.messages`), and ``<queue>-poison`` for
-  messages that could not be handled.
+- queue ``<queue>``: versioned JSON messages (base64-encoded) naming a job and task ids, with the
+  tasks' definitions, each MACed (never a secret; see :mod:`batchyard.backends.local.messages`), and
+  ``<queue>-poison`` for messages that could not be handled (one copy each: see
+  :mod:`batchyard.backends.local.admission`).
 
 A task row is written whole by one ETag-guarded write at each step (created or updated as
 running -> final), so it is never half-recorded, and a worker that lost its claim can
@@ -116,8 +117,7 @@ class JobStore(JobDocuments):
         self._tasks_name = f"{section.table_prefix}tasks"
         self._jobs: TableClient | None = None
         self._tasks: TableClient | None = None
-        self._queue: Any = None
-        self._poison: Any = None
+        self._queues: dict[tuple[str, bool], Any] = {}
 
     # --- clients --------------------------------------------------------------------------------------
     @property
@@ -132,17 +132,29 @@ class JobStore(JobDocuments):
             self._tasks = self.storage.table_service.get_table_client(self._tasks_name)
         return self._tasks
 
+    def _queue_client(self, name: str, *, decode: bool = True) -> Any:
+        """Messages go base64-encoded (no character of a value can upset the service's XML)."""
+        from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+
+        if (name, decode) not in self._queues:
+            self._queues[name, decode] = self.storage.queue_service.get_queue_client(
+                name, message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy() if decode else None)
+        return self._queues[name, decode]
+
     @property
     def queue(self) -> Any:
-        if self._queue is None:
-            self._queue = self.storage.queue_service.get_queue_client(self.queue_name)
-        return self._queue
+        return self._queue_client(self.queue_name)
+
+    @property
+    def incoming(self) -> Any:
+        """The task queue as workers receive it: contents as stored, so one that is not base64 (put
+        by someone else) is still received, with the receipt that poisons and deletes it."""
+        return self._queue_client(self.queue_name, decode=False)
 
     @property
     def poison_queue(self) -> Any:
-        if self._poison is None:
-            self._poison = self.storage.queue_service.get_queue_client(self.poison_queue_name)
-        return self._poison
+        return self._queue_client(self.poison_queue_name)
 
     def ensure(self) -> None:
         """Create the tables, queues and containers (used by submit only: workers never create them,
@@ -159,9 +171,10 @@ class JobStore(JobDocuments):
         super().ensure()
 
     # --- jobs -----------------------------------------------------------------------------------------
-    def record_job(self, job: Job, *, total: int, spec_hash: str, backend: str) -> None:
-        """Save the job document and the job's row (its state, total and spec hash)."""
-        self.save_job(job, spec_hash=spec_hash, backend=backend)
+    def record_job(self, job: Job, *, total: int, spec_hash: str, backend: str, message_key: str) -> None:
+        """Save the job document (with the key its messages are MACed with) and the job's row (its
+        state, total and spec hash)."""
+        self.save_job(job, spec_hash=spec_hash, backend=backend, message_key=message_key)
         now = time.time()
         entity = {"PartitionKey": "job", "RowKey": job.id, "state": "active", "total": total,
                   "spec_hash": spec_hash, "backend": backend, "updated": now}

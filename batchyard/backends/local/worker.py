@@ -9,15 +9,15 @@ Delivery is at least once and results are exactly once:
   it, one whose claim expired (its worker died) is taken over and the lost attempt noted;
 - the final result is written with the claim's ETag, so a worker that lost its claim
   (paused past its lease) cannot overwrite the result of the one that took over;
-- only then is the message deleted. A message that cannot be parsed, names an unknown
-  job, or was delivered more than ``max_dequeue_count`` times goes to ``<queue>-poison``
-  with the reason, and its unfinished tasks are failed as ``poison``.
+- only then is the message deleted. A message that is not the job owner's work (see
+  :mod:`batchyard.backends.local.admission`: malformed, an unknown job, a definition without
+  the job's MAC) goes to ``<queue>-poison`` with the reason, once, and is deleted; so does one
+  delivered more than ``max_dequeue_count`` times, whose unfinished tasks are failed as ``poison``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -34,12 +34,12 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.local.admission import Admission, Refused, poison_once, record_poisoned
 from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP
 from batchyard.backends.local.pipeline import MessageRun, log_redelivered
-from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError, TaskMessage, task_def_from_entity
-from batchyard.core.batch_semantics import LOG_STREAMS, final_record, log_blob_name, log_file_name
+from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError, task_def_from_entity
+from batchyard.core.batch_semantics import LOG_STREAMS, log_blob_name, log_file_name
 from batchyard.core.config import Config
-from batchyard.core.errors import JobNotFoundError, JobValidationError
 from batchyard.core.job import Job, OutputSpec, output_prefix
 from batchyard.core.redact import redact
 from batchyard.node.runner import (
@@ -238,6 +238,7 @@ class Worker:
         self.node = NodeContext(root=root, node_id=self.node_id, pool_id="local", account_name="local",
                                 account_url="local://", is_dedicated=True)
         self._jobs: dict[str, tuple[float, dict[str, Any], Job | None]] = {}
+        self.admission = Admission(self.store, self._job, max_dequeue_count=self.options.max_dequeue_count)
         self.tasks_run = 0
         self._pace: float | None = None  # seconds per command, recently
         # The pipeline's helper (see batchyard.backends.local.pipeline): while a command runs, it finishes the
@@ -327,9 +328,11 @@ class Worker:
                 fetched.abandon()
 
     def _receive(self) -> Any | None:
+        # No retries in the SDK: the loop in serve() retries. A message Azurite cannot deliver gets a
+        # 500 for every receive that reaches it, and the SDK's retries would hold the worker 90 s.
         try:
-            messages = list(self.store.queue.receive_messages(
-                messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s)))
+            messages = list(self.store.incoming.receive_messages(
+                messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s), retry_total=0))
         except ResourceNotFoundError:
             raise StorageLostError(
                 f"queue {self.store.queue_name!r} is gone from the storage account: the job's pending "
@@ -355,27 +358,20 @@ class Worker:
     def open_message(self, message: Any) -> MessageRun | None:
         """Check a received message and prepare its first task; None if there is nothing to run.
 
-        A malformed or over-delivered message, or one naming a job that cannot be loaded, goes
-        to the poison queue. A message that fails to open is left to come back after its lease.
+        A message refused by :class:`Admission` (malformed, over-delivered, not the job owner's
+        work) goes to the poison queue. A message that fails to open is left to come back after
+        its lease.
         """
         try:
-            parsed = TaskMessage.decode(message.content)
-        except ValueError as exc:
-            self._poison(message, f"malformed message: {exc}", None)
-            return None
-        try:
-            if message.dequeue_count > self.options.max_dequeue_count:
-                self._poison(message, f"delivered {message.dequeue_count} times (max_dequeue_count="
-                                      f"{self.options.max_dequeue_count})", parsed)
-                return None
+            parsed, job = self.admission.admit(message)
+        except Refused as refused:
             try:
-                entity, job = self._job(parsed.job_id)
-            except (JobValidationError, JobNotFoundError) as exc:  # a stored job that no longer loads is permanent
-                self._poison(message, f"job {parsed.job_id!r} cannot be loaded: {exc}", parsed)
-                return None
-            if entity is None or job is None:
-                self._poison(message, f"job {parsed.job_id!r} not found", None)
-                return None
+                self._poison(message, refused)
+            except StorageLostError:
+                raise
+            except Exception as exc:
+                log_redelivered("poisoning a message", exc)
+            return None
         except StorageLostError:
             raise
         except Exception as exc:
@@ -394,25 +390,22 @@ class Worker:
             return None
         return run
 
-    def _poison(self, message: Any, reason: str, parsed: TaskMessage | None) -> None:
-        log.warning("message %s to the poison queue: %s", message.id, reason)
-        self.store.to_poison(message.content if isinstance(message.content, str) else str(message.content), reason)
-        if parsed is not None:
-            for task_id in parsed.task_ids:
-                entity = self.store.get_task(parsed.job_id, task_id)
-                definition = parsed.definition(task_id)
-                if entity is None and definition is not None:  # never claimed: its row says why it never ran
-                    if self.store.create_final(parsed.job_id, task_id, definition.label,
-                                               final_record("poison", reason, attempts=[])):
-                        continue
-                    entity = self.store.get_task(parsed.job_id, task_id)
-                if entity is None or entity.get("state") in ("succeeded", "failed"):
-                    continue
-                attempts = json.loads(entity.get("attempts_json") or "[]")
-                self.store.record_final(parsed.job_id, task_id, etag=entity["_etag"],
-                                        fields=final_record("poison", reason, attempts=attempts))
-        with contextlib.suppress(ResourceNotFoundError):
-            self.store.queue.delete_message(message.id, message.pop_receipt)
+    def _poison(self, message: Any, refused: Refused) -> None:
+        """Poison the message (once), record the owner's tasks as poison, and delete it all the same
+        if they cannot be recorded: a message that cannot be recorded must not come back forever."""
+        self.admission.log_refusal(message.id, refused)
+        poison_once(self.store, message, refused)  # if this fails the message comes back, undeleted
+        try:
+            if refused.verified is not None:
+                record_poisoned(self.store, refused.verified, refused.reason)
+        except StorageLostError:
+            raise
+        except Exception as exc:
+            log.warning("message %s: its tasks could not be recorded as poison (it is deleted all the same): %s",
+                        message.id, redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+        finally:
+            with contextlib.suppress(ResourceNotFoundError):
+                self.store.queue.delete_message(message.id, message.pop_receipt)
 
 
 def worker_process_main(connection_string: str, config: Config, index: int, stop: Any,
