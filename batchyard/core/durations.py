@@ -15,7 +15,7 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        match = _DURATION_RE.match(value)
+        match = _DURATION_RE.fullmatch(value)
         if not value.strip() or not match or not any(match.groups()):
             raise ValueError(f"{value!r} is not a duration (use e.g. '90s', '10m', '1h30m', '2d')")
         d, h, m, s = (float(g) if g else 0.0 for g in match.groups())

@@ -71,7 +71,7 @@ class Inputs(_Model):
     @field_validator("container")
     @classmethod
     def _container(cls, v: str) -> str:
-        if not CONTAINER_RE.match(v):
+        if not CONTAINER_RE.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a valid container name (3-63 chars: lowercase letters, digits, single hyphens)"
             )
@@ -186,7 +186,7 @@ class Job(_Model):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not ID_RE.match(v):
+        if not ID_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid job id (1-64 chars: letters, digits, '-' and '_')")
         return v
 

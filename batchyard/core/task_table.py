@@ -35,7 +35,7 @@ class TaskTableError(ValueError):
 
 def environment_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a task's environment variable, or None if it can."""
-    if not ENV_NAME_RE.match(name):
+    if not ENV_NAME_RE.fullmatch(name):
         return f"{name!r} is not a valid environment variable name (letters, digits, '_'; not starting with a digit)"
     for prefix in RESERVED_ENV_PREFIXES:
         if name.startswith(prefix):
