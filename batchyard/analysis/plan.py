@@ -456,6 +456,7 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
             be = ctx.backend()
             if be is not None:
                 with be:
+                    findings.extend(be.preflight_findings(job))
                     if durations is None:
                         results = list(be.list_task_results(job.id))
                         durations = durations_from(results)

@@ -51,7 +51,7 @@ def cli_reference() -> str:
 
 
 def main() -> None:
-    target = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    target = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
     target.write_text(cli_reference(), encoding="utf-8")
     sys.stdout.write(f"wrote {target}\n")
 
