@@ -97,8 +97,10 @@ class RunEnds:
         if pool is not None and enum_text(pool.state) != "deleting":
             nodes = self.nodes.nodes(pool.id)
             dedicated, spot = node_hours(nodes, time.time())
+            kept = run.usage is not None and run.usage.fate == "kept"  # the run ended; its pool stays
             return PoolSummary(
-                pool_id=pool.id, state=enum_text(pool.state), vm_size=str(pool.vm_size or ""), nodes=len(nodes),
+                pool_id=pool.id, state="kept" if kept else enum_text(pool.state), vm_size=str(pool.vm_size or ""),
+                nodes=len(nodes),
                 target_nodes=int(pool.target_dedicated_nodes or 0) + int(pool.target_low_priority_nodes or 0),
                 slots_per_node=int(pool.task_slots_per_node or 1),
                 node_states=dict(Counter(enum_text(n.state) for n in nodes)),
