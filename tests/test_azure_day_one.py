@@ -413,6 +413,9 @@ def test_commands_find_the_job_where_it_ran_and_hints_carry_the_flag(project: An
     assert status["backend"] == "azure" and status["pool"]["state"] == "deleted"
     assert {t["label"]: t["state"] for t in status["tasks"]} == {"good.txt": "succeeded", "bad.txt": "failed"}
     report = project.cli("report", job_id, "--json", env=env)
-    assert report.returncode == 0 and json.loads(report.stdout)["backend"] == "azure", report.stderr
+    assert report.returncode == 0, report.stderr
+    numbers = json.loads(report.stdout)
+    assert numbers["backend"] == "azure"
+    assert numbers["shape"] == f"Azure Batch pool by-{job_id}: standard_d2s_v3 x 1 node(s) x 1 slot(s) (deleted)"
     local = project.cli("status", job_id, "--json", "--backend", "local", env=env)  # the flag still decides:
     assert local.returncode == 3 and f"job '{job_id}' not found" in local.stderr, local.stderr
