@@ -225,6 +225,24 @@ def test_ctrl_c_ends_the_run_and_keep_auto_pool_keeps_the_pool_and_says_so(proje
     marker.unlink()
 
 
+def test_a_submit_that_fails_after_its_pool_exists_deletes_the_pool(project: Any, batch_emulator_factory: Any) -> None:
+    emu = batch_emulator_factory(FaultConfig(job_quota=1))
+    client = raw_client(emu)
+    create_empty_pool(client, "holder-pool")
+    client.create_job(bm.BatchJobCreateOptions(id="holder", pool_info=bm.BatchPoolInfo(pool_id="holder-pool")))
+    config = configure(project, emu)
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"a.txt": b"a"})
+    job = job_from_dict({"id": f"quota-{uuid.uuid4().hex[:6]}", "command": "cat {input}", "inputs": {"container": ins}},
+                        source="test", base_dir=project.dir)
+    with get_backend("azure", config) as be, pytest.raises(BackendError) as info:
+        be.submit(job)
+    message = str(info.value)
+    assert "ActiveJobAndScheduleQuotaReached" in message and f"pool {per_job_pool_id(job.id)} deleted" in message
+    assert not pool_exists(client, per_job_pool_id(job.id)), "the pool of a job that could not be created bills on"
+    assert emu.account_key not in message
+
+
 # ------------------------------------------------------------------------------------ 3. fresh SAS, one re-run
 def _sas_expiry(url: str) -> datetime:
     return datetime.fromisoformat(parse_qs(urlsplit(url).query)["se"][0].replace("Z", "+00:00"))

@@ -28,7 +28,7 @@ from batchyard.backends.azure.ending import RunEnds, fate_text
 from batchyard.backends.azure.nodes import NodeWatch
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.preflight import JobChecks, auth_finding
-from batchyard.backends.azure.registries import container_setup
+from batchyard.backends.azure.registries import ContainerSetup, container_setup
 from batchyard.backends.azure.results import ResultReader
 from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.tasks import (
@@ -208,29 +208,47 @@ class AzureBackend(Backend):
         pool_id, created = None, False
         if to_add or to_readd:
             pool_id, created = self.pools.resolve(job.id, containers=containers)
-            if not is_open:
-                if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
-                    chain.update_current()
-                if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
-                    chain.opened(carried=done, pool_id=pool_id)
-                else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
-                    chain.update_current(carried=done, pool_id=pool_id)
-                self.runs.save(chain)
-                self.writer.create_job(job, chain.current.batch_job_id, pool_id)
-            elif not chain.runs:  # a job submitted before runs were recorded
-                chain.update_current(pool_id=pool_id)
-                self.runs.save(chain)
-            self.writer.delete_tasks(chain.current.batch_job_id, [t.task_id for t in to_readd])
-            self.writer.add(job, chain.current.batch_job_id, tasks=to_add + to_readd, required=required,
-                            containers=containers)
+            try:
+                self._queue(job, chain, batch_job, is_open, pool_id, to_add, to_readd, required, containers, done)
+                if created:  # tasks are queued already: nodes come up while we wait here
+                    self.pools.wait_steady(pool_id, timeout_s=parse_duration(self.config.azure.steady_timeout),
+                                           poll_s=self.config.azure.poll_interval)
+            except (KeyboardInterrupt, BackendError) as exc:
+                self._end_failed_submit(job.id, exc)
         elif batch_job is not None and batch_job.pool_info is not None:
             pool_id = batch_job.pool_info.pool_id
         self._watch = (job.id, pool_id) if pool_id else None
-        if created:  # tasks are queued already: nodes come up while we wait here
-            self.pools.wait_steady(pool_id, timeout_s=parse_duration(self.config.azure.steady_timeout),  # type: ignore[arg-type]
-                                   poll_s=self.config.azure.poll_interval)
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_add) + len(to_readd),
                             already_succeeded=done, already_running=running, rerun_failed=rerun)
+
+    def _queue(self, job: Job, chain: RunChain, batch_job: bm.BatchJob | None, is_open: bool, pool_id: str,
+               to_add: list[TaskDef], to_readd: list[TaskDef], required: list[str],
+               containers: ContainerSetup | None, done: int) -> None:
+        """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
+        if not is_open:
+            if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
+                chain.update_current()
+            if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
+                chain.opened(carried=done, pool_id=pool_id)
+            else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
+                chain.update_current(carried=done, pool_id=pool_id)
+            self.runs.save(chain)
+            self.writer.create_job(job, chain.current.batch_job_id, pool_id)
+        elif not chain.runs:  # a job submitted before runs were recorded
+            chain.update_current(pool_id=pool_id)
+            self.runs.save(chain)
+        self.writer.delete_tasks(chain.current.batch_job_id, [t.task_id for t in to_readd])
+        self.writer.add(job, chain.current.batch_job_id, tasks=to_add + to_readd, required=required,
+                        containers=containers)
+
+    def _end_failed_submit(self, job_id: str, exc: BaseException) -> None:
+        """A submit stopped after its pool existed (Ctrl-C, resize errors): end the run, then re-raise."""
+        note = self.end_run(job_id, "UserInterrupted" if isinstance(exc, KeyboardInterrupt) else "SubmitFailed")
+        where = f"; {note}" if note else ""
+        if isinstance(exc, KeyboardInterrupt):
+            log.warning("interrupted: job %s stopped on Azure Batch (records kept)%s", job_id, where)
+            raise exc
+        raise BackendError(f"{exc}\njob {job_id} stopped (Batch job terminated, records kept){where}") from None
 
     # --- waiting ---------------------------------------------------------------------------------------
     def task_counts(self, job_id: str) -> TaskCounts:
@@ -306,10 +324,6 @@ class AzureBackend(Backend):
         self._job_state_cache.pop(chain.current.batch_job_id, None)
         usage = chain.current.usage
         return fate_text(usage) if usage is not None and usage.ended_at else ""
-
-    def finish(self, job_id: str) -> None:
-        """Every task succeeded: end the run (kept for callers of the older name)."""
-        self.end_run(job_id, "AllTasksSucceeded")
 
     def _check_alive(self) -> None:
         """Stop waiting when nothing can run: resize errors, a vanished pool, or no node that can take tasks."""
