@@ -23,7 +23,7 @@ from batchyard.backends.azure.pools import per_job_pool_id, pool_options
 from batchyard.backends.azure.registries import container_setup
 from batchyard.backends.azure.tasks import TaskAdder, sas_lifetime
 from batchyard.core.config import PoolSection, load_config
-from batchyard.core.errors import AuthenticationError, BackendError, ConfigError
+from batchyard.core.errors import AuthenticationError, ConfigError
 from batchyard.core.job import job_from_dict
 from batchyard.emulator.batch import FaultConfig
 
@@ -98,11 +98,15 @@ def test_env_only_config_runs_on_a_per_job_pool(project: Any, batch_emulator: An
         again = be.submit(simple_job(project, job_id, ins))  # all succeeded: nothing to do, no pool
         assert (again.enqueued, again.already_succeeded) == (0, 2) and not be.pools.exists(pool_id)
         project.put_inputs(ins, {"three.txt": b"3"})
-        with pytest.raises(BackendError, match=f"job {job_id} is completed on Azure Batch.*batchyard delete"):
-            be.submit(simple_job(project, job_id, ins))
+        # The completed job stays as it is: a new run (a new Batch job) runs the new input only.
+        third = be.submit(simple_job(project, job_id, ins))
+        assert (third.enqueued, third.already_succeeded) == (1, 2)
+        assert [t.display_name for t in client.list_tasks(f"{job_id}-r2")] == ["three.txt"]
+        assert be.wait(job_id, timeout=30, poll_interval=0.2).succeeded == 3
         be.delete(job_id)
-        with pytest.raises(ResourceNotFoundError):
-            client.get_job(job_id)
+        for batch_job_id in (job_id, f"{job_id}-r2"):
+            with pytest.raises(ResourceNotFoundError):
+                client.get_job(batch_job_id)
 
 
 def test_resubmit_is_idempotent_and_task_exists_is_tolerated(project: Any, batch_emulator: Any) -> None:
@@ -362,7 +366,12 @@ def test_container_pool_lists_registries_and_the_password_appears_nowhere(
 def test_task_registry_follows_the_image_host(project: Any, batch_emulator: Any,
                                               caplog: pytest.LogCaptureFixture) -> None:
     client = raw_client(batch_emulator)
-    create_empty_pool(client, "idle")  # no nodes: container tasks never need a Docker engine here
+    # No nodes: container tasks never need a Docker engine here. Container-enabled, as Batch requires.
+    client.create_pool(bm.BatchPoolCreateOptions(
+        id="idle", vm_size="standard_d2s_v3", target_dedicated_nodes=0,
+        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+            image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 24.04",
+            container_configuration=bm.BatchContainerConfiguration(type=bm.ContainerType.DOCKER_COMPATIBLE))))
     config = registry_config(project, batch_emulator, pool_id="idle")
     ins = project.container("inputs")
     project.put_inputs(ins, {"a.txt": b"a"})

@@ -233,7 +233,7 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     findings.extend(check_registries(job, config))
 
     # --- what the backend knows: a previous run, active jobs
-    durations, active_jobs, job_exists, previous = _backend_facts(ctx, job, durations, active_jobs)
+    durations, active_jobs, job_exists, previous = _backend_facts(ctx, job, durations, active_jobs, findings)
     findings.extend(check_quota(config, active_jobs=active_jobs, job_exists=job_exists))
     plan.forecast = forecast(config, tasks=scan.count, durations=durations or None, previous=previous)
     autoscale, problems = autoscale_forecast(config, tasks=scan.count, durations=durations or None)
@@ -264,10 +264,10 @@ def _uploads(job: Job, config: Config, local: list[tuple[Path, str]], findings: 
     }
 
 
-def _backend_facts(ctx: _Context, job: Job, durations: Sequence[float] | None, active_jobs: int | None
-                   ) -> tuple[Sequence[float] | None, int | None, bool, str]:
+def _backend_facts(ctx: _Context, job: Job, durations: Sequence[float] | None, active_jobs: int | None,
+                   findings: list[Finding]) -> tuple[Sequence[float] | None, int | None, bool, str]:
     """(durations, active jobs, whether the job exists, what the previous run was), asking the backend
-    only what the caller did not give."""
+    only what the caller did not give; what the backend finds would stop the job goes to ``findings``."""
     previous = "no previous run"
     job_exists = False
     if durations is not None and active_jobs is not None:
@@ -277,6 +277,7 @@ def _backend_facts(ctx: _Context, job: Job, durations: Sequence[float] | None, a
         be = ctx.backend()
         if be is not None:
             with be:
+                findings.extend(be.preflight_findings(job))
                 if durations is None:
                     results = list(be.list_task_results(job.id))
                     durations = durations_from(results)

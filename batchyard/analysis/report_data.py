@@ -221,7 +221,10 @@ def report_from_backend(backend: Backend, job_id: str) -> ReportData:
 
     results = list(backend.list_task_results(job_id))
     counts = backend.task_counts(job_id)
-    data = build_report(results, job_id=job_id, backend=backend.name, shape=backend_shape(backend), counts=counts)
+    pool = backend.pool_summary(job_id)  # the pool it ran on, as the backend saw it (a pool shape, not the config's)
+    shape = (f"Azure Batch pool {pool.pool_id}: {pool.vm_size} x {pool.target_nodes} node(s) x {pool.slots_per_node} "
+             f"slot(s) ({pool.state})" if pool is not None else backend_shape(backend))
+    data = build_report(results, job_id=job_id, backend=backend.name, shape=shape, counts=counts)
     durations = durations_from(results)
     if durations:  # what the same tasks would take and cost on the configured Azure pool
         data.forecast = forecast(backend.config, tasks=len(results), durations=durations,

@@ -40,6 +40,7 @@ from batchyard.core.errors import BackendError
 
 if TYPE_CHECKING:
     from batchyard.core.config import Config
+    from batchyard.core.findings import Finding
     from batchyard.core.job import Job
     from batchyard.node.taskspec import NodeContext, TaskSpec
     from batchyard.storage.account import Storage
@@ -150,6 +151,25 @@ class TaskReplay:
     node: NodeContext
     result: TaskResult | None  # what the task's record says; None when it has none yet
     source: str  # where the definition was read, for people ("Batch's task", "the task row"...)
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """The pool a job runs on (or last ran on), as ``status`` shows it, with its node-hours so far."""
+
+    pool_id: str
+    state: str  # the pool's state on the service; "deleted" or "kept" once batchyard released it at a run's end
+    vm_size: str
+    nodes: int  # nodes now (at release, for a released pool)
+    target_nodes: int
+    slots_per_node: int
+    node_states: dict[str, int]
+    dedicated_hours: float
+    spot_hours: float
+    per_job: bool  # batchyard made it for this job alone (so a run's end deletes it)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 ProgressCallback = Callable[[TaskCounts], None]
@@ -319,6 +339,14 @@ class Backend(ABC):
         :class:`~batchyard.core.errors.TaskNotFoundError`. Nothing is changed anywhere.
         """
         raise BackendError(f"the {self.name} backend cannot replay a task on this machine")
+
+    def pool_summary(self, job_id: str) -> PoolSummary | None:
+        """The pool the job runs (or ran) on; None for a backend without pools."""
+        return None
+
+    def preflight_findings(self, job: Job) -> list[Finding]:
+        """What would stop the job where this backend runs it (credentials first), as ``plan`` lists it."""
+        return []
 
     def _check_alive(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""

@@ -8,6 +8,8 @@ Both backends keep the same documents, in the system container, and nothing else
 - ``jobs/<job id>/tasks.json.gz``: the manifest, the id and label of every task of the last
   submission (the local backend's, whose task rows appear only when a worker claims them);
 - ``jobs/<job id>/resources/<file>``: the resource files, uploaded once;
+- ``jobs/<job id>/<name>``: what one backend keeps about the job besides (the azure backend's
+  chain of Batch jobs, ``azure-runs.json``);
 
 and the tasks' logs in the log container, under ``<job id>/``. The local backend's queue and
 tables are its own (:mod:`batchyard.backends.local.store`); the azure backend keeps its task
@@ -84,6 +86,15 @@ class JobDocuments:
         except ResourceNotFoundError:
             raise JobNotFoundError(f"job {job_id!r} not found (no job document)") from None
 
+    def recorded_backend(self, job_id: str) -> str | None:
+        """The backend the job last ran on, from its document (None: no document, or written before the field)."""
+        try:
+            doc = self.load_job_doc(job_id)
+        except JobNotFoundError:
+            return None
+        backend = doc.get("backend")
+        return backend if isinstance(backend, str) and backend else None
+
     def load_job(self, job_id: str) -> Job:
         """The job as submitted (already validated then, so its CSV need not be on this machine)."""
         return job_from_dict(self.load_job_doc(job_id)["job"], source=f"job {job_id}", stored=True)
@@ -103,6 +114,20 @@ class JobDocuments:
         except ResourceNotFoundError:
             return []
         return [(t[0], t[1]) for t in json.loads(gzip.decompress(data))["tasks"]]
+
+    # --- a backend's own state about a job ------------------------------------------------------------
+    @staticmethod
+    def state_blob(job_id: str, name: str) -> str:
+        return f"jobs/{job_id}/{name}"
+
+    def save_backend_state(self, job_id: str, name: str, data: bytes) -> None:
+        self.storage.upload_bytes(self.system_container, self.state_blob(job_id, name), data)
+
+    def load_backend_state(self, job_id: str, name: str) -> bytes | None:
+        try:
+            return self.storage.download_bytes(self.system_container, self.state_blob(job_id, name))
+        except ResourceNotFoundError:
+            return None
 
     # --- resource files -------------------------------------------------------------------------------
     def upload_resources(self, job: Job) -> list[str]:

@@ -81,11 +81,49 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 backend_option = click.option("--backend", default=None, help="Backend to use: local or azure (default: config).")
 
 
-def backend_context(verbose: int, config_path: str | None, backend: str | None) -> tuple[Config, Backend]:
+def backend_context(verbose: int, config_path: str | None, backend: str | None,
+                    job_id: str | None = None) -> tuple[Config, Backend]:
+    """The config and the backend to use: ``--backend``, else (for a command about ``job_id``) the backend
+    the job last ran on, as its job document records it, else the configured one."""
     setup_logging(verbose)
     config = load_config(config_path, backend=backend)
+    if backend is None and job_id is not None:
+        recorded = recorded_backend(config, job_id)
+        if recorded is not None and recorded != config.backend:
+            log.info("job %s ran on the %s backend (its job document says so)", job_id, recorded)
+            config = config.with_backend(recorded)
     return config, get_backend(None, config)
 
+
+def recorded_backend(config: Config, job_id: str) -> str | None:
+    """The backend recorded in the job's document on the configured storage (or the local Azurite if it
+    runs); None when there is no document or no storage to read it from (the configured backend then)."""
+    from batchyard.backends.documents import JobDocuments
+    from batchyard.storage.account import Storage
+
+    conn = config.storage_connection_string
+    if not conn:
+        from batchyard.emulator.azurite import Azurite
+
+        instance = Azurite(home=config.home).status()
+        conn = instance.connection_string() if instance is not None else None
+    if not conn:
+        return None
+    try:
+        return JobDocuments(Storage.from_connection_string(conn), config).recorded_backend(job_id)
+    except Exception:  # unreadable here: the configured backend answers, with its own clear error
+        return None
+
+
+def backend_flag(config_path: str | None, name: str) -> str:
+    """`` --backend NAME`` for a hint, when a command without the flag would start from another backend."""
+    config_log = logging.getLogger("batchyard.core.config")
+    quiet, config_log.disabled = config_log.disabled, True  # its warnings were shown once already
+    try:
+        default = load_config(config_path).backend
+    finally:
+        config_log.disabled = quiet
+    return "" if default == name else f" --backend {name}"
 
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -24,6 +25,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     EXIT_USAGE,
     _context,
     _setup_logging,
+    backend_flag,
     backend_option,
     config_option,
     console,
@@ -32,7 +34,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     styled,
     verbose_option,
 )
-from batchyard.core.config import load_config
+from batchyard.core.config import Config, load_config
 from batchyard.core.job import Job, load_job
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.core.version import __version__
@@ -61,8 +63,9 @@ def _run_with_progress(backend: Backend, job: Job, total: int, *, workers: int |
         return backend.run_to_end(job, workers=workers, on_progress=update)
 
 
-def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str) -> None:
-    """A table of the tasks (all of them for small jobs, else the failed ones), then how to dig in."""
+def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str, flag: str = "") -> None:
+    """A table of the tasks (all of them for small jobs, else the failed ones), then how to dig in
+    (``flag``: `` --backend NAME`` when the hints need it)."""
     failed = sorted((r for r in results if r.state == "failed"), key=lambda r: r.label)
     shown = failed[:SUMMARY_ROWS] if len(results) > SUMMARY_ROWS else sorted(
         results, key=lambda r: (r.state != "failed", r.label))
@@ -82,9 +85,19 @@ def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str) -> None
         out.print(styled(("failed", "red"), f" {r.task_id}: {r.failure_category}: {r.failure_message}"),
                   highlight=False, soft_wrap=True)
     if len(failed) > SUMMARY_ROWS:
-        out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json)")
+        out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json{flag})")
     if failed:
-        out.print(f"stderr of a failed task: batchyard logs {job_id} {failed[0].task_id} --stderr", soft_wrap=True)
+        out.print(f"stderr of a failed task: batchyard logs {job_id} {failed[0].task_id} --stderr{flag}",
+                  soft_wrap=True)
+
+
+def _pool(be: Backend, config: Config, job_id: str) -> None:
+    """The job's pool, its node-hours and their cost (backends with pools)."""
+    summary = be.pool_summary(job_id)
+    if summary is not None:
+        from batchyard.cli.pool_cost import pool_line
+
+        out.print(escape(pool_line(summary, config)), highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -101,7 +114,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 
     Re-running a job that exists runs only its missing and failed tasks.
     """
-    _, be = _context(verbose, config_path, backend)
+    config, be = _context(verbose, config_path, backend)
     job = load_job(job_file)
     with be:
         be.preflight()
@@ -112,12 +125,18 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
             + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else "")),
             highlight=False, soft_wrap=True,
         )
+        flag = backend_flag(config_path, be.name)
         if no_wait:
             if be.name == "local":
                 console.print("workers: run `batchyard worker` (any machine with the same storage) to process it")
+            elif submitted.enqueued:
+                console.print(f"`batchyard status {job.id} --watch{flag}` follows it and ends the run when its "
+                              "tasks are done (the per-job pool bills until then, or until "
+                              f"`batchyard cancel {job.id}{flag}`)", highlight=False, soft_wrap=True)
             return
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
-        _summary(list(be.list_task_results(job.id)), counts, job.id)
+        _summary(list(be.list_task_results(job.id)), counts, job.id, flag)
+        _pool(be, config, job.id)
         if counts.failed:
             sys.exit(EXIT_FAILED_TASKS)
 
@@ -134,7 +153,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_path: str | None,
            verbose: int) -> None:
     """Counts by state and each task's result (--watch: live, until the job ends)."""
-    _, be = _context(verbose, config_path, backend)
+    config, be = _context(verbose, config_path, backend, job_id)
     with be:
         if watch:
             from batchyard.cli.report import watch_status
@@ -146,10 +165,15 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
         results = list(be.list_task_results(job_id))
         counts = be.task_counts(job_id)
         if as_json:
+            from batchyard.cli.pool_cost import pool_cost
+
+            summary = be.pool_summary(job_id)
             out.print_json(json.dumps({"job_id": job_id, "backend": be.name, "counts": counts.to_dict(),
+                                       "pool": pool_cost(summary, config) if summary is not None else None,
                                        "tasks": [r.to_dict() for r in results]}, ensure_ascii=False))
             return
-        _summary(results, counts, job_id)
+        _summary(results, counts, job_id, backend_flag(config_path, be.name))
+        _pool(be, config, job_id)
 
 
 @main.command()
@@ -163,7 +187,7 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
 @handle_errors
 def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_path: str | None, verbose: int) -> None:
     """Print a task's stdout (or --stderr)."""
-    _, be = _context(verbose, config_path, backend)
+    _, be = _context(verbose, config_path, backend, job_id)
     with be:
         data = be.read_task_log(job_id, task_id, stream=stream)
     sys.stdout.buffer.write(data)
@@ -177,11 +201,20 @@ def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_pat
 @verbose_option
 @handle_errors
 def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
-    """Stop a job: pending tasks are cancelled, running ones killed; records stay."""
-    _, be = _context(verbose, config_path, backend)
+    """Stop a job: pending tasks are cancelled, running ones killed; records stay.
+
+    On Azure the job's Batch job is terminated and the pool batchyard made for it deleted
+    (unless [azure] keep_auto_pool); `batchyard run` again runs what was left.
+    """
+    config, be = _context(verbose, config_path, backend, job_id)
     with be:
         be.cancel(job_id)
-    console.print(f"job {job_id} cancelled")
+        console.print(f"job {job_id} cancelled" + (f" on {be.name}" if be.name != "local" else ""))
+        summary = be.pool_summary(job_id)
+        if summary is not None:
+            from batchyard.cli.pool_cost import pool_line
+
+            console.print(escape(pool_line(summary, config)), highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -192,7 +225,7 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
 @handle_errors
 def delete(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
     """Delete a job's records and logs (its outputs stay)."""
-    _, be = _context(verbose, config_path, backend)
+    _, be = _context(verbose, config_path, backend, job_id)
     with be:
         be.delete(job_id)
     console.print(f"job {job_id} deleted")
@@ -207,7 +240,7 @@ def delete(job_id: str, backend: str | None, config_path: str | None, verbose: i
 @handle_errors
 def download(job_id: str, dest: str, backend: str | None, config_path: str | None, verbose: int) -> None:
     """Download every output of a job into DEST/<container>/<blob name>."""
-    _, be = _context(verbose, config_path, backend)
+    _, be = _context(verbose, config_path, backend, job_id)
     with be:
         written = be.download_outputs(job_id, Path(dest))
     console.print(f"{len(written)} file(s) written under {dest}")

@@ -53,7 +53,7 @@ def _report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None
     from batchyard.analysis.report import report_from_backend, report_numbers, write_report
     from batchyard.cli.common import _context, console, out
 
-    _, be = _context(verbose, config_path, backend)
+    _, be = _context(verbose, config_path, backend, job_id)
     with be:
         data = report_from_backend(be, job_id)
     if as_json:

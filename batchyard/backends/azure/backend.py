@@ -1,11 +1,13 @@
 """The azure backend: real Azure Batch (or the Batch API emulator) through ``azure-batch`` 15.x.
 
-One Batch job per batchyard job (same id) on one pool; one Batch task per TaskDef, whose
-input blob and resource files arrive as read-only SAS URLs and whose outputs (and
-stdout/stderr) leave through create/write-only container SAS URLs. Records live in Batch
-itself; the job documents (:mod:`batchyard.backends.documents`, as the local backend's) and
-pool records go to the configured storage account, where this backend creates no queue and
-no table. Storage must be configured (:mod:`batchyard.backends.azure.clients`). See docs/azure.md.
+One Batch job per run of a batchyard job (:mod:`batchyard.backends.azure.runs`: the first has the
+job's id; a re-run after a run ended opens ``<job id>-r<N>``) on one pool; one Batch task per
+TaskDef, whose input blob and resource files arrive as read-only SAS URLs and whose outputs (and
+stdout/stderr) leave through create/write-only container SAS URLs, issued afresh for every task a
+submit adds. Records live in Batch itself; the job documents (:mod:`batchyard.backends.documents`)
+and pool records go to the configured storage account, where this backend creates no queue and
+no table. Every end of a run terminates the Batch job and releases the per-job pool
+(:mod:`batchyard.backends.azure.ending`). See docs/azure.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,36 +24,43 @@ from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from batchyard.backends.azure.adding import JobWriter
 from batchyard.backends.azure.clients import make_client, make_storage
+from batchyard.backends.azure.ending import RunEnds, fate_text
+from batchyard.backends.azure.nodes import NodeWatch
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
+from batchyard.backends.azure.preflight import JobChecks, auth_finding
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
 from batchyard.backends.azure.replay import replay_task
+from batchyard.backends.azure.results import ResultReader
+from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.tasks import (
-    JobFacts,
-    TaskAdder,
-    TaskUrls,
     batch_error,
-    build_task,
     enum_text,
     error_code,
     required_patterns,
-    sas_lifetime,
-    task_result,
 )
-from batchyard.backends.base import Backend, PoolView, SubmitResult, TaskCounts, TaskReplay, TaskResult, dumps
+from batchyard.backends.base import (
+    Backend,
+    PoolSummary,
+    PoolView,
+    SubmitResult,
+    TaskCounts,
+    TaskReplay,
+    TaskResult,
+    dumps,
+)
 from batchyard.backends.documents import JobDocuments, fan_out
-from batchyard.core.batch_semantics import log_blob_name, log_file_name, tail_offset, tail_text
 from batchyard.core.config import Config
-from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
+from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
+from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef, parse_duration
 
 log = logging.getLogger(__name__)
 
-STDERR_TAILS_MAX = 200  # failed tasks whose stderr tail is fetched per listing (one or two calls each)
-CONTROL_CONCURRENCY = 8  # reactivations/deletions in flight
-TASK_SELECT = ["id", "displayName", "state", "executionInfo", "nodeInfo"]
 COUNTS_LAG_GRACE_S = 30.0  # Batch's task counts lag a few seconds behind adds
+CLOSED = ("completed", "terminating")  # Batch adds no task to such a job and reactivates none in it
 
 
 class AzureBackend(Backend):
@@ -64,8 +72,10 @@ class AzureBackend(Backend):
         super().__init__(config)
         self.storage = make_storage(config)  # refuses a missing or unreachable storage account first
         self.documents = JobDocuments(self.storage, config)
+        self.runs = RunRecords(self.documents)
         self._client: BatchClient | None = None
         self._pools: PoolManager | None = None
+        self._chains: dict[str, RunChain] = {}
         self._expected: dict[str, int] = {}
         self._short_since: dict[str, float] = {}  # wait: when counts first looked final but short
         self._watch: tuple[str, str] | None = None  # (job id, pool id) that wait() watches
@@ -78,192 +88,231 @@ class AzureBackend(Backend):
             self._client = make_client(self.config)
         return self._client
 
+    def _connect(self) -> None:
+        """The parts that talk to Batch, made on first use (so status of a job on storage needs no client)."""
+        if self._pools is None:
+            client = self.client
+            self._pools = PoolManager(client, self.storage, self.config)
+            self._nodes = NodeWatch(client)
+            self._ends = RunEnds(client, self._pools, self._nodes, self.runs, self.config)
+            self._reader = ResultReader(client, self.storage, self.documents, self._chain,
+                                        lambda batch_job_id: self._job_state(batch_job_id, max_age_s=0))
+            self._checks = JobChecks(client, self._pools, self.config, self._chain)
+            self._writer = JobWriter(client, self.storage, self.documents, self.config)
+
     @property
     def pools(self) -> PoolManager:
-        if self._pools is None:
-            self._pools = PoolManager(self.client, self.storage, self.config)
-        return self._pools
+        self._connect()
+        return self._pools  # type: ignore[return-value]
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            raise batch_error(exc, what) from None
+    @property
+    def nodes(self) -> NodeWatch:
+        self._connect()
+        return self._nodes
+
+    @property
+    def ends(self) -> RunEnds:
+        self._connect()
+        return self._ends
+
+    @property
+    def reader(self) -> ResultReader:
+        self._connect()
+        return self._reader
+
+    @property
+    def checks(self) -> JobChecks:
+        self._connect()
+        return self._checks
+
+    @property
+    def writer(self) -> JobWriter:
+        self._connect()
+        return self._writer
+
+    def _chain(self, job_id: str, *, fresh: bool = False) -> RunChain:
+        if fresh or job_id not in self._chains:
+            self._chains[job_id] = self.runs.load(job_id)
+        return self._chains[job_id]
 
     # --- submit ----------------------------------------------------------------------------------------
     def preflight(self) -> None:
+        """The storage preflight, then one cheap authenticated Batch call (list one pool id)."""
         self.storage.preflight()
-        self._call(f"Batch preflight (account {self.config.azure.batch_account or '?'} at "
-                   f"{self.config.azure.batch_url})",
-                   lambda: next(iter(self.client.list_pools(max_results=1, select=["id"])), None))
+        self.checks.authenticate()
+
+    def preflight_findings(self, job: Job) -> list[Finding]:
+        try:
+            checks = self.checks  # makes the client: settings it refuses are findings too
+        except BatchyardError as exc:
+            return [auth_finding(exc)]
+        return checks.findings(job)
 
     def fan_out(self, job: Job) -> list[TaskDef]:
         """The job's tasks, exactly as the local backend fans them out."""
         return fan_out(self.storage, job)
 
-    def _get_job(self, job_id: str) -> bm.BatchJob | None:
+    def _get_job(self, batch_job_id: str) -> bm.BatchJob | None:
         try:
-            return self.client.get_job(job_id)
+            return self.client.get_job(batch_job_id)
         except ResourceNotFoundError:
             return None
         except Exception as exc:
-            raise batch_error(exc, f"reading job {job_id!r}") from None
+            raise batch_error(exc, f"reading job {batch_job_id!r}") from None
 
-    def _existing_tasks(self, job_id: str) -> dict[str, bm.BatchTask]:
-        tasks = self._call(f"listing tasks of job {job_id!r}", lambda: list(
-            self.client.list_tasks(job_id, select=["id", "state", "executionInfo"])))
-        return {t.id.lower(): t for t in tasks}
+    def _tasks_of(self, batch_job_id: str) -> dict[str, bm.BatchTask]:
+        try:
+            return {t.id.lower(): t for t in self.client.list_tasks(batch_job_id, select=["id", "state",
+                                                                                           "executionInfo"])}
+        except ResourceNotFoundError:
+            return {}
+        except Exception as exc:
+            raise batch_error(exc, f"listing tasks of job {batch_job_id!r}") from None
+
+    def _succeeded_earlier(self, chain: RunChain) -> set[str]:
+        """Lower-cased ids of the tasks that succeeded in the runs before the current one."""
+        done: set[str] = set()
+        for batch_job_id in chain.batch_job_ids()[1:]:
+            done.update(k for k, t in self._tasks_of(batch_job_id).items() if _succeeded(t))
+        return done
 
     def submit(self, job: Job) -> SubmitResult:
         required = required_patterns(job)
-        # Registries first: a missing password must fail before any container, pool or job exists.
+        # Registries and pool rules first: a missing password or a pool Batch would refuse must fail
+        # before any container, pool or job exists.
         containers = container_setup(job.container_image, self.config) if job.container_image else None
+        self.checks.refuse_errors(job)
         self.documents.ensure()
         self.documents.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job)
-        batch_job = self._get_job(job.id)
-        existing = self._existing_tasks(job.id) if batch_job is not None else {}
+        chain = self._chain(job.id, fresh=True)
+        current = chain.current
+        batch_job = self._get_job(current.batch_job_id)
+        state = enum_text(batch_job.state) if batch_job is not None else ""
+        if state == "deleting":
+            raise BackendError(f"job {job.id} is being deleted on Azure Batch (Batch job {current.batch_job_id}); "
+                               "run it again once `batchyard delete` has finished, or use a new id")
+        is_open = batch_job is not None and state not in CLOSED
+        existing = self._tasks_of(current.batch_job_id) if batch_job is not None else {}
+        earlier = self._succeeded_earlier(chain) if len(chain.runs) > 1 else set()
         to_add: list[TaskDef] = []
-        to_reactivate: list[str] = []
-        done = running = 0
+        to_readd: list[TaskDef] = []  # failed in the open Batch job: deleted, then added with fresh URLs
+        done = running = rerun = 0
         for task in tasks:
-            prior = existing.get(task.task_id.lower())
-            if prior is None:
+            key = task.task_id.lower()
+            prior = existing.get(key)
+            if key in earlier or (prior is not None and _succeeded(prior)):
+                done += 1
+            elif prior is None:
+                to_add.append(task)
+            elif not is_open:  # a closed job never runs it again: the next run does
+                rerun += 1
                 to_add.append(task)
             elif enum_text(prior.state) != "completed":
                 running += 1
-            elif prior.execution_info is not None and enum_text(prior.execution_info.result) == "success":
-                done += 1
             else:
-                to_reactivate.append(prior.id)
-        work = bool(to_add or to_reactivate)
-        if batch_job is not None and work and enum_text(batch_job.state) in ("completed", "terminating", "deleting"):
-            state = enum_text(batch_job.state)
-            raise BackendError(f"job {job.id} is {state} on Azure Batch, so its {len(to_add) + len(to_reactivate)} "
-                               f"missing or failed task(s) cannot run; `batchyard delete {job.id}` first or use "
-                               "a new id")
+                rerun += 1
+                to_readd.append(task)
         spec_hash = hashlib.sha256(dumps(job.model_dump(mode="json")).encode()).hexdigest()[:16]
         self.documents.save_job(job, spec_hash=spec_hash, backend=self.name)
         self._expected[job.id] = len(tasks)
-        pool_id, created = (None, False)
-        if work:
+        pool_id, created = None, False
+        if to_add or to_readd:
             pool_id, created = self.pools.resolve(job.id, containers=containers)
-            if batch_job is None:
-                self._create_job(job, pool_id)
-            self._reactivate(job, to_reactivate, to_add, {t.task_id.lower(): t for t in tasks})
-            self._add(job, tasks=to_add, required=required, containers=containers)
+            try:
+                self._queue(job, chain, batch_job, is_open, pool_id, to_add, to_readd, required, containers, done)
+                if created:  # tasks are queued already: nodes come up while we wait here
+                    self.pools.wait_steady(pool_id, timeout_s=parse_duration(self.config.azure.steady_timeout),
+                                           poll_s=self.config.azure.poll_interval)
+            except (KeyboardInterrupt, BackendError) as exc:
+                self._end_failed_submit(job.id, exc)
         elif batch_job is not None and batch_job.pool_info is not None:
             pool_id = batch_job.pool_info.pool_id
-        if pool_id:
-            self._watch = (job.id, pool_id)
-        if created:  # tasks are queued already: nodes come up while we wait here
-            self.pools.wait_steady(pool_id, timeout_s=parse_duration(self.config.azure.steady_timeout),  # type: ignore[arg-type]
-                                   poll_s=self.config.azure.poll_interval)
-        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_add) + len(to_reactivate),
-                            already_succeeded=done, already_running=running, rerun_failed=len(to_reactivate))
+        self._watch = (job.id, pool_id) if pool_id else None
+        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_add) + len(to_readd),
+                            already_succeeded=done, already_running=running, rerun_failed=rerun)
 
-    def _create_job(self, job: Job, pool_id: str) -> None:
-        options = bm.BatchJobCreateOptions(
-            id=job.id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=False,
-            # noaction: the job stays open after its tasks end, so a re-run can reactivate or add tasks.
-            all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
-            common_environment_settings=[bm.EnvironmentSetting(name=k, value=v)
-                                         for k, v in job.environment.items()] or None,
-            metadata=[bm.BatchMetadataItem(name="created-by", value="batchyard")],
-        )
-        try:
-            self.client.create_job(options)
-        except HttpResponseError as exc:
-            if error_code(exc) != "JobExists":  # a concurrent submit won the race: same job, reuse it
-                raise batch_error(exc, f"creating job {job.id!r} on pool {pool_id!r}") from None
+    def _queue(self, job: Job, chain: RunChain, batch_job: bm.BatchJob | None, is_open: bool, pool_id: str,
+               to_add: list[TaskDef], to_readd: list[TaskDef], required: list[str],
+               containers: ContainerSetup | None, done: int) -> None:
+        """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
+        if not is_open:
+            if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
+                chain.update_current()
+            if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
+                chain.opened(carried=done, pool_id=pool_id)
+            else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
+                chain.update_current(carried=done, pool_id=pool_id)
+            self.runs.save(chain)
+            self.writer.create_job(job, chain.current.batch_job_id, pool_id)
+        elif not chain.runs:  # a job submitted before runs were recorded
+            chain.update_current(pool_id=pool_id)
+            self.runs.save(chain)
+        self.writer.delete_tasks(chain.current.batch_job_id, [t.task_id for t in to_readd])
+        self.writer.add(job, chain.current.batch_job_id, tasks=to_add + to_readd, required=required,
+                        containers=containers)
 
-    def _reactivate(self, job: Job, task_ids: list[str], to_add: list[TaskDef], by_id: dict[str, TaskDef]) -> None:
-        """Reactivate failed tasks; one Batch refuses (e.g. retention expired) is deleted and re-added."""
-        if not task_ids:
-            return
-
-        def one(task_id: str) -> str | None:
-            try:
-                self.client.reactivate_task(job.id, task_id)
-                return None
-            except HttpResponseError as exc:
-                log.info("task %s cannot be reactivated (%s); deleting and adding it again",
-                         task_id, error_code(exc) or exc.status_code)
-            try:
-                self.client.delete_task(job.id, task_id)
-            except ResourceNotFoundError:
-                pass
-            except Exception as exc:
-                raise batch_error(exc, f"deleting failed task {task_id!r} to re-add it") from None
-            return task_id
-
-        with ThreadPoolExecutor(CONTROL_CONCURRENCY) as pool:
-            for readd in pool.map(one, task_ids):
-                if readd is not None and readd.lower() in by_id:
-                    to_add.append(by_id[readd.lower()])
-
-    def _urls(self, job: Job, lifetime: timedelta) -> TaskUrls:
-        resources = tuple(
-            (rf.target, self.storage.blob_sas_url(self.documents.system_container,
-                                                  self.documents.resource_blob(job.id, rf.target),
-                                                  expiry=lifetime, permission="r"))
-            for rf in job.resource_files)
-        outputs = {out.container: self.storage.container_sas_url(out.container, expiry=lifetime, permission="cw")
-                   for out in job.outputs}
-        logs = self.storage.container_sas_url(self.documents.log_container, expiry=lifetime, permission="cw")
-        return TaskUrls(resource_files=resources, output_containers=outputs, log_container_url=logs)
-
-    def _add(self, job: Job, *, tasks: list[TaskDef], required: list[str],
-             containers: ContainerSetup | None = None) -> None:
-        if not tasks:
-            return
-        lifetime, warnings = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
-        for warning in warnings:
-            log.warning("%s", warning)
-        urls = self._urls(job, lifetime)
-        options = []
-        for task in tasks:
-            input_url = None
-            if task.input_blob is not None and task.input_container is not None:
-                input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
-                                                      permission="r")
-            options.append(build_task(job, task, urls=urls, input_url=input_url, required=required,
-                                      registry=containers.task_registry if containers else None))
-        report = TaskAdder(self.client, job.id).add(options)
-        if report.existed:
-            log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",
-                     job.id, report.existed)
+    def _end_failed_submit(self, job_id: str, exc: BaseException) -> None:
+        """A submit stopped after its pool existed (Ctrl-C, resize errors): end the run, then re-raise."""
+        note = self.end_run(job_id, "UserInterrupted" if isinstance(exc, KeyboardInterrupt) else "SubmitFailed")
+        where = f"; {note}" if note else ""
+        if isinstance(exc, KeyboardInterrupt):
+            log.warning("interrupted: job %s stopped on Azure Batch (records kept)%s", job_id, where)
+            raise exc
+        raise BackendError(f"{exc}\njob {job_id} stopped (Batch job terminated, records kept){where}") from None
 
     # --- waiting ---------------------------------------------------------------------------------------
     def task_counts(self, job_id: str) -> TaskCounts:
+        run = self._chain(job_id).current
         try:
-            result = self.client.get_job_task_counts(job_id)
+            result = self.client.get_job_task_counts(run.batch_job_id)
         except Exception as exc:
             raise batch_error(exc, f"task counts of job {job_id!r}") from None
         c = result.task_counts
-        counts = TaskCounts(pending=c.active, running=c.running, succeeded=c.succeeded, failed=c.failed)
-        if counts.pending and not counts.running and self._job_state(job_id) == "completed":
+        counts = TaskCounts(pending=c.active, running=c.running, succeeded=c.succeeded + run.carried, failed=c.failed)
+        if counts.pending and not counts.running and self._job_state(run.batch_job_id) == "completed":
             # A terminated job never starts its active tasks: report them as failed (cancelled).
-            counts = TaskCounts(pending=0, running=0, succeeded=c.succeeded, failed=c.failed + c.active)
+            counts = TaskCounts(pending=0, running=0, succeeded=counts.succeeded, failed=c.failed + c.active)
         return counts
 
-    def _job_state(self, job_id: str, *, max_age_s: float = 5.0) -> str | None:
-        cached = self._job_state_cache.get(job_id)
+    def _job_state(self, batch_job_id: str, *, max_age_s: float = 5.0) -> str | None:
+        cached = self._job_state_cache.get(batch_job_id)
         if cached and time.monotonic() - cached[0] < max_age_s:
             return cached[1]
-        job = self._get_job(job_id)
+        job = self._get_job(batch_job_id)
         state = enum_text(job.state) if job is not None else None
-        self._job_state_cache[job_id] = (time.monotonic(), state or "")
+        self._job_state_cache[batch_job_id] = (time.monotonic(), state or "")
         return state
 
     def wait(self, job_id: str, *, on_progress: Any = None, poll_interval: float | None = None,
              timeout: float | None = None) -> TaskCounts:
-        """Poll task counts until every task is final; then, if all succeeded, finish the job."""
+        """Poll task counts until every task is final; then end the run (ending.py)."""
         self._short_since.pop(job_id, None)
+        if self._watch is None or self._watch[0] != job_id:
+            self._watch = self._watched_pool(job_id)
         return super().wait(job_id, on_progress=on_progress, timeout=timeout,
                             poll_interval=poll_interval or self.config.azure.poll_interval)
+
+    def _watched_pool(self, job_id: str) -> tuple[str, str] | None:
+        run = self._chain(job_id).current
+        pool_id = run.pool_id
+        if pool_id is None:
+            batch_job = self._get_job(run.batch_job_id)
+            pool_id = batch_job.pool_info.pool_id if batch_job is not None and batch_job.pool_info else None
+        return (job_id, pool_id) if pool_id and run.usage is None else None
+
+    def run_to_end(self, job: Job, **options: Any) -> TaskCounts:
+        """As every backend's; Ctrl-C also ends the run (Batch job terminated, per-job pool released)."""
+        try:
+            return super().run_to_end(job, **options)
+        except KeyboardInterrupt:
+            self._watch = None
+            note = self.end_run(job.id, "UserInterrupted")
+            log.warning("interrupted: job %s stopped on Azure Batch (records kept)%s; `batchyard run` again runs "
+                        "what is left", job.id, f"; {note}" if note else "")
+            raise
 
     def _settled(self, job_id: str, counts: TaskCounts) -> bool:
         # Batch's counts lag behind adds by a few seconds, so "finished" only counts once the total
@@ -277,138 +326,80 @@ class AzureBackend(Backend):
 
     def _on_settled(self, job_id: str, counts: TaskCounts) -> None:
         self._short_since.pop(job_id, None)
-        if counts.total and counts.failed == 0:
-            self.finish(job_id)
+        if counts.total:
+            self._watch = None
+            self.end_run(job_id, "AllTasksSucceeded" if counts.failed == 0 else "TasksFailed")
 
-    def finish(self, job_id: str) -> None:
-        """Every task succeeded: terminate the job (frees the active-job quota), drop its per-job pool."""
-        try:
-            self._terminate(job_id, "AllTasksSucceeded")
-        except HttpResponseError as exc:
-            if error_code(exc) not in ("JobCompleted", "JobBeingTerminated"):
-                raise batch_error(exc, f"terminating job {job_id!r}") from None
-        self._job_state_cache.pop(job_id, None)
-        self._delete_per_job_pool(job_id)
-
-    def _terminate(self, job_id: str, reason: str) -> None:
-        # azure-batch 15.1.0 sends no Content-Type without options (and the serializer fails on it),
-        # so options are always given; the class is not exported from azure.batch.models.
-        from azure.batch.models._models import BatchJobTerminateOptions
-
-        poller = self.client.begin_terminate_job(job_id, BatchJobTerminateOptions(termination_reason=reason),
-                                                 polling_interval=1)
-        poller.wait(30)
-
-    def _delete_per_job_pool(self, job_id: str) -> None:
-        pool_id = per_job_pool_id(job_id)
-        record = self.pools.get_record(pool_id)
-        if record is None or record.job_id != job_id or self.config.azure.keep_auto_pool:
-            return
-        self.pools.delete(pool_id, wait_s=30)
-        log.info("deleted per-job pool %s", pool_id)
+    def end_run(self, job_id: str, reason: str) -> str:
+        """Terminate the current run's Batch job and release its per-job pool; a line saying what became of it."""
+        chain = self._chain(job_id, fresh=True)
+        self.ends.end(chain, reason)
+        self._job_state_cache.pop(chain.current.batch_job_id, None)
+        usage = chain.current.usage
+        return fate_text(usage) if usage is not None and usage.ended_at else ""
 
     def _check_alive(self) -> None:
-        """Surface a pool that cannot get nodes (quota, capacity) instead of waiting forever."""
-        if self._watch is None or time.monotonic() - self._last_alive_check < 10:
+        """Stop waiting when nothing can run: resize errors, a vanished pool, or no node that can take tasks."""
+        interval = min(10.0, max(1.0, 5 * self.config.azure.poll_interval))
+        if self._watch is None or time.monotonic() - self._last_alive_check < interval:
             return
         self._last_alive_check = time.monotonic()
-        pool = self.pools.get(self._watch[1])
+        job_id, pool_id = self._watch
+        pool = self.pools.get(pool_id)
         if pool is None:
-            raise BackendError(f"pool {self._watch[1]!r} of job {self._watch[0]!r} no longer exists on Azure Batch")
-        problem = self.pools.resize_errors(pool)
+            if self._job_state(self._chain(job_id).current.batch_job_id, max_age_s=0) in CLOSED:
+                return  # cancelled elsewhere: the counts show the end at the next poll
+            problem = f"pool {pool_id!r} of job {job_id!r} no longer exists on Azure Batch"
+        else:
+            grace = min(parse_duration(self.config.azure.steady_timeout),
+                        pool.resize_timeout.total_seconds() if pool.resize_timeout else 15 * 60.0)
+            problem = self.pools.resize_errors(pool) or self.nodes.problem(pool, grace_s=grace)
         if problem:
-            raise BackendError(problem)
+            self._watch = None
+            note = self.end_run(job_id, "PoolUnusable")
+            where = note or f"pool {pool_id} is shared ([azure] pool_id): left as it is"
+            raise BackendError(f"{problem}\njob {job_id} stopped (Batch job terminated, records kept); {where}. "
+                               "Fix the pool, then `batchyard run` again runs its tasks")
 
     # --- queries ---------------------------------------------------------------------------------------
-    def _facts(self, job_id: str) -> JobFacts:
-        try:
-            job = self.job(job_id)
-        except JobNotFoundError:
-            return JobFacts(job_completed=self._job_state(job_id, max_age_s=0) == "completed")
-        resources = tuple(self.documents.resource_blob(job.id, rf.target) for rf in job.resource_files)
-        return JobFacts(has_required_outputs=bool(required_patterns(job)), resource_names=resources,
-                        job_completed=self._job_state(job_id, max_age_s=0) == "completed")
-
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
-        facts = self._facts(job_id)
-        try:
-            tasks = iter(self.client.list_tasks(job_id, select=TASK_SELECT))
-            tails = 0
-            for task in tasks:
-                tail = ""
-                failed = (enum_text(task.state) == "completed"
-                          and enum_text(getattr(task.execution_info, "result", None)) != "success")
-                if failed and tails < STDERR_TAILS_MAX:
-                    tails += 1
-                    tail = self._stderr_tail(job_id, task.id)
-                yield task_result(job_id, task, facts, stderr_tail=tail)
-        except (JobNotFoundError, TaskNotFoundError):
-            raise
-        except Exception as exc:
-            raise batch_error(exc, f"listing tasks of job {job_id!r}") from None
-
-    def _stderr_tail(self, job_id: str, task_id: str) -> str:
-        container = self.storage.container(self.documents.log_container)
-        blob = container.get_blob_client(log_blob_name(job_id, task_id, "stderr"))
-        try:
-            size = blob.get_blob_properties().size
-            start = tail_offset(size)
-            data = blob.download_blob(offset=start, length=size - start).readall() if size else b""
-        except ResourceNotFoundError:
-            try:  # not uploaded (yet): the node may still have it
-                props = self.client.get_task_file_properties(job_id, task_id, log_file_name("stderr"))
-                size = int(props.content_length or 0)
-                if not size:
-                    return ""
-                start = tail_offset(size)
-                data = b"".join(self.client.download_task_file(job_id, task_id, log_file_name("stderr"),
-                                                               ocp_range=f"bytes={start}-{size - 1}"))
-            except Exception:
-                return ""
-        return tail_text(data)
+        self._chain(job_id, fresh=True)
+        return self.reader.list_task_results(job_id)
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
-        try:
-            return self.storage.download_bytes(self.documents.log_container, log_blob_name(job_id, task_id, stream))
-        except ResourceNotFoundError:
-            pass
-        try:  # the task is still running (or its upload failed): read it from the node
-            return b"".join(self.client.download_task_file(job_id, task_id, log_file_name(stream)))
-        except ResourceNotFoundError as exc:
-            code = error_code(exc)
-            if code == "JobNotFound":
-                raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch") from None
-            if code == "TaskNotFound":
-                raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}") from None
-            raise TaskNotFoundError(f"task {task_id!r} of job {job_id!r} has no {stream} yet") from None
-        except Exception as exc:
-            raise batch_error(exc, f"reading {stream} of task {task_id!r}") from None
+        return self.reader.read_task_log(job_id, task_id, stream=stream)
 
     def job(self, job_id: str) -> Job:
         return self.documents.load_job(job_id)
 
+    def pool_summary(self, job_id: str) -> PoolSummary | None:
+        chain = self._chain(job_id, fresh=True)
+        pool_id = chain.current.pool_id
+        if pool_id is None:
+            batch_job = self._get_job(chain.current.batch_job_id)
+            pool_id = batch_job.pool_info.pool_id if batch_job is not None and batch_job.pool_info else None
+        return self.ends.summary(chain, pool_id)
+
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
-        try:
-            self._terminate(job_id, "UserTerminate")
-        except ResourceNotFoundError:
-            raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch") from None
-        except HttpResponseError as exc:
-            if error_code(exc) not in ("JobCompleted", "JobBeingTerminated"):
-                raise batch_error(exc, f"cancelling job {job_id!r}") from None
-        self._job_state_cache.pop(job_id, None)
+        """Terminate the job's current Batch job (records stay) and release its per-job pool."""
+        chain = self._chain(job_id, fresh=True)
+        if not self.ends.end(chain, "UserTerminate") and not self.documents.has_job(job_id):
+            raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch")
+        self._job_state_cache.pop(chain.current.batch_job_id, None)
 
     def delete(self, job_id: str) -> None:
         found = False
-        try:
-            self.client.begin_delete_job(job_id, polling_interval=1).wait(60)
-            found = True
-        except ResourceNotFoundError:
-            pass
-        except HttpResponseError as exc:
-            if error_code(exc) != "JobBeingDeleted":
-                raise batch_error(exc, f"deleting job {job_id!r}") from None
-            found = True
+        for batch_job_id in self._chain(job_id, fresh=True).batch_job_ids():
+            try:
+                self.client.begin_delete_job(batch_job_id, polling_interval=1).wait(60)
+                found = True
+            except ResourceNotFoundError:
+                pass
+            except HttpResponseError as exc:
+                if error_code(exc) != "JobBeingDeleted":
+                    raise batch_error(exc, f"deleting job {batch_job_id!r}") from None
+                found = True
         record = self.pools.get_record(per_job_pool_id(job_id))
         if record is not None and record.job_id == job_id:
             self.pools.delete(record.pool_id)
@@ -419,6 +410,7 @@ class AzureBackend(Backend):
             raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch nor on storage account "
                                    f"{self.storage.account.account_name!r}")
         self._expected.pop(job_id, None)
+        self._chains.pop(job_id, None)
 
     # --- pools ----------------------------------------------------------------------------------------
     def created_pools(self) -> list[PoolView]:
@@ -444,7 +436,13 @@ class AzureBackend(Backend):
 
     def replay_task(self, job_id: str, task_id: str, *, node_root: Path) -> TaskReplay:
         return replay_task(self.client, self.storage, self.config, self.documents, job_id, task_id,
-                           node_root=node_root, facts=self._facts(job_id))
+                           node_root=node_root, batch_job_ids=self._chain(job_id).batch_job_ids(),
+                           facts=self.reader.facts)
+
+
+def _succeeded(task: bm.BatchTask) -> bool:
+    return (enum_text(task.state) == "completed" and task.execution_info is not None
+            and enum_text(task.execution_info.result) == "success")
 
 
 __all__ = ["AzureBackend", "make_client"]

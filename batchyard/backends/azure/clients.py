@@ -9,6 +9,8 @@ SAS URLs pointing at themselves: every task would fail to stage, after a pool wa
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,16 +65,50 @@ def make_storage(config: Config) -> Storage:
     return Storage(storage_account(config))
 
 
+URL_SETTING = "BATCHYARD_BATCH_URL or [azure] batch_url"
+ACCOUNT_SETTING = "BATCHYARD_BATCH_ACCOUNT or [azure] batch_account"
+# Public Azure and the national clouds: the account name is the host's first label there.
+BATCH_DOMAINS = (".batch.azure.com", ".batch.chinacloudapi.cn", ".batch.usgovcloudapi.net")
+
+
+def check_batch_settings(config: Config) -> str:
+    """The Batch URL without its trailing slash; a ConfigError naming the setting when a value cannot work.
+
+    Each would otherwise fail later inside the SDK with a message that names nothing ("No connection
+    adapters were found", "Incorrect padding"). The key is never part of a message.
+    """
+    azure = config.azure
+    if not azure.batch_url:
+        raise ConfigError(f"azure backend: no Batch account URL; set {URL_SETTING}")
+    url = azure.batch_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"azure backend: the Batch account URL {url!r} ({URL_SETTING}) needs a scheme and a host: "
+                          "https://<account>.<region>.batch.azure.com")
+    if config.batch_key:
+        key_setting = f"{config.azure.batch_key_env} or [azure] batch_key"
+        try:
+            if not base64.b64decode(config.batch_key, validate=True):
+                raise ValueError
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"azure backend: the Batch account key ({key_setting}) is not base64: copy "
+                              "key1 or key2 from the account's Keys page (az batch account keys list)") from None
+        if not azure.batch_account:
+            raise ConfigError(f"azure backend: a Batch key needs the account name; set {ACCOUNT_SETTING}")
+    host = parts.hostname.lower()
+    if azure.batch_account and host.endswith(BATCH_DOMAINS):
+        in_url = host.split(".", 1)[0]
+        if in_url != azure.batch_account.lower():
+            raise ConfigError(f"azure backend: the Batch account name {azure.batch_account!r} ({ACCOUNT_SETTING}) "
+                              f"is not the account of the URL {url} ({in_url!r}); set the two to the same account")
+    return url
+
+
 def make_client(config: Config) -> BatchClient:
     """A BatchClient with a shared key when one is configured, else DefaultAzureCredential."""
     azure = config.azure
-    if not azure.batch_url:
-        raise ConfigError("azure backend: no Batch account URL; set BATCHYARD_BATCH_URL or [azure] batch_url")
-    url = azure.batch_url.rstrip("/")
+    url = check_batch_settings(config)
     if config.batch_key:
-        if not azure.batch_account:
-            raise ConfigError("azure backend: a Batch key needs the account name; set BATCHYARD_BATCH_ACCOUNT "
-                              "or [azure] batch_account")
         from azure.core.credentials import AzureNamedKeyCredential
 
         register_secret(config.batch_key)

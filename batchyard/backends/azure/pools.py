@@ -230,16 +230,31 @@ class PoolManager:
         """The pool the job runs on, creating it if batchyard should; returns (pool id, created now)."""
         azure = self.config.azure
         if azure.pool_id:
-            if self.exists(azure.pool_id):
+            if self.usable(azure.pool_id):
                 return azure.pool_id, False
             if azure.pool is None:
                 raise BackendError(f"pool {azure.pool_id!r} ([azure] pool_id) does not exist on Azure Batch; "
                                    "create it, or add an [azure.pool] section so batchyard creates it")
             return azure.pool_id, self.create(azure.pool_id, azure.pool, job_id=None, containers=containers)
         pool_id = per_job_pool_id(job_id)
-        if self.exists(pool_id):
+        if self.usable(pool_id):
             return pool_id, False
         return pool_id, self.create(pool_id, azure.pool or PoolSection(), job_id=job_id, containers=containers)
+
+    def usable(self, pool_id: str) -> bool:
+        """Whether the pool exists and is not being deleted; a pool being deleted is waited for (a run's end
+        deletes the per-job pool, and Batch refuses a new pool with the id of one it still deletes)."""
+        deadline = time.monotonic() + parse_duration(self.config.azure.steady_timeout)
+        while True:
+            pool = self.get(pool_id)
+            if pool is None:
+                return False
+            if enum_text(pool.state) != "deleting":
+                return True
+            if time.monotonic() >= deadline:
+                raise BackendError(f"pool {pool_id!r} is still being deleted after {self.config.azure.steady_timeout} "
+                                   "([azure] steady_timeout); run again once it is gone")
+            time.sleep(self.config.azure.poll_interval)
 
     def resize_errors(self, pool: bm.BatchPool) -> str | None:
         errors = pool.resize_errors or []

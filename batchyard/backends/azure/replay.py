@@ -34,14 +34,30 @@ UNLIMITED = timedelta(days=10_675_199)
 
 
 def replay_task(client: BatchClient, storage: Storage, config: Config, documents: JobDocuments, job_id: str,
-                task_id: str, *, node_root: Path, facts: JobFacts) -> TaskReplay:
-    """``task_id`` of ``job_id`` as Batch holds it (:meth:`batchyard.backends.base.Backend.replay_task`);
-    ``facts`` for its recorded result. ``documents`` say where the job's resource files live, so the
-    other blob a task reads is known as its input."""
-    batch_job = _read(lambda: client.get_job(job_id), f"reading job {job_id!r}",
+                task_id: str, *, node_root: Path, batch_job_ids: list[str],
+                facts: Callable[[str, str], JobFacts]) -> TaskReplay:
+    """``task_id`` of ``job_id`` as Batch holds it (:meth:`batchyard.backends.base.Backend.replay_task`):
+    from the newest of the job's Batch jobs (``batch_job_ids``, newest first: one per run) that has
+    it; ``facts`` for its recorded result. ``documents`` say where the job's resource files live, so
+    the other blob a task reads is known as its input."""
+    found = None
+    for batch_job_id in batch_job_ids or [job_id]:
+        try:
+            task = client.get_task(batch_job_id, task_id)
+        except ResourceNotFoundError:
+            continue
+        except Exception as exc:
+            raise batch_error(exc, f"reading task {task_id!r} of job {batch_job_id!r}") from None
+        found = batch_job_id, task
+        break
+    if found is None:
+        batch_job_id = (batch_job_ids or [job_id])[0]
+        _read(lambda: client.get_job(batch_job_id), f"reading job {batch_job_id!r}",
+              JobNotFoundError(f"job {job_id!r} not found on Azure Batch"))
+        raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r} on Azure Batch")
+    batch_job_id, task = found
+    batch_job = _read(lambda: client.get_job(batch_job_id), f"reading job {batch_job_id!r}",
                       JobNotFoundError(f"job {job_id!r} not found on Azure Batch"))
-    task = _read(lambda: client.get_task(job_id, task_id), f"reading task {task_id!r} of job {job_id!r}",
-                 TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r} on Azure Batch"))
     try:
         argv = split_command_line(task.command_line or "")
     except ValueError as exc:
@@ -53,7 +69,7 @@ def replay_task(client: BatchClient, storage: Storage, config: Config, documents
                       for index, rf in enumerate(task.resource_files or []))
     wall_clock = getattr(task.constraints, "max_wall_clock_time", None)
     spec = TaskSpec(
-        job_id=job_id, task_id=task.id, argv=argv, environment=environment, resource_files=resources,
+        job_id=batch_job_id, task_id=task.id, argv=argv, environment=environment, resource_files=resources,
         max_wall_clock_seconds=wall_clock.total_seconds() if wall_clock and wall_clock < UNLIMITED else None,
         max_task_retry_count=0, keep_task_dir=True,
         container_image=getattr(task.container_settings, "image_name", None) or None,
@@ -62,7 +78,7 @@ def replay_task(client: BatchClient, storage: Storage, config: Config, documents
     pool_id = getattr(node_info, "pool_id", None) or getattr(batch_job.pool_info, "pool_id", None) or ""
     node = NodeContext(root=node_root, node_id=getattr(node_info, "node_id", None) or "", pool_id=pool_id,
                        account_name=config.azure.batch_account or "", account_url=config.azure.batch_url or "")
-    return TaskReplay(spec=spec, node=node, result=task_result(job_id, task, facts),
+    return TaskReplay(spec=spec, node=node, result=task_result(job_id, task, facts(job_id, batch_job_id)),
                       source="its task and job on Azure Batch")
 
 

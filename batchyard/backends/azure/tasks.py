@@ -62,6 +62,10 @@ _CHECK_SCRIPT = (
     f"exit {OUTPUT_MISSING_EXIT}; fi; done; exit 0"
 )
 _MISSING_RE = re.compile(r"batchyard: output pattern '(.*)' matched no file")
+# A SAS URL refused by storage: Batch's access-denied codes, or a 403 in an upload failure's details.
+SAS_DENIED_CODES = ("BlobAccessDenied", "ResourceContainerAccessDenied")
+_DENIED_TEXT = re.compile(r"\b403\b|AuthenticationFailed|AuthorizationFailure|AuthorizationPermissionMismatch|"
+                          r"refused the credentials", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -80,7 +84,8 @@ def batch_error(exc: BaseException, what: str) -> Exception:
         if "bearer token" in str(exc).lower():
             return AuthenticationError(f"{what}: token credentials need an https Batch URL; for an http "
                                        "endpoint (an emulator) set the Batch account key (BATCHYARD_BATCH_KEY).")
-        return BackendError(f"{what}: the Batch endpoint is unreachable ({_first_line(exc)})")
+        return BackendError(f"{what}: the Batch endpoint is unreachable ({_first_line(exc)}); check "
+                            "BATCHYARD_BATCH_URL or [azure] batch_url")
     if isinstance(exc, HttpResponseError):
         code = _code(exc)
         if code in ("JobNotFound",):
@@ -240,6 +245,24 @@ def failure_category(info: Any, exit_code: int | None, facts: JobFacts) -> str:
                        resource_names=facts.resource_names)
 
 
+def sas_refused(info: Any) -> bool:
+    """Whether a task failed because storage refused one of its SAS URLs (HTTP 403)."""
+    if info is None:
+        return False
+    code = str(getattr(info, "code", "") or "")
+    if code in SAS_DENIED_CODES:
+        return True
+    detail = " ".join(str(getattr(d, "value", "")) for d in getattr(info, "details", None) or [])
+    return code.startswith("FileUpload") and bool(_DENIED_TEXT.search(detail))
+
+
+def sas_refused_text(info: Any) -> str:
+    """What a refused SAS URL means here: never the account key (the node holds none), but the URL itself."""
+    return (f"a SAS URL was refused (HTTP 403, {info.code}): it expired or lacks a permission. Its lifetime is "
+            "(max_task_retry_count + 1) x max_wall_clock_time + [azure] sas_margin from the submit, so a task that "
+            "waited longer for a node outlives it; `batchyard run` again issues fresh URLs for the tasks it re-runs")
+
+
 def failure_text(info: Any) -> str | None:
     if info is None:
         return None
@@ -264,7 +287,9 @@ def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail
             state = TaskState.FAILED
             category = failure_category(ex.failure_info, exit_code, facts)
             message = failure_text(ex.failure_info)
-            if category == "output_missing":
+            if category in ("staging_failed", "upload_failed") and sas_refused(ex.failure_info):
+                message = sas_refused_text(ex.failure_info)
+            elif category == "output_missing":
                 found = _MISSING_RE.search(stderr_tail)
                 pattern = found.group(1) if found else "?"
                 message = f"output pattern {pattern!r} matched no file in the working dir"

@@ -10,6 +10,7 @@ from batchyard.emulator.batch.common import (
     forget_passwords,
     invalid,
     not_found,
+    parse_duration,
     require,
     rfc1123,
     unsupported,
@@ -38,6 +39,7 @@ REFUSED_POOL_FIELDS = {
     "applicationPackageReferences": "application packages",
     "certificateReferences": "certificates",
 }
+MIN_RESIZE_TIMEOUT_S = 5 * 60  # "The minimum value is 5 minutes" (resizeTimeout, Batch REST 2025-06-01)
 UPDATABLE = ("startTask", "metadata", "targetNodeCommunicationMode", "applicationPackageReferences",
              "certificateReferences", "taskSlotsPerNode", "vmSize", "displayName")
 
@@ -51,6 +53,14 @@ def _check_start_task(start: Any) -> None:
     if start.get("containerSettings"):
         raise unsupported("container start tasks", "startTask.containerSettings")
     validate_task({**start, "id": "starttask", "constraints": {}}, uses_dependencies=False)
+
+
+def _check_resize_timeout(body: dict[str, Any]) -> None:
+    """Azure answers 400 for a resize timeout under 5 minutes (pool create and resize alike)."""
+    seconds = parse_duration(body.get("resizeTimeout"), "resizeTimeout")
+    if seconds is not None and seconds < MIN_RESIZE_TIMEOUT_S:
+        raise invalid("The value provided for resizeTimeout is invalid: the minimum value is 5 minutes.",
+                      "resizeTimeout")
 
 
 def _check_container_configuration(config: Any, prop: str) -> None:
@@ -97,6 +107,7 @@ def _check_pool(body: Any) -> dict[str, Any]:
     slots = body.get("taskSlotsPerNode", 1) or 1
     if not isinstance(slots, int) or slots < 1 or slots > 256:
         raise invalid("taskSlotsPerNode must be an integer from 1 to 256", "taskSlotsPerNode")
+    _check_resize_timeout(body)
     _check_start_task(body.get("startTask"))
     return body
 
@@ -219,6 +230,7 @@ class PoolOps:
 
     def resize(self, req: Request) -> Response:
         body = req.json()
+        _check_resize_timeout(body)
         with self.emu.store.lock:
             pool = self.pool(req.params[0])
             if pool.state != "active":

@@ -1,0 +1,116 @@
+"""Writing a run to Batch: its job, and its tasks with SAS URLs issued for this submit.
+
+Every task a submit adds gets URLs signed now, valid for ``sas_lifetime`` from now: a re-run adds
+its tasks again (deleting a failed one first) rather than reactivating them, because a reactivated
+task keeps the URLs it was first added with, which may have expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from azure.batch import models as bm
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+from batchyard.backends.azure.registries import ContainerSetup
+from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, build_task, error_code, sas_lifetime
+from batchyard.backends.documents import JobDocuments
+from batchyard.core.config import Config
+from batchyard.core.errors import BackendError
+from batchyard.core.job import Job, TaskDef, parse_duration
+from batchyard.storage.account import Storage
+
+log = logging.getLogger(__name__)
+
+CONTROL_CONCURRENCY = 8  # task deletions in flight
+
+
+class JobWriter:
+    """Creates a run's Batch job and adds its tasks."""
+
+    def __init__(self, client: Any, storage: Storage, documents: JobDocuments, config: Config) -> None:
+        self.client = client
+        self.storage = storage
+        self.documents = documents
+        self.config = config
+
+    def _owner(self, batch_job_id: str) -> dict[str, str]:
+        """The metadata of an existing Batch job (who made it)."""
+        try:
+            job = self.client.get_job(batch_job_id)
+        except Exception as exc:
+            raise batch_error(exc, f"reading job {batch_job_id!r}") from None
+        return {m.name: m.value for m in job.metadata or []}
+
+    def create_job(self, job: Job, batch_job_id: str, pool_id: str) -> None:
+        options = bm.BatchJobCreateOptions(
+            id=batch_job_id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=False,
+            # noaction: the job stays open while a submit may still add tasks; batchyard terminates it
+            # at the end of the run (ending.py).
+            all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
+            common_environment_settings=[bm.EnvironmentSetting(name=k, value=v)
+                                         for k, v in job.environment.items()] or None,
+            metadata=[bm.BatchMetadataItem(name="created-by", value="batchyard"),
+                      bm.BatchMetadataItem(name="batchyard-job", value=job.id)],
+        )
+        try:
+            self.client.create_job(options)
+        except HttpResponseError as exc:
+            if error_code(exc) != "JobExists":
+                raise batch_error(exc, f"creating job {batch_job_id!r} on pool {pool_id!r}") from None
+            owner = self._owner(batch_job_id)
+            if batch_job_id != job.id and owner.get("batchyard-job") != job.id:
+                raise BackendError(f"job {job.id}: the Batch job id {batch_job_id!r} of its next run is taken by "
+                                   "another job; delete that Batch job or use a new id") from None
+            # else a concurrent submit of the same job won the race: same job, reuse it
+
+    def delete_tasks(self, batch_job_id: str, task_ids: list[str]) -> None:
+        """Delete failed tasks so they can be added again: reactivation would keep their expired SAS URLs."""
+        def one(task_id: str) -> None:
+            try:
+                self.client.delete_task(batch_job_id, task_id)
+            except ResourceNotFoundError:
+                pass
+            except Exception as exc:
+                raise batch_error(exc, f"deleting failed task {task_id!r} to add it again") from None
+
+        with ThreadPoolExecutor(CONTROL_CONCURRENCY) as pool:
+            list(pool.map(one, task_ids))
+
+    def urls(self, job: Job, lifetime: timedelta) -> TaskUrls:
+        resources = tuple(
+            (rf.target, self.storage.blob_sas_url(self.documents.system_container,
+                                                  self.documents.resource_blob(job.id, rf.target),
+                                                  expiry=lifetime, permission="r"))
+            for rf in job.resource_files)
+        outputs = {out.container: self.storage.container_sas_url(out.container, expiry=lifetime, permission="cw")
+                   for out in job.outputs}
+        logs = self.storage.container_sas_url(self.documents.log_container, expiry=lifetime, permission="cw")
+        return TaskUrls(resource_files=resources, output_containers=outputs, log_container_url=logs)
+
+    def add(self, job: Job, batch_job_id: str, *, tasks: list[TaskDef], required: list[str],
+             containers: ContainerSetup | None = None) -> None:
+        if not tasks:
+            return
+        lifetime, warnings = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
+        for warning in warnings:
+            log.warning("%s", warning)
+        urls = self.urls(job, lifetime)
+        options = []
+        for task in tasks:
+            input_url = None
+            if task.input_blob is not None and task.input_container is not None:
+                input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
+                                                      permission="r")
+            options.append(build_task(job, task, urls=urls, input_url=input_url, required=required,
+                                      registry=containers.task_registry if containers else None))
+        report = TaskAdder(self.client, batch_job_id).add(options)
+        if report.existed:
+            log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",
+                     job.id, report.existed)
+
+
+__all__ = ["JobWriter"]
