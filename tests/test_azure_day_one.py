@@ -56,9 +56,10 @@ def job_state(client: Any, batch_job_id: str) -> str:
 
 
 def pool_exists(client: Any, pool_id: str) -> bool:
+    """Whether the pool still stands: one being deleted (Azure's ``deleting``, which lasts a while
+    there and a second on the emulator) bills no new node and counts as released."""
     try:
-        client.get_pool(pool_id)
-        return True
+        return str(client.get_pool(pool_id).state) not in ("deleting", "BatchPoolState.DELETING")
     except ResourceNotFoundError:
         return False
 
@@ -317,7 +318,7 @@ def test_each_wrong_setting_is_one_line_naming_it_before_anything_exists(project
                       ["HTTP 403", "BATCHYARD_BATCH_KEY"]),
         "key not base64": ({"BATCHYARD_BATCH_KEY": "not-base64!"}, 2, ["BATCHYARD_BATCH_KEY", "is not base64"]),
         "URL without scheme": ({"BATCHYARD_BATCH_URL": emu.url.removeprefix("http://")}, 2,
-                               ["BATCHYARD_BATCH_URL", "needs a scheme and a host"]),
+                               ["BATCHYARD_BATCH_URL", "is not an http:// or https:// endpoint"]),
         "unreachable URL": ({"BATCHYARD_BATCH_URL": closed}, 3, ["is unreachable", "BATCHYARD_BATCH_URL"]),
         "wrong account name": ({"BATCHYARD_BATCH_ACCOUNT": "someoneelse"}, 3,
                                ["HTTP 403", "BATCHYARD_BATCH_ACCOUNT"]),

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -97,7 +96,7 @@ def _pool(be: Backend, config: Config, job_id: str) -> None:
     if summary is not None:
         from batchyard.cli.pool_cost import pool_line
 
-        out.print(escape(pool_line(summary, config)), highlight=False, soft_wrap=True)
+        out.print(pool_line(summary, config), highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -214,7 +213,7 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
         if summary is not None:
             from batchyard.cli.pool_cost import pool_line
 
-            console.print(escape(pool_line(summary, config)), highlight=False, soft_wrap=True)
+            console.print(pool_line(summary, config), highlight=False, soft_wrap=True)
 
 
 @main.command()
