@@ -7,11 +7,12 @@ What a job's command can rely on, on every backend:
   file, fully downloaded. Its stdout and stderr go to ``stdout.txt`` / ``stderr.txt``
   in the task dir and are kept as the task's logs.
 - **Environment.** The ``AZ_BATCH_*`` variables Azure Batch sets (job, task, node, pool,
-  directories), then the job's ``[environment]``, then the task table's columns. Never
-  batchyard's own credentials.
+  directories), then the job's ``[environment]``, then each placeholder's value (``INPUT``,
+  ``INPUT_STEM``..., ``JOB_ID``, ``TASK_ID``) and the task table's columns. Never batchyard's
+  own credentials.
 - **Arguments.** ``argv`` is the job's command split like a POSIX shell would, with
-  each placeholder value substituted as exactly one argument. No shell runs unless the
-  command itself starts one.
+  each placeholder value substituted as exactly one argument (shell-quoted inside a
+  ``sh -c`` script). No shell runs unless the command itself starts one.
 - **Limits.** At ``max_wall_clock_time`` the command and all its descendants are
   killed (``timeout``, not retried). A non-zero exit is retried up to
   ``max_task_retry_count`` times in a fresh working dir.

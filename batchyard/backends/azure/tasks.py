@@ -191,7 +191,7 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
             container_url=urls.log_container_url, path=log_prefix(job.id, task.task_id))),
         upload_options=bm.OutputFileUploadConfiguration(upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION),
     ))
-    env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.params]
+    env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment(job)]  # placeholders, columns
     if required:
         env.append(bm.EnvironmentSetting(name=REQUIRED_OUTPUTS_ENV, value="\n".join(required)))
     c = job.constraints
