@@ -112,8 +112,8 @@ def test_each_placeholder_is_also_a_variable(tmp_path: Path) -> None:
     job = job_from_dict({"id": "vars", "command": "true", "inputs": {"container": "abc", "prefix": "in/"}})
     (task,) = tasks_from_blob_names(job, ["in/sub/b;c.tar.gz"])
     assert dict(task.environment(job)) == {
-        "INPUT": "sub/b;c.tar.gz", "INPUT_NAME": "b;c.tar.gz", "INPUT_STEM": "b;c.tar", "INPUT_BLOB": "in/sub/b;c.tar.gz",
-        "JOB_ID": "vars", "TASK_ID": task.task_id}
+        "INPUT": "sub/b;c.tar.gz", "INPUT_NAME": "b;c.tar.gz", "INPUT_STEM": "b;c.tar",
+        "INPUT_BLOB": "in/sub/b;c.tar.gz", "JOB_ID": "vars", "TASK_ID": task.task_id}
     (tmp_path / "rows.csv").write_text("sample,n\nx y,1\n", encoding="utf-8")
     sweep = job_from_dict({"id": "sweep", "command": "sh -c 'echo {sample}'", "tasks": "rows.csv"}, base_dir=tmp_path)
     (row,) = tasks_from_table(sweep)

@@ -168,9 +168,9 @@ class MapRun:
 
     @property
     def succeeded(self) -> bool:
-        """Every task finished and none failed."""
+        """Every task finished and succeeded (none failed or was cancelled)."""
         counts = self.counts()
-        return counts.finished and counts.failed == 0 and counts.total > 0
+        return counts.total > 0 and counts.succeeded == counts.total
 
     def output_locations(self) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the outputs land."""

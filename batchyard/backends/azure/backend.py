@@ -23,6 +23,7 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.clients import make_client, make_storage
+from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
@@ -38,7 +39,7 @@ from batchyard.backends.azure.tasks import (
     sas_lifetime,
     task_result,
 )
-from batchyard.backends.base import Backend, PoolView, SubmitResult, TaskCounts, TaskResult, dumps
+from batchyard.backends.base import Backend, JobView, PoolView, SubmitResult, TaskCounts, TaskResult, dumps
 from batchyard.backends.documents import JobDocuments, fan_out
 from batchyard.core.batch_semantics import log_blob_name, log_file_name, tail_offset, tail_text
 from batchyard.core.config import Config
@@ -113,6 +114,7 @@ class AzureBackend(Backend):
         return {t.id.lower(): t for t in tasks}
 
     def submit(self, job: Job) -> SubmitResult:
+        self.refuse_other_spelling(job.id)  # Batch would take `myjob` for `MyJob`; its documents would not
         required = required_patterns(job)
         # Registries first: a missing password must fail before any container, pool or job exists.
         containers = container_setup(job.container_image, self.config) if job.container_image else None
@@ -236,16 +238,7 @@ class AzureBackend(Backend):
 
     # --- waiting ---------------------------------------------------------------------------------------
     def task_counts(self, job_id: str) -> TaskCounts:
-        try:
-            result = self.client.get_job_task_counts(job_id)
-        except Exception as exc:
-            raise batch_error(exc, f"task counts of job {job_id!r}") from None
-        c = result.task_counts
-        counts = TaskCounts(pending=c.active, running=c.running, succeeded=c.succeeded, failed=c.failed)
-        if counts.pending and not counts.running and self._job_state(job_id) == "completed":
-            # A terminated job never starts its active tasks: report them as failed (cancelled).
-            counts = TaskCounts(pending=0, running=0, succeeded=c.succeeded, failed=c.failed + c.active)
-        return counts
+        return batch_task_counts(self.client, job_id, lambda: self._job_state(job_id))
 
     def _job_state(self, job_id: str, *, max_age_s: float = 5.0) -> str | None:
         cached = self._job_state_cache.get(job_id)
@@ -275,7 +268,7 @@ class AzureBackend(Backend):
 
     def _on_settled(self, job_id: str, counts: TaskCounts) -> None:
         self._short_since.pop(job_id, None)
-        if counts.total and counts.failed == 0:
+        if counts.total and not (counts.failed or counts.cancelled):
             self.finish(job_id)
 
     def finish(self, job_id: str) -> None:
@@ -384,6 +377,12 @@ class AzureBackend(Backend):
 
     def job(self, job_id: str) -> Job:
         return self.documents.load_job(job_id)
+
+    def list_jobs(self) -> list[JobView]:
+        return job_views(self.client, self.documents, self.name)
+
+    def job_ids_like(self, job_id: str) -> list[str]:
+        return job_ids_like(self.client, self.documents, job_id, self.name)
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:

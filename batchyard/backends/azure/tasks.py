@@ -271,9 +271,11 @@ def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail
             elif category == "exit_code" and exit_code is not None:
                 message = f"command exited with code {exit_code}"
     elif facts.job_completed and raw_state in _STATES and raw_state != "running":
-        state, category, message = TaskState.FAILED, "cancelled", "the job was cancelled (terminated on Azure Batch)"
+        category, message = "cancelled", "the job was cancelled (terminated on Azure Batch)"
     else:
         state = _STATES.get(raw_state, TaskState.PENDING)
+    if category == "cancelled":  # ended by a user's request, or never started by its terminated job
+        state = TaskState.CANCELLED
     node_id = task.node_info.node_id if task.node_info else None
     ended = _iso(getattr(ex, "end_time", None))
     record = attempt_record(attempts, started_at=_iso(started), ended_at=ended, exit_code=exit_code,

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
+from batchyard.backends.base import Backend, JobView, SubmitResult, TaskCounts, TaskResult, TaskState, dumps
 from batchyard.backends.documents import fan_out
+from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, chunk_size_for, pack
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
 from batchyard.backends.local.tally import TaskTally
@@ -62,6 +63,7 @@ class LocalBackend(Backend):
         return fan_out(self.storage, job)
 
     def submit(self, job: Job) -> SubmitResult:
+        self.refuse_other_spelling(job.id)
         if job.container_image:  # fail before anything is queued, not in every task
             _require_image(job.container_image)
         self.store.ensure()
@@ -228,6 +230,12 @@ class LocalBackend(Backend):
 
     def job(self, job_id: str) -> Job:
         return self.store.load_job(job_id)
+
+    def list_jobs(self) -> list[JobView]:
+        return job_views(self.store)
+
+    def job_ids_like(self, job_id: str) -> list[str]:
+        return job_ids_like(self.store, job_id)
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
