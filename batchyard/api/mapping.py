@@ -41,7 +41,7 @@ from batchyard.api.shipping import (  # noqa: F401  (re-exported: the submitter-
     serialize_function,
     write_modules_zip,
 )
-from batchyard.backends import get_backend
+from batchyard.backends import get_backend, get_backend_class
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts
 from batchyard.core.config import Config, load_config
 from batchyard.core.job import Inputs, Job, OutputSpec, ResourceFileSpec, job_from_dict
@@ -261,13 +261,7 @@ def build_job(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
 
 def _runs_here(config: Config) -> bool:
     """Whether tasks run on this machine: the local backend's workers, or the Batch emulator's nodes."""
-    if config.backend == "local":
-        return True
-    if config.backend != "azure" or not config.azure.batch_url:
-        return False
-    from batchyard.backends.azure.clients import is_loopback_url
-
-    return is_loopback_url(config.azure.batch_url)  # an emulator: Azure Batch is never on loopback
+    return get_backend_class(config.backend).runs_tasks_here(config)
 
 
 @functools.cache

@@ -251,6 +251,12 @@ class Backend(ABC):
         """(container, blob prefix) pairs where the job's outputs land."""
         return self.job(job_id).output_locations()
 
+    @classmethod
+    def runs_tasks_here(cls, config: Config) -> bool:
+        """Whether this backend, so configured, runs tasks on this machine (so a task may use this
+        machine's paths, e.g. the submitting Python of an inline job)."""
+        return False
+
     # --- jobs by id, compared without case as Azure Batch compares them ---------------------------------
     def list_jobs(self) -> list[JobView]:
         """Every job this backend knows, with its state, counts and times (``batchyard jobs``)."""

@@ -22,7 +22,7 @@ from azure.batch import BatchClient
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from batchyard.backends.azure.clients import make_client, make_storage
+from batchyard.backends.azure.clients import is_loopback_url, make_client, make_storage
 from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
@@ -82,6 +82,10 @@ class AzureBackend(Backend):
         if self._pools is None:
             self._pools = PoolManager(self.client, self.storage, self.config)
         return self._pools
+
+    @classmethod
+    def runs_tasks_here(cls, config: Config) -> bool:  # the Batch emulator: Azure Batch is never on loopback
+        return bool(config.azure.batch_url) and is_loopback_url(config.azure.batch_url or "")
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

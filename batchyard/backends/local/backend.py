@@ -54,6 +54,10 @@ class LocalBackend(Backend):
         self._tallies: dict[tuple[Any, ...], TaskTally] = {}
         self._workers_args: tuple[Any, ...] = ()
 
+    @classmethod
+    def runs_tasks_here(cls, config: Config) -> bool:
+        return True  # workers started here; a `batchyard worker` elsewhere needs the same paths
+
     # --- submit ----------------------------------------------------------------------------------------
     def preflight(self) -> None:
         self.storage.preflight()
