@@ -188,6 +188,8 @@ class JobStore(JobDocuments):
             yield from (dict(e) for e in self.jobs.query_entities("PartitionKey eq 'job'", select=select))
         except ResourceNotFoundError:
             return
+        except Exception as exc:
+            raise translate_error(exc, f"listing the jobs in table {self._jobs_name!r}") from None
 
     # --- tasks ----------------------------------------------------------------------------------------
     def task_entities(self, job_id: str, *, select: list[str] | None = None,
