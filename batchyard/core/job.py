@@ -314,8 +314,8 @@ class TaskDef:
         """The variables this task adds to the job's environment: each built-in placeholder's value
         under its name in capitals (``INPUT``, ``INPUT_STEM``...), then the columns of its row."""
         values = self.values(job)
-        return tuple((variable_name(name), values[name]) for name in BUILTIN_PLACEHOLDERS if name in values) + \
-            self.params
+        builtin = tuple((variable_name(name), values[name]) for name in BUILTIN_PLACEHOLDERS if name in values)
+        return builtin + self.params
 
 
 def make_task_id(job_id: str, key: str, readable: str) -> str:
