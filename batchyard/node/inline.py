@@ -18,8 +18,8 @@ unpickling error. Exit codes:
 0     done
 1     the function raised (its traceback is on stderr, last lines last)
 2     bad arguments
-80    batchyard (or one of its dependencies) cannot be imported on this node (launcher; its
-      message says what to do on the backend the job runs on)
+80    batchyard (or one of its dependencies) cannot be imported on this node (launcher; what it
+      prints says what to do on the backend the job runs on)
 81    the node's Python or dill version differs from the submitter's
 82    a module the function needs cannot be imported on this node
 83    the payload is not an inline payload, or cannot be loaded for another reason
