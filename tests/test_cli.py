@@ -36,7 +36,7 @@ def test_run_example_status_logs_download(project, example: Path) -> None:  # ty
     status = project.cli("status", "uppercase", "--json")
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
-    assert data["counts"] == {"pending": 0, "running": 0, "succeeded": 19, "failed": 1, "total": 20}
+    assert data["counts"] == {"pending": 0, "running": 0, "succeeded": 19, "failed": 1, "cancelled": 0, "total": 20}
     failed = [t for t in data["tasks"] if t["state"] == "failed"]
     assert len(failed) == 1 and failed[0]["exit_code"] == 2 and failed[0]["retry_count"] == 1
     assert "deliberate failure" in failed[0]["stderr_tail"]

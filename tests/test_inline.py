@@ -418,11 +418,16 @@ def test_node_without_batchyard_fails_clearly(env: Env, tmp_path: Path, monkeypa
 
         pool = (config.azure.pool or PoolSection()).model_copy(update={"install_batchyard": False})
         config = replace(config, azure=config.azure.model_copy(update={"pool": pool}))
+    # python="python3": by default the submitting interpreter would run the task (test_inline_interpreter.py)
     run = map_lines(str.upper, inputs=f"{env.ins}/n*", outputs=f"{env.outs}/{{job_id}}/", job_id="nobatchyard",
-                    config=config, workers=1, timeout=90)
+                    config=config, workers=1, timeout=90, python="python3")
     (result,) = run.results()
     assert (result["state"], result["exit_code"]) == ("failed", EXIT_NOT_INSTALLED)
     assert "batchyard.node.inline: batchyard is not installed on this node" in result["stderr_tail"]
+    # The advice fits the backend: both run tasks on this machine, neither has an Azure pool to fix.
+    where = "the local backend's workers" if env.name == "local" else "the Batch emulator's nodes"
+    assert f"Tasks run on this machine ({where}) with 'python3'" in result["stderr_tail"]
+    assert "[azure.pool]" not in result["stderr_tail"]
 
 
 def test_no_wait_then_wait(env: Env) -> None:

@@ -139,6 +139,7 @@ class EnvironmentCheck:
     task's environment and argv together over 2 MiB."""
 
     def __init__(self, job: Job, *, extra_env: dict[str, str] | None = None) -> None:
+        self.job = job
         self.base = {**job.environment, **(extra_env or {})}
         self.base_bytes = sum(len(f"{k}={v}".encode()) + 1 for k, v in self.base.items()) + AZ_BATCH_ENV_ALLOWANCE
         self.worst_total, self.worst_task = 0, ""
@@ -148,9 +149,10 @@ class EnvironmentCheck:
         self.long_args = 0
 
     def add(self, task: TaskDef) -> None:
-        params = sum(len(f"{k}={v}".encode()) + 1 for k, v in task.params)
+        variables = task.environment(self.job)  # the placeholders' (INPUT...) and the row's columns
+        params = sum(len(f"{k}={v}".encode()) + 1 for k, v in variables)
         args = sum(len(a.encode()) + 1 for a in task.argv)
-        column = next((name for name, value in task.params if len(f"{name}={value}".encode()) > MAX_ARG_STRLEN), None)
+        column = next((name for name, value in variables if len(f"{name}={value}".encode()) > MAX_ARG_STRLEN), None)
         if column is not None:
             self.long_values += 1
             self.long_value = self.long_value or (task.task_id, column)

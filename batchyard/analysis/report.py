@@ -107,7 +107,7 @@ def render_html(data: ReportData, figures: dict[str, bytes], numbers: dict[str, 
               ("Start", n["start"] or "—"), ("End", n["end"] or "—"),
               ("Wall time", "—" if n["wall_seconds"] is None else f"{n['wall_seconds']:.1f} s"),
               ("Tasks", f"{t['total']} total: {t['succeeded']} succeeded, {t['failed']} failed, "
-                        f"{t['running']} running, {t['pending']} pending"),
+                        f"{t['cancelled']} cancelled, {t['running']} running, {t['pending']} pending"),
               ("Attempts", f"{t['attempts']} ({t['retries']} retries)"),
               ("Durations (per attempt)", "—" if d["median"] is None else
                f"median {d['median']:.2f} s, p95 {d['p95']:.2f} s, max {d['max']:.2f} s"),

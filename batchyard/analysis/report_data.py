@@ -122,7 +122,7 @@ def _outcome(record: dict[str, Any], *, last: bool, state: TaskState) -> str:
         return "lost"
     if category is None and record.get("exit_code") in (0, None):
         return "succeeded"
-    return "failed" if last and state == TaskState.FAILED else "retried"
+    return "failed" if last and state in (TaskState.FAILED, TaskState.CANCELLED) else "retried"
 
 
 def task_attempts(result: TaskResult, now: float) -> tuple[list[Attempt], int]:
@@ -144,7 +144,8 @@ def task_attempts(result: TaskResult, now: float) -> tuple[list[Attempt], int]:
         begun = max([start, *(a.end for a in out)])
         out.append(Attempt(result.task_id, result.label, len(records) + 1, begun, now, "running",
                            result.node_id or "(running)", 0, None))
-    elif not out and start is not None and result.state in (TaskState.SUCCEEDED, TaskState.FAILED):
+    elif not out and start is not None and result.state in (TaskState.SUCCEEDED, TaskState.FAILED,
+                                                            TaskState.CANCELLED):
         end = parse_time(result.ended_at) or start
         outcome = "succeeded" if result.state == TaskState.SUCCEEDED else "failed"
         out.append(Attempt(result.task_id, result.label, max(1, result.attempts), start, end, outcome,
@@ -192,7 +193,8 @@ def build_report(results: Iterable[TaskResult], *, job_id: str, backend: str = "
     if counts is None:
         tally = {s: sum(1 for r in listed if r.state == s) for s in TaskState}
         counts = TaskCounts(pending=tally[TaskState.PENDING], running=tally[TaskState.RUNNING],
-                            succeeded=tally[TaskState.SUCCEEDED], failed=tally[TaskState.FAILED])
+                            succeeded=tally[TaskState.SUCCEEDED], failed=tally[TaskState.FAILED],
+                            cancelled=tally[TaskState.CANCELLED])
     data = ReportData(job_id=job_id, backend=backend, shape=shape, generated_at=now, results=listed, counts=counts,
                       attempts=placed, rows=rows, unrecorded_attempts=unrecorded)
     if unrecorded:
@@ -242,7 +244,8 @@ def throughput_series(data: ReportData) -> tuple[int, list[dict[str, Any]]]:
     """Tasks reaching a final state per interval, from the first attempt's start."""
     start = data.start
     ends = [(parse_time(r.ended_at), r.state) for r in data.results if r.state in (TaskState.SUCCEEDED,
-                                                                                     TaskState.FAILED)]
+                                                                                     TaskState.FAILED,
+                                                                                     TaskState.CANCELLED)]
     ends = [(t, s) for t, s in ends if t is not None]
     if not ends:
         return 1, []

@@ -18,12 +18,15 @@ See docs/inline.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,17 +41,18 @@ from batchyard.api.shipping import (  # noqa: F401  (re-exported: the submitter-
     serialize_function,
     write_modules_zip,
 )
-from batchyard.backends import get_backend
+from batchyard.backends import get_backend, get_backend_class
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts
 from batchyard.core.config import Config, load_config
 from batchyard.core.job import Inputs, Job, OutputSpec, ResourceFileSpec, job_from_dict
 from batchyard.core.version import __version__
 from batchyard.node.inline import (
+    AZURE_ADVICE,
     LAUNCHER_NAME,
-    LAUNCHER_SOURCE,
     MODULES_ZIP,
     OUT_DIR,
     PAYLOAD_NAME,
+    launcher_source,
 )
 
 __all__ = ["InlineError", "MapRun", "map_files", "map_lines"]
@@ -164,9 +168,9 @@ class MapRun:
 
     @property
     def succeeded(self) -> bool:
-        """Every task finished and none failed."""
+        """Every task finished and succeeded (none failed or was cancelled)."""
         counts = self.counts()
-        return counts.finished and counts.failed == 0 and counts.total > 0
+        return counts.total > 0 and counts.succeeded == counts.total
 
     def output_locations(self) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the outputs land."""
@@ -216,15 +220,22 @@ def build_job(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
               outputs: str | OutputSpec | Sequence[str | OutputSpec], *, job_id: str | None, folder: Path,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str = "python3") -> Job:
-    """The ordinary job that runs ``fn``; its payload, launcher and modules are written into ``folder``."""
+              python: str = "python3", advice: str = AZURE_ADVICE) -> Job:
+    """The ordinary job that runs ``fn``; its payload, launcher and modules are written into ``folder``.
+
+    ``advice``: what a task's error says to do when ``python`` cannot import batchyard. Relative
+    paths (``inputs.local_dir``, resource files) are the caller's: resolved against the working dir.
+    """
     _check_signature(fn, kind)
     ins = parse_inputs(inputs)
+    if ins.local_dir is not None:  # the job's base_dir is `folder`, a temporary one: never the caller's
+        ins = ins.model_copy(update={"local_dir": str(Path(ins.local_dir).expanduser().resolve())})
     out_list = [outputs] if isinstance(outputs, str | OutputSpec) else list(outputs)
     outs = [parse_outputs(o) for o in out_list]
     serialized = serialize_function(fn, kind)
     (folder / PAYLOAD_NAME).write_bytes(serialized.payload)
-    (folder / LAUNCHER_NAME).write_text(LAUNCHER_SOURCE.replace("{version}", __version__), encoding="utf-8")
+    (folder / LAUNCHER_NAME).write_text(launcher_source(advice).replace("{version}", __version__),
+                                        encoding="utf-8")
     files = [{"source": PAYLOAD_NAME}, {"source": LAUNCHER_NAME}]
     if serialized.modules:
         write_modules_zip(folder / MODULES_ZIP, serialized.modules)
@@ -248,18 +259,61 @@ def build_job(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
     return job_from_dict(data, source=f"map_{kind}({serialized.function_name})", base_dir=folder)
 
 
-def _with_node_install(config: Config) -> Config:
+def _runs_here(config: Config) -> bool:
+    """Whether tasks run on this machine: the local backend's workers, or the Batch emulator's nodes."""
+    return get_backend_class(config.backend).runs_tasks_here(config)
+
+
+@functools.cache
+def _imports_this_batchyard(executable: str) -> bool:
+    """Whether ``executable`` imports this very batchyard and dill, as a task would (-P: not from the
+    working dir, which a task's launcher drops from sys.path too)."""
+    import dill
+
+    probe = "import batchyard, dill; print(batchyard.__version__, dill.__version__)"
+    try:
+        done = subprocess.run([executable, "-P", "-c", probe], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.split() == [__version__, str(dill.__version__)]
+
+
+def task_python(config: Config, python: str | None) -> str:
+    """The interpreter command inline tasks run: ``python`` if given; on the local backend and the
+    emulator (tasks run on this machine) the submitting interpreter, when it can import batchyard;
+    else ``python3`` from the node's PATH (a Batch node's, which the pool check prepares)."""
+    if python is not None:
+        return python
+    if _runs_here(config) and sys.executable and _imports_this_batchyard(sys.executable):
+        return sys.executable
+    return "python3"
+
+
+def missing_batchyard_advice(config: Config, python: str) -> str:
+    """What a task's error says when ``python`` cannot import batchyard, for the backend in use."""
+    if not _runs_here(config):
+        return AZURE_ADVICE
+    where = "the local backend's workers" if config.backend == "local" else "the Batch emulator's nodes"
+    return (f"Tasks run on this machine ({where}) with {python!r}: install batchyard there "
+            f"({shlex.quote(python)} -m pip install batchyard=={{version}}), or pass map_files/map_lines "
+            "python= an interpreter that has it (by default, the one that submitted the job when it can "
+            "import batchyard).")
+
+
+def _with_node_install(config: Config, *, python: str = "python3") -> Config:
     """On Azure, a pool batchyard creates checks for the submitter's batchyard and dill at start-up and
-    pip-installs them when missing (an existing pool, or ``install_batchyard = false``, is left alone)."""
+    pip-installs them when missing (an existing pool, or ``install_batchyard = false``, is left alone).
+    Not when tasks run the submitting interpreter (the emulator): the pool's python3 is not theirs."""
     from dataclasses import replace
 
     import dill
 
     from batchyard.core.config import PoolSection
-    from batchyard.core.version import __version__
 
     pool = config.azure.pool
     if config.backend != "azure" or (pool is None and config.azure.pool_id) or (pool and not pool.install_batchyard):
+        return config
+    if python != "python3":
         return config
     pool = pool or PoolSection()
     want = {"batchyard": __version__, "dill": dill.__version__}
@@ -277,10 +331,13 @@ def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
          outputs: str | OutputSpec | Sequence[str | OutputSpec], *, job_id: str | None, backend: str | None,
          wait: bool, config: Config | None, workers: int | None, timeout: float | None,
          **job_options: Any) -> MapRun:
-    config = _with_node_install((config or load_config()).with_backend(backend))
+    config = (config or load_config()).with_backend(backend)
+    python = task_python(config, job_options.pop("python", None))
+    config = _with_node_install(config, python=python)
     folder = Path(tempfile.mkdtemp(prefix="batchyard-inline-"))
     try:
-        job = build_job(kind, fn, inputs, outputs, job_id=job_id, folder=folder, **job_options)
+        job = build_job(kind, fn, inputs, outputs, job_id=job_id, folder=folder, python=python,
+                        advice=missing_batchyard_advice(config, python), **job_options)
         be = get_backend(None, config)
         with be:
             be.preflight()
@@ -299,7 +356,7 @@ def map_files(fn: Callable[[Path, Path], Any], inputs: str | Inputs,
               config: Config | None = None, workers: int | None = None,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str = "python3", timeout: float | None = None) -> MapRun:
+              python: str | None = None, timeout: float | None = None) -> MapRun:
     """Run ``fn(src, out_dir)`` once per input blob, as a task on ``backend``.
 
     ``src`` is the staged input (a :class:`~pathlib.Path`), ``out_dir`` an empty folder: every
@@ -311,7 +368,9 @@ def map_files(fn: Callable[[Path, Path], Any], inputs: str | Inputs,
     ``wait=True`` runs it to the end like ``batchyard run`` (local: worker processes of this
     process; ``workers`` of them); ``wait=False`` only submits (see :meth:`MapRun.wait`).
     ``max_wall_clock_time``/``max_task_retry_count`` are the job's ``[constraints]``;
-    ``python`` is the interpreter command on the node.
+    ``python`` is the interpreter command tasks run (default: this interpreter on the local
+    backend and the emulator when it can import batchyard, else ``python3``: :func:`task_python`).
+    Relative paths (an ``Inputs``' ``local_dir``, ``resource_files``) are relative to the working dir.
     """
     return _map("files", fn, inputs, outputs, job_id=job_id, backend=backend, wait=wait, config=config,
                 workers=workers, timeout=timeout, max_wall_clock_time=max_wall_clock_time,
@@ -325,7 +384,7 @@ def map_lines(fn: Callable[[str], str | None], inputs: str | Inputs,
               config: Config | None = None, workers: int | None = None,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str = "python3", timeout: float | None = None) -> MapRun:
+              python: str | None = None, timeout: float | None = None) -> MapRun:
     """Run ``fn(line) -> str`` on every line of every input blob; one output file per input.
 
     Lines are given without their ending and the output keeps the input's endings (``\\n``

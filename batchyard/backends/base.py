@@ -7,11 +7,12 @@ What a job's command can rely on, on every backend:
   file, fully downloaded. Its stdout and stderr go to ``stdout.txt`` / ``stderr.txt``
   in the task dir and are kept as the task's logs.
 - **Environment.** The ``AZ_BATCH_*`` variables Azure Batch sets (job, task, node, pool,
-  directories), then the job's ``[environment]``, then the task table's columns. Never
-  batchyard's own credentials.
+  directories), then the job's ``[environment]``, then each placeholder's value (``INPUT``,
+  ``INPUT_STEM``..., ``JOB_ID``, ``TASK_ID``) and the task table's columns. Never batchyard's
+  own credentials.
 - **Arguments.** ``argv`` is the job's command split like a POSIX shell would, with
-  each placeholder value substituted as exactly one argument. No shell runs unless the
-  command itself starts one.
+  each placeholder value substituted as exactly one argument (shell-quoted inside a
+  ``sh -c`` script). No shell runs unless the command itself starts one.
 - **Limits.** At ``max_wall_clock_time`` the command and all its descendants are
   killed (``timeout``, not retried). A non-zero exit is retried up to
   ``max_task_retry_count`` times in a fresh working dir.
@@ -53,6 +54,15 @@ class TaskState(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped (or never started) because its job was cancelled: not a failure of its own
+
+
+def final_state(failed_state: str, failure_category: str | None) -> TaskState:
+    """A task's state from a record whose state says failed or not: a task that failed as
+    ``cancelled`` (its job was cancelled) is cancelled, not failed."""
+    if failed_state == TaskState.FAILED and failure_category == "cancelled":
+        return TaskState.CANCELLED
+    return TaskState(failed_state)
 
 
 @dataclass(frozen=True)
@@ -91,14 +101,15 @@ class TaskCounts:
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
 
     @property
     def total(self) -> int:
-        return self.pending + self.running + self.succeeded + self.failed
+        return self.pending + self.running + self.succeeded + self.failed + self.cancelled
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed
+        return self.succeeded + self.failed + self.cancelled
 
     @property
     def finished(self) -> bool:
@@ -170,6 +181,25 @@ class PoolSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One job as ``batchyard jobs`` lists it. ``state``: active, completed (every task final),
+    cancelled, or what Azure Batch says (terminating, deleting, disabled...; missing when only
+    batchyard's documents are left, unknown when Batch cannot be reached). Times are ISO 8601, UTC."""
+
+    job_id: str
+    backend: str
+    state: str
+    counts: TaskCounts | None  # None when they cannot be known (Batch unreachable, job gone)
+    created_at: str | None
+    updated_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["counts"] = self.counts.to_dict() if self.counts is not None else None
+        return data
 
 
 ProgressCallback = Callable[[TaskCounts], None]
@@ -265,6 +295,44 @@ class Backend(ABC):
     def output_locations(self, job_id: str) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the job's outputs land."""
         return self.job(job_id).output_locations()
+
+    @classmethod
+    def runs_tasks_here(cls, config: Config) -> bool:
+        """Whether this backend, so configured, runs tasks on this machine (so a task may use this
+        machine's paths, e.g. the submitting Python of an inline job)."""
+        return False
+
+    # --- jobs by id, compared without case as Azure Batch compares them ---------------------------------
+    def list_jobs(self) -> list[JobView]:
+        """Every job this backend knows, with its state, counts and times (``batchyard jobs``)."""
+        raise BackendError(f"the {self.name} backend cannot list its jobs")
+
+    def job_ids_like(self, job_id: str) -> list[str]:
+        """The ids of this backend's jobs that equal ``job_id`` compared without case, as submitted."""
+        return [view.job_id for view in self.list_jobs() if view.job_id.lower() == job_id.lower()]
+
+    def resolve_job_id(self, job_id: str) -> str:
+        """The id a job was submitted with, for any spelling of it (``myjob`` finds ``MyJob``): Azure
+        Batch compares job ids without case, and so does every backend. ``job_id`` itself when no job
+        has it (the caller's own not-found error follows)."""
+        found = self.job_ids_like(job_id)
+        if job_id in found or not found:
+            return job_id
+        if len(found) > 1:
+            raise BackendError(f"job {job_id!r} matches several jobs that differ only in case: "
+                               f"{', '.join(map(repr, sorted(found)))}; give the exact id")
+        return found[0]
+
+    def refuse_other_spelling(self, job_id: str) -> None:
+        """Refuse to submit ``job_id`` when a job exists under another spelling of it (same id, other case)."""
+        from batchyard.core.errors import JobValidationError
+
+        other = next((found for found in self.job_ids_like(job_id) if found != job_id), None)
+        if other is not None:
+            raise JobValidationError(f"job {job_id}", [("id", (
+                f"{job_id!r} and the existing job {other!r} differ only in case, and job ids are compared "
+                f"without case (as on Azure Batch): they would be one job. Use {other!r} to work on that "
+                "job, or another id"))])
 
     # --- shared behaviour -----------------------------------------------------------------------------
     def start_execution(self, job: Job, *, workers: int | None = None) -> None:  # noqa: B027

@@ -1,7 +1,7 @@
 """The ``batchyard`` command.
 
 Exit codes: 0 every task succeeded (or the command did what it was asked), 1 some task
-failed, 2 bad usage or an invalid job/config file, 3 any other batchyard error
+failed or was cancelled, 2 bad usage or an invalid job/config file, 3 any other batchyard error
 (storage unreachable, credentials refused...), 130 interrupted.
 """
 
@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchyard.backends import get_backend
-from batchyard.backends.base import Backend, TaskCounts, TaskResult
+from batchyard.backends.base import Backend, TaskCounts, TaskResult, TaskState
 from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules import these from here)
     EXIT_ERROR,
     EXIT_FAILED_TASKS,
@@ -57,34 +57,56 @@ def _run_with_progress(backend: Backend, job: Job, total: int, *, workers: int |
 
         def update(counts: TaskCounts) -> None:
             progress.update(bar, completed=counts.done, total=counts.total or total,
-                            detail=f"running {counts.running}  failed {counts.failed}")
+                            detail=f"running {counts.running}  failed {counts.failed}"
+                            + (f"  cancelled {counts.cancelled}" if counts.cancelled else ""))
 
         return backend.run_to_end(job, workers=workers, on_progress=update)
 
 
+# The summary's order: what needs a look first. A state's colour in tables.
+STATE_ORDER = ("failed", "cancelled", "running", "pending", "succeeded")
+STATE_STYLE = {"failed": "red", "cancelled": "yellow", "succeeded": "green", "running": "blue"}
+
+
+def counts_line(counts: TaskCounts) -> str:
+    """``3 succeeded, 1 failed, 2 cancelled, 6 total``: every state that has a task, and the total."""
+    parts = [f"{counts.succeeded} succeeded", f"{counts.failed} failed"]
+    parts += [f"{n} {state}" for state, n in (("cancelled", counts.cancelled), ("running", counts.running),
+                                              ("pending", counts.pending)) if n]
+    return ", ".join([*parts, f"{counts.total} total"])
+
+
 def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str, flag: str = "") -> None:
-    """A table of the tasks (all of them for small jobs, else the failed ones), then how to dig in
-    (``flag``: `` --backend NAME`` when the hints need it)."""
-    failed = sorted((r for r in results if r.state == "failed"), key=lambda r: r.label)
-    shown = failed[:SUMMARY_ROWS] if len(results) > SUMMARY_ROWS else sorted(
-        results, key=lambda r: (r.state != "failed", r.label))
-    table = Table(title=f"{job_id}: {counts.succeeded} succeeded, {counts.failed} failed, {counts.total} total",
-                  title_justify="left")
+    """A table of the tasks, failed first, at most SUMMARY_ROWS of them and never empty while the job has
+    tasks; then how many more there are by state, each failure's reason and how to dig in (``flag``:
+    `` --backend NAME`` when the hints need it)."""
+    rows = sorted(results, key=lambda r: (STATE_ORDER.index(str(r.state)) if str(r.state) in STATE_ORDER
+                                          else len(STATE_ORDER), r.label, r.task_id))
+    shown, rest = rows[:SUMMARY_ROWS], rows[SUMMARY_ROWS:]
+    table = Table(title=f"{job_id}: {counts_line(counts)}", title_justify="left")
     table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48)
     table.add_column("state", no_wrap=True, min_width=9)
     table.add_column("exit", justify="right", no_wrap=True, min_width=4)
     table.add_column("tries", justify="right", no_wrap=True, min_width=5)
     table.add_column("task id", no_wrap=True, min_width=min(64, max((len(r.task_id) for r in shown), default=7)))
     for r in shown:
-        style = {"failed": "red", "succeeded": "green"}.get(str(r.state), "")
-        table.add_row(r.label, Text(str(r.state), style=style),
+        table.add_row(r.label, Text(str(r.state), style=STATE_STYLE.get(str(r.state), "")),
                       "" if r.exit_code is None else str(r.exit_code), str(r.attempts), r.task_id)
     out.print(table)
+    if rest:
+        by_state = {state: sum(1 for r in rest if str(r.state) == state) for state in STATE_ORDER}
+        more = ", ".join(f"{n} more {state}" for state, n in by_state.items() if n)
+        out.print(f"... and {more} (batchyard status {job_id} --json{flag} lists every task)", soft_wrap=True)
+    failed = [r for r in rows if r.state == TaskState.FAILED]
     for r in failed[:SUMMARY_ROWS]:
         out.print(styled(("failed", "red"), f" {r.task_id}: {r.failure_category}: {r.failure_message}"),
                   highlight=False, soft_wrap=True)
     if len(failed) > SUMMARY_ROWS:
         out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json{flag})")
+    if counts.cancelled:
+        out.print(styled(("cancelled", "yellow"), f" {counts.cancelled} task(s): the job was cancelled before they "
+                         "finished (stopped, or never started); not failures of their own"),
+                  highlight=False, soft_wrap=True)
     if failed:
         out.print(f"stderr of a failed task: batchyard logs {job_id} {failed[0].task_id} --stderr{flag}",
                   soft_wrap=True)
@@ -136,7 +158,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
         _summary(list(be.list_task_results(job.id)), counts, job.id, flag)
         _pool(be, config, job.id)
-        if counts.failed:
+        if counts.failed or counts.cancelled:  # not every task succeeded: a script must not go on
             sys.exit(EXIT_FAILED_TASKS)
 
 
@@ -151,14 +173,15 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 @handle_errors
 def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_path: str | None,
            verbose: int) -> None:
-    """Counts by state and each task's result (--watch: live, until the job ends)."""
+    """Counts by state and each task's result, failed first (--watch: live, until the job ends)."""
     config, be = _context(verbose, config_path, backend, job_id)
     with be:
+        job_id = be.resolve_job_id(job_id)
         if watch:
             from batchyard.cli.report import watch_status
 
             counts = watch_status(be, job_id, console=out)
-            if counts.finished and counts.failed:
+            if counts.finished and (counts.failed or counts.cancelled):
                 sys.exit(EXIT_FAILED_TASKS)
             return
         results = list(be.list_task_results(job_id))
@@ -188,7 +211,7 @@ def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_pat
     """Print a task's stdout (or --stderr)."""
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
-        data = be.read_task_log(job_id, task_id, stream=stream)
+        data = be.read_task_log(be.resolve_job_id(job_id), task_id, stream=stream)
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
 
@@ -200,13 +223,14 @@ def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_pat
 @verbose_option
 @handle_errors
 def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
-    """Stop a job: pending tasks are cancelled, running ones killed; records stay.
+    """Stop a job: its pending and running tasks (killed) become cancelled; records stay.
 
     On Azure the job's Batch job is terminated and the pool batchyard made for it deleted
     (unless [azure] keep_auto_pool); `batchyard run` again runs what was left.
     """
     config, be = _context(verbose, config_path, backend, job_id)
     with be:
+        job_id = be.resolve_job_id(job_id)
         be.cancel(job_id)
         console.print(f"job {job_id} cancelled" + (f" on {be.name}" if be.name != "local" else ""))
         summary = be.pool_summary(job_id)
@@ -226,6 +250,7 @@ def delete(job_id: str, backend: str | None, config_path: str | None, verbose: i
     """Delete a job's records and logs (its outputs stay)."""
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
+        job_id = be.resolve_job_id(job_id)
         be.delete(job_id)
     console.print(f"job {job_id} deleted")
 
@@ -241,7 +266,7 @@ def download(job_id: str, dest: str, backend: str | None, config_path: str | Non
     """Download every output of a job into DEST/<container>/<blob name>."""
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
-        written = be.download_outputs(job_id, Path(dest))
+        written = be.download_outputs(be.resolve_job_id(job_id), Path(dest))
     console.print(f"{len(written)} file(s) written under {dest}")
 
 
@@ -269,12 +294,14 @@ def worker(workers: int | None, idle_exit: float | None, config_path: str | None
 # Command groups that live in their own modules (imported last: they import helpers from here).
 from batchyard.cli.debug import debug  # noqa: E402
 from batchyard.cli.emulator import emulator  # noqa: E402
+from batchyard.cli.jobs import jobs  # noqa: E402
 from batchyard.cli.plan import plan  # noqa: E402
 from batchyard.cli.pool import pool  # noqa: E402
 from batchyard.cli.report import report  # noqa: E402
 
 main.add_command(debug)
 main.add_command(emulator)
+main.add_command(jobs)
 main.add_command(plan)
 main.add_command(pool)
 main.add_command(report)

@@ -55,7 +55,7 @@ def _report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None
 
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
-        data = report_from_backend(be, job_id)
+        data = report_from_backend(be, be.resolve_job_id(job_id))
     if as_json:
         out.print_json(json.dumps(report_numbers(data), ensure_ascii=False))
     if out_dir is None and as_json:
@@ -109,11 +109,12 @@ def _slowest_running(backend: Backend, job_id: str) -> list[tuple[float, TaskRes
 def _render(job_id: str, backend: str, counts: TaskCounts, rate: float | None, elapsed: float,
             slowest: list[tuple[float, TaskResult]], final: bool) -> Group:
     table = Table(title=f"job {job_id} on {backend}" + (" — finished" if final else ""), title_justify="left")
-    for col in ("pending", "running", "succeeded", "failed", "total"):
+    for col in ("pending", "running", "succeeded", "failed", "cancelled", "total"):
         table.add_column(col, justify="right")
     table.add_row(str(counts.pending), Text(str(counts.running), style="blue"),
                   Text(str(counts.succeeded), style="green"),
-                  Text(str(counts.failed), style="red") if counts.failed else "0", str(counts.total))
+                  Text(str(counts.failed), style="red") if counts.failed else "0",
+                  Text(str(counts.cancelled), style="yellow") if counts.cancelled else "0", str(counts.total))
     remaining = counts.pending + counts.running
     eta = remaining / rate if rate else None
     pace = "—" if rate is None else f"{rate * 60:.1f} tasks/min"

@@ -33,11 +33,15 @@ from batchyard.core.durations import parse_duration
 from batchyard.core.errors import JobValidationError, UnsafePathError
 from batchyard.core.paths import blob_name_problem, fnmatch_name, safe_relative_path
 from batchyard.core.placeholders import (
+    BUILTIN_PLACEHOLDERS,
     MAX_COMMAND_CHARS,
     PLACEHOLDER_RE,
+    reserved_variable_problem,
     split_command,
     static_prefix,
     substitute,
+    substitute_command,
+    variable_name,
 )
 from batchyard.core.task_table import (
     SeenIds,
@@ -51,7 +55,6 @@ from batchyard.core.toml_files import TomlFileError, read_toml
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
-BUILTIN_PLACEHOLDERS = ("input", "input_name", "input_stem", "input_blob", "job_id", "task_id")
 INPUT_PLACEHOLDERS = ("input", "input_name", "input_stem", "input_blob")
 TASK_ID_HASH_LEN = 12
 class _Model(BaseModel):
@@ -167,7 +170,8 @@ class Job(_Model):
 
     id: str = Field(description="Job id: 1-64 chars, letters, digits, '-' and '_' (Azure Batch's rule).")
     command: str = Field(description="Split like a POSIX shell into argv; each placeholder value becomes exactly "
-                         "one argument. No shell runs unless the command starts one. At most 32,767 characters.")
+                         "one argument, or one shell-quoted word inside a shell script (`sh -c '...'`). No shell "
+                         "runs unless the command starts one. At most 32,767 characters.")
     inputs: Inputs | None = Field(default=None, description="One task per matching blob.")
     tasks: str | None = Field(default=None, description="CSV task table (relative to the job file): one task "
                               "per row; columns become placeholders and environment variables.")
@@ -175,7 +179,8 @@ class Job(_Model):
     outputs: tuple[OutputSpec, ...] = Field(default=(), description="What to upload after each task.")
     constraints: Constraints = Field(default=Constraints(), description="Time limit and retries.")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for "
-                                        "every task (AZ_BATCH_* and BATCHYARD_* are reserved).")
+                                        "every task (AZ_BATCH_*, BATCHYARD_* and the placeholders' INPUT, "
+                                        "INPUT_NAME, INPUT_STEM, INPUT_BLOB, JOB_ID, TASK_ID are reserved).")
     container_image: str | None = Field(default=None, description="Run the command inside this image. Local "
                                         "backend and emulator: it must be on the Docker engine (never pulled); the "
                                         "node root is mounted at the same path, networking is disabled. Azure Batch "
@@ -221,15 +226,20 @@ class Job(_Model):
             raise ValueError("give exactly one of [inputs] (one task per blob) or tasks = 'table.csv'")
         if info.context and info.context.get("stored"):
             return self  # a stored job was checked at submit; its CSV stays on the submitter's disk
+        problem = reserved_variable_problem(self.environment)
+        if problem:
+            raise ValueError(f"environment: {problem}")
         names = set(BUILTIN_PLACEHOLDERS)
         if self.tasks is not None:
             try:
-                names |= set(read_header(self.base_dir / self.tasks, taken=BUILTIN_PLACEHOLDERS))
+                columns = read_header(self.base_dir / self.tasks, taken=BUILTIN_PLACEHOLDERS)
             except TaskTableError as exc:
                 raise ValueError(f"tasks: {exc}") from None
-            names -= set(INPUT_PLACEHOLDERS)
-        for piece in split_command(self.command):
-            substitute(piece, dict.fromkeys(names, ""), field_name="command")
+            problem = reserved_variable_problem(columns)
+            if problem:
+                raise ValueError(f"tasks: column {problem}")
+            names = (names | set(columns)) - set(INPUT_PLACEHOLDERS)
+        substitute_command(self.command, dict.fromkeys(names, "x"))
         for i, out in enumerate(self.outputs):
             substitute(out.path, dict.fromkeys(names, ""), field_name=f"outputs.{i}.path")
         return self
@@ -300,6 +310,13 @@ class TaskDef:
     def values(self, job: Job) -> dict[str, str]:
         return placeholder_values(job, self.task_id, self.input_path, self.input_blob, dict(self.params))
 
+    def environment(self, job: Job) -> tuple[tuple[str, str], ...]:
+        """The variables this task adds to the job's environment: each built-in placeholder's value
+        under its name in capitals (``INPUT``, ``INPUT_STEM``...), then the columns of its row."""
+        values = self.values(job)
+        builtin = tuple((variable_name(name), values[name]) for name in BUILTIN_PLACEHOLDERS if name in values)
+        return builtin + self.params
+
 
 def make_task_id(job_id: str, key: str, readable: str) -> str:
     """``<slug>-<hash>``: the slug helps people, the hash of the exact key makes it unique."""
@@ -324,8 +341,7 @@ def placeholder_values(job: Job, task_id: str, input_path: str | None, input_blo
 
 
 def _task_from_values(job: Job, task_id: str, values: Mapping[str, str], **fields: Any) -> TaskDef:
-    argv = tuple(substitute(piece, values, field_name="command") for piece in split_command(job.command))
-    return TaskDef(task_id=task_id, argv=argv, **fields)
+    return TaskDef(task_id=task_id, argv=substitute_command(job.command, values), **fields)
 
 
 def _unsafe_output(job: Job, values: Mapping[str, str]) -> tuple[int, str, str] | None:

@@ -1,8 +1,9 @@
-"""Placeholders in a job's command and output paths: ``{name}`` replaced by a value, verbatim.
+"""Placeholders in a job's command and output paths: ``{name}`` replaced by a value.
 
 Kept apart from the job model so the model's checks and the fan-out share one reading of a
-template: how it splits into arguments, what it substitutes, and which part of an output
-path no value can change.
+template: how it splits into arguments, what it substitutes (verbatim in an argument, shell-quoted
+in a shell script: :mod:`batchyard.core.shell_scripts`), which environment variable carries each
+value, and which part of an output path no value can change.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 import functools
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+from batchyard.core.shell_scripts import ScriptPlan, plan_script, script_positions
+
+BUILTIN_PLACEHOLDERS = ("input", "input_name", "input_stem", "input_blob", "job_id", "task_id")
+# Each built-in placeholder's value is also in the task's environment under its name in capitals
+# (dsub's way: a script reads "$INPUT"); a CSV column's under the column's own name.
+PLACEHOLDER_VARIABLES = tuple(name.upper() for name in BUILTIN_PLACEHOLDERS)
 PLACEHOLDER_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 # The longest command (template) accepted, checked before it is split: CreateProcess's 32,767
 # characters is the tightest whole-command-line limit of any Batch node OS (Linux takes up to
@@ -69,6 +76,44 @@ def _pieces(template: str) -> tuple[tuple[str, str | None], ...]:
 def split_command(command: str) -> tuple[str, ...]:
     """The command template split like a POSIX shell would; done once per command, not per task."""
     return tuple(shlex.split(command))
+
+
+def variable_name(placeholder: str) -> str:
+    """The environment variable that carries ``placeholder``'s value in a task."""
+    return placeholder.upper() if placeholder in BUILTIN_PLACEHOLDERS else placeholder
+
+
+def reserved_variable_problem(names: Iterable[str]) -> str | None:
+    """Why one of ``names`` (a job's environment, a table's columns) cannot be a task variable
+    because batchyard sets it to a placeholder's value; None when none is."""
+    taken = next((name for name in names if name in PLACEHOLDER_VARIABLES), None)
+    return None if taken is None else f"{taken!r} is reserved: batchyard sets it to the value of {{{taken.lower()}}}"
+
+
+def substitute_command(command: str, values: Mapping[str, str]) -> tuple[str, ...]:
+    """A task's argv: the command split, each placeholder replaced verbatim, or shell-quoted inside a
+    shell script (``sh -c '...'``); ValueError naming the command when one cannot be placed."""
+    argv = split_command(command)
+    scripts = script_positions(argv)
+    return tuple(_substitute_script(piece, values) if position in scripts
+                 else substitute(piece, values, field_name="command") for position, piece in enumerate(argv))
+
+
+def _substitute_script(template: str, values: Mapping[str, str]) -> str:
+    plan = _script_plan(template)
+    missing = next((name for _, name, _ in plan.pieces if name is not None and name not in values), None)
+    if missing is not None:
+        substitute(template, values, field_name="command")  # raises, naming the unknown placeholder
+    return plan.render(values, variable_name)
+
+
+@functools.lru_cache(maxsize=64)
+def _script_plan(template: str) -> ScriptPlan:
+    """A script template read once per template (a fan-out renders the same one for every task)."""
+    pieces = _pieces(template)
+    if any(name == _UNBALANCED for _, name in pieces):  # raises, naming the brace
+        substitute(template, {name: "" for _, name in pieces if name}, field_name="command")
+    return plan_script(pieces, field_name="command", variable=variable_name)
 
 
 def static_prefix(template: str, job_id: str) -> str:

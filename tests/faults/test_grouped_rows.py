@@ -227,7 +227,7 @@ def test_cancel_while_claims_are_held_records_them_cancelled_unrun(project: Any,
     assert {k: r.state for k, r in results.items() if k in ("c0", "c1", "c2")} == dict.fromkeys(
         ("c0", "c1", "c2"), TaskState.SUCCEEDED)
     for key in [f"c{i}" for i in range(3, 10)]:
-        assert (results[key].state, results[key].failure_category) == (TaskState.FAILED, "cancelled"), results[key]
+        assert (results[key].state, results[key].failure_category) == (TaskState.CANCELLED, "cancelled"), results[key]
 
 
 def test_held_results_meeting_a_taken_over_row_write_the_others_and_leave_it(project: Any, tmp_path: Path) -> None:

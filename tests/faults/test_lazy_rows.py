@@ -54,7 +54,7 @@ def test_cancel_before_any_claim_records_every_task_and_nothing_runs(project: An
         be.cancel(job.id)
         results = list(be.list_task_results(job.id))
         assert len(results) == 7
-        assert {(r.state, r.failure_category) for r in results} == {(TaskState.FAILED, "cancelled")}
+        assert {(r.state, r.failure_category) for r in results} == {(TaskState.CANCELLED, "cancelled")}
         assert sorted(r.label for r in results) == [f"KEY={k}" for k in keys]
         assert be.task_counts(job.id).finished
         worker = serve_until_idle(be, tmp_path, lease_s=5)  # the queued messages are consumed, nothing runs

@@ -25,7 +25,8 @@ def _run_scale(project: Any, tmp_path: Path, n: int, *, workers: int, timeout: f
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\nscale {n}: {json.dumps(report)}")
-    assert report["counts"] == {"pending": 0, "running": 0, "succeeded": n, "failed": 0, "total": n}, report
+    assert report["counts"] == {"pending": 0, "running": 0, "succeeded": n, "failed": 0, "cancelled": 0,
+                                "total": n}, report
     assert report["anomalies"] == [], report["anomalies"]
     assert report["results"] == n and report["attempts_other_than_1"] == 0
     ran = Counter(runs_of(runs))

@@ -16,19 +16,21 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from azure.batch import BatchClient
 from azure.batch import models as bm
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.adding import JobWriter
-from batchyard.backends.azure.clients import make_client, make_storage
-from batchyard.backends.azure.ending import RunEnds, fate_text
+from batchyard.backends.azure.clients import is_loopback_url, make_client, make_storage
+from batchyard.backends.azure.ending import RunEnds, delete_job, fate_text
+from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views
 from batchyard.backends.azure.nodes import NodeWatch
-from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
+from batchyard.backends.azure.pools import PoolManager
 from batchyard.backends.azure.preflight import JobChecks, auth_finding
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
 from batchyard.backends.azure.registries import ContainerSetup, container_setup
@@ -38,11 +40,11 @@ from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.tasks import (
     batch_error,
     enum_text,
-    error_code,
     required_patterns,
 )
 from batchyard.backends.base import (
     Backend,
+    JobView,
     PoolSummary,
     PoolView,
     SubmitResult,
@@ -135,7 +137,10 @@ class AzureBackend(Backend):
             self._chains[job_id] = self.runs.load(job_id)
         return self._chains[job_id]
 
-    # --- submit ----------------------------------------------------------------------------------------
+    @classmethod
+    def runs_tasks_here(cls, config: Config) -> bool:  # the Batch emulator: Azure Batch is never on loopback
+        return bool(config.azure.batch_url) and is_loopback_url(config.azure.batch_url or "")
+
     def preflight(self) -> None:
         """The storage preflight, then one cheap authenticated Batch call (list one pool id)."""
         self.storage.preflight()
@@ -177,6 +182,7 @@ class AzureBackend(Backend):
         return done
 
     def submit(self, job: Job) -> SubmitResult:
+        self.refuse_other_spelling(job.id)  # Batch would take `myjob` for `MyJob`; its documents would not
         required = required_patterns(job)
         # Registries and pool rules first: a missing password or a pool Batch would refuse must fail
         # before any container, pool or job exists.
@@ -266,16 +272,9 @@ class AzureBackend(Backend):
     # --- waiting ---------------------------------------------------------------------------------------
     def task_counts(self, job_id: str) -> TaskCounts:
         run = self._chain(job_id).current
-        try:
-            result = self.client.get_job_task_counts(run.batch_job_id)
-        except Exception as exc:
-            raise batch_error(exc, f"task counts of job {job_id!r}") from None
-        c = result.task_counts
-        counts = TaskCounts(pending=c.active, running=c.running, succeeded=c.succeeded + run.carried, failed=c.failed)
-        if counts.pending and not counts.running and self._job_state(run.batch_job_id) == "completed":
-            # A terminated job never starts its active tasks: report them as failed (cancelled).
-            counts = TaskCounts(pending=0, running=0, succeeded=counts.succeeded, failed=c.failed + c.active)
-        return counts
+        counts = batch_task_counts(self.client, run.batch_job_id, lambda: self._job_state(run.batch_job_id))
+        # Tasks that succeeded in an earlier run of the chain were not added again (carried over).
+        return replace(counts, succeeded=counts.succeeded + run.carried)
 
     def _job_state(self, batch_job_id: str, *, max_age_s: float = 5.0) -> str | None:
         cached = self._job_state_cache.get(batch_job_id)
@@ -328,7 +327,7 @@ class AzureBackend(Backend):
         self._short_since.pop(job_id, None)
         if counts.total:
             self._watch = None
-            self.end_run(job_id, "AllTasksSucceeded" if counts.failed == 0 else "TasksFailed")
+            self.end_run(job_id, "AllTasksSucceeded" if not (counts.failed or counts.cancelled) else "TasksFailed")
 
     def end_run(self, job_id: str, reason: str) -> str:
         """Terminate the current run's Batch job and release its per-job pool; a line saying what became of it."""
@@ -380,6 +379,12 @@ class AzureBackend(Backend):
             pool_id = batch_job.pool_info.pool_id if batch_job is not None and batch_job.pool_info else None
         return self.ends.summary(chain, pool_id)
 
+    def list_jobs(self) -> list[JobView]:
+        return job_views(self.client, self.documents, self.name)
+
+    def job_ids_like(self, job_id: str) -> list[str]:
+        return job_ids_like(self.client, self.documents, job_id, self.name)
+
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
         """Terminate the job's current Batch job (records stay) and release its per-job pool."""
@@ -389,26 +394,7 @@ class AzureBackend(Backend):
         self._job_state_cache.pop(chain.current.batch_job_id, None)
 
     def delete(self, job_id: str) -> None:
-        found = False
-        for batch_job_id in self._chain(job_id, fresh=True).batch_job_ids():
-            try:
-                self.client.begin_delete_job(batch_job_id, polling_interval=1).wait(60)
-                found = True
-            except ResourceNotFoundError:
-                pass
-            except HttpResponseError as exc:
-                if error_code(exc) != "JobBeingDeleted":
-                    raise batch_error(exc, f"deleting job {batch_job_id!r}") from None
-                found = True
-        record = self.pools.get_record(per_job_pool_id(job_id))
-        if record is not None and record.job_id == job_id:
-            self.pools.delete(record.pool_id)
-        if self.documents.has_job(job_id):
-            found = True
-            self.documents.delete_documents(job_id)
-        if not found:
-            raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch nor on storage account "
-                                   f"{self.storage.account.account_name!r}")
+        delete_job(self.client, self.pools, self.documents, self._chain(job_id, fresh=True).batch_job_ids(), job_id)
         self._expected.pop(job_id, None)
         self._chains.pop(job_id, None)
 

@@ -23,7 +23,9 @@ from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.runs import PoolUsage, RunChain, RunRecords, now_iso
 from batchyard.backends.azure.tasks import batch_error, enum_text, error_code
 from batchyard.backends.base import PoolSummary
+from batchyard.backends.documents import JobDocuments
 from batchyard.core.config import Config
+from batchyard.core.errors import JobNotFoundError
 
 log = logging.getLogger(__name__)
 TERMINATE_WAIT_S = 30
@@ -121,4 +123,29 @@ def fate_text(usage: PoolUsage) -> str:
     return f"pool {usage.pool_id} deleted ({usage.nodes} x {usage.vm_size}, {hours:.2f} node-hours)"
 
 
-__all__ = ["RunEnds", "fate_text"]
+def delete_job(client: Any, pools: PoolManager, documents: JobDocuments, batch_job_ids: list[str],
+               job_id: str) -> None:
+    """Delete every Batch job of ``job_id``'s chain, the pool batchyard made for it, and its documents."""
+    found = False
+    for batch_job_id in batch_job_ids:
+        try:
+            client.begin_delete_job(batch_job_id, polling_interval=1).wait(60)
+            found = True
+        except ResourceNotFoundError:
+            pass
+        except HttpResponseError as exc:
+            if error_code(exc) != "JobBeingDeleted":
+                raise batch_error(exc, f"deleting job {batch_job_id!r}") from None
+            found = True
+    record = pools.get_record(per_job_pool_id(job_id))
+    if record is not None and record.job_id == job_id:
+        pools.delete(record.pool_id)
+    if documents.has_job(job_id):
+        found = True
+        documents.delete_documents(job_id)
+    if not found:
+        raise JobNotFoundError(f"job {job_id!r} not found on Azure Batch nor on storage account "
+                               f"{documents.storage.account.account_name!r}")
+
+
+__all__ = ["RunEnds", "delete_job", "fate_text"]

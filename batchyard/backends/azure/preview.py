@@ -82,9 +82,10 @@ class SubmitPreview:
         if input_url is not None and task.input_path is not None:
             strings += [input_url, task.input_path]
         strings += [p for p in paths if p is not None]
-        strings += [piece for pair in task.params for piece in pair]
+        variables = task.environment(self.job)
+        strings += [piece for pair in variables for piece in pair]
         shape = (bool(display), input_url is not None and task.input_path is not None,
-                 tuple(p is None for p in paths), len(task.params))
+                 tuple(p is None for p in paths), len(variables))
         return shape, strings
 
 

@@ -196,7 +196,7 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
             container_url=urls.log_container_url, path=log_prefix(job.id, task.task_id))),
         upload_options=bm.OutputFileUploadConfiguration(upload_condition=bm.OutputFileUploadCondition.TASK_COMPLETION),
     ))
-    env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.params]
+    env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment(job)]  # placeholders, columns
     if required:
         env.append(bm.EnvironmentSetting(name=REQUIRED_OUTPUTS_ENV, value="\n".join(required)))
     c = job.constraints
@@ -296,9 +296,11 @@ def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail
             elif category == "exit_code" and exit_code is not None:
                 message = f"command exited with code {exit_code}"
     elif facts.job_completed and raw_state in _STATES and raw_state != "running":
-        state, category, message = TaskState.FAILED, "cancelled", "the job was cancelled (terminated on Azure Batch)"
+        category, message = "cancelled", "the job was cancelled (terminated on Azure Batch)"
     else:
         state = _STATES.get(raw_state, TaskState.PENDING)
+    if category == "cancelled":  # ended by a user's request, or never started by its terminated job
+        state = TaskState.CANCELLED
     node_id = task.node_info.node_id if task.node_info else None
     ended = _iso(getattr(ex, "end_time", None))
     record = attempt_record(attempts, started_at=_iso(started), ended_at=ended, exit_code=exit_code,

@@ -19,9 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskReplay, TaskResult, TaskState, dumps
+from batchyard.backends.base import (
+    Backend,
+    JobView,
+    SubmitResult,
+    TaskCounts,
+    TaskReplay,
+    TaskResult,
+    TaskState,
+    dumps,
+)
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.admission import message_key_for_submit
+from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
 from batchyard.backends.local.replay import replay_task
 from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
@@ -57,6 +67,10 @@ class LocalBackend(Backend):
         self._tallies: dict[tuple[Any, ...], TaskTally] = {}
         self._workers_args: tuple[Any, ...] = ()
 
+    @classmethod
+    def runs_tasks_here(cls, config: Config) -> bool:
+        return True  # workers started here; a `batchyard worker` elsewhere needs the same paths
+
     # --- submit ----------------------------------------------------------------------------------------
     def preflight(self) -> None:
         self.storage.preflight()
@@ -66,6 +80,7 @@ class LocalBackend(Backend):
         return fan_out(self.storage, job)
 
     def submit(self, job: Job) -> SubmitResult:
+        self.refuse_other_spelling(job.id)
         if job.container_image:  # fail before anything is queued, not in every task
             _require_image(job.container_image)
         self.store.ensure()
@@ -237,6 +252,12 @@ class LocalBackend(Backend):
 
     def job(self, job_id: str) -> Job:
         return self.store.load_job(job_id)
+
+    def list_jobs(self) -> list[JobView]:
+        return job_views(self.store)
+
+    def job_ids_like(self, job_id: str) -> list[str]:
+        return job_ids_like(self.store, job_id)
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:

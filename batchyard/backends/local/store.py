@@ -35,7 +35,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
-from batchyard.backends.base import TaskResult, TaskState, dumps
+from batchyard.backends.base import TaskResult, dumps, final_state
 from batchyard.backends.documents import JobDocuments
 from batchyard.backends.local.messages import TaskMessage, poison_body
 from batchyard.core.config import Config
@@ -75,7 +75,8 @@ def _lost(table: str) -> StorageLostError:
 def entity_to_result(entity: dict[str, Any]) -> TaskResult:
     attempts = json.loads(entity.get("attempts_json") or "[]")
     return TaskResult(
-        job_id=entity["PartitionKey"], task_id=entity["RowKey"], state=TaskState(entity.get("state", "pending")),
+        job_id=entity["PartitionKey"], task_id=entity["RowKey"],
+        state=final_state(entity.get("state") or "pending", entity.get("failure_category")),
         label=entity.get("label", ""), exit_code=entity.get("exit_code"),
         failure_category=entity.get("failure_category"), failure_message=entity.get("failure_message"),
         attempts=int(entity.get("attempt_count") or 0), started_at=entity.get("started_at"),
@@ -194,8 +195,14 @@ class JobStore(JobDocuments):
         self.jobs.update_entity({"PartitionKey": "job", "RowKey": job_id, "state": state, "updated": time.time()},
                                 mode=UpdateMode.MERGE)
 
-    def list_jobs(self) -> Iterator[dict[str, Any]]:
-        yield from (dict(e) for e in self.jobs.query_entities("PartitionKey eq 'job'"))
+    def list_jobs(self, select: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every job's row; none when nothing was ever submitted here (no jobs table)."""
+        try:
+            yield from (dict(e) for e in self.jobs.query_entities("PartitionKey eq 'job'", select=select))
+        except ResourceNotFoundError:
+            return
+        except Exception as exc:
+            raise translate_error(exc, f"listing the jobs in table {self._jobs_name!r}") from None
 
     # --- tasks ----------------------------------------------------------------------------------------
     def task_entities(self, job_id: str, *, select: list[str] | None = None,

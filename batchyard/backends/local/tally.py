@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from batchyard.backends.base import TaskCounts, TaskState
+from batchyard.backends.base import TaskCounts, TaskState, final_state
 from batchyard.backends.local.store import JobStore
 
 
@@ -23,25 +23,26 @@ class TaskTally:
 
     def __init__(self, store: JobStore, job_id: str, *, total: int = 0) -> None:
         self.store, self.job_id, self.total = store, job_id, total
-        self.states: dict[str, str] = {}
+        self.states: dict[str, TaskState] = {}
         self.newest: datetime | None = None
 
     def refresh(self) -> TaskCounts:
-        select = ["RowKey", "state", "Timestamp"]
+        select = ["RowKey", "state", "failure_category", "Timestamp"]
         if self.newest is None:
             rows = self.store.task_entities(self.job_id, select=select)
         else:
             rows = self.store.task_entities(self.job_id, select=select, since=self.newest - self.OVERLAP)
         for entity in rows:
-            self.states[entity["RowKey"]] = entity.get("state") or "pending"
+            self.states[entity["RowKey"]] = final_state(entity.get("state") or "pending",
+                                                        entity.get("failure_category"))
             stamp = entity.get("_timestamp")
             if stamp is not None and (self.newest is None or stamp > self.newest):
                 self.newest = stamp
         tally = dict.fromkeys(TaskState, 0)
         for state in self.states.values():
-            tally[TaskState(state)] += 1
+            tally[state] += 1
         # A task no worker has claimed yet has no row: it is pending.
-        started = tally[TaskState.RUNNING] + tally[TaskState.SUCCEEDED] + tally[TaskState.FAILED]
+        started = len(self.states) - tally[TaskState.PENDING]
         pending = max(tally[TaskState.PENDING], self.total - started)
-        return TaskCounts(pending=pending, running=tally[TaskState.RUNNING],
-                          succeeded=tally[TaskState.SUCCEEDED], failed=tally[TaskState.FAILED])
+        return TaskCounts(pending=pending, running=tally[TaskState.RUNNING], succeeded=tally[TaskState.SUCCEEDED],
+                          failed=tally[TaskState.FAILED], cancelled=tally[TaskState.CANCELLED])

@@ -94,7 +94,7 @@ def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_
     retries = job.constraints.max_task_retry_count
     return TaskSpec(
         job_id=job.id, task_id=task.task_id, argv=task.argv,
-        environment={**job.environment, **dict(task.params)},
+        environment={**job.environment, **dict(task.environment(job))},
         resource_files=tuple(resources), output_files=tuple(outputs),
         max_wall_clock_seconds=job.constraints.max_wall_clock_time,
         max_task_retry_count=retries if retries < 0 else retries + retry_bonus,
