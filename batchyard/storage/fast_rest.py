@@ -18,8 +18,9 @@ parsed with the ``email`` package); on urllib3 the same blob request costs ~0.2 
 
 A request is authorized with the account key (Shared Key, signed here as the REST reference
 describes) or by the SAS already in a URL. Retries, timeouts and pooled connections are
-urllib3's, set like the SDK clients' (``storage.py``). The callers (``transfer.py``,
-``records.py``) decide when this path applies and turn its errors into batchyard's.
+urllib3's, set like the SDK clients' (``account.py``). Only ``fast_path.py`` decides when this
+path applies (loopback endpoints, unless turned off); the callers (``transfer.py``, the local
+backend's ``store.py``) turn its errors into batchyard's.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ from urllib.parse import quote, urlsplit
 import certifi
 import urllib3
 
-# The calls exist unchanged since long before these versions; Azure and Azurite 3.x accept them.
+from batchyard.core.version import __version__
+
+# The calls exist unchanged since long before these versions, and Azurite 3.x accepts them; this
+# path serves loopback endpoints only (fast_path.py), where the SDKs' newer versions add nothing.
 BLOB_API_VERSION = "2021-08-06"
 TABLE_API_VERSION = "2019-02-02"
+# Says who sent a request in Azurite's debug log (and in a test that tells the two paths apart).
+USER_AGENT = f"batchyard-fast-rest/{__version__} urllib3/{urllib3.__version__}"
 # What the SDKs' storage retry policies retry: request timeouts and transient server errors.
 RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 _INT32 = range(-(2**31), 2**31)
@@ -149,7 +155,7 @@ class FastRest:
 
     def _blob_request(self, method: str, address: BlobAddress, headers: dict[str, str],
                       body: bytes | None = None) -> _Request:
-        headers = {"x-ms-version": BLOB_API_VERSION, **headers}
+        headers = {"x-ms-version": BLOB_API_VERSION, "User-Agent": USER_AGENT, **headers}
         url = address.url
         if address.sas:
             url = f"{url}?{address.sas}"
@@ -232,6 +238,7 @@ class FastRest:
         headers = {
             "x-ms-version": TABLE_API_VERSION, "x-ms-date": date, "DataServiceVersion": "3.0",
             "MaxDataServiceVersion": "3.0;NetFx", "Content-Type": content_type, "Accept": "application/json",
+            "User-Agent": USER_AGENT,
             # Shared Key for the Table service: verb, Content-MD5, Content-Type, date, resource.
             "Authorization": self._signed(f"POST\n\n{content_type}\n{date}\n/{self._account}{urlsplit(url).path}"),
         }
