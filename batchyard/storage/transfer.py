@@ -63,11 +63,13 @@ class BlobTransfer:
     many files from one container reuses one pool.
     """
 
-    def __init__(self, storage: Storage | None) -> None:
+    def __init__(self, storage: Storage | None, *, fast_path: str | None = None) -> None:
+        """``fast_path``: the mode for SAS URLs without ``storage`` (None: ``BATCHYARD_FAST_PATH``);
+        with ``storage``, its own :class:`FastPath` decides."""
         self.storage = storage
         self._url_containers: dict[str, ContainerClient] = {}
         self._lock = threading.Lock()
-        self._fast = storage.fast_path if storage is not None else FastPath(partial(fast_rest_client, None))
+        self._fast = storage.fast_path if storage is not None else FastPath(partial(fast_rest_client, None), fast_path)
         self._firsts: dict[BlobRef, FirstPart] = {}  # see prefetched()
         self._stored: dict[_Put, tuple[int, int]] = {}  # (size, mtime) of files put by uploaded_ahead()
 
