@@ -239,6 +239,9 @@ class FlakyProxy:
         self.listener.close()
 
 
+# The fast path's own retries (urllib3's, 0.5 s back-off). Through the storage SDK the same two
+# failures are retried too, after its ExponentialRetry's 15 s and 18 s: too slow for this test.
+@pytest.mark.fast_path
 @pytest.mark.timeout(60)
 def test_small_blobs_are_retried_through_a_dropped_connection_and_a_busy_server(project: Any, tmp_path: Path) -> None:
     endpoint = urlsplit(project.storage.account.blob_endpoint)
