@@ -4,6 +4,12 @@ One code path, two ways in: with ``AZURE_STORAGE_CONNECTION_STRING`` set (e.g. b
 ``compose.yaml``), the suite uses that storage; otherwise it starts its own Azurite in a
 temporary folder and stops it at the end. Every test gets its own queue, tables and
 containers (unique names), so tests never see each other's messages.
+
+``--fast-path=off`` (default: ``BATCHYARD_FAST_PATH``, else ``auto``) runs the suite with every
+storage call through the Azure SDK: the session's storage, each project's batchyard.toml and
+environment, and whatever the tests start in-process (the Batch emulator's nodes) or as
+processes all get that mode. Tests marked ``fast_path`` are about the hand-signed path itself
+and are skipped when it is off.
 """
 
 from __future__ import annotations
@@ -18,13 +24,41 @@ from pathlib import Path
 
 import pytest
 
-from batchyard.core.config import Config, load_config
+from batchyard.core.config import ENV_FAST_PATH, FAST_PATH_MODES, Config, load_config
 from batchyard.storage.account import Storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast-path", choices=FAST_PATH_MODES, default=os.environ.get(ENV_FAST_PATH) or "auto",
+                     help="storage fast path mode for the whole run (auto: hand-signed REST to loopback "
+                          "endpoints; off: everything through the Azure SDK)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fast_path: about the hand-signed storage path itself (skipped with "
+                                       "--fast-path=off)")
+    # Read by every Storage made without a config: in this process (the Batch emulator's nodes,
+    # BlobTransfer(None)) and in the processes the tests start.
+    os.environ[ENV_FAST_PATH] = config.getoption("--fast-path")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--fast-path") == "off":
+        skip = pytest.mark.skip(reason="about the fast path, which --fast-path=off turns off")
+        for item in items:
+            if item.get_closest_marker("fast_path"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fast_path_mode(pytestconfig: pytest.Config) -> str:
+    """The run's fast path mode (``--fast-path``)."""
+    return str(pytestconfig.getoption("--fast-path"))
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +77,8 @@ def azurite_connection_string(tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture(scope="session")
-def storage(azurite_connection_string: str) -> Storage:
-    return Storage.from_connection_string(azurite_connection_string)
+def storage(azurite_connection_string: str, fast_path_mode: str) -> Storage:
+    return Storage.from_connection_string(azurite_connection_string, fast_path=fast_path_mode)
 
 
 @dataclass
@@ -81,11 +115,12 @@ class Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path, azurite_connection_string: str, storage: Storage) -> Project:
+def project(tmp_path: Path, azurite_connection_string: str, storage: Storage, fast_path_mode: str) -> Project:
     uid = uuid.uuid4().hex[:10]
     (tmp_path / "batchyard.toml").write_text(
         f"""backend = "local"
 [storage]
+fast_path = "{fast_path_mode}"
 queue = "q{uid}"
 table_prefix = "t{uid}"
 system_container = "sys-{uid}"
@@ -101,5 +136,6 @@ work_dir = "{tmp_path / 'work'}"
         "AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string,
         "BATCHYARD_HOME": str(tmp_path / "home"),
         "PYTHONPATH": str(REPO),
+        ENV_FAST_PATH: fast_path_mode,  # the file says it too; this reaches what reads no file
     })
     return Project(dir=tmp_path, env=env, uid=uid, storage=storage)

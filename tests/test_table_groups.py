@@ -31,6 +31,7 @@ def _row(key: str, **extra: Any) -> dict[str, Any]:
             "claim_expires": 1_700_000_000.0, "integral_float": 2.0, "flag": True, "missing": None, **extra}
 
 
+@pytest.mark.fast_path
 def test_group_rows_are_stored_as_the_sdk_stores_them(project: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     store, table = _store(project)
     for key in KEYS:

@@ -20,11 +20,14 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from azure.storage.blob import BlobClient, ContentSettings
+from urllib3.connection import HTTPConnection
 
 from batchyard.core.errors import AuthenticationError, SourceMissingError, StorageError
 from batchyard.storage.account import BLOCK_SIZE, Storage
 from batchyard.storage.fast_rest import FastRest
 from batchyard.storage.transfer import SMALL_BLOB, BlobTransfer
+
+_REAL_REQUEST = HTTPConnection.request
 
 
 def _file(path: Path, size: int) -> Path:
@@ -106,6 +109,7 @@ def _download(transfer: BlobTransfer, ref: dict[str, str], name: str, dest: Path
     return transfer.download(dest, container=ref["container"], name=name)
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("by_sas", [False, True], ids=["account", "sas"])
 def test_small_blobs_go_in_one_request_each_with_what_the_sdk_stores(
         project: Any, tmp_path: Path, by_sas: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,14 +150,15 @@ def test_downloads_of_every_size_are_whole(project: Any, tmp_path: Path, size: i
     assert not list(tmp_path.glob("got*.part"))
 
 
+@pytest.mark.fast_path
 def test_a_blob_replaced_between_its_first_part_and_the_rest_is_read_again_whole(project: Any, tmp_path: Path) -> None:
     out = project.container("outputs")
     blob = project.storage.container(out).get_blob_client("moving.bin")
     old, new = os.urandom(2 * SMALL_BLOB), os.urandom(2 * SMALL_BLOB + 5)
     blob.upload_blob(old)
     transfer = BlobTransfer(project.storage)
-    small, address = transfer._small, transfer._small_address(blob, "moving.bin", by_account=True)
-    assert small is not None and address is not None
+    small, address = transfer._fast.client, transfer._small_address(blob, "moving.bin", by_account=True)
+    assert address is not None
     first = small.get_first(address, SMALL_BLOB)
     assert (first.size, first.data) == (len(old), old[:SMALL_BLOB])
     blob.upload_blob(new, overwrite=True)  # a new version before the rest is read
@@ -234,6 +239,9 @@ class FlakyProxy:
         self.listener.close()
 
 
+# The fast path's own retries (urllib3's, 0.5 s back-off). Through the storage SDK the same two
+# failures are retried too, after its ExponentialRetry's 15 s and 18 s: too slow for this test.
+@pytest.mark.fast_path
 @pytest.mark.timeout(60)
 def test_small_blobs_are_retried_through_a_dropped_connection_and_a_busy_server(project: Any, tmp_path: Path) -> None:
     endpoint = urlsplit(project.storage.account.blob_endpoint)
@@ -316,6 +324,7 @@ def _refs(ref: dict[str, str], names: list[str]) -> list[tuple[str | None, str |
     return [(ref["container"], name, None) for name in names]
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("by_sas", [False, True], ids=["account", "sas"])
 def test_a_burst_sends_each_blob_once_and_stores_what_a_lone_transfer_does(
         project: Any, tmp_path: Path, by_sas: bool, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,6 +363,7 @@ def test_a_burst_sends_each_blob_once_and_stores_what_a_lone_transfer_does(
         assert bytes(blob.get_blob_properties().content_settings.content_md5 or b"") == hashlib.md5(data).digest()
 
 
+@pytest.mark.fast_path
 @pytest.mark.timeout(60)
 def test_burst_requests_that_fail_are_sent_again_alone_with_retries(project: Any, tmp_path: Path) -> None:
     endpoint = urlsplit(project.storage.account.blob_endpoint)
@@ -369,7 +379,9 @@ def test_burst_requests_that_fail_are_sent_again_alone_with_retries(project: Any
             for name in names:
                 assert transfer.download(tmp_path / name, container=box, name=name) == 100
                 assert (tmp_path / name).read_bytes() == name.encode() * 100
-        assert proxy.accepted == 3  # the two spoiled requests went again on the good connection
+        # The burst's three connections (the first two spoiled), then the one the two spoiled
+        # requests went again on, alone, from the lone requests' pool.
+        assert proxy.accepted == 4
     finally:
         proxy.close()
 
@@ -386,22 +398,25 @@ def test_a_refused_burst_upload_fails_alone_with_no_secret(project: Any, tmp_pat
     assert list(project.storage.list_blob_names(box, "")) == []
 
 
-def test_a_burst_the_pool_cannot_serve_leaves_every_transfer_to_go_alone(
+@pytest.mark.fast_path
+def test_a_burst_whose_connections_fail_leaves_every_transfer_to_go_alone(
         project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import urllib3
-
     box = project.container("outputs")
     for name in ("a", "b"):
         project.storage.upload_bytes(box, name, name.encode() * 10)
+    burst_calls = []
 
     def unusable(*args: object, **kwargs: object) -> None:
-        raise AttributeError("no such pool method")  # as if urllib3 changed its pool's internals
+        burst_calls.append(1)
+        raise OSError("connection refused")  # every connection a burst would send on fails
 
     transfer = BlobTransfer(project.storage)
-    monkeypatch.setattr(urllib3.HTTPConnectionPool, "_get_conn", unusable)
-    monkeypatch.setattr(urllib3.HTTPConnectionPool, "_put_conn", unusable)
+    lone = _lone_calls(monkeypatch)
+    monkeypatch.setattr(HTTPConnection, "request", unusable)
     with transfer.prefetched([(box, "a", None), (box, "b", None)]):
-        monkeypatch.undo()  # the lone requests use the pool the usual way
+        monkeypatch.setattr(HTTPConnection, "request", _REAL_REQUEST)  # the lone requests work again
+        assert len(burst_calls) == 2  # both went into the burst, and failed there
         for name in ("a", "b"):
             assert transfer.download(tmp_path / name, container=box, name=name) == 10
             assert (tmp_path / name).read_bytes() == name.encode() * 10
+    assert sorted(lone) == ["get_first a", "get_first b"]  # each then went alone

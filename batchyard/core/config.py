@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,6 +34,8 @@ ENV_HOME = "BATCHYARD_HOME"
 ENV_BATCH_URL = "BATCHYARD_BATCH_URL"
 ENV_BATCH_ACCOUNT = "BATCHYARD_BATCH_ACCOUNT"
 ENV_BATCH_KEY = "BATCHYARD_BATCH_KEY"
+ENV_FAST_PATH = "BATCHYARD_FAST_PATH"
+FAST_PATH_MODES = ("auto", "off")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -48,6 +50,9 @@ class StorageSection(_Section):
     table_prefix: str = "batchyard"
     system_container: str = "batchyard"
     log_container: str = "batchyard-logs"
+    # "auto": a worker's per-task calls to a loopback endpoint go by hand-signed REST, the rest
+    # through the SDK; "off": all through the SDK (batchyard/storage/fast_path.py decides).
+    fast_path: Literal["auto", "off"] = "auto"
 
 
 class LocalSection(_Section):
@@ -241,6 +246,14 @@ def default_home() -> Path:
     return Path(base) / "batchyard"
 
 
+def fast_path_mode(value: str | None) -> str:
+    """The fast path mode ``value`` names (``auto`` when unset or empty), else a ConfigError."""
+    mode = (value or "auto").strip().lower()
+    if mode not in FAST_PATH_MODES:
+        raise ConfigError(f"{ENV_FAST_PATH}={value!r}: expected one of {', '.join(FAST_PATH_MODES)}")
+    return mode
+
+
 def find_config(start: Path | None = None) -> Path | None:
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -333,12 +346,15 @@ def load_config(path: str | Path | None = None, *, backend: str | None = None,
     if overrides["batch_url"]:
         check_endpoint(overrides["batch_url"], f"Batch account URL (${ENV_BATCH_URL} or [azure] batch_url)")
     azure = azure.model_copy(update=overrides)
+    storage = parsed.storage
+    if environ.get(ENV_FAST_PATH):
+        storage = storage.model_copy(update={"fast_path": fast_path_mode(environ[ENV_FAST_PATH])})
     chosen = backend or environ.get(ENV_BACKEND) or parsed.backend
     home = Path(environ[ENV_HOME]).expanduser() if environ.get(ENV_HOME) else default_home()
     work_root = Path(parsed.local.work_dir).expanduser() if parsed.local.work_dir else home / "work"
     _make_private_dirs(home, *([work_root] if chosen == "local" else []))
     return Config(
-        backend=chosen, storage=parsed.storage, local=parsed.local, azure=azure, source=source,
+        backend=chosen, storage=storage, local=parsed.local, azure=azure, source=source,
         storage_connection_string=conn or None, batch_key=batch_key or None, registry_passwords=tuple(passwords),
         home=home,
     )

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +43,7 @@ from azure.storage.blob import (
 
 from batchyard.core.errors import AuthenticationError, ConfigError, StorageError
 from batchyard.core.redact import redact, redacting_filter, register_secret
+from batchyard.storage.fast_path import FastPath
 from batchyard.storage.fast_rest import FastRest, RestStatusError, RestUnreachableError
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,9 @@ def _client_kwargs() -> dict[str, Any]:
     return {**_CLIENT_KWARGS, "transport": RequestsTransport(session=session, session_owner=True)}
 
 
-def fast_rest_client(account: StorageAccount | None) -> FastRest | None:
-    """The one-request path for the per-task calls (``fast_rest.py``), or None where it must not
-    be used: requests (under the SDKs) honours the proxy variables and their exceptions, urllib3
-    alone does not, so with any proxy variable set every call goes through the SDKs."""
-    if urllib.request.getproxies_environment():
-        return None
+def fast_rest_client(account: StorageAccount | None) -> FastRest:
+    """The one-request client for the per-task calls (``fast_rest.py``), with the SDK clients'
+    timeouts and retries. Whether a request may use it is :class:`FastPath`'s to say."""
     _guard_url_loggers()
     return FastRest(
         account_name=account.account_name if account else "", account_key=account.account_key if account else "",
@@ -214,30 +213,29 @@ def translate_error(exc: Exception, what: str) -> Exception:
 class Storage:
     """Cached, thread-safe service clients for one account, plus SAS helpers."""
 
-    def __init__(self, account: StorageAccount) -> None:
+    def __init__(self, account: StorageAccount, *, fast_path: str | None = None) -> None:
+        """``fast_path``: ``"auto"`` or ``"off"`` (``[storage] fast_path``); None: ``BATCHYARD_FAST_PATH``."""
         self.account = account
+        self.fast_path = FastPath(partial(fast_rest_client, account), fast_path)
         self._lock = threading.Lock()
         self._blob: BlobServiceClient | None = None
         self._queue: Any = None
         self._table: Any = None
         self._containers: dict[str, ContainerClient] = {}
-        self._fast: tuple[FastRest | None] | None = None
 
     def __repr__(self) -> str:
         return f"Storage(account={self.account.account_name!r}, blob={self.account.blob_endpoint!r})"
 
     @classmethod
-    def from_connection_string(cls, conn_str: str) -> Storage:
-        return cls(StorageAccount.from_connection_string(conn_str))
+    def from_connection_string(cls, conn_str: str, *, fast_path: str | None = None) -> Storage:
+        return cls(StorageAccount.from_connection_string(conn_str), fast_path=fast_path)
 
     # --- clients -------------------------------------------------------------------------------------
     @property
     def fast(self) -> FastRest | None:
-        """This account's one-request path for per-task calls; None with a proxy variable set."""
-        with self._lock:
-            if self._fast is None:
-                self._fast = (fast_rest_client(self.account),)
-            return self._fast[0]
+        """The one-request client for this account's per-task calls, or None: through the SDK
+        (:class:`FastPath` decides; the blob and table endpoints must both be loopback)."""
+        return self.fast_path.client_for(self.account.blob_endpoint, self.account.table_endpoint)
 
     @property
     def blob_service(self) -> BlobServiceClient:

@@ -18,8 +18,9 @@ parsed with the ``email`` package); on urllib3 the same blob request costs ~0.2 
 
 A request is authorized with the account key (Shared Key, signed here as the REST reference
 describes) or by the SAS already in a URL. Retries, timeouts and pooled connections are
-urllib3's, set like the SDK clients' (``storage.py``). The callers (``transfer.py``,
-``records.py``) decide when this path applies and turn its errors into batchyard's.
+urllib3's, set like the SDK clients' (``account.py``). Only ``fast_path.py`` decides when this
+path applies (loopback endpoints, unless turned off); the callers (``transfer.py``, the local
+backend's ``store.py``) turn its errors into batchyard's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hmac
 import json
 import math
 import re
+import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,10 +42,16 @@ from urllib.parse import quote, urlsplit
 
 import certifi
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
-# The calls exist unchanged since long before these versions; Azure and Azurite 3.x accept them.
+from batchyard.core.version import __version__
+
+# The calls exist unchanged since long before these versions, and Azurite 3.x accepts them; this
+# path serves loopback endpoints only (fast_path.py), where the SDKs' newer versions add nothing.
 BLOB_API_VERSION = "2021-08-06"
 TABLE_API_VERSION = "2019-02-02"
+# Says who sent a request in Azurite's debug log (and in a test that tells the two paths apart).
+USER_AGENT = f"batchyard-fast-rest/{__version__} urllib3/{urllib3.__version__}"
 # What the SDKs' storage retry policies retry: request timeouts and transient server errors.
 RETRY_STATUSES = frozenset({408, 500, 502, 503, 504})
 _INT32 = range(-(2**31), 2**31)
@@ -101,6 +109,8 @@ class FastRest:
                                   status_forcelist=RETRY_STATUSES, allowed_methods=None,
                                   redirect=0, raise_on_redirect=False, raise_on_status=False),
         )
+        self._bursts = _BurstConnections(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                         keep=pool_size, ca_certs=ca_bundle or certifi.where())
 
     def __repr__(self) -> str:
         return f"FastRest(account={self._account!r})"
@@ -149,7 +159,7 @@ class FastRest:
 
     def _blob_request(self, method: str, address: BlobAddress, headers: dict[str, str],
                       body: bytes | None = None) -> _Request:
-        headers = {"x-ms-version": BLOB_API_VERSION, **headers}
+        headers = {"x-ms-version": BLOB_API_VERSION, "User-Agent": USER_AGENT, **headers}
         url = address.url
         if address.sas:
             url = f"{url}?{address.sas}"
@@ -159,36 +169,32 @@ class FastRest:
         return method, url, headers, body
 
     def _together(self, requests: list[_Request]) -> list[urllib3.BaseHTTPResponse | None]:
-        """Send every request, each on a connection of its own from the pool, then read the answers.
+        """Send every request, each on a connection of its own, then read the answers.
 
         The service gets them at once: Azurite, one Node thread, handles requests that arrive
         together for ~30% less CPU each than the same requests one after another, and this
         thread makes no hand-off to others (threads doing the same cost more CPU than they
-        saved; docs/performance.md, round 6). No retry here: None where a request failed. The
-        pool's ``_get_conn`` / ``_put_conn`` are what urllib3's own ``urlopen`` uses (since 1.x);
-        should they ever fail, every request of the burst is None and goes alone.
+        saved; docs/performance.md, round 6). No retry here: None where a request failed.
         """
-        sent: list[tuple[Any, Any]] = []
+        sent: list[tuple[str, HTTPConnection | None]] = []
         for method, url, headers, body in requests:
-            pool, conn = self._http.connection_from_url(url), None
+            conn = None
             try:
-                conn = pool._get_conn()
-                conn.timeout = self._connect_timeout
+                conn = self._bursts.take(url)
                 conn.request(method, url[url.index("/", url.index("//") + 2):], body=body, headers=headers)
-                if conn.sock is not None:
-                    conn.sock.settimeout(self._read_timeout)
             except Exception:
-                conn = _drop(pool, conn)
-            sent.append((pool, conn))
+                conn = _drop(conn)
+            sent.append((url, conn))
         responses: list[urllib3.BaseHTTPResponse | None] = []
-        for pool, conn in sent:
+        for url, conn in sent:
             response = None
             if conn is not None:
                 try:
+                    conn.timeout = self._read_timeout  # set on the socket by getresponse()
                     response = conn.getresponse()  # read whole (preloaded): the connection is free again
-                    pool._put_conn(conn)
+                    self._bursts.give_back(url, conn)
                 except Exception:
-                    _drop(pool, conn)
+                    _drop(conn)
                     response = None
             responses.append(response)
         return responses
@@ -232,6 +238,7 @@ class FastRest:
         headers = {
             "x-ms-version": TABLE_API_VERSION, "x-ms-date": date, "DataServiceVersion": "3.0",
             "MaxDataServiceVersion": "3.0;NetFx", "Content-Type": content_type, "Accept": "application/json",
+            "User-Agent": USER_AGENT,
             # Shared Key for the Table service: verb, Content-MD5, Content-Type, date, resource.
             "Authorization": self._signed(f"POST\n\n{content_type}\n{date}\n/{self._account}{urlsplit(url).path}"),
         }
@@ -262,13 +269,58 @@ class FastRest:
             raise RestUnreachableError(type(reason).__name__) from None
 
 
-def _drop(pool: Any, conn: Any) -> None:
-    """Close a connection that failed and give its place in the pool back (never raises: the
-    request is then sent alone, the usual way)."""
+class _BurstConnections:
+    """The connections bursts send on, kept per origin (scheme, host, port) for the next burst.
+
+    A burst sends a request on each of several connections before reading any answer. urllib3's
+    pool has no public call for that (its ``urlopen`` sends, then waits for the answer), so the
+    bursts hold connections of their own, made from urllib3's public connection classes
+    (``request``, ``getresponse``, ``is_connected``), at most ``keep`` idle per origin.
+    """
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float, keep: int, ca_certs: str) -> None:
+        self._connect_timeout, self._read_timeout, self._keep, self._ca_certs = (
+            connect_timeout, read_timeout, keep, ca_certs)
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, str, int | None], list[HTTPConnection]] = {}
+
+    def take(self, url: str) -> HTTPConnection:
+        """An idle connection to ``url``'s origin, or a new one (it connects on its first request)."""
+        origin = _origin(url)
+        with self._lock:
+            idle = self._idle.get(origin)
+            conn = idle.pop() if idle else None
+        if conn is not None and not conn.is_connected:
+            conn.close()  # closed by the server while idle: the next request connects again
+        if conn is None:
+            scheme, host, port = origin
+            if scheme == "https":
+                conn = HTTPSConnection(host, port, timeout=self._connect_timeout, cert_reqs="CERT_REQUIRED",
+                                       ca_certs=self._ca_certs)
+            else:
+                conn = HTTPConnection(host, port, timeout=self._connect_timeout)
+        conn.timeout = self._connect_timeout
+        return conn
+
+    def give_back(self, url: str, conn: HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(_origin(url), [])
+            if len(idle) < self._keep:
+                idle.append(conn)
+                return
+        conn.close()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port
+
+
+def _drop(conn: HTTPConnection | None) -> None:
+    """Close a burst connection that failed (never raises: the request is then sent alone)."""
     with contextlib.suppress(Exception):
         if conn is not None:
             conn.close()
-        pool._put_conn(None)
 
 
 def _first_part(response: urllib3.BaseHTTPResponse) -> FirstPart:

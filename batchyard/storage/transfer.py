@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -35,6 +36,7 @@ from batchyard.storage.account import (
     file_md5,
     translate_error,
 )
+from batchyard.storage.fast_path import FastPath
 from batchyard.storage.fast_rest import BlobAddress, FirstPart, RestStatusError
 
 # Up to this size a blob goes in one request on urllib3 (fast_rest.py): ~0.2 ms of our CPU per
@@ -54,16 +56,20 @@ class BlobTransfer:
     """Downloads and uploads for a task, by account reference or by SAS URL.
 
     Blobs up to SMALL_BLOB go in one request each on :mod:`batchyard.storage.fast_rest` (a bigger
-    download continues through the SDK after its first part); the rest, and every transfer when
-    a proxy variable is set, through the SDK. Clients made from SAS URLs are cached per container
-    URL (with its token), so a node staging many files from one container reuses one pool.
+    download continues through the SDK after its first part) where :class:`FastPath` allows it
+    (the storage's, or for SAS URLs without storage one read from ``BATCHYARD_FAST_PATH``): to
+    loopback endpoints, unless turned off or a proxy variable is set. The rest go through the SDK.
+    Clients made from SAS URLs are cached per container URL (with its token), so a node staging
+    many files from one container reuses one pool.
     """
 
-    def __init__(self, storage: Storage | None) -> None:
+    def __init__(self, storage: Storage | None, *, fast_path: str | None = None) -> None:
+        """``fast_path``: the mode for SAS URLs without ``storage`` (None: ``BATCHYARD_FAST_PATH``);
+        with ``storage``, its own :class:`FastPath` decides."""
         self.storage = storage
         self._url_containers: dict[str, ContainerClient] = {}
         self._lock = threading.Lock()
-        self._small = storage.fast if storage is not None else fast_rest_client(None)
+        self._fast = storage.fast_path if storage is not None else FastPath(partial(fast_rest_client, None), fast_path)
         self._firsts: dict[BlobRef, FirstPart] = {}  # see prefetched()
         self._stored: dict[_Put, tuple[int, int]] = {}  # (size, mtime) of files put by uploaded_ahead()
 
@@ -108,9 +114,9 @@ class BlobTransfer:
         without a SAS goes through the SDK: only a SAS says it is Blob storage, whose answer to a
         ranged GET holds at most the range (a plain HTTP server may send a whole, large file).
         """
-        if self._small is None:
-            return None
         base, _, sas = client.url.partition("?")
+        if not self._fast.allows(base):
+            return None
         if by_account:
             return BlobAddress(base, what, signed=True)
         return BlobAddress(base, what, sas=sas) if "sig=" in sas else None
@@ -121,10 +127,10 @@ class BlobTransfer:
         first part got on entry, every one in a single burst (:meth:`FastRest.get_first_many`).
         One not got then is downloaded as usual; what was not used is dropped on exit."""
         got: dict[BlobRef, FirstPart] = {}
-        addresses = [(ref, self._address_of(*ref)) for ref in dict.fromkeys(refs)] if self._small else []
+        addresses = [(ref, self._address_of(*ref)) for ref in dict.fromkeys(refs)]
         wanted = [(ref, address) for ref, address in addresses if address is not None][:BURST_REQUESTS]
-        if self._small is not None and len(wanted) > 1:
-            parts = self._small.get_first_many([address for _, address in wanted], SMALL_BLOB)
+        if len(wanted) > 1:
+            parts = self._fast.client.get_first_many([address for _, address in wanted], SMALL_BLOB)
             got = {ref: first for (ref, _), first in zip(wanted, parts, strict=True) if first is not None}
         with self._lent(self._firsts, got):
             yield
@@ -135,7 +141,7 @@ class BlobTransfer:
         unchanged since entry is already done: the small ones were put on entry, in one burst
         (:meth:`FastRest.put_blob_many`). One not stored then is uploaded as usual."""
         wanted: list[tuple[_Put, tuple[int, int], BlobAddress, Path]] = []
-        for src, blob_name, container, container_url in files if self._small is not None else []:
+        for src, blob_name, container, container_url in files:
             with contextlib.suppress(OSError, StorageError):
                 stat = src.stat()
                 address = self._address_of(container, blob_name, None, container_url=container_url)
@@ -143,14 +149,14 @@ class BlobTransfer:
                     key = (blob_name, container, container_url, str(src))
                     wanted.append((key, (stat.st_size, stat.st_mtime_ns), address, src))
         stored: dict[_Put, tuple[int, int]] = {}
-        while self._small is not None and len(wanted) > 1:
+        while len(wanted) > 1:
             burst, size = [], 0
             while wanted and len(burst) < BURST_REQUESTS and size + wanted[0][1][0] <= BURST_BYTES:
                 size += wanted[0][1][0]
                 burst.append(wanted.pop(0))
             with contextlib.suppress(OSError):  # (one unreadable now is uploaded alone, and fails there)
                 items = [(address, src.read_bytes()) for _, _, address, src in burst]
-                done = self._small.put_blob_many(items)
+                done = self._fast.client.put_blob_many(items)
                 stored.update({key: seen for (key, seen, _, _), ok in zip(burst, done, strict=True) if ok})
         with self._lent(self._stored, stored):
             yield
@@ -194,8 +200,8 @@ class BlobTransfer:
         tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
             with tmp.open("wb") as fh:
-                if first is None and self._small and address:
-                    first = self._small.get_first(address, SMALL_BLOB)
+                if first is None and address is not None:
+                    first = self._fast.client.get_first(address, SMALL_BLOB)
                 if first is None or first.size > len(first.data):
                     self._download_rest(fh, first, client)
                 else:
@@ -243,9 +249,9 @@ class BlobTransfer:
         try:
             client, _ = self._target(container, blob_name, None, container_url)
             address = self._small_address(client, what, by_account=not container_url)
-            if self._small is not None and address is not None and size <= SMALL_BLOB:
+            if address is not None and size <= SMALL_BLOB:
                 data = src.read_bytes()
-                self._small.put_blob(address, data)
+                self._fast.client.put_blob(address, data)
                 return len(data)
             if size <= BLOCK_SIZE:  # one request, the file read once: the MD5 travels with it
                 data = src.read_bytes()

@@ -302,6 +302,7 @@ def test_claims_made_ahead_are_renewed_together_while_a_long_command_runs(projec
     assert all(int(r["deliveries"]) == 1 for r in rows_after)
 
 
+@pytest.mark.fast_path
 def test_tiny_tasks_stage_inputs_and_upload_outputs_in_bursts(project: Any, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     inputs, outputs = project.container("inputs"), project.container("outputs")

@@ -58,7 +58,7 @@ class LocalBackend(Backend):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._conn = local_storage_connection_string(config)
-        self.storage = Storage.from_connection_string(self._conn)
+        self.storage = Storage.from_connection_string(self._conn, fast_path=config.storage.fast_path)
         self.store = JobStore(self.storage, config)
         self._procs: list[Any] = []
         self._stop: Any = None

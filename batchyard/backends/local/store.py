@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableClient, UpdateMode
 
 from batchyard.backends.base import TaskResult, dumps, final_state
@@ -59,7 +59,7 @@ class StorageLostError(StorageError, BackendError):
     """
 
 
-def _table_gone(exc: ResourceNotFoundError) -> bool:
+def _table_gone(exc: HttpResponseError) -> bool:
     """A 404 for the table itself (``TableNotFound``), not for one entity in it."""
     code = getattr(exc, "error_code", None)  # a str enum (TableErrorCode) or a plain str
     return str(getattr(code, "value", code)) == "TableNotFound"
@@ -346,12 +346,16 @@ class JobStore(JobDocuments):
                                     "match_condition": MatchConditions.IfNotModified}) for update, etag in merges]
         try:
             answers = self.tasks.submit_transaction(ops)
-        except TableTransactionError:
+        except TableTransactionError as exc:
+            if _table_gone(exc):  # the fast path's answer to a deleted table too
+                raise _lost(self._tasks_name) from None
             return None
         except ResourceNotFoundError as exc:
             if _table_gone(exc):
                 raise _lost(self._tasks_name) from None
             raise
+        except HttpResponseError as exc:  # a refused key: reported as the fast path reports it
+            raise translate_error(exc, f"writing rows of table {self._tasks_name}") from None
         return [str(answer["etag"]) for answer in answers]
 
     def create_final(self, job_id: str, task_id: str, label: str, fields: dict[str, Any]) -> bool:

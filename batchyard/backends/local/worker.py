@@ -419,7 +419,7 @@ def worker_process_main(connection_string: str, config: Config, index: int, stop
     install_log_filter()
     hide_credentials()  # a worker started as its own process holds the key in its environment
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    storage = Storage.from_connection_string(connection_string)
+    storage = Storage.from_connection_string(connection_string, fast_path=config.storage.fast_path)
     worker = Worker(storage, config, index=index, options=options, work_dir=Path(work_dir) if work_dir else None)
     try:
         worker.serve(stop)
