@@ -34,7 +34,8 @@ from batchyard.backends.local.admission import message_key_for_submit
 from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
 from batchyard.backends.local.replay import replay_task
-from batchyard.backends.local.store import JobStore, StorageLostError, entity_to_result
+from batchyard.backends.local.rows import entity_to_result
+from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name

@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from batchyard.backends.base import TaskReplay
-from batchyard.backends.local.store import JobStore, entity_to_result, pending_row
+from batchyard.backends.local.rows import entity_to_result, pending_row
+from batchyard.backends.local.store import JobStore
 from batchyard.backends.local.worker import build_local_spec
 from batchyard.core.errors import TaskNotFoundError
 from batchyard.core.job import Job, TaskDef, tasks_from_blob_names

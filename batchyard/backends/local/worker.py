@@ -37,7 +37,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from batchyard.backends.local.admission import Admission, Refused, poison_once, record_poisoned
 from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP
 from batchyard.backends.local.pipeline import MessageRun, log_redelivered
-from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError, task_def_from_entity
+from batchyard.backends.local.rows import task_def_from_entity
+from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError
 from batchyard.core.batch_semantics import LOG_STREAMS, log_blob_name, log_file_name
 from batchyard.core.config import Config
 from batchyard.core.job import Job, OutputSpec, output_prefix
