@@ -116,7 +116,7 @@ def test_a_failing_start_task_ends_the_run_with_its_stderr_and_deletes_the_pool(
     assert job_state(client, f"{job_id}-r2") == "completed" and not pool_exists(client, pool_id)
     status = json.loads(project.cli("status", job_id, "--json", env=azure_env(project, emu)).stdout)
     assert status["backend"] == "azure" and status["counts"] == {"pending": 0, "running": 0, "succeeded": 1,
-                                                                 "failed": 0, "total": 1}
+                                                                 "failed": 0, "cancelled": 0, "total": 1}
 
 
 def test_a_pool_with_no_node_ends_the_wait_after_the_grace(project: Any, batch_emulator_factory: Any) -> None:
@@ -172,7 +172,7 @@ def test_cancel_deletes_the_pool_and_a_rerun_runs_the_rest(project: Any, batch_e
     assert f"pool {pool_id}: deleted at the end of the run; standard_d2s_v3 x 1 node(s) x 2 slot(s)" in cancelled.stderr
     assert not pool_exists(client, pool_id) and job_state(client, job_id) == "completed"
     ended = json.loads(project.cli("status", job_id, "--json", env=env).stdout)
-    assert ended["counts"] == {"pending": 0, "running": 0, "succeeded": 0, "failed": 3, "total": 3}
+    assert ended["counts"] == {"pending": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 3, "total": 3}
     assert {t["failure_category"] for t in ended["tasks"]} == {"cancelled"}
 
     marker.unlink()  # what the cancelled tasks waited for

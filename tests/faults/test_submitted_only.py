@@ -88,10 +88,13 @@ def test_ids_follow_batchs_rule_both_ways(bad: str) -> None:
     assert check_id("Ok_id-09" + "x" * 56, "task id")
 
 
-def test_a_job_id_the_model_let_through_is_refused_before_anything_is_queued() -> None:
+def test_a_job_id_with_a_trailing_newline_is_refused_before_anything_is_queued() -> None:
     from batchyard.core.job import job_from_dict
 
-    job = job_from_dict({"id": "j\n", "command": "true", "inputs": {"container": "ins"}}, base_dir=Path.cwd())
+    with pytest.raises(JobValidationError, match="not a valid job id"):
+        job_from_dict({"id": "j\n", "command": "true", "inputs": {"container": "ins"}}, base_dir=Path.cwd())
+    # And submit checks again, whatever built the job.
+    job = _job_stub().model_copy(update={"id": "j\n"})
     with pytest.raises(JobValidationError, match="not a valid id"):
         _checked_ids(job, [TaskDef(task_id="fine-1", argv=("x",))])
 
