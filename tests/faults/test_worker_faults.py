@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
-from batchyard.backends.local.messages import TaskMessage
-from batchyard.backends.local.worker import WorkerOptions
+from batchyard.backends.local.messages import TaskMessage, pack
+from batchyard.backends.local.worker import Worker, WorkerOptions
 
 from .support import (
     blob_md5,
+    drain_queue,
     kill_quietly,
     known_bytes_md5,
     run_job,
@@ -115,3 +116,37 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
         assert {r.task_id: r.ended_at for r in be.list_task_results(job.id)} == ended
         assert all(r.attempts == 1 for r in be.list_task_results(job.id))
     assert json.loads(TaskMessage(job.id, tuple(ids)).encode())["v"] == 1
+
+
+def test_a_dead_workers_message_comes_back_only_after_its_claims_expired(project: Any, tmp_path: Path) -> None:
+    """A message whose worker died is taken over, never skipped as "claimed by a live worker".
+
+    The worker dies right after claiming its message's tasks (its keeper never renews). Another
+    worker polling as fast as it can receives the message the moment it is visible again: by then
+    every claim the dead worker made must have expired, or the new worker would leave the tasks to
+    a worker that is gone and delete their only message.
+    """
+    runs = tmp_path / "runs.txt"
+    job = table_job(project, "comeback", tool_command("count", str(runs), "{KEY}", "0", "-", "0"),
+                    [f"c{i}" for i in range(3)])
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        drain_queue(be.store.queue)
+        tasks = be.fan_out(job)
+        (message,) = pack(job.id, tasks, len(tasks))
+        be.store.send(message)
+        options = WorkerOptions(lease_s=1, idle_exit_s=1.0, pace_s=0.01)  # claims all three at once
+        dead = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "dead", options=options)
+        received = wait_for(dead._receive, timeout=60, what="the message")
+        opened = dead.open_message(received)
+        assert opened is not None
+        opened.keeper.stop()  # the worker dies here: nothing renews its message or its claims
+        dead.close()
+        owner = {r["RowKey"]: r["claim_owner"] for r in be.store.task_entities(job.id)}
+        assert set(owner.values()) == {dead.owner}, owner
+        heir = Worker(be.storage, be.config, index=1, work_dir=tmp_path / "heir", options=options)
+        again = wait_for(heir._receive, timeout=60, what="the message to come back", interval=0.001)
+        taken = heir.open_message(again)
+        assert taken is not None and taken.first is not None, "the tasks were left to the dead worker"
+        taken.abandon()
+        heir.close()

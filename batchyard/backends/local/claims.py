@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -31,6 +33,10 @@ class Claim:
     lost: bool = False
 
 
+def _epoch(moment: datetime | None, fallback: float) -> float:
+    return moment.timestamp() if moment is not None else fallback
+
+
 class ClaimKeeper(threading.Thread):
     """Renews a message's visibility lease and the claims of its tasks that this worker holds.
 
@@ -39,6 +45,11 @@ class ClaimKeeper(threading.Thread):
     each claim renewal and around the final write of a task, so the final write always carries
     the row's current ETag. ``job_cancelled`` is asked on every tick; a cancelled job's claims
     have their ``cancel`` flag set, which stops their commands.
+
+    A claim never outlives the message that covers it (:meth:`claim_lease_s`): if this worker
+    dies, whoever receives the message when it comes back finds every claim expired and takes
+    the tasks over. (A claim still live then would be left to its dead owner, and the message,
+    its tasks' only one, deleted.)
     """
 
     def __init__(self, store: JobStore, message: Any, *, lease_s: float,
@@ -49,11 +60,20 @@ class ClaimKeeper(threading.Thread):
         self.job_cancelled = job_cancelled
         self.message_id = message.id
         self.pop_receipt = message.pop_receipt
+        self.visible_at = _epoch(getattr(message, "next_visible_on", None), time.time() + lease_s)
         self.lock = threading.Lock()
         self.renewing = threading.Lock()
         self.claims: dict[str, Claim] = {}
         self.lost_message = False
         self._stop_event = threading.Event()
+
+    def claim_lease_s(self) -> float:
+        """How long a claim made or renewed now may last: until the message can come back.
+
+        The service gives that moment in whole seconds, rounded down, so claims end up to a
+        second before the message is visible again; every tick renews both.
+        """
+        return max(0.0, self.visible_at - time.time())
 
     def track(self, job_id: str, task_id: str, etag: str) -> Claim:
         claim = Claim(job_id, etag)
@@ -69,29 +89,31 @@ class ClaimKeeper(threading.Thread):
         interval = max(0.2, min(self.lease_s / 3.0, 10.0))
         while not self._stop_event.wait(interval):
             try:
-                self._renew(self.lease_s)
+                self._renew()
             except Exception as exc:  # never let the keeper die: without it the lease lapses
                 log.warning("lease keeper: %s", redact(f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
 
-    def _renew(self, lease: float) -> None:
+    def _renew(self) -> None:
         try:
             receipt = self.store.queue.update_message(self.message_id, self.pop_receipt,
-                                                      visibility_timeout=int(lease) or 1)
+                                                      visibility_timeout=int(self.lease_s) or 1)
             self.pop_receipt = receipt.pop_receipt
+            self.visible_at = _epoch(receipt.next_visible_on, self.visible_at)
         except ResourceNotFoundError:
             self.lost_message = True  # our receipt is stale: someone else has the message
         except Exception as exc:  # transient: the next tick tries again; the claim still protects us
             log.warning("renewing message lease failed: %s", redact(str(exc).splitlines()[0]))
         with self.lock:
             held = list(self.claims.items())
-        if not self._renew_together(held, lease):
+        # Not renewed, the message comes back when it was due to: the claims end then too.
+        if not self._renew_together(held):
             for task_id, claim in held:
-                self._renew_one(task_id, claim, lease)
+                self._renew_one(task_id, claim)
         for _, claim in held:
             if self.job_cancelled(claim.job_id):
                 claim.cancel.set()
 
-    def _renew_together(self, held: list[tuple[str, Claim]], lease: float) -> bool:
+    def _renew_together(self, held: list[tuple[str, Claim]]) -> bool:
         """Renew the claims of several tasks of one job (claimed ahead in a group) in one transaction.
 
         False when there is nothing to group or the service refused it (a claim was lost: one
@@ -104,7 +126,7 @@ class ClaimKeeper(threading.Thread):
                 return False
             try:
                 etags = self.store.renew_claims(current[0][1].job_id, [(t, c.etag) for t, c in current],
-                                                lease_s=lease)
+                                                lease_s=self.claim_lease_s())
             except Exception as exc:  # transient: the next tick tries again; the claims last until then
                 log.warning("renewing task claims failed: %s", redact(str(exc).splitlines()[0]))
                 return True
@@ -114,13 +136,14 @@ class ClaimKeeper(threading.Thread):
                 claim.etag = etag
             return True
 
-    def _renew_one(self, task_id: str, claim: Claim, lease: float) -> None:
+    def _renew_one(self, task_id: str, claim: Claim) -> None:
         with self.renewing:
             with self.lock:
                 if self.claims.get(task_id) is not claim:
                     return  # finished meanwhile
             try:
-                new_etag = self.store.renew_claim(claim.job_id, task_id, lease_s=lease, etag=claim.etag)
+                new_etag = self.store.renew_claim(claim.job_id, task_id, lease_s=self.claim_lease_s(),
+                                                  etag=claim.etag)
             except Exception as exc:
                 log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
                 return

@@ -47,10 +47,10 @@ class RowGroups:
     held back waits at most ``record_delay_s`` for others.
     """
 
-    def __init__(self, store: JobStore, keeper: ClaimKeeper, job_id: str, *, owner: str, lease_s: float,
+    def __init__(self, store: JobStore, keeper: ClaimKeeper, job_id: str, *, owner: str,
                  size: Callable[[], int], record_delay_s: float = RECORD_DELAY_S) -> None:
         self.store, self.keeper, self.job_id = store, keeper, job_id
-        self.owner, self.lease_s, self.record_delay_s = owner, lease_s, record_delay_s
+        self.owner, self.record_delay_s = owner, record_delay_s
         self._size = size
         self.lock = threading.Lock()
         self.claimed: dict[str, tuple[dict[str, Any], Claim]] = {}  # claimed ahead, not started yet
@@ -86,7 +86,7 @@ class RowGroups:
             group.append(task)
         with self.lock:
             self.tried.update(t.task_id for t in group)
-        owner, lease = self.owner, self.lease_s
+        owner, lease = self.owner, keeper.claim_lease_s()
         rows = [store.claimed_row(job_id, t, owner=owner, lease_s=lease) for t in group]
         claims: list[tuple[dict[str, Any], Claim]] = []
         with keeper.renewing:

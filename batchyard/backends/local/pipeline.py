@@ -61,8 +61,6 @@ class PipelineOptions(Protocol):
     """The worker options a message's run reads (:class:`batchyard.backends.local.worker.WorkerOptions`)."""
 
     @property
-    def lease_s(self) -> float: ...
-    @property
     def upload_hold_s(self) -> float: ...
     @property
     def record_delay_s(self) -> float: ...
@@ -136,8 +134,8 @@ class MessageRun:
         self.queue_message = queue_message
         self.ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
         self.rows: dict[str, dict[str, Any]] | None = None
-        self.groups = RowGroups(worker.store, keeper, job.id, owner=worker.owner, lease_s=worker.options.lease_s,
-                                size=worker.group_size, record_delay_s=worker.options.record_delay_s)
+        self.groups = RowGroups(worker.store, keeper, job.id, owner=worker.owner, size=worker.group_size,
+                                record_delay_s=worker.options.record_delay_s)
         self.first: _Ready | None = None
         self.fetched: MessageRun | None = None  # the next message, opened while the last command ran
         self.staged: dict[str, _Ready] = {}  # claimed ahead and staged in a burst; not started yet
@@ -348,7 +346,7 @@ class MessageRun:
                 failure_message="the worker holding this task was lost (its lease expired)",
                 node_id=str(entity.get("claim_owner") or ""),
             ).to_dict())
-        etag = store.claim(entity, owner=worker.owner, lease_s=worker.options.lease_s, attempts=attempts)
+        etag = store.claim(entity, owner=worker.owner, lease_s=self.keeper.claim_lease_s(), attempts=attempts)
         if etag is None:
             if isinstance(prefetched, dict):  # our read may just be stale: decide again on a fresh one
                 return self._prepare(task_id)
