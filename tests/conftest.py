@@ -23,6 +23,7 @@ from batchyard.storage.account import Storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)
+from _stub_fixtures import *  # noqa: F403  (the in-memory stub backend's project)
 
 REPO = Path(__file__).resolve().parent.parent
 
