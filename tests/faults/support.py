@@ -47,9 +47,13 @@ def runs_of(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 2.0, timeout: float = 60,
+def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 10.0, timeout: float = 240,
             before_start: Callable[[], None] | None = None) -> tuple[dict[str, TaskResult], TaskCounts]:
-    """Submit and run ``job`` on the local backend with worker processes; results by label."""
+    """Submit and run ``job`` on the local backend with worker processes; results by label.
+
+    The lease (10 s) is long enough that a busy machine never lets a claim lapse, which would
+    rightly run a task again; a test that wants a takeover passes a short one.
+    """
     with get_backend("local", project.config()) as be:
         be.preflight()
         be.submit(job)
