@@ -36,7 +36,8 @@ def azurite_connection_string(tmp_path_factory: pytest.TempPathFactory) -> Itera
         return
     from batchyard.emulator.azurite import start_ephemeral
 
-    instance, stop = start_ephemeral(tmp_path_factory.mktemp("azurite"))
+    # A loaded machine can take a minute to start Node.js and Azurite: the deadline only bounds a failure.
+    instance, stop = start_ephemeral(tmp_path_factory.mktemp("azurite"), timeout=240)
     try:
         yield instance.connection_string()
     finally:

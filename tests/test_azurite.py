@@ -36,6 +36,8 @@ from batchyard.emulator.azurite import (
     wait_until_ready,
 )
 
+START_S = 240.0  # a loaded machine can take a minute to start Node.js and Azurite: this only bounds a failure
+
 
 def answers_http(port: int) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -103,7 +105,7 @@ def test_connection_string_and_repr_without_key() -> None:
 
 
 def test_ephemeral_serves_blob_queue_table_then_stops(tmp_path: Path) -> None:
-    inst, stop = start_ephemeral(tmp_path / "data", timeout=120)
+    inst, stop = start_ephemeral(tmp_path / "data", timeout=START_S)
     try:
         assert inst.pid is not None and inst.location == tmp_path / "data"
         assert len(set(inst.ports)) == 3
@@ -136,7 +138,7 @@ def test_ephemeral_serves_blob_queue_table_then_stops(tmp_path: Path) -> None:
 
 def test_managed_start_reuse_stale_and_stop(managed: Azurite) -> None:
     assert managed.status() is None
-    first = managed.start()
+    first = managed.start(timeout=START_S)
     assert first.pid is not None
     record = json.loads(managed.state_file.read_text())
     assert record["pid"] == first.pid
@@ -155,7 +157,7 @@ def test_managed_start_reuse_stale_and_stop(managed: Azurite) -> None:
     assert wait_for(lambda: not port_open(first.blob_port))
     assert managed.status() is None  # stale: pid dead, ports closed
 
-    second = managed.start()
+    second = managed.start(timeout=START_S)
     assert second.pid != first.pid
     assert json.loads(managed.state_file.read_text())["pid"] == second.pid
     assert all(answers_http(port) for port in second.ports)
@@ -174,7 +176,7 @@ def test_stale_record_with_unrelated_pid_is_replaced(managed: Azurite) -> None:
     managed.state_file.write_text(json.dumps(
         {"pid": 1, "blob_port": 1, "queue_port": 2, "table_port": 3, "location": None}))
     assert managed.status() is None
-    inst = managed.start()
+    inst = managed.start(timeout=START_S)
     assert inst.pid != 1 and all(answers_http(port) for port in inst.ports)
 
 
@@ -192,7 +194,8 @@ def test_cli_start_survives_the_cli_then_stops(tmp_path: Path) -> None:
     out = subprocess.run([*cli, "status"], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.strip()) == (3, "not running")
     try:
-        out = subprocess.run([*cli, "start"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([*cli, "start", "--timeout", str(START_S)], capture_output=True, text=True,
+                             timeout=START_S + 60)
         assert out.returncode == 0, out.stderr
         inst = Azurite(home=home).status()  # the CLI process has exited; Azurite has not
         assert inst is not None and inst.pid is not None
@@ -251,7 +254,7 @@ def azurite_image_present() -> bool:
 def test_docker_start_reuse_stop(tmp_path: Path) -> None:
     azurite = Azurite(home=tmp_path, docker=True)
     try:
-        inst = azurite.start(timeout=120)
+        inst = azurite.start(timeout=START_S)
         assert inst.pid is None and inst.container_id
         assert all(answers_http(port) for port in inst.ports)
         container = BlobServiceClient.from_connection_string(inst.connection_string()).create_container("c")
