@@ -173,6 +173,8 @@ class MessageRun:
                 step = worker.helper.submit(self._between, last, following, carry,
                                              prefetch if following is None else None)
                 last, carry = None, None
+                if ready is not None and self._stopped_before_start(ready):
+                    ready = None
                 if ready is None:
                     self.command_ended.set()
                 else:
@@ -279,6 +281,25 @@ class MessageRun:
         if self.unfinished and not self.command_ended.wait(self.worker.options.upload_hold_s):
             self._finish_held()
         return prepared
+
+    def _stopped_before_start(self, ready: _Ready) -> bool:
+        """Whether a prepared task must not start: its job was cancelled (it is recorded cancelled,
+        unrun) or its claim was lost (its new owner runs it).
+
+        The runner would start a command whose cancel flag is set and kill it at once, but a
+        busy machine can let it run a moment first; and the keeper sets the flags of the tasks
+        it holds one after the other, so the job's state (cached, and known cancelled as soon
+        as the keeper saw it) is asked too: once the running command was cancelled, none of
+        the tasks claimed ahead with it starts.
+        """
+        if not (ready.claim.cancel.is_set() or self.worker.job_cancelled(self.job.id)):
+            return False
+        ready.staged.discard()
+        with self.keeper.renewing:  # the claim's ETag cannot change under this write
+            self.keeper.untrack(ready.task_id)
+            if not ready.claim.lost:
+                self._record_cancelled(ready.task_id, ready.claim.etag, ready.prior_attempts)
+        return True
 
     def _looked_up(self, task_id: str) -> dict[str, Any] | _Unread | None:
         return UNREAD if self.rows is None else self.rows.get(task_id)
