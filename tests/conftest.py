@@ -29,6 +29,7 @@ from batchyard.storage.account import Storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)
+from _stub_fixtures import *  # noqa: F403  (the in-memory stub backend's project)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +70,8 @@ def azurite_connection_string(tmp_path_factory: pytest.TempPathFactory) -> Itera
         return
     from batchyard.emulator.azurite import start_ephemeral
 
-    instance, stop = start_ephemeral(tmp_path_factory.mktemp("azurite"))
+    # A loaded machine can take a minute to start Node.js and Azurite: the deadline only bounds a failure.
+    instance, stop = start_ephemeral(tmp_path_factory.mktemp("azurite"), timeout=240)
     try:
         yield instance.connection_string()
     finally:

@@ -1,16 +1,30 @@
-"""The `batchyard` command end to end, as a user runs it (subprocesses against the real Azurite)."""
+"""The `batchyard` command end to end, as a user runs it.
+
+Each command runs at least once as a subprocess against the real Azurite on the local backend;
+what the command line itself decides (exit codes, summaries, errors, re-runs, --watch) is
+tested in this process on the in-memory stub backend (``stub_project``), which needs no storage.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from batchyard.backends import get_backend_class, register_backend
+from batchyard.backends import (
+    available_backends,
+    get_backend,
+    get_backend_class,
+    register_backend,
+    unregister_backend,
+)
+from batchyard.backends.stub import StubOutcome
 from batchyard.core.config import load_config
 from batchyard.core.errors import BackendNotFoundError, ConfigError, MissingDependencyError
+from batchyard.core.job import TaskDef
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "uppercase"
@@ -59,23 +73,8 @@ def test_run_example_status_logs_download(project, example: Path) -> None:  # ty
     assert again.returncode == 1
     assert "1 queued, 19 already succeeded, 1 failed before (re-run)" in " ".join(again.stderr.split())
 
-
-def test_validation_error_exit_2_names_the_field(project) -> None:  # type: ignore[no-untyped-def]
-    job = project.dir / "bad.toml"
-    job.write_text('id = "bad id"\ncommand = "true"\n[inputs]\ncontainer = "input-data"\nglobb = "*"\n',
-                   encoding="utf-8")
-    result = project.cli("run", str(job))
-    assert result.returncode == 2
-    assert "id: 'bad id' is not a valid job id" in result.stderr
-    assert "inputs.globb: unknown field" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_unknown_job_and_backend(project) -> None:  # type: ignore[no-untyped-def]
     missing = project.cli("status", "nosuchjob")
     assert missing.returncode == 3 and "job 'nosuchjob' not found" in missing.stderr
-    wrong = project.cli("status", "x", "--backend", "lcoal")
-    assert wrong.returncode == 3 and "Did you mean 'local'?" in wrong.stderr
 
 
 def test_no_wait_then_standalone_worker(project) -> None:  # type: ignore[no-untyped-def]
@@ -146,9 +145,141 @@ def test_config_precedence_and_errors(tmp_path: Path, caplog: pytest.LogCaptureF
 
 
 def test_registry_did_you_mean_and_install_hint() -> None:
+    assert "stub" not in available_backends(), "the test-only stub backend is registered outside its fixture"
     with pytest.raises(BackendNotFoundError, match="Did you mean 'azure'"):
         get_backend_class("azrue")
     register_backend("needs-missing", "batchyard_nonexistent_plugin.mod", "X", install_hint="pip install by-plugin",
                      clobber=True)
-    with pytest.raises(MissingDependencyError, match="pip install by-plugin"):
-        get_backend_class("needs-missing")
+    try:
+        with pytest.raises(MissingDependencyError, match="pip install by-plugin"):
+            get_backend_class("needs-missing")
+    finally:
+        unregister_backend("needs-missing")
+    assert "needs-missing" not in available_backends()
+
+
+# ------------------------------------------------------------------------------ on the stub backend
+SWEEP = "KEY\nalpha\nbravo\nflaky\nbad\necho\n"
+
+
+def _scripted(calls: list[tuple[str, int]]) -> Any:
+    """Every attempt succeeds, but "bad" always fails and "flaky" fails its first attempt; ``calls``
+    records (key, attempt) of each attempt."""
+    def script(task: TaskDef, attempt: int) -> StubOutcome:
+        key = dict(task.params)["KEY"]
+        calls.append((key, attempt))
+        if key == "bad" or (key == "flaky" and attempt == 1):
+            return StubOutcome(exit_code=2, stderr=f"refusing {key} on purpose\n", seconds=0.5)
+        return StubOutcome(stdout=f"{key} done\n", seconds=1.0)
+    return script
+
+
+def _sweep(stub_project: Any, job_id: str = "sweep") -> Path:
+    (stub_project.dir / "sweep.csv").write_text(SWEEP, encoding="utf-8")
+    return stub_project.job_file("job.toml", f'id = "{job_id}"\ncommand = "work {{KEY}}"\ntasks = "sweep.csv"\n'
+                                              "[constraints]\nmax_task_retry_count = 1\n")
+
+
+def test_stub_is_registered_only_for_the_tests_that_ask(stub_project: Any) -> None:
+    assert "stub" in available_backends()
+    from batchyard.backends import stub
+
+    stub.unregister("stub")
+    try:
+        assert "stub" not in available_backends()
+        with pytest.raises(BackendNotFoundError, match="unknown backend 'stub'"):
+            get_backend_class("stub")
+    finally:
+        stub.register("stub")
+
+
+def test_run_summary_status_logs_and_rerun_of_the_failed_only(stub_project: Any) -> None:
+    calls: list[tuple[str, int]] = []
+    stub_project.world.script = _scripted(calls)
+    job = _sweep(stub_project)
+    run = stub_project.cli("run", str(job))
+    assert run.exit_code == 1, run.stderr  # a task failed
+    assert "job sweep on stub: 5 tasks, 5 queued" in " ".join(run.stderr.split())
+    assert "sweep: 4 succeeded, 1 failed, 5 total" in run.stdout
+    assert "command exited with code 2" in run.stdout and "batchyard logs sweep" in run.stdout
+    assert sorted(calls) == [("alpha", 1), ("bad", 1), ("bad", 2), ("bravo", 1), ("echo", 1), ("flaky", 1),
+                             ("flaky", 2)]
+
+    status = stub_project.cli("status", "sweep", "--json")
+    assert status.exit_code == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert (data["backend"], data["counts"]) == ("stub", {"pending": 0, "running": 0, "succeeded": 4, "failed": 1,
+                                                          "total": 5})
+    by_label = {t["label"]: t for t in data["tasks"]}
+    bad, flaky = by_label["KEY=bad"], by_label["KEY=flaky"]
+    assert (bad["state"], bad["exit_code"], bad["retry_count"], bad["failure_category"]) == ("failed", 2, 1,
+                                                                                             "exit_code")
+    assert "refusing bad on purpose" in bad["stderr_tail"]
+    assert (flaky["state"], flaky["retry_count"], [a["exit_code"] for a in flaky["attempt_records"]]) == (
+        "succeeded", 1, [2, 0])
+    summary = stub_project.cli("status", "sweep")
+    assert summary.exit_code == 0 and "4 succeeded, 1 failed, 5 total" in summary.stdout
+
+    logs = stub_project.cli("logs", "sweep", by_label["KEY=alpha"]["task_id"])
+    assert (logs.exit_code, logs.stdout) == (0, "alpha done\n")
+    err = stub_project.cli("logs", "sweep", bad["task_id"], "--stderr")
+    assert (err.exit_code, err.stdout) == (0, "refusing bad on purpose\n")
+
+    calls.clear()
+    again = stub_project.cli("run", str(job))
+    assert again.exit_code == 1
+    assert "1 queued, 4 already succeeded, 1 failed before (re-run)" in " ".join(again.stderr.split())
+    assert calls == [("bad", 1), ("bad", 2)], "a task that had succeeded ran again"
+
+
+def test_no_wait_then_logs_cancel_delete(stub_project: Any) -> None:
+    job = _sweep(stub_project, "parked")
+    submitted = stub_project.cli("run", str(job), "--no-wait")
+    assert submitted.exit_code == 0 and "5 queued" in " ".join(submitted.stderr.split())
+    data = json.loads(stub_project.cli("status", "parked", "--json").stdout)
+    assert data["counts"]["pending"] == 5 and {t["attempts"] for t in data["tasks"]} == {0}
+    task_id = data["tasks"][0]["task_id"]
+    early = stub_project.cli("logs", "parked", task_id)
+    assert early.exit_code == 3 and "has no stdout yet (state pending)" in early.stderr
+    unknown = stub_project.cli("logs", "parked", "no-such-task")
+    assert unknown.exit_code == 3 and "task 'no-such-task' not found in job 'parked'" in unknown.stderr
+
+    cancelled = stub_project.cli("cancel", "parked")
+    assert cancelled.exit_code == 0 and "job parked cancelled" in cancelled.stderr
+    data = json.loads(stub_project.cli("status", "parked", "--json").stdout)
+    assert {(t["state"], t["failure_category"], t["attempts"]) for t in data["tasks"]} == {("failed", "cancelled", 0)}
+    assert stub_project.cli("delete", "parked").exit_code == 0
+    for command in (("status", "parked"), ("logs", "parked", task_id), ("cancel", "parked"), ("delete", "parked")):
+        gone = stub_project.cli(*command)
+        assert gone.exit_code == 3 and "job 'parked' not found" in gone.stderr, command
+
+
+def test_bad_input_exits_2_or_3_with_one_clear_line(stub_project: Any) -> None:
+    bad = stub_project.job_file("bad.toml", 'id = "bad id"\ncommand = "true"\n[inputs]\ncontainer = "input-data"\n'
+                                            'globb = "*"\n')
+    result = stub_project.cli("run", str(bad))
+    assert result.exit_code == 2
+    assert "id: 'bad id' is not a valid job id" in result.stderr
+    assert "inputs.globb: unknown field" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    empty = stub_project.job_file("empty.toml", 'id = "empty"\ncommand = "cat {input}"\n[inputs]\n'
+                                              'container = "nothing-here"\n')
+    nothing = stub_project.cli("run", str(empty))
+    assert nothing.exit_code == 2 and "no blob in container 'nothing-here'" in nothing.stderr
+    missing = stub_project.cli("status", "nosuchjob")
+    assert missing.exit_code == 3 and "job 'nosuchjob' not found" in missing.stderr
+    wrong = stub_project.cli("status", "x", "--backend", "lcoal")
+    assert wrong.exit_code == 3 and "Did you mean 'local'?" in wrong.stderr
+
+
+def test_status_watch_follows_the_job_to_the_end(stub_project: Any) -> None:
+    stub_project.world.blobs.update({("inputs", f"in/{i}.txt"): b"x" for i in range(6)})
+    job = stub_project.job_file("job.toml", 'id = "watched"\ncommand = "cat {input}"\n[inputs]\n'
+                                            'container = "inputs"\nprefix = "in/"\n')
+    assert stub_project.cli("run", str(job), "--no-wait").exit_code == 0
+    stub_project.world.tasks_per_poll = 2  # two tasks start at each poll, and end at the next
+    get_backend(None, stub_project.config()).start_execution(None, workers=2)
+    watched = stub_project.cli("status", "watched", "--watch")
+    assert watched.exit_code == 0, watched.stderr
+    assert "job watched on stub" in watched.stdout and "finished" in watched.stdout
+    assert "6/6 done" in watched.stdout

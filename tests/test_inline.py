@@ -82,7 +82,7 @@ def node_python(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _inline(*args: str, cwd: Path, python: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*(python or [sys.executable]), "-m", "batchyard.node.inline", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=120)
 
 
 # ---------------------------------------------------------------------------------------------- specs
@@ -210,7 +210,7 @@ def test_launcher_says_batchyard_is_missing(tmp_path: Path) -> None:
     (tmp_path / "batchyard_inline.py").write_text(LAUNCHER_SOURCE.replace("{version}", "9.9.9"))
     # -S -I: no site-packages and no PYTHONPATH, so batchyard cannot be imported.
     res = subprocess.run([sys.executable, "-S", "-I", "batchyard_inline.py", "lines", "p.pkl", "in.txt", "out"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=30)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == EXIT_NOT_INSTALLED, res.stderr
     assert "batchyard.node.inline: batchyard is not installed on this node" in res.stderr
     assert 'requirements = ["batchyard==9.9.9"]' in res.stderr
@@ -222,7 +222,7 @@ def test_working_dir_never_shadows_a_module(tmp_path: Path) -> None:
     _payload(tmp_path, lambda line: __import__("json").dumps(line))
     (tmp_path / "batchyard_inline.py").write_text(LAUNCHER_SOURCE)
     res = subprocess.run([sys.executable, "batchyard_inline.py", "lines", "batchyard_fn.pkl", "json.py", "out"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=30)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "out" / "json.py").read_text() == '"raise SystemExit(\'shadowed!\')"\n'
 
@@ -328,7 +328,7 @@ def test_map_lines_upper_matches_the_command_job(env: Env) -> None:
     env.project.put_inputs(env.ins, {"other/skip.txt": b"not selected\n"})
     started = time.monotonic()
     run = map_lines(lambda line: line.upper(), inputs=f"{env.ins}/text/*.txt", outputs=f"{env.outs}/{{job_id}}/",
-                    job_id="upper", config=env.config, workers=2, timeout=90)
+                    job_id="upper", config=env.config, workers=2, timeout=240)
     assert run.backend_name == env.name and run.job_id == "upper"
     assert run.succeeded, run.results()
     print(f"map_lines on {env.name}: {time.monotonic() - started:.1f}s")
@@ -356,7 +356,7 @@ def test_closure_and_map_files(env: Env) -> None:
         (out_dir / "stats" / f"{src.stem}.json").write_text(json.dumps({"rows": len(rows)}))
 
     run = map_files(convert, inputs=f"{env.ins}/*.csv", outputs=f"{env.outs}/files/{{job_id}}",
-                    job_id="convert", config=env.config, workers=2, timeout=90)
+                    job_id="convert", config=env.config, workers=2, timeout=240)
     assert run.succeeded, run.results()
     assert run.outputs() == ["files/convert/a-ok.txt", "files/convert/b-ok.txt",
                              "files/convert/stats/a.json", "files/convert/stats/b.json"]
@@ -374,7 +374,7 @@ def test_function_from_a_local_helper_module(env: Env, tmp_path: Path, monkeypat
     helper = importlib.import_module(name)
     env.project.put_inputs(env.ins, {"q.txt": b"to be\r\n\r\nor not\n"})
     run = map_lines(helper.quote, inputs=f"{env.ins}/q*", outputs=f"{env.outs}/{{job_id}}/",
-                    job_id="quote", config=env.config, workers=2, timeout=90)
+                    job_id="quote", config=env.config, workers=2, timeout=240)
     assert run.succeeded, run.results()
     assert env.blob("quote/q.txt") == b"> to be\r\n> \r\n> or not\n"
 
@@ -388,7 +388,7 @@ def test_function_that_raises_fails_the_task(env: Env) -> None:
         return line[::-1]
 
     run = map_lines(careful, inputs=f"{env.ins}/*.txt", outputs=f"{env.outs}/{{job_id}}/", job_id="raises",
-                    config=env.config, workers=2, max_task_retry_count=1, timeout=90)
+                    config=env.config, workers=2, max_task_retry_count=1, timeout=240)
     assert not run.succeeded
     counts = run.counts()
     assert (counts.succeeded, counts.failed) == (1, 1)
@@ -420,7 +420,7 @@ def test_node_without_batchyard_fails_clearly(env: Env, tmp_path: Path, monkeypa
         config = replace(config, azure=config.azure.model_copy(update={"pool": pool}))
     # python="python3": by default the submitting interpreter would run the task (test_inline_interpreter.py)
     run = map_lines(str.upper, inputs=f"{env.ins}/n*", outputs=f"{env.outs}/{{job_id}}/", job_id="nobatchyard",
-                    config=config, workers=1, timeout=90, python="python3")
+                    config=config, workers=1, timeout=240, python="python3")
     (result,) = run.results()
     assert (result["state"], result["exit_code"]) == ("failed", EXIT_NOT_INSTALLED)
     assert "batchyard.node.inline: batchyard is not installed on this node" in result["stderr_tail"]
@@ -435,7 +435,7 @@ def test_no_wait_then_wait(env: Env) -> None:
     run = map_lines(str.upper, inputs=f"{env.ins}/w*", outputs=f"{env.outs}/{{job_id}}/", job_id="later",
                     config=env.config, wait=False)
     assert run.counts().total == 1
-    counts = run.wait(timeout=90)
+    counts = run.wait(timeout=240)
     assert counts.finished and run.succeeded
     assert env.blob("later/w.txt") == b"W\n"
 

@@ -43,6 +43,11 @@ def register_backend(name: str, module: str, cls: str, *, install_hint: str = ""
     _REGISTRY[name] = _Entry(module, cls, install_hint or f"pip install {module.split('.')[0]}")
 
 
+def unregister_backend(name: str) -> None:
+    """Forget the backend registered as ``name`` (a test's fake, once the test is done); no error if unknown."""
+    _REGISTRY.pop(name, None)
+
+
 def get_backend_class(name: str) -> type[Backend]:
     entry = _REGISTRY.get(name)
     if entry is None:

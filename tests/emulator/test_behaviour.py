@@ -17,11 +17,12 @@ from batchyard.emulator.batch import detached_status, start_detached, stop_detac
 
 from .test_sdk_tutorial import IMAGE, client_for, make_job, make_pool, sh, wait_all_completed
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)  # a hang guard: generous, so a busy machine never trips it
 VM = bm.VirtualMachineConfiguration(image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 24.04")
 
 
-def wait_for(check: Any, timeout: float = 15) -> Any:
+def wait_for(check: Any, timeout: float = 120) -> Any:
+    """Poll ``check`` until true (its value); the deadline only bounds a failure, so it is generous."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -84,8 +85,12 @@ def test_dependencies_block_and_satisfy(batch_emulator: Any) -> None:
         bm.BatchTaskCreateOptions(id="c", command_line="true", depends_on=bm.BatchTaskDependencies(task_ids=["a"])),
         bm.BatchTaskCreateOptions(id="d", command_line="true", depends_on=bm.BatchTaskDependencies(task_ids=["b"])),
     ])
-    wait_for(lambda: client.get_task("dep-job", "d").state == bm.BatchTaskState.COMPLETED)
-    time.sleep(0.5)
+    done = bm.BatchTaskState.COMPLETED
+    wait_for(lambda: client.get_task("dep-job", "a").state == done and client.get_task("dep-job", "d").state == done)
+    # A task added now runs only once the scheduler has passed over the job again, "c" included: had
+    # the failed "a" released it, "c" would have run by then (the node has free slots).
+    client.create_task("dep-job", bm.BatchTaskCreateOptions(id="e", command_line="true"))
+    wait_for(lambda: client.get_task("dep-job", "e").state == done)
     assert client.get_task("dep-job", "c").state == bm.BatchTaskState.ACTIVE  # blocked by failed "a"
 
 
@@ -135,7 +140,7 @@ def test_terminate_task_and_job_kill_processes(batch_emulator: Any) -> None:
     client.terminate_task("kill-job", "s0")
     task = wait_for(lambda: (t := client.get_task("kill-job", "s0")).state == bm.BatchTaskState.COMPLETED and t)
     assert task.execution_info.failure_info.code == "TaskEnded"
-    client.begin_delete_job("kill-job", polling_interval=0.1).result(timeout=15)
+    client.begin_delete_job("kill-job", polling_interval=0.1).result(timeout=120)
     node = client.list_nodes("kill-pool").next()
     assert node.running_tasks_count == 0 and node.state == bm.BatchNodeState.IDLE
 

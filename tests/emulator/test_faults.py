@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +16,9 @@ from azure.core.exceptions import HttpResponseError
 
 from batchyard.emulator.batch import FaultConfig
 
-from .test_sdk_tutorial import client_for, make_job, make_pool, wait_all_completed
+from .test_sdk_tutorial import client_for, make_job, make_pool, sh, wait_all_completed
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)  # a hang guard: generous, so a busy machine never trips it
 
 
 def bare_client(emu: Any) -> BatchClient:
@@ -24,19 +26,30 @@ def bare_client(emu: Any) -> BatchClient:
     return BatchClient(emu.url, AzureNamedKeyCredential(emu.account_name, emu.account_key), retry_total=0)
 
 
-def test_node_lost_requeues_task(batch_emulator_factory: Any) -> None:
+def _poll(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+    """Poll ``check`` until true (its value); the deadline only bounds a failure, so it is generous."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def test_node_lost_requeues_task(batch_emulator_factory: Any, tmp_path: Path) -> None:
     emu = batch_emulator_factory(FaultConfig(node_lost_after_s=0.3, node_lost_count=1))
     client = client_for(emu)
     make_pool(client, "lost-pool", nodes=1, slots=1)
     make_job(client, "lost-job", "lost-pool")
-    client.create_task("lost-job", bm.BatchTaskCreateOptions(id="slow", command_line="sleep 1"))
-    first_node = None
-    deadline = time.monotonic() + 5
-    while first_node is None and time.monotonic() < deadline:
-        task = client.get_task("lost-job", "slow")
-        first_node = task.node_info.node_id if task.node_info else None
-        time.sleep(0.05)
-    (task,) = wait_all_completed(client, "lost-job", timeout=20)
+    (first_node,) = _poll(lambda: [n.id for n in client.list_nodes("lost-pool")], "the pool's node")
+    # The task runs until the gate opens, so it is still running when its node is lost, however
+    # slowly a busy machine runs it; the gate opens once it has moved to the replacement node.
+    gate = tmp_path / "slow.gate"
+    client.create_task("lost-job", bm.BatchTaskCreateOptions(
+        id="slow", command_line=sh(f"while [ ! -e {gate} ]; do sleep 0.05; done")))
+    _poll(lambda: (t := client.get_task("lost-job", "slow")).node_info and t.node_info.node_id != first_node,
+          "the task to run again on the replacement node")
+    gate.touch()
+    (task,) = wait_all_completed(client, "lost-job")
     info = task.execution_info
     assert info.result == bm.BatchTaskExecutionResult.SUCCESS
     assert info.requeue_count == 1 and info.retry_count == 0

@@ -14,7 +14,7 @@ from azure.core.rest import HttpRequest
 
 from .test_sdk_tutorial import IMAGE, client_for
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(240)  # a hang guard: generous, so a busy machine never trips it
 SERVER = "myregistry.azurecr.io"
 PASSWORD = "emulator-registry-" + "Zq8w" * 8
 IDENTITY = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/pull"

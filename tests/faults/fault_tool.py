@@ -2,7 +2,9 @@
 
 python3 fault_tool.py MODE ARGS...:
   count RUNS KEY SLEEP OUT MB   append "KEY pid" to RUNS, sleep SLEEP s, write MB MiB of known bytes to OUT
-                                (OUT '-' writes nothing)
+                                (OUT '-' writes nothing); SLEEP '@PATH' waits until the file PATH
+                                exists instead (a gate the test opens when it has seen what it
+                                waited for; at most GATE_LIMIT_S, so no command outlives a test)
   fail RUNS KEY CODE            append "KEY pid" to RUNS, print to stderr, exit CODE
   hang PIDDIR                   start: a child in our group, a grandchild that called setsid (its parent
                                 lives), and a daemon (setsid + double fork, its parent exits); write their
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 MIB = 1024 * 1024
+GATE_LIMIT_S = 600.0
 
 
 def block(i: int) -> bytes:
@@ -37,12 +40,22 @@ def note(runs: str, key: str) -> None:
         os.close(fd)
 
 
+def pause(sleep: str) -> None:
+    """Sleep ``sleep`` seconds, or with ``@PATH`` until the file PATH exists."""
+    if not sleep.startswith("@"):
+        time.sleep(float(sleep))
+        return
+    gate, deadline = Path(sleep[1:]), time.monotonic() + GATE_LIMIT_S
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def main() -> int:
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "count":
         runs, key, sleep, out, mb = args
         note(runs, key)
-        time.sleep(float(sleep))
+        pause(sleep)
         if out != "-":
             with open(out, "wb") as fh:
                 for i in range(int(mb)):

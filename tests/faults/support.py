@@ -47,9 +47,13 @@ def runs_of(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 2.0, timeout: float = 60,
+def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 10.0, timeout: float = 240,
             before_start: Callable[[], None] | None = None) -> tuple[dict[str, TaskResult], TaskCounts]:
-    """Submit and run ``job`` on the local backend with worker processes; results by label."""
+    """Submit and run ``job`` on the local backend with worker processes; results by label.
+
+    The lease (10 s) is long enough that a busy machine never lets a claim lapse, which would
+    rightly run a task again; a test that wants a takeover passes a short one.
+    """
     with get_backend("local", project.config()) as be:
         be.preflight()
         be.submit(job)
@@ -61,32 +65,66 @@ def run_job(project: Any, job: Job, *, workers: int = 2, lease_s: float = 2.0, t
         return {r.label: r for r in be.list_task_results(job.id)}, counts
 
 
+# The worker stops (finishing what it holds, like on Ctrl-C) once the file argv[7] exists.
 _WORKER_MAIN = """
-import logging, sys, threading
+import logging, os, sys, threading, time
 from batchyard.core.config import load_config
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 config = load_config(sys.argv[1])
 idle = None if sys.argv[3] == "none" else float(sys.argv[3])
-options = WorkerOptions(lease_s=float(sys.argv[2]), idle_exit_s=idle, max_dequeue_count=int(sys.argv[4]))
-worker_process_main(config.storage_connection_string, config, int(sys.argv[5]), threading.Event(), options,
-                    sys.argv[6])
+pace = None if sys.argv[8] == "none" else float(sys.argv[8])
+options = WorkerOptions(lease_s=float(sys.argv[2]), idle_exit_s=idle, max_dequeue_count=int(sys.argv[4]),
+                        pace_s=pace)
+stop = threading.Event()
+def watch():
+    while not os.path.exists(sys.argv[7]):
+        time.sleep(0.05)
+    stop.set()
+threading.Thread(target=watch, daemon=True).start()
+worker_process_main(config.storage_connection_string, config, int(sys.argv[5]), stop, options, sys.argv[6])
 """
 
 
 def spawn_worker(project: Any, *, lease_s: float = 2.0, idle_exit: float | None = None, index: int = 0,
-                 max_dequeue_count: int = 5, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """One worker as its own OS process (``worker_process_main``), its log in ``worker-<index>.log``."""
+                 max_dequeue_count: int = 5, env: dict[str, str] | None = None,
+                 pace_s: float | None = None) -> subprocess.Popen[bytes]:
+    """One worker as its own OS process (``worker_process_main``), its log in ``worker-<index>.log``.
+
+    ``pace_s`` pins the pace the worker assumes (WorkerOptions.pace_s), so whether it groups claims
+    does not depend on how fast the machine runs its commands. :func:`stop_worker` stops it.
+    """
     log = (project.dir / f"worker-{index}.log").open("ab")
     return subprocess.Popen(
         [PY, "-c", _WORKER_MAIN, str(project.dir / "batchyard.toml"), str(lease_s),
          "none" if idle_exit is None else str(idle_exit), str(max_dequeue_count), str(index),
-         str(project.dir / "work")],
+         str(project.dir / "work"), str(_stop_file(project, index)), "none" if pace_s is None else str(pace_s)],
         cwd=project.dir, env={**project.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
     )
 
 
+def _stop_file(project: Any, index: int) -> Path:
+    return project.dir / f"worker-{index}.stop"
+
+
+def stop_worker(project: Any, worker: subprocess.Popen[bytes], index: int, *, timeout: float = 120) -> int:
+    """Ask a worker from :func:`spawn_worker` to stop (as on Ctrl-C: it finishes what it holds); its exit code."""
+    _stop_file(project, index).touch()
+    return worker.wait(timeout=timeout)
+
+
+def gate(path: Path) -> str:
+    """fault_tool's SLEEP argument that waits until ``path`` exists (see :func:`open_gate`)."""
+    return f"@{path}"
+
+
+def open_gate(path: Path) -> None:
+    path.touch()
+
+
 def wait_for(predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it is true (returns its value); ``timeout`` should be generous: it only
+    bounds a failure, so a busy machine never makes a correct run fail."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

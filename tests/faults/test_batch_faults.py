@@ -22,7 +22,7 @@ from batchyard.emulator.batch import FaultConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conformance.test_azure_emulator import azure_env
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)  # a hang guard: generous, so a busy machine never trips it
 
 
 def _config(project: Any, emu: Any, **azure: Any) -> Any:
@@ -44,7 +44,7 @@ def _job(project: Any, job_id: str, container: str, command: str = "cat {input}"
 def _run(be: Any, job: Any) -> dict[str, Any]:
     be.preflight()
     be.submit(job)
-    counts = be.wait(job.id, timeout=90, poll_interval=0.3)
+    counts = be.wait(job.id, timeout=200, poll_interval=0.3)
     assert counts.finished, counts
     return {r.label: r for r in be.list_task_results(job.id)}
 

@@ -6,6 +6,11 @@ that a worker killed while holding such claims loses nothing and starts no comma
 but the one it was running, that a group meeting a row made by someone else falls back to
 one write each without taking that task, and that a held result reaches the table while
 the next, long command still runs. Real Azurite, real worker processes, real SIGKILL.
+
+Nothing here depends on how busy the machine is: the commands that must still be running when
+the test acts wait for a gate file the test opens afterwards (fault_tool's ``@PATH``), and the
+workers' pace is pinned (``WorkerOptions.pace_s``), so how many tasks they claim together does
+not depend on how fast the machine runs a command.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import itertools
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +36,20 @@ from batchyard.storage.fast_rest import FastRest
 
 from .support import (
     drain_queue,
+    gate,
     kill_quietly,
+    open_gate,
     runs_of,
     serve_until_idle,
     spawn_worker,
+    stop_worker,
     table_job,
     tool_command,
     wait_for,
 )
+
+SHORT_PACE_S = 0.01  # the pace a worker is told its commands take: it claims up to 32 tasks at once
+NEVER_S = 3600.0  # a timing knob set so far off that the event it waits for always comes first
 
 
 def _one_message(be: Any, job: Any) -> list[str]:
@@ -52,12 +62,20 @@ def _one_message(be: Any, job: Any) -> list[str]:
     return [t.task_id for t in tasks]
 
 
-def _short_task_worker(be: Any, tmp_path: Path, *, lease_s: float) -> Worker:
-    """An in-process worker that has seen short tasks already, so it groups from its first claim."""
-    worker = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
-                    options=WorkerOptions(lease_s=lease_s, idle_exit_s=1.5))
-    worker.note_pace(0.01)
-    return worker
+def _short_task_worker(be: Any, tmp_path: Path, *, lease_s: float, **options: Any) -> Worker:
+    """An in-process worker pinned to a short pace, so it groups from its first claim on."""
+    return Worker(be.storage, be.config, index=0, work_dir=tmp_path / "work",
+                  options=WorkerOptions(lease_s=lease_s, idle_exit_s=1.5, pace_s=SHORT_PACE_S, **options))
+
+
+def _states(be: Any, job: Any) -> dict[str, str]:
+    """Each task row's state, by KEY."""
+    return {_key(r["label"]): r["state"] for r in be.store.task_entities(job.id)}
+
+
+def _all_final(be: Any, job: Any, total: int) -> bool:
+    states = _states(be, job)
+    return len(states) == total and all(s in ("succeeded", "failed") for s in states.values())
 
 
 def _key(label: str) -> str:
@@ -65,7 +83,7 @@ def _key(label: str) -> str:
     return label.split(",")[0].removeprefix("KEY=")
 
 
-def _sleepy_job(project: Any, job_id: str, runs: Path, sleeps: dict[str, float]) -> Any:
+def _sleepy_job(project: Any, job_id: str, runs: Path, sleeps: dict[str, float | str]) -> Any:
     (project.dir / f"{job_id}.csv").write_text(
         "KEY,SLEEP\n" + "".join(f"{k},{s}\n" for k, s in sleeps.items()), encoding="utf-8")
     from batchyard.core.job import job_from_dict
@@ -75,30 +93,37 @@ def _sleepy_job(project: Any, job_id: str, runs: Path, sleeps: dict[str, float])
 
 
 def test_worker_killed_holding_claims_made_ahead_loses_nothing(project: Any, tmp_path: Path) -> None:
-    runs = tmp_path / "runs.txt"
-    sleeps = {f"g{i:02d}": 0.0 for i in range(12)}
-    sleeps["g04"] = 4.0  # the command running when the worker dies; g05.. are claimed ahead, not started
+    runs, g04_gate = tmp_path / "runs.txt", tmp_path / "g04.gate"
+    sleeps: dict[str, float | str] = {f"g{i:02d}": 0.0 for i in range(12)}
+    sleeps["g04"] = gate(g04_gate)  # runs until the worker is killed; g05.. are claimed ahead, not started
     job = _sleepy_job(project, "grouped-kill", runs, sleeps)
-    first = None
+    first = second = None
     with get_backend("local", project.config()) as be:
         be.submit(job)
         _one_message(be, job)
         try:
-            first = spawn_worker(project, index=0, lease_s=2)
-            wait_for(lambda: "g04" in runs_of(runs), timeout=30, what="g04 to start under worker 0")
-            rows = {r["RowKey"]: r for r in be.store.task_entities(job.id)}
-            time.sleep(1.0)  # past the 0.5 s a held result may wait
+            first = spawn_worker(project, index=0, lease_s=2, pace_s=SHORT_PACE_S)
+            wait_for(lambda: "g04" in runs_of(runs), timeout=120, what="g04 to start under worker 0")
+            # The results before g04 may be held back a moment to share a write: once they are
+            # written, killing the worker can cost only g04 and the claims made ahead.
+            states = wait_for(lambda: (st := _states(be, job)) and all(
+                st.get(f"g{i:02d}") == "succeeded" for i in range(4)) and st,
+                timeout=120, what="the results of g00..g03 to be written")
             first.send_signal(signal.SIGKILL)
-            assert first.wait(timeout=10) == -signal.SIGKILL
-            held = {_key(r["label"]) for r in rows.values() if r["state"] == "running"}
+            assert first.wait(timeout=60) == -signal.SIGKILL
+            held = {key for key, state in states.items() if state == "running"}
             assert {f"g{i:02d}" for i in range(5, 12)} <= held, f"no group was claimed ahead: {held}"
-            second = spawn_worker(project, index=1, lease_s=2, idle_exit=3)
-            assert second.wait(timeout=90) == 0, (project.dir / "worker-1.log").read_text()
+            open_gate(g04_gate)  # g04 runs again under worker 1, and may end this time
+            second = spawn_worker(project, index=1, lease_s=2)
+            wait_for(lambda: _all_final(be, job, 12), timeout=180, what="worker 1 to finish every task")
+            assert stop_worker(project, second, 1) == 0, (project.dir / "worker-1.log").read_text()
         finally:
+            open_gate(g04_gate)
             for line in runs.read_text().splitlines() if runs.exists() else []:
                 kill_quietly(int(line.split()[1]))
-            if first is not None:
-                kill_quietly(first.pid)
+            for proc in (first, second):
+                if proc is not None:
+                    kill_quietly(proc.pid)
         results = {_key(r.label): r for r in be.list_task_results(job.id)}
         assert len(list(be.store.task_entities(job.id))) == 12, "exactly one row per task"
     assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}, results
@@ -145,24 +170,25 @@ def test_group_meeting_a_row_made_elsewhere_falls_back_and_leaves_that_task(proj
 
 
 def test_held_result_is_written_while_the_next_long_command_runs(project: Any, tmp_path: Path) -> None:
-    runs = tmp_path / "runs.txt"
-    sleeps = {"h0": 0.0, "h1": 0.0, "h2": 0.0, "h3": 6.0}
+    runs, h3_gate = tmp_path / "runs.txt", tmp_path / "h3.gate"
+    sleeps: dict[str, float | str] = {"h0": 0.0, "h1": 0.0, "h2": 0.0, "h3": gate(h3_gate)}
     job = _sleepy_job(project, "grouped-held", runs, sleeps)
     with get_backend("local", project.config()) as be:
         be.submit(job)
         _one_message(be, job)
-        worker = spawn_worker(project, index=0, lease_s=5, idle_exit=2)
+        worker = spawn_worker(project, index=0, lease_s=5, pace_s=SHORT_PACE_S)
         try:
-            wait_for(lambda: "h3" in runs_of(runs), timeout=30, what="the long command to start")
-            began = time.monotonic()
-            done = wait_for(lambda: {_key(r["label"]) for r in be.store.task_entities(job.id)
-                                     if r["state"] == "succeeded"} >= {"h0", "h1", "h2"},
-                            timeout=5, what="the short tasks' results")
-            waited = time.monotonic() - began
-            assert done and waited < 3.0, f"held results took {waited:.1f} s to be written"
-            assert "h3" not in {_key(r["label"]) for r in be.store.task_entities(job.id) if r["state"] == "succeeded"}
-            assert worker.wait(timeout=60) == 0, (project.dir / "worker-0.log").read_text()
+            wait_for(lambda: "h3" in runs_of(runs), timeout=120, what="the long command to start")
+            # h3 runs until the gate opens: the short tasks' results, held back to share a write,
+            # must not wait for it.
+            wait_for(lambda: all(_states(be, job).get(k) == "succeeded" for k in ("h0", "h1", "h2")),
+                     timeout=120, what="the short tasks' results, written while h3 runs")
+            assert _states(be, job)["h3"] == "running"
+            open_gate(h3_gate)
+            wait_for(lambda: _all_final(be, job, 4), timeout=120, what="h3 to finish")
+            assert stop_worker(project, worker, 0) == 0, (project.dir / "worker-0.log").read_text()
         finally:
+            open_gate(h3_gate)
             kill_quietly(worker.pid)
         assert be.task_counts(job.id).succeeded == 4
     assert sorted(runs_of(runs)) == sorted(sleeps)
@@ -183,8 +209,8 @@ def test_tiny_tasks_in_one_message_share_transactions(project: Any, tmp_path: Pa
             return real(self, creates, merges)
 
         JobStore.write_group = counting  # type: ignore[method-assign]
-        try:
-            worker = serve_until_idle(be, tmp_path, lease_s=10)
+        try:  # results wait for others (up to a group of 32) however long the commands take
+            worker = serve_until_idle(be, tmp_path, lease_s=10, pace_s=SHORT_PACE_S, record_delay_s=NEVER_S)
         finally:
             JobStore.write_group = real  # type: ignore[method-assign]
         rows = list(be.store.task_entities(job.id))
@@ -205,21 +231,25 @@ def test_tiny_tasks_in_one_message_share_transactions(project: Any, tmp_path: Pa
 
 
 def test_cancel_while_claims_are_held_records_them_cancelled_unrun(project: Any, tmp_path: Path) -> None:
-    runs = tmp_path / "runs.txt"
-    sleeps = {f"c{i}": 0.0 for i in range(10)}
-    sleeps["c3"] = 8.0  # running when the job is cancelled; c4..c9 are claimed ahead by then
+    runs, c3_gate = tmp_path / "runs.txt", tmp_path / "c3.gate"
+    sleeps: dict[str, float | str] = {f"c{i}": 0.0 for i in range(10)}
+    sleeps["c3"] = gate(c3_gate)  # runs until the job is cancelled (the gate opens only at the end)
     job = _sleepy_job(project, "grouped-cancel", runs, sleeps)
     with get_backend("local", project.config()) as be:
         be.submit(job)
         _one_message(be, job)
-        worker = spawn_worker(project, index=0, lease_s=2, idle_exit=2)
+        worker = spawn_worker(project, index=0, lease_s=2, pace_s=SHORT_PACE_S)
         try:
-            wait_for(lambda: "c3" in runs_of(runs), timeout=30, what="c3 to start")
-            held = {_key(r["label"]) for r in be.store.task_entities(job.id) if r["state"] == "running"}
+            wait_for(lambda: "c3" in runs_of(runs), timeout=120, what="c3 to start")
+            held = {k for k, state in _states(be, job).items() if state == "running"}
             assert {f"c{i}" for i in range(4, 10)} <= held, f"no group was claimed ahead: {held}"
             be.cancel(job.id)
-            assert worker.wait(timeout=60) == 0, (project.dir / "worker-0.log").read_text()
+            wait_for(lambda: _all_final(be, job, 10), timeout=120, what="every task to be final after the cancel")
+            assert stop_worker(project, worker, 0) == 0, (project.dir / "worker-0.log").read_text()
         finally:
+            open_gate(c3_gate)
+            for line in runs.read_text().splitlines() if runs.exists() else []:
+                kill_quietly(int(line.split()[1]))
             kill_quietly(worker.pid)
         results = {_key(r.label): r for r in be.list_task_results(job.id)}
         assert be.task_counts(job.id).finished
@@ -236,7 +266,8 @@ def test_held_results_meeting_a_taken_over_row_write_the_others_and_leave_it(pro
     with get_backend("local", project.config()) as be:
         be.submit(job)
         ids = _one_message(be, job)
-        worker = _short_task_worker(be, tmp_path, lease_s=30)
+        # Results wait for the message's end to share one transaction, however long the commands take.
+        worker = _short_task_worker(be, tmp_path, lease_s=30, record_delay_s=NEVER_S)
         other = JobStore(be.storage, be.config)
         real_write_group = worker.store.write_group
         refused: list[int] = []
@@ -265,14 +296,15 @@ def test_held_results_meeting_a_taken_over_row_write_the_others_and_leave_it(pro
 
 
 def test_claims_made_ahead_are_renewed_together_while_a_long_command_runs(project: Any, tmp_path: Path) -> None:
-    runs = tmp_path / "runs.txt"
-    sleeps = {f"n{i}": 0.0 for i in range(8)}
-    sleeps["n2"] = 4.5  # twice the 2 s lease: every claim the worker holds must be renewed meanwhile
+    runs, n2_gate = tmp_path / "runs.txt", tmp_path / "n2.gate"
+    sleeps: dict[str, float | str] = {f"n{i}": 0.0 for i in range(8)}
+    sleeps["n2"] = gate(n2_gate)  # runs until every claim the worker holds was renewed, in one transaction
     job = _sleepy_job(project, "grouped-renew", runs, sleeps)
     with get_backend("local", project.config()) as be:
         be.submit(job)
         _one_message(be, job)
-        worker = _short_task_worker(be, tmp_path, lease_s=2)
+        # A lease long enough that a keeper delayed by a busy machine still renews in time.
+        worker = _short_task_worker(be, tmp_path, lease_s=6)
         renewals: list[int] = []
         real_renew_claims = worker.store.renew_claims
 
@@ -284,19 +316,25 @@ def test_claims_made_ahead_are_renewed_together_while_a_long_command_runs(projec
         serving = threading.Thread(target=worker.serve, args=(threading.Event(),))
         serving.start()
         try:
-            wait_for(lambda: "n2" in runs_of(runs), timeout=30, what="n2 to start")
-            time.sleep(3.0)  # past the lease of every claim made before n2 started
+            wait_for(lambda: "n2" in runs_of(runs), timeout=120, what="n2 to start")
             rows = {_key(r["label"]): r for r in be.store.task_entities(job.id)}
-            now = time.time()
-            expired = [k for k in [f"n{i}" for i in range(2, 8)]
-                       if rows[k]["state"] == "running" and float(rows[k]["claim_expires"]) <= now]
-            assert not expired, f"claims not renewed: {expired}"
+            claimed = {f"n{i}": float(rows[f"n{i}"]["claim_expires"]) for i in range(2, 8)
+                       if rows.get(f"n{i}", {}).get("state") == "running"}
+            assert len(claimed) == 6, f"not claimed ahead: {sorted(claimed)}"
+            renewals.clear()  # from here on, while n2 runs: n2 and the five claimed ahead are held
+
+            def renewed() -> bool:
+                rows = {_key(r["label"]): r for r in be.store.task_entities(job.id)}
+                return bool(renewals) and all(float(rows[k]["claim_expires"]) > claimed[k] for k in claimed)
+
+            wait_for(renewed, timeout=120, what="the claims held while n2 runs to be renewed")
         finally:
-            serving.join(timeout=60)
+            open_gate(n2_gate)
+            serving.join(timeout=120)
             worker.close()
         results = list(be.list_task_results(job.id))
         rows_after = list(be.store.task_entities(job.id))
-    assert renewals and max(renewals) >= 6, f"claims were renewed one by one: {renewals}"
+    assert max(renewals) >= 6, f"claims were renewed one by one: {renewals}"
     assert sorted(runs_of(runs)) == sorted(sleeps)
     assert all(r.state == TaskState.SUCCEEDED and r.attempts == 1 for r in results), results
     assert all(int(r["deliveries"]) == 1 for r in rows_after)
@@ -323,7 +361,8 @@ def test_tiny_tasks_stage_inputs_and_upload_outputs_in_bursts(project: Any, tmp_
     with get_backend("local", project.config()) as be:
         be.submit(job)
         _one_message(be, job)
-        worker = _short_task_worker(be, tmp_path, lease_s=10)
+        # Finished outputs wait for the command running (however long it takes) to gather a burst.
+        worker = _short_task_worker(be, tmp_path, lease_s=10, upload_hold_s=NEVER_S)
         worker.serve(threading.Event())
         worker.close()
         rows = list(be.store.task_entities(job.id))

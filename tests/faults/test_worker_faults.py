@@ -1,26 +1,32 @@
 """Promises 1, 2 and 9: workers that die, tasks that outlive the lease, duplicate submits and messages.
 
 Real Azurite, real worker processes, real SIGKILL; every command counts its runs in a side file.
+A command that must still run when the test acts waits for a gate file (fault_tool's ``@PATH``),
+and the test waits for what it observes by polling with generous deadlines, never by sleeping.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
-from batchyard.backends.local.messages import TaskMessage
-from batchyard.backends.local.worker import WorkerOptions
+from batchyard.backends.local.messages import TaskMessage, pack
+from batchyard.backends.local.worker import Worker, WorkerOptions
 
 from .support import (
     blob_md5,
+    drain_queue,
+    gate,
     kill_quietly,
     known_bytes_md5,
-    run_job,
+    open_gate,
     runs_of,
     spawn_worker,
+    stop_worker,
     table_job,
     tool_command,
     wait_for,
@@ -30,24 +36,31 @@ from .support import (
 def test_worker_killed_mid_task_another_finishes(project: Any, tmp_path: Path) -> None:
     """1. SIGKILL the worker mid-task (lease 2 s): another worker takes over, one result, lost attempt noted."""
     outs = project.container("outputs")
-    runs = tmp_path / "runs.txt"
-    job = table_job(project, "killed", tool_command("count", str(runs), "{KEY}", "3", "out.bin", "6"), ["k1"],
+    runs, held = tmp_path / "runs.txt", tmp_path / "k1.gate"
+    # The command runs until the gate opens (after the kill), then writes its 6 MiB output.
+    job = table_job(project, "killed", tool_command("count", str(runs), "{KEY}", gate(held), "out.bin", "6"), ["k1"],
                     outputs=[{"pattern": "out.bin", "container": outs, "path": "{job_id}/{KEY}.bin"}])
     orphans: list[int] = []
+    second = None
     with get_backend("local", project.config()) as be:
         be.submit(job)
         first = spawn_worker(project, index=0, lease_s=2)
         try:
-            wait_for(lambda: runs_of(runs), timeout=30, what="the command to start under worker 0")
+            wait_for(lambda: runs_of(runs), timeout=120, what="the command to start under worker 0")
             first.send_signal(signal.SIGKILL)
-            assert first.wait(timeout=10) == -signal.SIGKILL
+            assert first.wait(timeout=60) == -signal.SIGKILL
             orphans = [int(line.split()[1]) for line in runs.read_text().splitlines()]
-            second = spawn_worker(project, index=1, lease_s=2, idle_exit=3)
-            assert second.wait(timeout=60) == 0, (project.dir / "worker-1.log").read_text()
+            open_gate(held)
+            second = spawn_worker(project, index=1, lease_s=2)
+            wait_for(lambda: be.task_counts(job.id).finished, timeout=180, what="worker 1 to finish the task")
+            assert stop_worker(project, second, 1) == 0, (project.dir / "worker-1.log").read_text()
         finally:
+            open_gate(held)
             for pid in orphans:  # the killed worker's command, left running like on a lost node
                 kill_quietly(pid)
             kill_quietly(first.pid)
+            if second is not None:
+                kill_quietly(second.pid)
         (result,) = be.list_task_results(job.id)
         rows = list(be.store.task_entities(job.id))
     assert result.state == "succeeded", result
@@ -64,10 +77,28 @@ def test_worker_killed_mid_task_another_finishes(project: Any, tmp_path: Path) -
 
 
 def test_long_task_outlives_the_lease_and_runs_once(project: Any, tmp_path: Path) -> None:
-    """2. A 7 s task with a 2 s lease: the lease is renewed, no other worker runs it."""
-    runs = tmp_path / "runs.txt"
-    job = table_job(project, "longtask", tool_command("count", str(runs), "{KEY}", "7", "-", "0"), ["slow"])
-    results, _ = run_job(project, job, workers=2, lease_s=2, timeout=60)
+    """2. A task running on past its first claim and the lease after it: both are renewed, no other
+    worker (there are two) runs it. The lease is 5 s, so a keeper a busy machine delays still renews
+    in time; the command runs until the test has seen its claim renewed past two leases."""
+    lease = 5.0
+    runs, held = tmp_path / "runs.txt", tmp_path / "slow.gate"
+    job = table_job(project, "longtask", tool_command("count", str(runs), "{KEY}", gate(held), "-", "0"), ["slow"])
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        be.start_execution(job, workers=2, options=WorkerOptions(lease_s=lease))
+        try:
+            wait_for(lambda: runs_of(runs), timeout=120, what="the command to start")
+            (row,) = be.store.task_entities(job.id)
+            first_expiry = float(row["claim_expires"])
+            wait_for(lambda: float(next(iter(be.store.task_entities(job.id)))["claim_expires"]) > first_expiry + lease
+                     and time.time() > first_expiry + lease, timeout=120,
+                     what="the claim to be renewed while the command runs past two leases")
+            open_gate(held)
+            assert be.wait(job.id, timeout=300, poll_interval=0.3).finished
+        finally:
+            open_gate(held)
+            be.stop_execution()
+        results = {r.label: r for r in be.list_task_results(job.id)}
     result = results["KEY=slow"]
     assert result.state == "succeeded"
     assert runs_of(runs) == ["slow"], "the task ran more than once"
@@ -83,6 +114,7 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
     runs = tmp_path / "runs.txt"
     keys = [f"d{i}" for i in range(6)]
     job = table_job(project, "dupes", tool_command("count", str(runs), "{KEY}", "0.3", "-", "0"), keys)
+    lease = 5.0  # long enough that a busy machine never lets a claim lapse (a lapse may rightly run a task again)
     with get_backend("local", project.config()) as be:
         first, second = be.submit(job), be.submit(job)
         assert first.enqueued == second.enqueued == len(keys)  # nothing ran yet: queued twice
@@ -90,13 +122,13 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
         for task_id in ids:  # and a third copy of every message, as a redelivery would make
             be.store.send(TaskMessage(job.id, (task_id,)))
         be.store.send(TaskMessage(job.id, tuple(ids)))
-        be.start_execution(job, workers=2, options=WorkerOptions(lease_s=2))
+        be.start_execution(job, workers=2, options=WorkerOptions(lease_s=lease))
         try:
-            counts = be.wait(job.id, timeout=60, poll_interval=0.3)
+            counts = be.wait(job.id, timeout=300, poll_interval=0.3)
             assert counts.succeeded == len(keys), counts
             # drain the duplicates: every one must be consumed without running anything
             wait_for(lambda: be.store.queue.get_queue_properties().approximate_message_count == 0,
-                     timeout=30, what="the duplicate messages to be consumed")
+                     timeout=120, what="the duplicate messages to be consumed")
         finally:
             be.stop_execution()
         assert sorted(runs_of(runs)) == sorted(keys), "a duplicate ran a command again"
@@ -105,13 +137,47 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
         again = be.submit(job)  # after success: nothing is queued
         assert (again.enqueued, again.already_succeeded) == (0, len(keys))
         be.store.send(TaskMessage(job.id, tuple(ids)))
-        be.start_execution(job, workers=1, options=WorkerOptions(lease_s=2, idle_exit_s=2))
+        be.start_execution(job, workers=1, options=WorkerOptions(lease_s=lease, idle_exit_s=2))
         try:
             wait_for(lambda: be.store.queue.get_queue_properties().approximate_message_count == 0,
-                     timeout=30, what="the late duplicate to be consumed")
+                     timeout=120, what="the late duplicate to be consumed")
         finally:
             be.stop_execution()
         assert sorted(runs_of(runs)) == sorted(keys), "a succeeded task ran again"
         assert {r.task_id: r.ended_at for r in be.list_task_results(job.id)} == ended
         assert all(r.attempts == 1 for r in be.list_task_results(job.id))
     assert json.loads(TaskMessage(job.id, tuple(ids)).encode())["v"] == 1
+
+
+def test_a_dead_workers_message_comes_back_only_after_its_claims_expired(project: Any, tmp_path: Path) -> None:
+    """A message whose worker died is taken over, never skipped as "claimed by a live worker".
+
+    The worker dies right after claiming its message's tasks (its keeper never renews). Another
+    worker polling as fast as it can receives the message the moment it is visible again: by then
+    every claim the dead worker made must have expired, or the new worker would leave the tasks to
+    a worker that is gone and delete their only message.
+    """
+    runs = tmp_path / "runs.txt"
+    job = table_job(project, "comeback", tool_command("count", str(runs), "{KEY}", "0", "-", "0"),
+                    [f"c{i}" for i in range(3)])
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        drain_queue(be.store.queue)
+        tasks = be.fan_out(job)
+        (message,) = pack(job.id, tasks, len(tasks))
+        be.store.send(message)
+        options = WorkerOptions(lease_s=1, idle_exit_s=1.0, pace_s=0.01)  # claims all three at once
+        dead = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "dead", options=options)
+        received = wait_for(dead._receive, timeout=60, what="the message")
+        opened = dead.open_message(received)
+        assert opened is not None
+        opened.keeper.stop()  # the worker dies here: nothing renews its message or its claims
+        dead.close()
+        owner = {r["RowKey"]: r["claim_owner"] for r in be.store.task_entities(job.id)}
+        assert set(owner.values()) == {dead.owner}, owner
+        heir = Worker(be.storage, be.config, index=1, work_dir=tmp_path / "heir", options=options)
+        again = wait_for(heir._receive, timeout=60, what="the message to come back", interval=0.001)
+        taken = heir.open_message(again)
+        assert taken is not None and taken.first is not None, "the tasks were left to the dead worker"
+        taken.abandon()
+        heir.close()

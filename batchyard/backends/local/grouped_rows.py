@@ -1,9 +1,11 @@
 """Claims made ahead and results held back, so the table writes of short tasks share transactions.
 
-Used by :class:`batchyard.backends.local.pipeline.MessageRun`. On Azurite a transaction of 32 writes costs
-about a third of what 32 single writes do, and grouping changes no promise: a claim is a claim
-whether written alone or with others, every result is still written once, guarded by its
-claim's ETag, and all of a message's results are written before the message is deleted.
+Used by :class:`batchyard.backends.local.pipeline.MessageRun`, which hands it what it needs (the
+store, the message's claim keeper, the worker's identity and pace), so this module imports
+neither. On Azurite a transaction of 32 writes costs about a third of what 32 single writes do,
+and grouping changes no promise: a claim is a claim whether written alone or with others, every
+result is still written once, guarded by its claim's ETag, and all of a message's results are
+written before the message is deleted.
 """
 
 from __future__ import annotations
@@ -11,30 +13,27 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from batchyard.backends.local.store import TABLE_BATCH
+from batchyard.backends.local.claims import Claim, ClaimKeeper
+from batchyard.backends.local.store import TABLE_BATCH, JobStore
 from batchyard.core.job import TaskDef
 from batchyard.core.redact import redact
-
-if TYPE_CHECKING:
-    from batchyard.backends.local.pipeline import MessageRun
-    from batchyard.backends.local.worker import _Claim
 
 log = logging.getLogger(__name__)
 
 GROUP_WINDOW_S = 1.0  # claim ahead at most about this much work...
 MAX_GROUP = 32  # ...and at most this many tasks
-RECORD_DELAY_S = 0.5  # a finished task's result waits at most this long for others to share a write
+RECORD_DELAY_S = 0.5  # by default, a finished task's result waits at most this long for others to share a write
 GROUP_BYTES = 1 << 20  # well under a transaction's 4 MiB
 
 
 @dataclass
 class _Result:
     task_id: str
-    claim: _Claim
+    claim: Claim
     fields: dict[str, Any]
 
 
@@ -44,33 +43,37 @@ class RowGroups:
     ``size`` is how many tasks one claim covers: about :data:`GROUP_WINDOW_S` of the worker's
     recent pace, so a claimed task waits at most about that long for its command (Azure Batch
     counts such a task, assigned but not started, as running too). At 1 (long tasks, or no
-    pace known yet) nothing is grouped and every write goes out at once, as alone.
+    pace known yet) nothing is grouped and every write goes out at once, as alone. A result
+    held back waits at most ``record_delay_s`` for others.
     """
 
-    def __init__(self, run: MessageRun) -> None:
-        self.run = run
+    def __init__(self, store: JobStore, keeper: ClaimKeeper, job_id: str, *, owner: str,
+                 size: Callable[[], int], record_delay_s: float = RECORD_DELAY_S) -> None:
+        self.store, self.keeper, self.job_id = store, keeper, job_id
+        self.owner, self.record_delay_s = owner, record_delay_s
+        self._size = size
         self.lock = threading.Lock()
-        self.claimed: dict[str, tuple[dict[str, Any], _Claim]] = {}  # claimed ahead, not started yet
+        self.claimed: dict[str, tuple[dict[str, Any], Claim]] = {}  # claimed ahead, not started yet
         self.tried: set[str] = set()  # ids already in a claim (made or refused)
         self.results: list[_Result] = []
         self._timer: threading.Timer | None = None
 
     @property
     def size(self) -> int:
-        return self.run.worker.group_size()
+        return self._size()
 
     # --- claims ---------------------------------------------------------------------------------------
-    def take(self, task_id: str) -> tuple[dict[str, Any], _Claim] | None:
+    def take(self, task_id: str) -> tuple[dict[str, Any], Claim] | None:
         with self.lock:
             return self.claimed.pop(task_id, None)
 
-    def claim(self, definition: TaskDef, following: list[TaskDef]) -> tuple[dict[str, Any], _Claim] | None:
+    def claim(self, definition: TaskDef, following: list[TaskDef]) -> tuple[dict[str, Any], Claim] | None:
         """Claim ``definition`` (creating its row), and with it up to ``size - 1`` of ``following``.
 
         Results held back go out in the same transaction. None if the row of ``definition``
         exists (another delivery created it first).
         """
-        run, store, size = self.run, self.run.worker.store, self.size
+        store, keeper, job_id, size = self.store, self.keeper, self.job_id, self.size
         group, budget = [definition], GROUP_BYTES
         for task in following:
             if len(group) >= size:
@@ -83,10 +86,10 @@ class RowGroups:
             group.append(task)
         with self.lock:
             self.tried.update(t.task_id for t in group)
-        owner, lease = run.worker.owner, run.worker.options.lease_s
-        rows = [store.claimed_row(run.job.id, t, owner=owner, lease_s=lease) for t in group]
-        claims: list[tuple[dict[str, Any], _Claim]] = []
-        with run.keeper.renewing:
+        owner, lease = self.owner, keeper.claim_lease_s()
+        rows = [store.claimed_row(job_id, t, owner=owner, lease_s=lease) for t in group]
+        claims: list[tuple[dict[str, Any], Claim]] = []
+        with keeper.renewing:
             results = self._take_results() if size > 1 else []
             if len(rows) + len(results) > TABLE_BATCH:  # a transaction takes at most 100 writes
                 self._put_back(results[TABLE_BATCH - len(rows):])
@@ -98,14 +101,14 @@ class RowGroups:
                 raise
             if etags is not None:
                 self._done(results)
-                claims = [(row, run.keeper.track(run.job.id, row["RowKey"], etag))
+                claims = [(row, keeper.track(job_id, row["RowKey"], etag))
                           for row, etag in zip(rows, etags[:len(rows)], strict=True)]
             else:  # refused (or a single claim): one write each tells which rows exist
                 self._write_one_by_one(results)
                 for task in group:
-                    created = store.claim_new(run.job.id, task, owner=owner, lease_s=lease)
+                    created = store.claim_new(job_id, task, owner=owner, lease_s=lease)
                     if created is not None:
-                        claims.append((created[0], run.keeper.track(run.job.id, task.task_id, created[1])))
+                        claims.append((created[0], keeper.track(job_id, task.task_id, created[1])))
         mine = None
         with self.lock:
             for row, claim in claims:
@@ -116,7 +119,7 @@ class RowGroups:
         return mine
 
     def held_after(self, task_id: str, order: list[str], *, skip: Collection[str],
-                   limit: int) -> list[tuple[dict[str, Any], _Claim]]:
+                   limit: int) -> list[tuple[dict[str, Any], Claim]]:
         """Up to ``limit`` tasks claimed ahead that come after ``task_id`` in ``order``, in that
         order, leaving out those in ``skip``; they stay held (a burst stages them early)."""
         if limit <= 0:
@@ -126,19 +129,19 @@ class RowGroups:
             found = [self.claimed[t] for t in after if t in self.claimed and t not in skip]
         return found[:limit]
 
-    def unstarted(self) -> list[tuple[str, _Claim]]:
+    def unstarted(self) -> list[tuple[str, Claim]]:
         with self.lock:
             held, self.claimed = self.claimed, {}
         return [(task_id, claim) for task_id, (_, claim) in held.items()]
 
     # --- results --------------------------------------------------------------------------------------
-    def record(self, task_id: str, claim: _Claim, fields: dict[str, Any]) -> None:
-        """Write a finished task's result now, or hold it for the next group (at most RECORD_DELAY_S)."""
+    def record(self, task_id: str, claim: Claim, fields: dict[str, Any]) -> None:
+        """Write a finished task's result now, or hold it for the next group (at most ``record_delay_s``)."""
         with self.lock:
             self.results.append(_Result(task_id, claim, fields))
             due = self.size <= 1 or len(self.results) >= self.size
             if not due and self._timer is None:
-                self._timer = threading.Timer(RECORD_DELAY_S, self._flush_on_timer)
+                self._timer = threading.Timer(self.record_delay_s, self._flush_on_timer)
                 self._timer.daemon = True
                 self._timer.start()
         if due:
@@ -150,7 +153,7 @@ class RowGroups:
         A result whose write fails is held again and the error raised, so the message is not
         deleted before it is written.
         """
-        with self.run.keeper.renewing:
+        with self.keeper.renewing:
             results = self._take_results()
             while results:
                 chunk, results = results[:TABLE_BATCH], results[TABLE_BATCH:]  # at most 100 writes each
@@ -163,7 +166,7 @@ class RowGroups:
     def _write_results(self, results: list[_Result]) -> None:
         if len(results) > 1:
             try:
-                etags = self.run.worker.store.write_group([], self._merges(results))
+                etags = self.store.write_group([], self._merges(results))
             except Exception:
                 self._put_back(results)
                 raise
@@ -196,9 +199,9 @@ class RowGroups:
         kept = []
         for result in results:
             if result.claim.lost:
-                self.run.keeper.untrack(result.task_id)
+                self.keeper.untrack(result.task_id)
                 log.warning("task %s/%s: claim lost while running; the new owner records it",
-                            self.run.job.id, result.task_id)
+                            self.job_id, result.task_id)
             else:
                 kept.append(result)
         return kept
@@ -209,21 +212,21 @@ class RowGroups:
 
     def _done(self, results: list[_Result]) -> None:
         for result in results:
-            self.run.keeper.untrack(result.task_id)
+            self.keeper.untrack(result.task_id)
 
     def _merges(self, results: list[_Result]) -> list[tuple[dict[str, Any], str]]:
-        store, job_id = self.run.worker.store, self.run.job.id
+        store, job_id = self.store, self.job_id
         return [(store.final_update(job_id, r.task_id, r.fields), r.claim.etag) for r in results]
 
     def _write_one_by_one(self, results: list[_Result]) -> None:
         for index, result in enumerate(results):
             try:
-                written = self.run.worker.store.record_final(self.run.job.id, result.task_id,
+                written = self.store.record_final(self.job_id, result.task_id,
                                                              etag=result.claim.etag, fields=result.fields)
             except Exception:
                 self._put_back(results[index:])
                 raise
-            self.run.keeper.untrack(result.task_id)
+            self.keeper.untrack(result.task_id)
             if written is None:
                 log.warning("task %s/%s: result not recorded, another worker owns it now",
-                            self.run.job.id, result.task_id)
+                            self.job_id, result.task_id)

@@ -25,20 +25,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.local.claims import Claim, ClaimKeeper
 from batchyard.backends.local.grouped_rows import RowGroups
-from batchyard.backends.local.store import TaskMessage
+from batchyard.backends.local.store import JobStore, TaskMessage
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.redact import redact
 from batchyard.node.runner import (
     AttemptRecord,
+    NodeContext,
     StagedAttempt,
     TaskFinish,
     TaskOutcome,
@@ -48,14 +50,41 @@ from batchyard.node.runner import (
     run_task_commands,
     stage_ahead,
 )
-
-if TYPE_CHECKING:
-    from batchyard.backends.local.worker import Worker, _Claim, _Keeper
+from batchyard.storage.transfer import BlobTransfer
 
 log = logging.getLogger(__name__)
 
 TRANSFER_BURST = 8  # at most this many tasks' stagings, or uploads, in one burst (never more than a claim group)
 UPLOAD_HOLD_S = 0.2  # outputs wait for a burst only while the commands keep ending this soon
+
+
+class PipelineOptions(Protocol):
+    """The worker options a message's run reads (:class:`batchyard.backends.local.worker.WorkerOptions`)."""
+
+    @property
+    def upload_hold_s(self) -> float: ...
+    @property
+    def record_delay_s(self) -> float: ...
+
+
+class PipelineWorker(Protocol):
+    """What a message's run needs of its worker (:class:`batchyard.backends.local.worker.Worker`, which
+    imports this module: naming it here through this protocol keeps the two out of an import circle)."""
+
+    store: JobStore
+    transfer: BlobTransfer
+    node: NodeContext
+    node_id: str
+    owner: str
+    tasks_run: int
+    helper: Executor  # the one thread that finishes the task before and prepares the one after
+
+    @property
+    def options(self) -> PipelineOptions: ...
+    def note_pace(self, seconds: float) -> None: ...
+    def group_size(self) -> int: ...
+    def job_cancelled(self, job_id: str) -> bool: ...
+    def task_spec(self, job: Job, entity: dict[str, Any], attempts: list[dict[str, Any]]) -> TaskSpec: ...
 
 
 def log_redelivered(doing: str, exc: BaseException, *, note: str = "") -> None:
@@ -81,7 +110,7 @@ class _Ready:
 
     task_id: str
     spec: TaskSpec
-    claim: _Claim
+    claim: Claim
     first_attempt: int
     prior_attempts: list[dict[str, Any]]
     staged: StagedAttempt
@@ -99,12 +128,14 @@ class MessageRun:
     follow each other across messages as closely as within one (docs/performance.md, round 4).
     """
 
-    def __init__(self, worker: Worker, job: Job, message: TaskMessage, keeper: _Keeper, queue_message: Any) -> None:
+    def __init__(self, worker: PipelineWorker, job: Job, message: TaskMessage, keeper: ClaimKeeper,
+                 queue_message: Any) -> None:
         self.worker, self.job, self.message, self.keeper = worker, job, message, keeper
         self.queue_message = queue_message
         self.ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
         self.rows: dict[str, dict[str, Any]] | None = None
-        self.groups = RowGroups(self)
+        self.groups = RowGroups(worker.store, keeper, job.id, owner=worker.owner, size=worker.group_size,
+                                record_delay_s=worker.options.record_delay_s)
         self.first: _Ready | None = None
         self.fetched: MessageRun | None = None  # the next message, opened while the last command ran
         self.staged: dict[str, _Ready] = {}  # claimed ahead and staged in a burst; not started yet
@@ -139,9 +170,11 @@ class MessageRun:
                 self.command_ended.clear()
                 # One helper thread, not one per step: two threads making SDK calls at once cost
                 # more CPU in GIL hand-offs than they saved, and a command gives it time for both.
-                step = worker._helper.submit(self._between, last, following, carry,
+                step = worker.helper.submit(self._between, last, following, carry,
                                              prefetch if following is None else None)
                 last, carry = None, None
+                if ready is not None and self._stopped_before_start(ready):
+                    ready = None
                 if ready is None:
                     self.command_ended.set()
                 else:
@@ -245,14 +278,33 @@ class MessageRun:
             self.fetched = prefetch()
         # Held outputs wait for the next burst only if the command now running ends soon: behind
         # a long one they go now, so a result is never held back for a long command's time.
-        if self.unfinished and not self.command_ended.wait(UPLOAD_HOLD_S):
+        if self.unfinished and not self.command_ended.wait(self.worker.options.upload_hold_s):
             self._finish_held()
         return prepared
+
+    def _stopped_before_start(self, ready: _Ready) -> bool:
+        """Whether a prepared task must not start: its job was cancelled (it is recorded cancelled,
+        unrun) or its claim was lost (its new owner runs it).
+
+        The runner would start a command whose cancel flag is set and kill it at once, but a
+        busy machine can let it run a moment first; and the keeper sets the flags of the tasks
+        it holds one after the other, so the job's state (cached, and known cancelled as soon
+        as the keeper saw it) is asked too: once the running command was cancelled, none of
+        the tasks claimed ahead with it starts.
+        """
+        if not (ready.claim.cancel.is_set() or self.worker.job_cancelled(self.job.id)):
+            return False
+        ready.staged.discard()
+        with self.keeper.renewing:  # the claim's ETag cannot change under this write
+            self.keeper.untrack(ready.task_id)
+            if not ready.claim.lost:
+                self._record_cancelled(ready.task_id, ready.claim.etag, ready.prior_attempts)
+        return True
 
     def _looked_up(self, task_id: str) -> dict[str, Any] | _Unread | None:
         return UNREAD if self.rows is None else self.rows.get(task_id)
 
-    def _give_back(self, task_id: str, claim: _Claim) -> None:
+    def _give_back(self, task_id: str, claim: Claim) -> None:
         with self.keeper.renewing:
             self.keeper.untrack(task_id)
             self.worker.store.release_claim(self.job.id, task_id, etag=claim.etag)
@@ -315,7 +367,7 @@ class MessageRun:
                 failure_message="the worker holding this task was lost (its lease expired)",
                 node_id=str(entity.get("claim_owner") or ""),
             ).to_dict())
-        etag = store.claim(entity, owner=worker.owner, lease_s=worker.options.lease_s, attempts=attempts)
+        etag = store.claim(entity, owner=worker.owner, lease_s=self.keeper.claim_lease_s(), attempts=attempts)
         if etag is None:
             if isinstance(prefetched, dict):  # our read may just be stale: decide again on a fresh one
                 return self._prepare(task_id)
@@ -329,15 +381,9 @@ class MessageRun:
         return min(TRANSFER_BURST, self.groups.size)
 
     def _spec(self, entity: dict[str, Any], attempts: list[dict[str, Any]]) -> TaskSpec:
-        from batchyard.backends.local.worker import build_local_spec
+        return self.worker.task_spec(self.job, entity, attempts)
 
-        worker = self.worker
-        lost = sum(1 for a in attempts if a.get("failure_category") == "lost")
-        job_entity, _ = worker._job(self.job.id)
-        return build_local_spec(self.job, entity, worker.store, keep_task_dir=worker.options.keep_task_dirs,
-                                retry_bonus=lost, spec_hash=str((job_entity or {}).get("spec_hash") or ""))
-
-    def _ready(self, entity: dict[str, Any], claim: _Claim, attempts: list[dict[str, Any]]) -> _Ready:
+    def _ready(self, entity: dict[str, Any], claim: Claim, attempts: list[dict[str, Any]]) -> _Ready:
         """Build the spec of a claimed task and stage its first attempt, with (in one burst) the
         first attempts of the next tasks claimed ahead with it."""
         worker = self.worker

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,11 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.local.admission import Admission, Refused, poison_once, record_poisoned
-from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP
-from batchyard.backends.local.pipeline import MessageRun, log_redelivered
+from batchyard.backends.local.claims import ClaimKeeper
+from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP, RECORD_DELAY_S
+from batchyard.backends.local.pipeline import UPLOAD_HOLD_S, MessageRun, log_redelivered
 from batchyard.backends.local.rows import task_def_from_entity
-from batchyard.backends.local.store import TABLE_BATCH, JobStore, StorageLostError
+from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.core.batch_semantics import LOG_STREAMS, log_blob_name, log_file_name
 from batchyard.core.config import Config
 from batchyard.core.job import Job, OutputSpec, output_prefix
@@ -64,6 +65,22 @@ class WorkerOptions:
     keep_task_dirs: bool = False
     idle_exit_s: float | None = None  # exit after this long with nothing to do (None: never)
     poll_max_s: float = 1.0
+    # Timing knobs of the pipeline. Left alone they follow the machine: grouping and bursts depend
+    # on how long the recent commands took. Tests pin them, so what they check does not depend on
+    # how busy the machine is (docs/testing.md).
+    pace_s: float | None = None  # assume every command takes this long (None: measure them)
+    upload_hold_s: float = UPLOAD_HOLD_S  # finished outputs wait this long for the running command
+    record_delay_s: float = RECORD_DELAY_S  # a finished result waits this long for others
+
+
+Checkpoint = Callable[[str], None]
+"""A test hook: called with the name of a point the worker reaches (see :data:`CHECKPOINTS`). It
+runs on the worker's own thread, so a hook that blocks holds the worker at that point."""
+
+CHECKPOINTS = (
+    "next-message-left",  # during a message's last command: the next message stays in the queue
+    "next-message-opened",  # during a message's last command: the next message was taken and opened
+)
 
 
 def log_output(job_id: str, task_id: str, log_container: str) -> tuple[OutputFile, OutputFile]:
@@ -109,122 +126,14 @@ def _output(job: Job, out: OutputSpec, task: Any) -> OutputFile:
                       container=out.container)
 
 
-@dataclass
-class _Claim:
-    """One task this worker holds: the row's current ETag, and the flag that stops its command."""
-
-    job_id: str
-    etag: str
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lost: bool = False
-
-
-class _Keeper(threading.Thread):
-    """Renews the message lease and the claims of the message's tasks this worker holds.
-
-    Two tasks can be held at once: one whose command runs, and the one before it whose
-    outputs are being uploaded. ``renewing`` is held around each claim renewal and around the
-    final write of a task, so the final write always carries the row's current ETag.
-    """
-
-    def __init__(self, worker: Worker, message: Any) -> None:
-        super().__init__(daemon=True, name="lease-keeper")
-        self.worker = worker
-        self.message_id = message.id
-        self.pop_receipt = message.pop_receipt
-        self.lock = threading.Lock()
-        self.renewing = threading.Lock()
-        self.claims: dict[str, _Claim] = {}
-        self.lost_message = False
-        self._stop_event = threading.Event()
-
-    def track(self, job_id: str, task_id: str, etag: str) -> _Claim:
-        claim = _Claim(job_id, etag)
-        with self.lock:
-            self.claims[task_id] = claim
-        return claim
-
-    def untrack(self, task_id: str) -> None:
-        with self.lock:
-            self.claims.pop(task_id, None)
-
-    def run(self) -> None:
-        lease = self.worker.options.lease_s
-        interval = max(0.2, min(lease / 3.0, 10.0))
-        while not self._stop_event.wait(interval):
-            try:
-                self._renew(lease)
-            except Exception as exc:  # never let the keeper die: without it the lease lapses
-                log.warning("lease keeper: %s", redact(f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
-
-    def _renew(self, lease: float) -> None:
-        store = self.worker.store
-        try:
-            receipt = store.queue.update_message(self.message_id, self.pop_receipt, visibility_timeout=int(lease) or 1)
-            self.pop_receipt = receipt.pop_receipt
-        except ResourceNotFoundError:
-            self.lost_message = True  # our receipt is stale: someone else has the message
-        except Exception as exc:  # transient: the next tick tries again; the claim still protects us
-            log.warning("renewing message lease failed: %s", redact(str(exc).splitlines()[0]))
-        with self.lock:
-            held = list(self.claims.items())
-        if not self._renew_together(held, lease):
-            for task_id, claim in held:
-                self._renew_one(task_id, claim, lease)
-        for _, claim in held:
-            if self.worker.job_cancelled(claim.job_id):
-                claim.cancel.set()
-
-    def _renew_together(self, held: list[tuple[str, _Claim]], lease: float) -> bool:
-        """Renew the claims of several tasks of one job (claimed ahead in a group) in one transaction.
-
-        False when there is nothing to group or the service refused it (a claim was lost: one
-        renewal each then tells which).
-        """
-        with self.renewing:
-            with self.lock:
-                current = [(task_id, claim) for task_id, claim in held if self.claims.get(task_id) is claim]
-            if len(current) < 2 or len(current) > TABLE_BATCH or len({c.job_id for _, c in current}) > 1:
-                return False
-            try:
-                etags = self.worker.store.renew_claims(current[0][1].job_id, [(t, c.etag) for t, c in current],
-                                                       lease_s=lease)
-            except Exception as exc:  # transient: the next tick tries again; the claims last until then
-                log.warning("renewing task claims failed: %s", redact(str(exc).splitlines()[0]))
-                return True
-            if etags is None:
-                return False
-            for (_, claim), etag in zip(current, etags, strict=True):
-                claim.etag = etag
-            return True
-
-    def _renew_one(self, task_id: str, claim: _Claim, lease: float) -> None:
-        with self.renewing:
-            with self.lock:
-                if self.claims.get(task_id) is not claim:
-                    return  # finished meanwhile
-            try:
-                new_etag = self.worker.store.renew_claim(claim.job_id, task_id, lease_s=lease, etag=claim.etag)
-            except Exception as exc:
-                log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
-                return
-            if new_etag is None:
-                claim.lost = True
-                claim.cancel.set()  # someone else owns the task now: stop our copy of the command
-            else:
-                claim.etag = new_etag
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
-
-
 class Worker:
     """One worker slot: a loop over queue messages, running one task at a time."""
 
     def __init__(self, storage: Storage, config: Config, *, index: int = 0,
-                 options: WorkerOptions | None = None, work_dir: Path | None = None) -> None:
+                 options: WorkerOptions | None = None, work_dir: Path | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
         self.storage = storage
+        self.checkpoint: Checkpoint = checkpoint or (lambda point: None)
         self.config = config
         self.store = JobStore(storage, config)
         self.transfer = BlobTransfer(storage)
@@ -244,7 +153,7 @@ class Worker:
         self._pace: float | None = None  # seconds per command, recently
         # The pipeline's helper (see batchyard.backends.local.pipeline): while a command runs, it finishes the
         # task before and prepares the one after.
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+        self.helper = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
 
     def note_pace(self, seconds: float) -> None:
         """Fold one task's command time into the worker's recent pace (a moving average)."""
@@ -252,12 +161,20 @@ class Worker:
 
     def group_size(self) -> int:
         """How many tasks one claim covers (see :class:`batchyard.backends.local.grouped_rows.RowGroups`)."""
-        if self._pace is None:
+        pace = self.options.pace_s if self.options.pace_s is not None else self._pace
+        if pace is None:
             return 1
-        return max(1, min(MAX_GROUP, int(GROUP_WINDOW_S / max(self._pace, 1e-3))))
+        return max(1, min(MAX_GROUP, int(GROUP_WINDOW_S / max(pace, 1e-3))))
+
+    def task_spec(self, job: Job, entity: dict[str, Any], attempts: list[dict[str, Any]]) -> TaskSpec:
+        """The spec of a claimed task's row; each attempt lost with a worker adds one retry."""
+        lost = sum(1 for a in attempts if a.get("failure_category") == "lost")
+        job_entity, _ = self._job(job.id)
+        return build_local_spec(job, entity, self.store, keep_task_dir=self.options.keep_task_dirs,
+                                retry_bonus=lost, spec_hash=str((job_entity or {}).get("spec_hash") or ""))
 
     def close(self) -> None:
-        self._helper.shutdown(wait=True)
+        self.helper.shutdown(wait=True)
 
     # --- job info ------------------------------------------------------------------------------------
     def _job(self, job_id: str) -> tuple[dict[str, Any] | None, Job | None]:
@@ -349,12 +266,15 @@ class Worker:
         could start it at once.
         """
         if stop.is_set() or self.group_size() <= 1:
+            self.checkpoint("next-message-left")
             return None
         try:
             message = self._receive()
         except Exception:  # the main loop's next receive reports it
             return None
-        return None if message is None else self.open_message(message)
+        opened = None if message is None else self.open_message(message)
+        self.checkpoint("next-message-opened" if opened is not None else "next-message-left")
+        return opened
 
     def open_message(self, message: Any) -> MessageRun | None:
         """Check a received message and prepare its first task; None if there is nothing to run.
@@ -378,7 +298,7 @@ class Worker:
         except Exception as exc:
             log_redelivered("checking a message", exc)
             return None
-        keeper = _Keeper(self, message)
+        keeper = ClaimKeeper(self.store, message, lease_s=self.options.lease_s, job_cancelled=self.job_cancelled)
         keeper.start()
         run = MessageRun(self, job, parsed, keeper, message)
         try:
