@@ -209,7 +209,7 @@ def test_run_summary_status_logs_and_rerun_of_the_failed_only(stub_project: Any)
     assert status.exit_code == 0, status.stderr
     data = json.loads(status.stdout)
     assert (data["backend"], data["counts"]) == ("stub", {"pending": 0, "running": 0, "succeeded": 4, "failed": 1,
-                                                          "total": 5})
+                                                          "cancelled": 0, "total": 5})
     by_label = {t["label"]: t for t in data["tasks"]}
     bad, flaky = by_label["KEY=bad"], by_label["KEY=flaky"]
     assert (bad["state"], bad["exit_code"], bad["retry_count"], bad["failure_category"]) == ("failed", 2, 1,
@@ -247,7 +247,7 @@ def test_no_wait_then_logs_cancel_delete(stub_project: Any) -> None:
     cancelled = stub_project.cli("cancel", "parked")
     assert cancelled.exit_code == 0 and "job parked cancelled" in cancelled.stderr
     data = json.loads(stub_project.cli("status", "parked", "--json").stdout)
-    assert {(t["state"], t["failure_category"], t["attempts"]) for t in data["tasks"]} == {("failed", "cancelled", 0)}
+    assert {(t["state"], t["failure_category"], t["attempts"]) for t in data["tasks"]} == {("cancelled", "cancelled", 0)}
     assert stub_project.cli("delete", "parked").exit_code == 0
     for command in (("status", "parked"), ("logs", "parked", task_id), ("cancel", "parked"), ("delete", "parked")):
         gone = stub_project.cli(*command)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batchyard.backends.base import Backend, SubmitResult, TaskCounts, TaskResult, TaskState
+from batchyard.backends.base import Backend, JobView, SubmitResult, TaskCounts, TaskResult, final_state
 from batchyard.backends.stub.world import StubJob, StubTask, StubWorld
 from batchyard.core.config import Config
 from batchyard.core.errors import JobNotFoundError, JobValidationError, TaskNotFoundError
@@ -111,9 +111,11 @@ class StubBackend(Backend):
     def task_counts(self, job_id: str) -> TaskCounts:
         self.world.advance(job_id)
         with self.world.lock:
-            states = [t.state for t in self._require(job_id).tasks.values()]
-        return TaskCounts(pending=states.count("pending"), running=states.count("running"),
-                          succeeded=states.count("succeeded"), failed=states.count("failed"))
+            return _counts(self._require(job_id))
+
+    def list_jobs(self) -> list[JobView]:
+        with self.world.lock:
+            return [_view(stub) for stub in self.world.jobs.values()]
 
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
         with self.world.lock:
@@ -161,8 +163,24 @@ class StubBackend(Backend):
 def _result(job_id: str, task: StubTask) -> TaskResult:
     first = task.attempts[0] if task.attempts else {}
     return TaskResult(
-        job_id=job_id, task_id=task.definition.task_id, state=TaskState(task.state), label=task.definition.label,
+        job_id=job_id, task_id=task.definition.task_id, state=final_state(task.state, task.failure_category),
+        label=task.definition.label,
         exit_code=task.exit_code, failure_category=task.failure_category, failure_message=task.failure_message,
         attempts=len(task.attempts), started_at=first.get("started_at", task.started_at), ended_at=task.ended_at,
         node_id=task.node_id, stderr_tail=task.stderr_tail, attempt_records=tuple(task.attempts),
     )
+
+
+def _counts(stub: StubJob) -> TaskCounts:
+    states = [final_state(t.state, t.failure_category) for t in stub.tasks.values()]
+    return TaskCounts(pending=states.count("pending"), running=states.count("running"),
+                      succeeded=states.count("succeeded"), failed=states.count("failed"),
+                      cancelled=states.count("cancelled"))
+
+
+def _view(stub: StubJob) -> JobView:
+    counts = _counts(stub)
+    state = "cancelled" if stub.cancelled else "completed" if counts.total and counts.finished else "active"
+    times = [t.ended_at for t in stub.tasks.values() if t.ended_at]
+    return JobView(job_id=stub.job.id, backend="stub", state=state, counts=counts, created_at=stub.created_at,
+                   updated_at=max(times, default=stub.created_at))

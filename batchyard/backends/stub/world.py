@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+from batchyard.core.batch_semantics import STDERR_TAIL_BYTES
 from batchyard.core.job import Job, TaskDef
-from batchyard.node.runner import STDERR_TAIL_BYTES
 from batchyard.node.taskspec import AttemptRecord
 
 
@@ -63,6 +63,7 @@ class StubJob:
     job: Job
     tasks: dict[str, StubTask] = field(default_factory=dict)  # in submission order
     cancelled: bool = False
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     # Simulated time: when each worker slot is free next (set by the first execution).
     slots: list[datetime] = field(default_factory=list)
 
