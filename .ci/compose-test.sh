@@ -27,11 +27,15 @@ sha256_is() { echo "$1  $2" | sha256sum --check --status -; }
 BY_DOCKERD_PID=""
 BY_CONFIG_DIR=""
 BY_PROJECT=""
-cleanup() {
+take_down() {
   if [ -n "$BY_PROJECT" ]; then
     "${compose[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 \
       || say "warning: could not take project $BY_PROJECT down"
+    BY_PROJECT=""
   fi
+}
+cleanup() {
+  take_down
   if [ -n "${BATCHYARD_COMPOSE_SHARED:-}" ] && [ -d "$BATCHYARD_COMPOSE_SHARED" ]; then
     # Containers wrote there as root; when this script is not root, a container removes what they wrote.
     rm -rf "$BATCHYARD_COMPOSE_SHARED" 2>/dev/null || {
@@ -187,6 +191,7 @@ if [ "$rc" -ne 0 ]; then
   say "last lines of the services' logs:"
   "${compose[@]}" logs --no-color --tail 20 azurite batch-emulator >&2 || true
 fi
+take_down
 say "disk used by the engine (the images stay for the next run):"
 docker system df >&2 || true
 exit "$rc"
