@@ -8,6 +8,8 @@
 # reachable (.ci/compose-test.sh, docs/docker.md). Either must give Python >= 3.11 as `python3`.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+# What `make test-compose` may prune once a rebuild has left it untagged.
+LABEL batchyard.image=tests
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -16,6 +16,9 @@ BASE_PACKAGES=python3,python3-venv,make,ca-certificates,busybox-static
 BY_CACHE=${BATCHYARD_CACHE:-$HOME/.cache/batchyard}
 PYTHON=${PYTHON:-python3}
 export BATCHYARD_BASE_IMAGE=${BATCHYARD_BASE_IMAGE:-batchyard-base:$DEBIAN_SUITE}
+# batchyard's image, tagged per clone: two clones at once never run each other's build.
+BATCHYARD_COMPOSE_IMAGE="batchyard-test:$(pwd -P | sha256sum | cut -c1-12)"
+export BATCHYARD_COMPOSE_IMAGE
 # Docker's own builder: Debian's engine has no buildx, and Compose would say so on every build.
 export COMPOSE_BAKE=false
 
@@ -181,6 +184,8 @@ compose=(docker compose --project-name "$BY_PROJECT" --file compose.yaml --file 
 started=$(now)
 say "building the images on $BATCHYARD_BASE_IMAGE (cached after the first time)"
 "${compose[@]}" build tests  # the other services run its image: one build, not three in parallel
+# A rebuild leaves the previous image untagged; drop those (batchyard's only, by label).
+docker image prune --force --filter label=batchyard.image=tests >/dev/null
 say "images ready in $(($(now) - started)) s"
 
 started=$(now)

@@ -148,7 +148,7 @@ def test_host_route_uses_host_networking_and_nothing_from_a_registry() -> None:
     for name, svc in HOST.items():
         assert svc["network_mode"] == "host" and svc["pull_policy"] == "never", name
         assert "ports" not in svc and "networks" not in svc, name
-        assert svc["image"] == HOST["tests"]["image"] != SERVICES["tests"]["image"], name
+        assert svc["image"].startswith("${BATCHYARD_COMPOSE_IMAGE"), name  # the clone's own tag
         if "build" in SERVICES[name] or "build" in svc:  # one image, built on the Debian base, with the host's network
             assert svc["build"]["network"] == "host" and svc["build"]["context"] == ".", name
             assert svc["build"]["args"]["BASE_IMAGE"].startswith("${BATCHYARD_BASE_IMAGE:?"), name
