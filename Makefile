@@ -2,6 +2,8 @@
 # PyPI and npm, the two commands are:
 #   make demo    venv + Azurite, then run the example job
 #   make test    venv + Azurite, `make lint`, then the test suite (extra pytest arguments: PYTEST_ARGS=...)
+# and, on a machine with Docker's engine and no container registry, `make test-compose`: the same
+# suite in containers against a containerized Azurite and Batch emulator (docs/docker.md).
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DELETE_ON_ERROR:
@@ -14,10 +16,10 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_CMD ?= $(VENV)/bin/batchyard run examples/uppercase/job.toml
 
-.PHONY: help venv .venv azurite demo test lint bench report-image clean
+.PHONY: help venv .venv azurite demo test test-compose lint bench report-image clean
 
 help:
-	@echo "make demo | test | lint | bench | azurite | venv | clean   (PYTHON=$(PYTHON))"
+	@echo "make demo | test | test-compose | lint | bench | azurite | venv | clean   (PYTHON=$(PYTHON))"
 
 venv .venv: $(STAMP)
 
@@ -71,6 +73,13 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache --no-logo || rc=1; \
 	$(VENV_PY) tools/check_structure.py || rc=1; \
 	exit $$rc
+
+# `make test` in containers (compose.yaml + compose.host.yaml): builds Compose v2 and a Debian base
+# image once, then the images (cached), runs the suite, takes the services down. Needs Docker's
+# engine (root to start one or to build the base). PYTEST_ARGS=... narrows the suite as for `make test`
+# (make passes a variable given on its command line to the script's environment, quotes intact).
+test-compose: $(STAMP)
+	PYTHON=$(VENV_PY) bash .ci/compose-test.sh
 
 bench: $(STAMP) azurite
 	$(VENV_PY) -m benchmarks.run $(BENCH_ARGS)

@@ -46,6 +46,16 @@ def azure_config(project: Any, emu: Any, *, pool_id: str | None = None, key: str
     return load_config(toml, env=env)
 
 
+def batch_ids(client: Any) -> tuple[set[str], set[str]]:
+    return {p.id for p in client.list_pools()}, {j.id for j in client.list_jobs()}
+
+
+def nothing_new(client: Any, before: tuple[set[str], set[str]]) -> bool:
+    """No pool or job appeared since ``before`` (others may have gone: a shared emulator deletes as it goes)."""
+    pools, jobs = batch_ids(client)
+    return not (pools - before[0]) and not (jobs - before[1])
+
+
 def simple_job(project: Any, job_id: str, container: str, **extra: Any) -> Any:
     return job_from_dict({"id": job_id, "command": "cat {input}", "inputs": {"container": container}, **extra},
                          source="test", base_dir=project.dir)
@@ -53,13 +63,14 @@ def simple_job(project: Any, job_id: str, container: str, **extra: Any) -> Any:
 
 def test_wrong_key_fails_preflight_and_creates_nothing(project: Any, batch_emulator: Any) -> None:
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
+    client = raw_client(batch_emulator)
+    before = batch_ids(client)  # the emulator may be shared: compare, never expect it empty
     config = azure_config(project, batch_emulator, key=wrong)
     with get_backend(None, config) as be, pytest.raises(AuthenticationError) as info:
         be.preflight()
     message = str(info.value)
     assert "Batch account key" in message and wrong not in message and batch_emulator.account_key not in message
-    client = raw_client(batch_emulator)
-    assert list(client.list_pools()) == [] and list(client.list_jobs()) == []
+    assert nothing_new(client, before)
     assert config.storage.system_container not in {c.name for c in project.storage.blob_service.list_containers()}
 
 
@@ -116,8 +127,9 @@ def test_env_only_config_runs_on_a_per_job_pool(project: Any, batch_emulator: An
 
 def test_resubmit_is_idempotent_and_task_exists_is_tolerated(project: Any, batch_emulator: Any) -> None:
     client = raw_client(batch_emulator)
-    create_empty_pool(client, "idle")  # no nodes: nothing runs, so every task stays active
-    config = azure_config(project, batch_emulator, pool_id="idle")
+    idle = f"idle-{project.uid}"  # a shared emulator (make test-compose) has other tests' pools
+    create_empty_pool(client, idle)  # no nodes: nothing runs, so every task stays active
+    config = azure_config(project, batch_emulator, pool_id=idle)
     ins = project.container("inputs")
     project.put_inputs(ins, {f"f{i}.txt": b"x" for i in range(5)})
     job = simple_job(project, "idem", ins)
@@ -166,8 +178,9 @@ def test_sas_expiry_follows_the_constraints(project: Any, batch_emulator: Any,
     assert lifetime == timedelta(days=10, hours=1) and "over 7 days" in warnings[0]
 
     client = raw_client(batch_emulator)
-    create_empty_pool(client, "idle")
-    config = azure_config(project, batch_emulator, pool_id="idle")
+    idle = f"idle-{project.uid}"  # a shared emulator (make test-compose) has other tests' pools
+    create_empty_pool(client, idle)
+    config = azure_config(project, batch_emulator, pool_id=idle)
     ins = project.container("inputs")
     project.put_inputs(ins, {"s.txt": b"s"})
     with get_backend(None, config) as be, caplog.at_level(logging.WARNING, logger="batchyard"):
@@ -369,13 +382,14 @@ def test_container_pool_lists_registries_and_the_password_appears_nowhere(
 def test_task_registry_follows_the_image_host(project: Any, batch_emulator: Any,
                                               caplog: pytest.LogCaptureFixture) -> None:
     client = raw_client(batch_emulator)
+    idle = f"idle-{project.uid}"  # a shared emulator (make test-compose) has other tests' pools
     # No nodes: container tasks never need a Docker engine here. Container-enabled, as Batch requires.
     client.create_pool(bm.BatchPoolCreateOptions(
-        id="idle", vm_size="standard_d2s_v3", target_dedicated_nodes=0,
+        id=idle, vm_size="standard_d2s_v3", target_dedicated_nodes=0,
         virtual_machine_configuration=bm.VirtualMachineConfiguration(
             image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 24.04",
             container_configuration=bm.BatchContainerConfiguration(type=bm.ContainerType.DOCKER_COMPATIBLE))))
-    config = registry_config(project, batch_emulator, pool_id="idle")
+    config = registry_config(project, batch_emulator, pool_id=idle)
     ins = project.container("inputs")
     project.put_inputs(ins, {"a.txt": b"a"})
 
@@ -402,6 +416,7 @@ def test_task_registry_follows_the_image_host(project: Any, batch_emulator: Any,
 
 def test_registry_problems_stop_a_submit_before_anything_exists(project: Any, batch_emulator: Any) -> None:
     client = raw_client(batch_emulator)
+    before = batch_ids(client)  # the emulator may be shared: compare, never expect it empty
     ins = project.container("inputs")
     project.put_inputs(ins, {"a.txt": b"a"})
     unset = registry_config(project, batch_emulator, password=False)
@@ -413,10 +428,11 @@ def test_registry_problems_stop_a_submit_before_anything_exists(project: Any, ba
         with_pw = registry_config(project, batch_emulator)
     with get_backend(None, with_pw) as be, pytest.raises(ConfigError, match=r"managed identity.*pool_id"):
         be.submit(simple_job(project, "byid", ins, container_image="byidentity.azurecr.io/app:2"))
-    assert list(client.list_jobs()) == [] and list(client.list_pools()) == []
+    assert nothing_new(client, before)
     assert not be.pools.get_record(per_job_pool_id("byid")) and not be.pools.get_record(per_job_pool_id("nopw"))
     # A job without an image never needs the registries, so the unset variable is no obstacle.
-    create_empty_pool(client, "idle")
-    plain = registry_config(project, batch_emulator, pool_id="idle", password=False)
+    idle = f"idle-{project.uid}"  # a shared emulator (make test-compose) has other tests' pools
+    create_empty_pool(client, idle)
+    plain = registry_config(project, batch_emulator, pool_id=idle, password=False)
     with get_backend(None, plain) as be:
         assert be.submit(simple_job(project, "plain", ins)).enqueued == 1

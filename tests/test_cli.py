@@ -247,7 +247,8 @@ def test_no_wait_then_logs_cancel_delete(stub_project: Any) -> None:
     cancelled = stub_project.cli("cancel", "parked")
     assert cancelled.exit_code == 0 and "job parked cancelled" in cancelled.stderr
     data = json.loads(stub_project.cli("status", "parked", "--json").stdout)
-    assert {(t["state"], t["failure_category"], t["attempts"]) for t in data["tasks"]} == {("cancelled", "cancelled", 0)}
+    states = {(t["state"], t["failure_category"], t["attempts"]) for t in data["tasks"]}
+    assert states == {("cancelled", "cancelled", 0)}
     assert stub_project.cli("delete", "parked").exit_code == 0
     for command in (("status", "parked"), ("logs", "parked", task_id), ("cancel", "parked"), ("delete", "parked")):
         gone = stub_project.cli(*command)

@@ -90,6 +90,7 @@ def test_missing_image_is_refused_before_anything_is_queued(project: Any) -> Non
         be.submit(job)
 
 
+@pytest.mark.private_emulator  # its node dirs are under tmp_path, a folder the engine can mount
 def test_container_task_through_the_azure_backend_on_the_emulator(project: Any, image: str,
                                                                   batch_emulator: Any) -> None:
     """containerSettings on the task and containerConfiguration on the per-job pool, run by the emulator."""

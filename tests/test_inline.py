@@ -402,6 +402,7 @@ def test_function_that_raises_fails_the_task(env: Env) -> None:
     assert env.blob("raises/good.txt") == b"enif\n"
 
 
+@pytest.mark.private_emulator  # its node must see this test's PATH, which a shared emulator's node cannot
 def test_node_without_batchyard_fails_clearly(env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`python3` on the node cannot import batchyard: the task fails saying so, not with a traceback."""
     fake_bin = tmp_path / "bin"
