@@ -7,7 +7,6 @@ seconds: tests wait for states (polling with generous deadlines), never for a cl
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -16,22 +15,12 @@ import pytest
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError
 
-from .test_sdk_tutorial import IMAGE, client_for, make_job
+from .sdk_helpers import VM, wait_for
+from .test_sdk_tutorial import client_for, make_job
 
 pytestmark = pytest.mark.timeout(120)
-VM = bm.VirtualMachineConfiguration(image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 24.04")
 # 5 minutes -> 6 s; a sample every 0.6 s, seen 1.2 s later (well above the scheduler's 0.2 s tick)
 SCALE = 0.02
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached in time"
-        time.sleep(0.1)
 
 
 def pool_options(pool_id: str, **kw: Any) -> bm.BatchPoolCreateOptions:
@@ -45,6 +34,11 @@ def error_of(call: Any) -> tuple[int, str, dict[str, str]]:
     return err.value.status_code, err.value.error.code, details
 
 
+def steady(client: Any, pool_id: str) -> None:
+    wait_for(lambda: str(client.get_pool(pool_id).allocation_state) == "AllocationState.STEADY",
+             what=f"pool {pool_id} steady")
+
+
 @pytest.fixture
 def emulator(batch_emulator_factory: Any) -> Any:
     return batch_emulator_factory(interval_scale=SCALE)
@@ -55,6 +49,7 @@ def test_recorded_scale_pool_flow(emulator: Any) -> None:
     client = client_for(emulator)
     pool_id = f"scale-{uuid.uuid4().hex[:8]}"
     client.create_pool(pool_options(pool_id))
+    steady(client, pool_id)  # a new pool is resizing for a moment; Azure refuses autoscale then
     assert client.enable_pool_auto_scale(pool_id, bm.BatchPoolEnableAutoScaleOptions(
         auto_scale_formula="$TargetDedicatedNodes=2", auto_scale_evaluation_interval=timedelta(minutes=6))) is None
     run = client.evaluate_pool_auto_scale(pool_id, bm.BatchPoolEvaluateAutoScaleOptions(
@@ -86,6 +81,7 @@ def test_azure_errors(emulator: Any) -> None:
     client = client_for(emulator)
     pool_id = f"err-{uuid.uuid4().hex[:8]}"
     client.create_pool(pool_options(pool_id, target_dedicated_nodes=0))
+    steady(client, pool_id)
     evaluate = bm.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula="$TargetDedicatedNodes=1")
     assert error_of(lambda: client.evaluate_pool_auto_scale(pool_id, evaluate))[:2] == (409, "AutoScaleNotEnabled")
     status, code, details = error_of(lambda: client.enable_pool_auto_scale(pool_id, bm.BatchPoolEnableAutoScaleOptions(

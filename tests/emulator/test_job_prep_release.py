@@ -4,7 +4,6 @@ failed preparation does, and their status list."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -14,20 +13,10 @@ from azure.batch import models as bm
 from azure.batch.models._models import BatchJobTerminateOptions  # not exported by 15.1.0
 from azure.core.exceptions import HttpResponseError
 
-from .test_sdk_tutorial import IMAGE, client_for, make_pool, sh
+from .sdk_helpers import VM, wait_for
+from .test_sdk_tutorial import client_for, make_pool, sh
 
 pytestmark = pytest.mark.timeout(120)
-VM = bm.VirtualMachineConfiguration(image_reference=IMAGE, node_agent_sku_id="batch.node.ubuntu 24.04")
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached in time"
-        time.sleep(0.1)
 
 
 def uid(prefix: str) -> str:

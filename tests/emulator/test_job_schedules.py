@@ -7,7 +7,6 @@ generous deadlines; what they compare are the service's own timestamps, never a 
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,20 +16,11 @@ from azure.batch import models as bm
 from azure.batch.models._models import BatchJobTerminateOptions  # not exported by 15.1.0
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from .sdk_helpers import wait_for
 from .test_sdk_tutorial import client_for, make_pool, sh
 
 pytestmark = pytest.mark.timeout(120)
 SCALE = 0.02  # 1 minute -> 1.2 s
-
-
-def wait_for(check: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached in time"
-        time.sleep(0.1)
 
 
 def uid(prefix: str) -> str:
@@ -199,7 +189,8 @@ def test_refused_as_azure_refuses(batch_emulator: Any) -> None:
     status, code, details = conflict(lambda: client.create_job_schedule(bm.BatchJobScheduleCreateOptions(
         id=uid("nopool"), schedule=bm.BatchJobScheduleConfiguration(),
         job_specification=bm.BatchJobSpecification(priority=1))))
-    assert (status, code, details["PropertyName"]) == (400, "MissingRequiredProperty", "jobSpecification.poolInfo")
+    # The request-body check names the missing property itself, as for every other body (validation.py).
+    assert (status, code, details["PropertyName"]) == (400, "MissingRequiredProperty", "poolInfo")
     status, code, _ = conflict(lambda: client.get_job_schedule(uid("missing")))
     assert (status, code) == (404, "JobScheduleNotFound")
     assert client.get_job_schedule(schedule_id).execution_info.recent_job is None  # not due for a day
