@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from batchyard.backends import get_backend
+from batchyard.backends.local.admission import job_message_key
 from batchyard.backends.local.messages import TaskMessage, pack
 from batchyard.backends.local.worker import Worker, WorkerOptions
 
@@ -164,7 +165,7 @@ def test_a_dead_workers_message_comes_back_only_after_its_claims_expired(project
         be.submit(job)
         drain_queue(be.store.queue)
         tasks = be.fan_out(job)
-        (message,) = pack(job.id, tasks, len(tasks))
+        (message,) = pack(job.id, tasks, len(tasks), key=job_message_key(be.store, job.id))
         be.store.send(message)
         options = WorkerOptions(lease_s=1, idle_exit_s=1.0, pace_s=0.01)  # claims all three at once
         dead = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "dead", options=options)
