@@ -1,7 +1,9 @@
 """The CLI reference (docs/cli.md), rendered from the click commands so it cannot drift from the code.
 
-``python -m batchyard.cli.reference`` rewrites docs/cli.md; a test fails when the committed file
-differs from what the commands say.
+``python -m batchyard.cli.reference`` rewrites docs/cli.md (``--stdout``: prints it); a test fails
+when the committed file differs from what the commands say. The test renders it in a fresh process:
+click caches each command's help option the first time it is built, so a command invoked on its own
+earlier in the same process (``--help`` only) would change the root's ``-h, --help`` here.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ def _root() -> click.Group:
 
 
 def _walk(command: click.Command, path: tuple[str, ...], parent: click.Context | None) -> Iterator[tuple[str, str]]:
-    ctx = click.Context(command, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    # As click's make_context does: the command's context_settings (the root's "-h, --help") apply,
+    # so the text does not depend on whether a test already invoked (and cached) a help option.
+    settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     yield " ".join(path), command.get_help(ctx)
     if isinstance(command, click.Group):
         for name in sorted(command.commands):
@@ -60,6 +65,9 @@ def cli_reference() -> str:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--stdout"]:
+        sys.stdout.write(cli_reference())
+        return
     target = Path(__file__).resolve().parents[2] / "docs" / "cli.md"  # batchyard/cli/ -> the repository
     target.write_text(cli_reference(), encoding="utf-8")
     sys.stdout.write(f"wrote {target}\n")
