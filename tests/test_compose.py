@@ -127,6 +127,8 @@ def test_tests_and_emulator_share_a_folder_and_the_tests_see_its_processes() -> 
     assert shared == f"{target}:{target}"  # the same path on the host and in both containers
     assert tests["environment"]["PYTEST_ADDOPTS"] == f"--basetemp={target}/pytest"
     assert tests["pid"] == "service:batch-emulator" and emu["init"] is True
+    # Root there reads batchyard's non-dumpable processes as root on a host does (the credential probe).
+    assert tests["cap_add"] == ["SYS_PTRACE"] and "cap_add" not in emu
     assert tests["environment"]["PYTEST_ARGS"] == "${PYTEST_ARGS:-}"  # make test-compose PYTEST_ARGS=...
 
 
@@ -186,6 +188,8 @@ def test_host_route_tests_reach_the_engine_through_its_socket() -> None:
     tests = HOST["tests"]
     (socket,) = [v for v in tests["volumes"] if v.endswith(":/var/run/docker.sock")]
     assert socket.startswith("${BATCHYARD_COMPOSE_DOCKER_SOCKET:?")
+    (cli,) = [v for v in tests["volumes"] if ":/usr/local/bin/docker" in v]  # `debug --shell` runs `docker`
+    assert cli == "${BATCHYARD_COMPOSE_DOCKER_CLI:?set by make test-compose}:/usr/local/bin/docker:ro"
     assert tests["environment"]["DOCKER_HOST"] == "unix:///var/run/docker.sock"
     assert "docker.sock" not in yaml.safe_dump(HOST["batch-emulator"]) + yaml.safe_dump(HOST["azurite"])
 
@@ -194,7 +198,7 @@ def test_the_script_sets_every_variable_the_compose_files_need() -> None:
     needed = {m[1] for text in (HOST_TEXT, (REPO / "compose.yaml").read_text(encoding="utf-8"))
               for m in VARIABLE.finditer(text)} - {"PYTEST_ARGS"}  # PYTEST_ARGS: the caller's, may be unset
     assert needed >= set(PORTS) | {"BATCHYARD_BASE_IMAGE", "BATCHYARD_COMPOSE_SHARED",
-                                   "BATCHYARD_COMPOSE_DOCKER_SOCKET"}
+                                   "BATCHYARD_COMPOSE_DOCKER_SOCKET", "BATCHYARD_COMPOSE_DOCKER_CLI"}
     joined = SCRIPT.replace("\\\n", " ").replace("=", " ")  # continued lines as one
     exported = re.findall(r"^\s*export\s+([\w \t]+)", joined, re.M)
     names = {word for line in exported for word in line.split()}
@@ -218,10 +222,15 @@ def test_make_and_ci_run_the_routes() -> None:
     recipe = makefile.split("\ntest-compose:", 1)[1].split("\n\n", 1)[0]
     assert "bash .ci/compose-test.sh" in recipe
     run = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    steps = [line.strip() for line in run.splitlines() if line.strip().startswith("route ")]
-    # make test always; the container route after it, when BATCHYARD_CI_COMPOSE=1 (docs/docker.md)
+    lines = [line for line in run.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    steps = [line for line in lines if line.strip().startswith("route ")]
+    # Both routes, always and in this order, at the top level (no condition around them); the
+    # script fails when either failed, after both ran.
     assert steps == ["route test", "route test-compose"] and 'make "$1"' in run
-    assert 'if [ "${BATCHYARD_CI_COMPOSE:-0}" = 1 ]; then\n  route test-compose' in run
+    assert "BATCHYARD_CI_COMPOSE" not in run
+    assert lines[-1] == 'exit "$failed"' and '|| failed=1' in run
+    syntax = subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
 
 
 def test_readme_documents_both_routes() -> None:
