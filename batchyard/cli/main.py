@@ -133,7 +133,8 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
         verbose: int) -> None:
     """Submit JOB_FILE and (by default) run it to the end, showing progress and a summary.
 
-    Re-running a job that exists runs only its missing and failed tasks.
+    Re-running a job that exists runs only its missing and failed tasks. Only this job's tasks run
+    here: other jobs' wait for their own run or `batchyard worker`.
     """
     config, be = _context(verbose, config_path, backend)
     job = load_job(job_file)
