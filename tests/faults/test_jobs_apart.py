@@ -10,6 +10,7 @@ deleted meanwhile is dropped without a warning; another configuration's messages
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 
 from batchyard.backends import get_backend
+from batchyard.backends.local.job_queues import job_queue_name
+from batchyard.backends.local.store import StorageLostError
 from batchyard.backends.local.worker import Worker, WorkerOptions
 from batchyard.core.config import load_config
 from batchyard.core.job import load_job
@@ -201,3 +204,30 @@ def test_another_table_prefixs_message_is_left_for_its_owner(project: Any, tmp_p
         worker.close()
         assert theirs.task_counts("shared").succeeded == 3
     assert sorted(runs_of(other_runs)) == ["shared-0", "shared-1", "shared-2"]
+
+
+@pytest.mark.parametrize("base", ["batchyard-tasks", "q", "q" * 60])
+@pytest.mark.parametrize("job_id", ["MyJob", "a_b__c", "-x-", "_", "z" * 64, "0"])
+def test_job_queue_names_are_valid_queue_names(base: str, job_id: str) -> None:
+    """3-63 lower-case letters, digits and single hyphens, starting and ending with a letter or digit."""
+    name = job_queue_name(base, job_id)
+    assert re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]", name) and 3 <= len(name) <= 63, name
+    assert name.startswith(base[:54]) and job_queue_name(base, job_id) != name  # a new token each time
+
+
+def test_a_lost_job_queue_stops_that_jobs_workers_and_no_other_jobs(project: Any, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A job's queue deleted behind batchyard's back (its row still names it): a worker there for that
+    job stops with StorageLostError; one serving every job says so and runs the other jobs."""
+    runs = tmp_path / "runs.txt"
+    with get_backend("local", project.config()) as be:
+        be.submit(load_job(_job_file(project, "lostq", runs, 2)))
+        be.submit(load_job(_job_file(project, "other", runs, 2)))
+        job_queue(be, "lostq").delete_queue()
+        with pytest.raises(StorageLostError, match=r"queue .* of job 'lostq' is gone"):
+            serve_until_idle(be, tmp_path, jobs=("lostq",))
+        worker = serve_until_idle(be, tmp_path)
+        assert worker.tasks_run == 2 and be.task_counts("other").succeeded == 2
+    assert sorted(runs_of(runs)) == ["other-0", "other-1"]
+    lost = [r for r in caplog.records if r.levelno == logging.ERROR and "of job 'lostq' is gone" in r.getMessage()]
+    assert len(lost) == 1, [r.getMessage() for r in caplog.records]

@@ -155,16 +155,17 @@ class JobQueues:
     def _queue_gone(self, source: JobQueue) -> None:
         """A deleted job's queue goes with it (quietly); a job whose row still names it has lost its tasks."""
         entity = self.store.get_job_entity(source.job_id)
-        self._queues = [q for q in self._queues if q is not source]
         if entity is None or entity.get(QUEUE_FIELD) != source.name:
             log.debug("job %r was deleted: its queue %r is no longer served", source.job_id, source.name)
+            self._queues = [q for q in self._queues if q is not source]
             return
         lost = StorageLostError(
             f"queue {source.name!r} of job {source.job_id!r} is gone from the storage account: the job's "
             "pending tasks are lost. Re-run the job to re-create the queue and re-queue them.")
         if self.jobs is not None:  # this worker is there for that job: it cannot go on
             raise lost
-        log.error("%s", lost)  # the other jobs are served on
+        log.error("%s", lost)  # the other jobs are served on; this one again once it is re-run
+        source.drained_at = source.stamp
 
     def _refresh(self) -> None:
         known = {q.job_id: q for q in self._queues}
