@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -380,9 +380,10 @@ class Backend(ABC):
         finally:
             self.stop_execution()
 
-    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
-        """Start workers here that take tasks of any job from this backend (``batchyard worker``);
-        returns a line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None,
+                      jobs: Sequence[str] | None = None) -> str:
+        """Start workers here for every job of this backend, or ``jobs`` (``batchyard worker``); returns a
+        line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
         raise BackendError(f"the {self.name} backend runs no workers on this machine (its tasks run where it "
                            "sends them); `batchyard worker` serves the local backend")
 
