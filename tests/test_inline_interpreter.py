@@ -97,7 +97,7 @@ def test_which_interpreter_each_backend_gets(project: Any) -> None:
     cloud = load_config(project.dir / "batchyard.toml", backend="azure",
                         env={**project.env, "BATCHYARD_BATCH_URL": "https://acct.westeurope.batch.azure.com"})
     assert task_python(cloud, None) == "python3"
-    assert "python3 -c" in (_with_node_install(cloud).azure.pool.start_task or ""), "Batch pools keep the check"
+    assert "-py3-none-any.whl" in (_with_node_install(cloud).azure.pool.start_task or ""), "Batch pools install it"
 
 
 def test_relative_local_dir_is_the_callers(project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
