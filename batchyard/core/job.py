@@ -19,15 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from batchyard.core.durations import parse_duration
 from batchyard.core.errors import JobValidationError, UnsafePathError
@@ -186,6 +178,8 @@ class Job(_Model):
                                         "node root is mounted at the same path, networking is disabled. Azure Batch "
                                         "pulls it; a private registry needs [[azure.container_registries]] "
                                         "(docs/configuration.md).")
+    elevated: bool = Field(default=False, description="Run as an admin (Batch's admin auto-user): root in a "
+                           "container_image on every backend, else a non-root user there (docs/azure.md).")
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("id")

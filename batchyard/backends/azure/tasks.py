@@ -209,6 +209,9 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
             retention_time=timedelta(seconds=c.retention_time) if c.retention_time else None,
             max_task_retry_count=c.max_task_retry_count,
         ),
+        # Omitted, Batch runs the task as a non-admin auto-user (in a container too: not root).
+        user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(
+            scope=bm.AutoUserScope.POOL, elevation_level=bm.ElevationLevel.ADMIN)) if job.elevated else None,
         container_settings=bm.BatchTaskContainerSettings(
             image_name=job.container_image, working_directory=bm.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
             registry=registry,
