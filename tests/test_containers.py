@@ -8,6 +8,7 @@ so reading it proves the command ran inside the container.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -208,7 +209,7 @@ def test_required_outputs_need_no_shell_in_the_image_locally(project: Any, shell
 @pytest.mark.private_emulator
 def test_plan_and_run_on_azure_say_an_image_without_a_shell_cannot_check_required_outputs(
         project: Any, shell_less_image: str, image: str, batch_emulator: Any) -> None:
-    from batchyard.backends.azure.preflight import image_findings
+    from batchyard.node.docker import image_findings
     from batchyard.core.errors import ConfigError
 
     config = _emulator_config(project, batch_emulator)
@@ -236,7 +237,11 @@ def test_plan_and_run_on_azure_say_an_image_without_a_shell_cannot_check_require
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from conformance.test_azure_emulator import azure_env
 
-    planned = project.cli("plan", "job.toml", "--backend", "azure", env=azure_env(project, batch_emulator))
-    assert planned.returncode != 0 and "image-needs-sh" in planned.stdout + planned.stderr, planned.stdout
+    planned = project.cli("plan", "job.toml", "--backend", "azure", "--json", env=azure_env(project, batch_emulator))
+    assert planned.returncode == 1, planned.stderr
+    codes = [f["code"] for f in json.loads(planned.stdout)["findings"]]
+    assert codes.count("image-needs-sh") == 1, codes  # plan's rehearsal and the backend's preflight: once
+    rehearsed = project.cli("plan", "job.toml", "--backend", "local", "--json")  # plan rehearses Azure there too
+    assert rehearsed.returncode == 1 and "image-needs-sh" in rehearsed.stdout, rehearsed.stdout
     with get_backend(None, config) as be, pytest.raises(ConfigError, match="has no /bin/sh"):
         be.submit(job(shell_less_image))

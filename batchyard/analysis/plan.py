@@ -48,12 +48,14 @@ from batchyard.core.job import (
     tasks_from_blob_names,
     tasks_from_table,
 )
+from batchyard.node.docker import image_findings
 
 SEVERITIES = ("error", "warning", "info")
 # Rules both plan and the azure backend's preflight check (plan from the config alone, the backend against
 # the account): when the backend answered one, its findings stand and plan's own are dropped, so no rule
 # shows twice.
-ANSWERED_BY_BACKEND = frozenset({"pool-slots-over-limit", "pool-slots-too-few", "pool-no-slots", "job-quota"})
+ANSWERED_BY_BACKEND = frozenset({"pool-slots-over-limit", "pool-slots-too-few", "pool-no-slots", "job-quota",
+                                 "image-needs-sh"})
 LONGEST_ACCOUNT_URL = "https://" + "a" * 24 + ".blob.core.windows.net"  # the longest real account name
 
 
@@ -232,6 +234,7 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     findings.extend(check_outputs(job, sample))
     findings.extend(check_pool(config, cores=int(cores) if cores else None))
     findings.extend(check_registries(job, config))
+    findings.extend(image_findings(job))  # the output check's /bin/sh in the image, as Azure Batch needs it
 
     # --- what the backend knows: a previous run, active jobs
     backend_findings: list[Finding] = []

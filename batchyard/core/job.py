@@ -247,6 +247,10 @@ class Job(_Model):
         path up to its first per-task placeholder."""
         return sorted({(out.container, static_prefix(out.path, self.id)) for out in self.outputs})
 
+    def required_patterns(self) -> list[str]:
+        """Output patterns every task must match (not optional, uploaded on success): its outputs check."""
+        return [o.pattern for o in self.outputs if not o.optional and o.upload_on != "failure"]
+
 
 # ---------------------------------------------------------------------------------------------- loading
 def _format_loc(loc: tuple[int | str, ...]) -> str:

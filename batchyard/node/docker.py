@@ -24,6 +24,8 @@ import requests
 
 from batchyard.core.batch_semantics import log_file_name
 from batchyard.core.errors import BatchyardError, MissingDependencyError
+from batchyard.core.findings import Finding
+from batchyard.core.job import Job
 from batchyard.node.taskspec import NodeContext, TaskSpec
 
 WAIT_STEP_S = 0.25
@@ -106,6 +108,27 @@ def image_has_file(image: str, path: str) -> bool | None:
     finally:
         with contextlib.suppress(Exception):
             container.remove(force=True)
+
+
+def image_findings(job: Job) -> list[Finding]:
+    """A container job with required outputs: Batch runs the command line in the container, so the check
+    that they exist (a /bin/sh script around the command) needs /bin/sh in the image. Told from the image
+    when this machine's Docker engine has it; otherwise said as a requirement."""
+    patterns = job.required_patterns()
+    if not job.container_image or not patterns:
+        return []
+    image, listed = job.container_image, ", ".join(repr(p) for p in patterns)
+    fix = "use an image that has /bin/sh, or mark those outputs optional = true"
+    has_shell = image_has_file(image, "/bin/sh")
+    if has_shell is False:
+        return [Finding("error", "image-needs-sh", f"container_image {image!r} has no /bin/sh, which checks the "
+                        f"required outputs ({listed}) inside the container on Azure Batch: every task would fail "
+                        "to start", fix)]
+    if has_shell is None:
+        return [Finding("info", "image-needs-sh", f"container_image {image!r} needs /bin/sh to check the required "
+                        f"outputs ({listed}) on Azure Batch (not checked: the image is not on this machine's "
+                        "Docker engine)", fix)]
+    return []
 
 
 def require_image(client: Any, image: str) -> None:

@@ -18,12 +18,12 @@ from azure.core.exceptions import ResourceNotFoundError
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
 from batchyard.backends.azure.rules import check_existing_pool, check_pool_section, errors_of
 from batchyard.backends.azure.runs import RunChain
-from batchyard.backends.azure.tasks import batch_error, enum_text, required_patterns
+from batchyard.backends.azure.tasks import batch_error, enum_text
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BatchyardError, ConfigError
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job
-from batchyard.node.docker import image_has_file
+from batchyard.node.docker import image_findings
 
 QUOTA_WARNING = 0.8
 
@@ -101,30 +101,9 @@ class JobChecks:
         return [Finding("info", "job-quota", in_use)]
 
 
-def image_findings(job: Job) -> list[Finding]:
-    """A container job with required outputs: Batch runs the command line in the container, so the check
-    that they exist (a /bin/sh script around the command) needs /bin/sh in the image. Told from the image
-    when this machine's Docker engine has it; otherwise said as a requirement."""
-    patterns = required_patterns(job) if job.container_image else []
-    if not job.container_image or not patterns:
-        return []
-    image, listed = job.container_image, ", ".join(repr(p) for p in patterns)
-    fix = "use an image that has /bin/sh, or mark those outputs optional = true"
-    has_shell = image_has_file(image, "/bin/sh")
-    if has_shell is False:
-        return [Finding("error", "image-needs-sh", f"container_image {image!r} has no /bin/sh, which checks the "
-                        f"required outputs ({listed}) inside the container on Azure Batch: every task would fail "
-                        "to start", fix)]
-    if has_shell is None:
-        return [Finding("info", "image-needs-sh", f"container_image {image!r} needs /bin/sh to check the required "
-                        f"outputs ({listed}) on Azure Batch (not checked: the image is not on this machine's "
-                        "Docker engine)", fix)]
-    return []
-
-
 def auth_finding(exc: BaseException) -> Finding:
     return Finding("error", "batch-account", str(exc).splitlines()[0],
                    "fix the setting the message names (docs/troubleshooting.md, \"The preflight refuses\")")
 
 
-__all__ = ["JobChecks", "auth_finding", "image_findings"]
+__all__ = ["JobChecks", "auth_finding"]

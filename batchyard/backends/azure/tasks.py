@@ -145,7 +145,7 @@ def sas_lifetime(job: Job, *, margin: timedelta) -> tuple[timedelta, list[str]]:
 
 # ---------------------------------------------------------------------------------------------- tasks
 def required_patterns(job: Job) -> list[str]:
-    patterns = [o.pattern for o in job.outputs if not o.optional and o.upload_on != "failure"]
+    patterns = job.required_patterns()
     for p in patterns:
         if "\n" in p:
             raise JobValidationError(f"job {job.id}", [("outputs", f"pattern {p!r} contains a newline")])
