@@ -209,8 +209,8 @@ def test_required_outputs_need_no_shell_in_the_image_locally(project: Any, shell
 @pytest.mark.private_emulator
 def test_plan_and_run_on_azure_say_an_image_without_a_shell_cannot_check_required_outputs(
         project: Any, shell_less_image: str, image: str, batch_emulator: Any) -> None:
-    from batchyard.node.docker import image_findings
     from batchyard.core.errors import ConfigError
+    from batchyard.node.docker import image_findings
 
     config = _emulator_config(project, batch_emulator)
     ins = project.container("inputs")
