@@ -482,7 +482,7 @@ def test_default_job_id_follows_the_function_and_its_modules(tmp_path: Path, mon
     assert job_id() != first, "an edited helper module must not resume the old job"
 
 
-def test_azure_pools_install_the_submitters_batchyard_wheel() -> None:
+def test_azure_pools_install_the_submitters_batchyard_wheel(tmp_path: Path) -> None:
     """Pools batchyard creates for inline jobs pip-install the submitter's batchyard wheel (staged into the
     start task; tests/test_node_wheel.py installs it on a node) and dill at its version."""
     from dataclasses import replace
@@ -495,14 +495,14 @@ def test_azure_pools_install_the_submitters_batchyard_wheel() -> None:
     from batchyard.core.config import PoolSection, load_config
 
     azure = load_config(env={"BATCHYARD_BACKEND": "azure"})
-    prepared = _with_node_install(azure)
+    prepared = _with_node_install(azure, folder=tmp_path)
     start = prepared.azure.pool.start_task
     assert f"./{wheel_filename()}" in start and f"dill=={dill.__version__}" in start
     assert [p.name for p in prepared.pool_start_files] == [wheel_filename()]
     command = start_task_command(prepared.azure.pool)
     assert command is not None and command.startswith("/bin/sh -c")
-    assert _with_node_install(load_config(env={})).azure.pool is None  # local backend: untouched
+    assert _with_node_install(load_config(env={}), folder=tmp_path).azure.pool is None  # local backend: untouched
     existing = replace(azure, azure=azure.azure.model_copy(update={"pool_id": "mine"}))
-    assert _with_node_install(existing).azure.pool is None  # an existing pool is the user's to prepare
+    assert _with_node_install(existing, folder=tmp_path).azure.pool is None  # an existing pool is the user's to prepare
     off = replace(azure, azure=azure.azure.model_copy(update={"pool": PoolSection(install_batchyard=False)}))
-    assert _with_node_install(off).azure.pool.start_task is None
+    assert _with_node_install(off, folder=tmp_path).azure.pool.start_task is None

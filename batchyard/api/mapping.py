@@ -313,7 +313,7 @@ def node_install_step(wheel_name: str, dill_version: str) -> str:
             f"{pip} install --quiet --force-reinstall --no-deps {wheel}")
 
 
-def _with_node_install(config: Config, *, python: str = "python3", folder: Path | None = None) -> Config:
+def _with_node_install(config: Config, *, folder: Path, python: str = "python3") -> Config:
     """On Azure, a pool batchyard creates installs the submitter's batchyard (a wheel built here and
     written into ``folder``, staged into the start task) and dill at start-up (an existing pool, or
     ``install_batchyard = false``, is left alone). Not when tasks run another interpreter than the
@@ -330,7 +330,7 @@ def _with_node_install(config: Config, *, python: str = "python3", folder: Path 
         return config
     if python != "python3":
         return config
-    wheel = build_node_wheel(folder or Path(tempfile.mkdtemp(prefix="batchyard-wheel-")))
+    wheel = build_node_wheel(folder)
     pool = pool or PoolSection()
     step = node_install_step(wheel.filename, str(dill.__version__))
     start = f"{pool.start_task} && {step}" if pool.start_task else step
