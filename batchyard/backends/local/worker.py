@@ -123,7 +123,7 @@ def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_
         resource_files=tuple(resources), output_files=tuple(outputs),
         max_wall_clock_seconds=job.constraints.max_wall_clock_time,
         max_task_retry_count=retries if retries < 0 else retries + retry_bonus,
-        keep_task_dir=keep_task_dir, container_image=job.container_image,
+        keep_task_dir=keep_task_dir, container_image=job.container_image, elevated=job.elevated,
     )
 
 
