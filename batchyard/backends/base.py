@@ -28,7 +28,6 @@ What a job's command can rely on, on every backend:
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchyard.core.errors import BackendError
+from batchyard.core.wire_json import compact_json as dumps  # noqa: F401  (the stores' name for it)
 
 if TYPE_CHECKING:
     from batchyard.core.config import Config
@@ -445,7 +445,3 @@ class Backend(ABC):
     def __exit__(self, *exc: object) -> None:
         self.stop_execution()
         self.close()
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
