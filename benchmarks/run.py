@@ -12,17 +12,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import big, submit, tiny
+from . import big, scale, submit, tiny
 from .common import azurite, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("tiny", "submit", "big", "scale")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="tiny,submit,big")
+    parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale section up to 100,000 tasks (default: 1,000 and 10,000)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     only = set(args.only.split(","))
@@ -44,16 +47,20 @@ def main() -> int:
         if "big" in only:
             print("big files ...", flush=True)
             out["big"] = big.run(conn, size=(64 if args.quick else 1024) << 20, reps=reps)
+        if "scale" in only:
+            sizes = [1000] if args.quick else [1000, 10_000, 100_000] if args.scale else [1000, 10_000]
+            print(f"scale {sizes} ...", flush=True)
+            out["scale"] = scale.run(conn, sizes=sizes)
     out["memory"] = {
         "worker_rss_mib": out.get("tiny", {}).get("worker_peak_rss_mib"),
         "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
     }
     RESULTS.mkdir(exist_ok=True)
     latest = RESULTS / "latest.json"
-    if only != {"tiny", "submit", "big"} and latest.exists():
+    if only != set(SECTIONS) and latest.exists():
         # A partial run (--only) updates its sections and keeps the others, each with its own date.
         previous = json.loads(latest.read_text(encoding="utf-8"))
-        for name in ("tiny", "submit", "big"):
+        for name in SECTIONS:
             if name not in out and name in previous:
                 out[name] = previous[name]
                 # A section the previous file had itself kept keeps its own, older date.
