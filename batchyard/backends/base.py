@@ -32,7 +32,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,11 +88,15 @@ class TaskResult:
         return max(0, self.attempts - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field, not dataclasses.asdict: its deep copy was 3/4 of `status --json`'s time.
+        data = {name: getattr(self, name) for name in _RESULT_FIELDS}
         data["state"] = str(self.state)
         data["retry_count"] = self.retry_count
-        data["attempt_records"] = list(self.attempt_records)
+        data["attempt_records"] = [dict(record) for record in self.attempt_records]
         return data
+
+
+_RESULT_FIELDS = tuple(f.name for f in fields(TaskResult))
 
 
 @dataclass(frozen=True)

@@ -212,21 +212,25 @@ class LocalBackend(Backend):
             raise JobNotFoundError(f"job {job_id!r} not found on storage account {self.storage.account.account_name!r}")
         return entity
 
-    def task_counts(self, job_id: str) -> TaskCounts:
-        entity = self._require_job(job_id)
-        # One tally per job and submission: later polls read only the rows that changed.
+    def _tally(self, job_id: str, entity: dict[str, Any]) -> TaskTally:
+        """One tally per job and submission: later polls read only the rows that changed."""
         key = (job_id, entity.get("spec_hash"), entity.get("created"), entity.get("total"))
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = TaskTally(self.store, job_id, total=int(entity.get("total") or 0))
-        return tally.refresh(job_cancelled=entity.get("state") == "cancelled")
+        return tally
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        entity = self._require_job(job_id)
+        return self._tally(job_id, entity).refresh(job_cancelled=entity.get("state") == "cancelled")
 
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
         """Every task's result as it streams from its row; then the tasks no worker claimed (no
         row): pending, or cancelled in a cancelled job. Holds the task ids, never the results."""
-        cancelled = self._require_job(job_id).get("state") == "cancelled"
+        job_row = self._require_job(job_id)
+        cancelled = job_row.get("state") == "cancelled"
         seen: set[str] = set()
-        for entity in self.store.task_entities(job_id):
+        for entity in self._tally(job_id, job_row).watching(self.store.task_entities(job_id)):
             seen.add(entity["RowKey"])
             yield entity_to_result(entity)
         for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row

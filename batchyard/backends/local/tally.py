@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from batchyard.backends.base import TaskCounts, TaskState, final_state
 from batchyard.backends.local.store import JobStore
@@ -28,6 +30,21 @@ class TaskTally:
         self.store, self.job_id, self.total = store, job_id, total
         self.states: dict[str, TaskState] = {}
         self.newest: datetime | None = None
+
+    def watching(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``rows`` (every row of the job, as read for its results) passed through, and taken as
+        this tally's full read once the last has passed: the counts after a listing then read
+        only the rows written since, not every row once more."""
+        states: dict[str, TaskState] = {}
+        newest = self.newest
+        for entity in rows:
+            states[entity["RowKey"]] = final_state(entity.get("state") or "pending", entity.get("failure_category"))
+            stamp = entity.get("_timestamp")
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
+            yield entity
+        self.states.update(states)
+        self.newest = newest
 
     def refresh(self, *, job_cancelled: bool = False) -> TaskCounts:
         select = ["RowKey", "state", "failure_category", "Timestamp"]
