@@ -31,7 +31,7 @@ import psutil
 from .common import isolated_config
 
 STEPS = ("submit", "status", "status_json", "report", "cancel", "status_cancelled", "delete")
-AZURE_STEPS = ("submit", "status", "status_json", "cancel", "status_cancelled", "delete")
+AZURE_STEPS = ("submit", "status", "status_json", "cancel", "delete")
 
 
 def command(args: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, float]:
@@ -135,6 +135,7 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
                 out[step] = command(argv[step], cwd=root, env=env)
                 if step == "submit":
                     out["emulator_rss_holding_tasks_mib"] = round(emulator.memory_info().rss / 2**20, 1)
+                    out["counts_call_s"] = _counts_call(root, env, job_id)
                 print(f"  azure->emulator {n}: {step:<17} {out[step]['s']:8.2f} s  {out[step]['rss_mib']:7.1f} MiB",
                       flush=True)
             out["emulator_peak_rss_mib"] = round(_peak_rss(proc.pid) / 1024, 1)
@@ -148,6 +149,22 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _counts_call(root: Path, env: dict[str, str], job_id: str) -> float:
+    """Seconds of the backend's counts (Batch's job task-counts call), what ``status --watch`` polls."""
+    from batchyard.backends import get_backend
+    from batchyard.core.config import load_config
+
+    config = load_config(root / "batchyard.toml", backend="azure", env=env)
+    with get_backend("azure", config) as backend:
+        backend.task_counts(job_id)  # the first call also reads the job's run chain
+        start = time.perf_counter()
+        counts = backend.task_counts(job_id)
+        seconds = time.perf_counter() - start
+    assert counts.total > 0, counts
+    print(f"  azure->emulator: task counts {counts.to_dict()} in {seconds:.3f} s", flush=True)
+    return round(seconds, 3)
 
 
 def _peak_rss(pid: int) -> int:
