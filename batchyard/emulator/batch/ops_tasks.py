@@ -142,10 +142,11 @@ class TaskOps:
 
     # --- read -------------------------------------------------------------------------------------
     def list(self, req: Request) -> Response:
-        with self.emu.store.lock:
+        with self.emu.store.lock:  # views made under the lock: a task's state changes under it
             job = self.job(req.params[0])
-            views = [t.view(self.emu.url) for t in sorted(job.tasks.values(), key=lambda t: t.seq)]
-        items, next_link = page(views, req.query, self.emu.url, f"/jobs/{job.id}/tasks")
+            tasks = sorted(job.tasks.values(), key=lambda t: t.seq)
+            items, next_link = page(tasks, req.query, self.emu.url, f"/jobs/{job.id}/tasks",
+                                    view=lambda task: task.view(self.emu.url))
         return self.emu.listing("tasks", items, next_link)
 
     def get(self, req: Request) -> Response:
