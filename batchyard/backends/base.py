@@ -32,7 +32,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,15 +88,11 @@ class TaskResult:
         return max(0, self.attempts - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        # Field by field, not dataclasses.asdict: its deep copy was 3/4 of `status --json`'s time.
-        data = {name: getattr(self, name) for name in _RESULT_FIELDS}
+        data = dict(self.__dict__)  # a shallow copy: asdict's deep one was 3/4 of `status --json`'s time
         data["state"] = str(self.state)
         data["retry_count"] = self.retry_count
         data["attempt_records"] = [dict(record) for record in self.attempt_records]
         return data
-
-
-_RESULT_FIELDS = tuple(f.name for f in fields(TaskResult))
 
 
 @dataclass(frozen=True)
