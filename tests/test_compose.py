@@ -130,6 +130,9 @@ def test_tests_and_emulator_share_a_folder_and_the_tests_see_its_processes() -> 
     # Root there reads batchyard's non-dumpable processes as root on a host does (the credential probe).
     assert tests["cap_add"] == ["SYS_PTRACE"] and "cap_add" not in emu
     assert tests["environment"]["PYTEST_ARGS"] == "${PYTEST_ARGS:-}"  # make test-compose PYTEST_ARGS=...
+    # The shared emulator's cleanup (what is new since a test began) holds with one test at a time.
+    assert tests["environment"]["TEST_WORKERS"] == "0"
+    assert "TEST_WORKERS ?= " in (REPO / "Makefile").read_text(encoding="utf-8")  # so the environment wins
 
 
 def test_dockerfile_builds_what_the_services_use() -> None:
