@@ -19,15 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from batchyard.core.durations import parse_duration
 from batchyard.core.errors import JobValidationError, UnsafePathError
@@ -299,6 +291,8 @@ class TaskDef:
     input_blob: str | None = None
     input_path: str | None = None  # staged path, relative to the working dir
     params: tuple[tuple[str, str], ...] = ()
+    # What decides its result, hashed part by part (core/rerun.py); "" where it is not known.
+    fingerprint: str = ""
 
     @property
     def label(self) -> str:
