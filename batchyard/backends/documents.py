@@ -6,7 +6,8 @@ Both backends keep the same documents, in the system container, and nothing else
   the local backend also the job's message key (the secret its queue messages are MACed with,
   which no queue message carries: docs/security.md);
 - ``jobs/<job id>/tasks.json.gz``: the manifest, the id and label of every task of the last
-  submission (the local backend's, whose task rows appear only when a worker claims them);
+  submission (the local backend's task rows appear only when a worker claims them; ``download``
+  serves the outputs of these tasks only), and each task's output prefixes when they differ by task;
 - ``jobs/<job id>/resources/<file>``: the resource files, uploaded once;
 - ``jobs/<job id>/<name>``: what one backend keeps about the job besides (the azure backend's
   chain of Batch jobs, ``azure-runs.json``);

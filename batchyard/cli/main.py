@@ -145,8 +145,9 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
     job = load_job(job_file)
 
     def announce(plan: RerunPlan) -> None:
-        console.print(styled("job ", (job.id, "bold"), f" on {be.name}: {plan.total} tasks, {len(plan.reasons)} "
-                             f"queued: {plan.summary()}"), highlight=False, soft_wrap=True)
+        tasks = f"{plan.total} task{'' if plan.total == 1 else 's'}"
+        console.print(styled("job ", (job.id, "bold"), f" on {be.name}: {tasks}, {len(plan.reasons)} queued: "
+                             f"{plan.summary()}"), highlight=False, soft_wrap=True)
 
     with be:
         be.preflight()

@@ -44,9 +44,9 @@ def chain_records(client: Any, chain: RunChain, *, open_batch_job: str | None) -
             key = task.id.lower()
             if key in records.prior:
                 continue
-            state = enum_text(task.state)
-            records.prior[key] = PriorTask(state=_state(task), fingerprint=fingerprint_of(task),
-                                           live=batch_job_id == open_batch_job and state != "completed")
+            live = batch_job_id == open_batch_job and enum_text(task.state) != "completed"
+            records.prior[key] = PriorTask(state=_state(task, ended=batch_job_id != open_batch_job),
+                                           fingerprint=fingerprint_of(task), live=live)
             records.where[key] = batch_job_id
     return records
 
@@ -60,10 +60,11 @@ def _tasks(client: Any, batch_job_id: str) -> list[Any]:
         raise batch_error(exc, f"listing tasks of job {batch_job_id!r}") from None
 
 
-def _state(task: Any) -> str:
-    """succeeded, failed, cancelled (ended by a user's request) or pending (not completed)."""
+def _state(task: Any, *, ended: bool) -> str:
+    """succeeded, failed, cancelled (ended by a user's request, or never run in a Batch job that ended:
+    every end of a run terminates it) or pending."""
     if enum_text(task.state) != "completed":
-        return str(TaskState.PENDING)
+        return str(TaskState.CANCELLED if ended else TaskState.PENDING)
     info = task.execution_info
     if enum_text(getattr(info, "result", None)) == "success":
         return str(TaskState.SUCCEEDED)
