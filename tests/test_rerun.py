@@ -242,6 +242,9 @@ def test_an_edited_input_reruns_its_task_alone_and_plan_and_rerun_say_so(
     refused = project.cli("run", str(scene.job_file), "--rerun", "nope-123", env=scene.env)
     assert refused.returncode == 2
     assert "--rerun: 'nope-123' is not a task of job" in " ".join(refused.stderr.split())
+    planned = project.cli("plan", str(scene.job_file), "--json", "--rerun", "nope-123", env=scene.env)
+    assert planned.returncode == 1
+    assert {f["code"] for f in json.loads(planned.stdout)["findings"]} >= {"rerun-unknown-task"}
 
 
 @pytest.mark.timeout(480)
@@ -263,3 +266,26 @@ def test_a_changed_script_command_or_pattern_reruns_the_tasks_and_old_outputs_ar
     assert scene.download(tmp_path / "pattern") == {"a.m": "2", "b.m": "4", "c.m": "6"}  # no *.n any more
     # The old outputs are still in their container: download follows the records, not a listing.
     assert project.storage.download_bytes(scene.outs, f"{scene.job_id}/a.n").strip() == b"2"
+
+
+@pytest.mark.timeout(300)
+def test_the_python_api_keeps_what_holds_and_reruns_on_request(project: Any) -> None:
+    from batchyard import map_lines
+
+    ins, outs = project.container("inputs"), project.container("outputs")
+    project.put_inputs(ins, {"a.txt": b"x\n", "b.txt": b"y\n"})
+
+    def upper(**options: Any) -> Any:
+        run = map_lines(str.upper, inputs=f"{ins}/*.txt", outputs=f"{outs}/{{job_id}}/", job_id="api-rerun",
+                        config=project.config(), workers=2, timeout=240, **options)
+        assert run.succeeded, run.results()
+        return run.submitted.rerun.summary()
+
+    assert upper() == "2 new"
+    assert upper() == "2 kept"
+    project.put_inputs(ins, {"b.txt": b"z\n"})
+    assert upper() == "1 kept, 1 changed: input 1"
+    assert project.storage.download_bytes(outs, "api-rerun/b.txt") == b"Z\n"
+    assert upper(rerun="all") == "2 requested"
+    with pytest.raises(JobValidationError, match="'nope' is not a task of job 'api-rerun'"):
+        upper(rerun=["nope"])
