@@ -146,7 +146,7 @@ SCRIPT_LINES = 'echo "$INPUT" >> "$MARK"\nwc -l < "$1" | tr -d " " > "$2"\n'
 SCRIPT_BYTES = 'echo "$INPUT" >> "$MARK"\nwc -c < "$1" | tr -d " " > "$2"\n'
 JOB_TOML = """\
 id = "{job_id}"
-command = "sh count.sh {{input}} {{input_stem}}.{ext}"
+command = "sh count.sh {{input}} {{input_stem}}.{ext}{extra}"
 
 [inputs]
 container = "{ins}"
@@ -183,10 +183,10 @@ class Scene:
         self.job_file = project.dir / "job.toml"
         self.write(ext="n", script=SCRIPT_LINES)
 
-    def write(self, *, ext: str, script: str) -> None:
+    def write(self, *, ext: str, script: str, extra: str = "") -> None:
         (self.project.dir / "count.sh").write_text(script, encoding="utf-8")
         self.job_file.write_text(JOB_TOML.format(job_id=self.job_id, ins=self.ins, outs=self.outs, mark=self.mark,
-                                                 ext=ext), encoding="utf-8")
+                                                 ext=ext, extra=extra), encoding="utf-8")
 
     def run(self, *args: str, expect: int = 0) -> tuple[str, list[str]]:
         """``batchyard run``: its announcement (one line) and the inputs whose task ran."""
@@ -258,6 +258,10 @@ def test_a_changed_script_command_or_pattern_reruns_the_tasks_and_old_outputs_ar
     text, ran = scene.run()
     assert "3 queued: 3 changed: resources 3" in text and ran == sorted(INPUTS)
     assert scene.download(tmp_path / "bytes") == {"a.n": "2", "b.n": "4", "c.n": "6"}  # replaced
+
+    scene.write(ext="n", script=SCRIPT_BYTES, extra=" --verbose")  # the command alone (the script ignores it)
+    text, ran = scene.run()
+    assert "3 queued: 3 changed: command 3" in text and ran == sorted(INPUTS)
 
     scene.write(ext="m", script=SCRIPT_BYTES)  # another output name in the command and the pattern
     assert scene.plan()["rerun"]["summary"] == "3 changed: command 3, outputs 3"
