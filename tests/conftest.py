@@ -15,6 +15,7 @@ and are skipped when it is off.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -29,6 +30,7 @@ from batchyard.storage.account import Storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)
+from _batch_fixtures import pytest_configure as batch_fixtures_configure
 from _stub_fixtures import *  # noqa: F403  (the in-memory stub backend's project)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,11 +43,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    batch_fixtures_configure(config)  # this hook replaces the one `import *` brought: its markers too
     config.addinivalue_line("markers", "fast_path: about the hand-signed storage path itself (skipped with "
                                        "--fast-path=off)")
     # Read by every Storage made without a config: in this process (the Batch emulator's nodes,
     # BlobTransfer(None)) and in the processes the tests start.
     os.environ[ENV_FAST_PATH] = config.getoption("--fast-path")
+    # A shell without job control starts a background command (`make test &`) with SIGINT ignored,
+    # and an ignored signal stays ignored across exec: the CLIs the Ctrl-C tests interrupt would
+    # never see it. A handler (unlike SIG_IGN) is reset by exec, so each child starts as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -29,7 +29,6 @@ What a job's command can rely on, on every backend:
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchyard.backends.polling import PollSchedule
 from batchyard.core.errors import BackendError
+from batchyard.core.wire_json import compact_json as dumps  # noqa: F401  (the stores' name for it)
 
 if TYPE_CHECKING:
     from batchyard.core.config import Config
@@ -179,6 +179,7 @@ class PoolSummary:
     dedicated_hours: float
     spot_hours: float
     per_job: bool  # batchyard made it for this job alone (so a run's end deletes it)
+    run_started_at: str = ""  # ISO 8601: when the job's run on it began (the report's wall time starts there)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -372,9 +373,10 @@ class Backend(ABC):
         finally:
             self.stop_execution()
 
-    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
-        """Start workers here that take tasks of any job from this backend (``batchyard worker``);
-        returns a line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None,
+                      jobs: Sequence[str] | None = None) -> str:
+        """Start workers here for every job of this backend, or ``jobs`` (``batchyard worker``); returns a
+        line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
         raise BackendError(f"the {self.name} backend runs no workers on this machine (its tasks run where it "
                            "sends them); `batchyard worker` serves the local backend")
 
@@ -441,7 +443,3 @@ class Backend(ABC):
     def __exit__(self, *exc: object) -> None:
         self.stop_execution()
         self.close()
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
