@@ -16,7 +16,8 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.registries import ContainerSetup
-from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, build_task, error_code, sas_lifetime
+from batchyard.backends.azure.task_bodies import TaskBodies
+from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError
@@ -98,15 +99,15 @@ class JobWriter:
         lifetime, warnings = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
         for warning in warnings:
             log.warning("%s", warning)
-        urls = self.urls(job, lifetime)
+        bodies = TaskBodies(job, urls=self.urls(job, lifetime), required=required,
+                            registry=containers.task_registry if containers else None)
         options = []
         for task in tasks:
             input_url = None
             if task.input_blob is not None and task.input_container is not None:
                 input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
                                                       permission="r")
-            options.append(build_task(job, task, urls=urls, input_url=input_url, required=required,
-                                      registry=containers.task_registry if containers else None))
+            options.append(bodies.body(task, input_url=input_url))
         report = TaskAdder(self.client, batch_job_id).add(options)
         if report.existed:
             log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",
