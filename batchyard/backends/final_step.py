@@ -78,8 +78,7 @@ def plan_submission(documents: JobDocuments, job: Job, *, per_file_enqueued: int
     fingerprint = job.final.fingerprint()
     due = final_step_reruns(per_file_enqueued=per_file_enqueued, recorded_fingerprint=state.get("fingerprint"),
                             fingerprint=fingerprint, succeeded_before=succeeded_before)
-    if due:
-        save_state(documents, job.id, {"fingerprint": fingerprint, "due": True})
+    save_state(documents, job.id, {"fingerprint": fingerprint, "due": due})
     return due
 
 
@@ -98,11 +97,11 @@ def view_of(job: Job, state: dict[str, Any], result: TaskResult | None, counts: 
     run_when = job.final.run_when
     if state.get("skipped"):
         return FinalStepView("skipped", run_when, reason=state["skipped"], result=result)
-    if result is not None and result.state != "pending":
-        return FinalStepView(str(result.state), run_when, result=result)
     if not state.get("due", True):
         return FinalStepView("unchanged", run_when, reason="it succeeded before and nothing it depends on re-ran",
                              result=result)
+    if result is not None and result.state != "pending":
+        return FinalStepView(str(result.state), run_when, result=result)
     if counts.finished:
         reason = skip_reason(job, counts)
         if reason:

@@ -21,6 +21,7 @@ from typing import Any
 
 from batchyard.backends.base import (
     Backend,
+    FinalStepView,
     JobView,
     SubmitResult,
     TaskCounts,
@@ -31,6 +32,7 @@ from batchyard.backends.base import (
 )
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.admission import message_key_for_submit
+from batchyard.backends.local.final_run import final_step_settled, final_step_view, plan_final_step
 from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
 from batchyard.backends.local.replay import replay_task
@@ -41,6 +43,7 @@ from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
+from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.storage.account import Storage
@@ -112,6 +115,10 @@ class LocalBackend(Backend):
         # others get theirs when a worker claims them.
         self.store.write_pending(job.id, [t for t in to_queue if t.task_id in existing], reset=True)
         self._enqueue(job.id, to_queue, key.encode())
+        if job.final is not None:
+            prior = existing.get(FINAL_TASK_ID)
+            plan_final_step(self.store, job, per_file_enqueued=len(to_queue),
+                            prior_state=prior.get("state") if prior else None)
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=done,
                             already_running=running, rerun_failed=rerun)
 
@@ -156,6 +163,14 @@ class LocalBackend(Backend):
         )
         proc.start()
         return proc
+
+    def _settled(self, job_id: str, counts: TaskCounts) -> bool:
+        """Every per-file task final, then the final step (queued here once they are) final too."""
+        return counts.finished and final_step_settled(self.store, self.job(job_id), counts, self._enqueue)
+
+    def final_step(self, job_id: str) -> FinalStepView | None:
+        self._require_job(job_id)
+        return final_step_view(self.store, self.job(job_id), self.task_counts(job_id))
 
     def _check_alive(self) -> None:
         """Replace workers that died (a crash or a kill), up to a limit; fail if storage is lost."""
@@ -224,6 +239,8 @@ class LocalBackend(Backend):
         self._require_job(job_id)
         seen: set[str] = set()
         for entity in self.store.task_entities(job_id):
+            if entity["RowKey"] == FINAL_TASK_ID:  # shown apart: final_step()
+                continue
             seen.add(entity["RowKey"])
             yield entity_to_result(entity)
         for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row

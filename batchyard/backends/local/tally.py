@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from batchyard.backends.base import TaskCounts, TaskState, final_state
 from batchyard.backends.local.store import JobStore
+from batchyard.core.final_step import FINAL_TASK_ID
 
 
 class TaskTally:
@@ -33,6 +34,8 @@ class TaskTally:
         else:
             rows = self.store.task_entities(self.job_id, select=select, since=self.newest - self.OVERLAP)
         for entity in rows:
+            if entity["RowKey"] == FINAL_TASK_ID:  # the final step is shown apart, never counted
+                continue
             self.states[entity["RowKey"]] = final_state(entity.get("state") or "pending",
                                                         entity.get("failure_category"))
             stamp = entity.get("_timestamp")

@@ -1,0 +1,108 @@
+"""The final step (``[final]``): one task after all the per-file tasks, with their outputs listed.
+
+On the local backend and on the azure backend against the Batch emulator (through the real SDK):
+it runs once after every task succeeded and sees the listing (and, staged, the outputs); it does
+not run when a task failed unless ``run_when = "completed"``; ``status`` shows it apart; a re-run
+that runs no per-file task and keeps its definition does not run it again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchyard.backends import get_backend
+from batchyard.core.job import job_from_dict
+
+sys.path.insert(0, str(Path(__file__).parent))
+from two_backends import KINDS, on_backend
+
+pytestmark = pytest.mark.timeout(240)
+
+# Each per-file task writes <stem>.out; the one named 'bad.txt' fails when FAIL is set.
+PER_FILE = "sh -c 'if [ \"$INPUT_NAME\" = bad.txt ] && [ -n \"$FAIL\" ]; then exit 3; fi; tr a-z A-Z < \"$INPUT\" > \"$INPUT_STEM\".out'"
+# The final step copies the listing, writes how many staged files it saw, and counts its own runs.
+FINAL = ("sh -c 'cp outputs.jsonl listing.jsonl; find outputs -type f 2>/dev/null | sort > staged.txt; "
+         "echo run >> \"$RUNS\"'")
+
+
+def _job(job_id: str, ins: str, outs: str, final_outs: str, *, runs: Path, fail: bool = False,
+         run_when: str = "succeeded", stage: bool = True, tag: str = "") -> Any:
+    return job_from_dict({
+        "id": job_id, "command": PER_FILE, "inputs": {"container": ins},
+        "outputs": [{"pattern": "*.out", "container": outs}],
+        "environment": {"FAIL": "1" if fail else "", "RUNS": str(runs), "TAG": tag},
+        "final": {"command": FINAL + tag, "run_when": run_when, "stage_outputs": stage,
+                  "outputs": [{"pattern": "*.txt", "container": final_outs},
+                              {"pattern": "listing.jsonl", "container": final_outs}]},
+    })
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _setup(kind: str, project: Any, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, str, str, str, Path]:
+    config, _ = on_backend(kind, project, request)
+    ins, outs, final_outs = project.container("inputs"), project.container("outputs"), project.container("final")
+    project.put_inputs(ins, {"a.txt": b"alpha\n", "b c.txt": b"beta\n", "bad.txt": b"gamma\n"})
+    return config, ins, outs, final_outs, tmp_path / "runs"
+
+
+def test_final_step_runs_once_after_all_succeed_and_sees_the_outputs(kind: str, project: Any,
+                                                                     request: pytest.FixtureRequest,
+                                                                     tmp_path: Path) -> None:
+    config, ins, outs, final_outs, runs = _setup(kind, project, request, tmp_path)
+    job_id = f"fin-{uuid.uuid4().hex[:8]}"
+    job = _job(job_id, ins, outs, final_outs, runs=runs)
+    with get_backend(None, config) as be:
+        be.submit(job)
+        counts = be.run_to_end(job, timeout=200)
+        assert counts.succeeded == 3 and counts.total == 3, counts  # the final step is not counted
+        view = be.final_step(job_id)
+        assert view is not None and view.state == "succeeded", view
+        assert {r.task_id for r in be.list_task_results(job_id)}.isdisjoint({"final-step"})
+    assert runs.read_text() == "run\n"
+    listing = [json.loads(line) for line in
+               project.storage.download_bytes(final_outs, f"{job_id}/listing.jsonl").decode().splitlines()]
+    names = sorted(entry["name"] for entry in listing)
+    assert names == sorted(f"{job_id}/{stem}.out" for stem in ("a", "b c", "bad")), names
+    assert all(entry["container"] == outs and entry["path"] == f"outputs/{outs}/{entry['name']}" for entry in listing)
+    staged = project.storage.download_bytes(final_outs, f"{job_id}/staged.txt").decode().splitlines()
+    assert staged == sorted(f"outputs/{outs}/{entry['name']}" for entry in listing)
+
+    # Submitted again with nothing to re-run and the same definition: the final step does not run.
+    with get_backend(None, config) as be:
+        result = be.submit(job)
+        assert result.enqueued == 0
+        be.run_to_end(job, timeout=200)
+        assert be.final_step(job_id).state == "unchanged"
+    assert runs.read_text() == "run\n"
+
+
+@pytest.mark.parametrize("run_when", ["succeeded", "completed"])
+def test_a_failed_task_blocks_the_final_step_unless_completed_is_enough(kind: str, run_when: str, project: Any,
+                                                                       request: pytest.FixtureRequest,
+                                                                       tmp_path: Path) -> None:
+    config, ins, outs, final_outs, runs = _setup(kind, project, request, tmp_path)
+    job_id = f"fin-{uuid.uuid4().hex[:8]}"
+    job = _job(job_id, ins, outs, final_outs, runs=runs, fail=True, run_when=run_when, stage=False)
+    with get_backend(None, config) as be:
+        be.submit(job)
+        counts = be.run_to_end(job, timeout=200)
+        assert (counts.succeeded, counts.failed) == (2, 1), counts
+        view = be.final_step(job_id)
+    if run_when == "succeeded":
+        assert view.state == "skipped" and "1 task(s) failed" in view.reason, view
+        assert not runs.exists()
+    else:
+        assert view.state == "succeeded", view
+        assert runs.read_text() == "run\n"
+        listing = project.storage.download_bytes(final_outs, f"{job_id}/listing.jsonl").decode().splitlines()
+        assert len(listing) == 2 and all(json.loads(line)["path"] is None for line in listing)
