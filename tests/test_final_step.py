@@ -25,7 +25,8 @@ from two_backends import KINDS, on_backend
 pytestmark = pytest.mark.timeout(240)
 
 # Each per-file task writes <stem>.out; the one named 'bad.txt' fails when FAIL is set.
-PER_FILE = "sh -c 'if [ \"$INPUT_NAME\" = bad.txt ] && [ -n \"$FAIL\" ]; then exit 3; fi; tr a-z A-Z < \"$INPUT\" > \"$INPUT_STEM\".out'"
+PER_FILE = ("sh -c 'if [ \"$INPUT_NAME\" = bad.txt ] && [ -n \"$FAIL\" ]; then exit 3; fi; "
+            "tr a-z A-Z < \"$INPUT\" > \"$INPUT_STEM\".out'")
 # The final step copies the listing, writes how many staged files it saw, and counts its own runs.
 FINAL = ("sh -c 'cp outputs.jsonl listing.jsonl; find outputs -type f 2>/dev/null | sort > staged.txt; "
          "echo run >> \"$RUNS\"'")

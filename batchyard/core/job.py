@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from batchyard.core.durations import parse_duration
 from batchyard.core.errors import JobValidationError, UnsafePathError
 from batchyard.core.final_step import FinalStep
 from batchyard.core.job_parts import (
@@ -336,3 +337,8 @@ def output_prefix(job: Job, output: OutputSpec, task: TaskDef) -> str:
     if problem:
         raise UnsafePathError(f"task {task.task_id}: output path {output.path!r} becomes {prefix!r}, which {problem}")
     return prefix
+
+
+# The job's parts and the duration parser are part of this module's interface (`from batchyard.core.job import ...`).
+__all__ = ["Constraints", "FinalStep", "Inputs", "Job", "OutputSpec", "ResourceFileSpec", "TaskDef", "job_from_dict",
+           "load_job", "output_prefix", "parse_duration", "tasks_from_blob_names", "tasks_from_table"]

@@ -15,9 +15,12 @@ from typing import Any
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from batchyard.backends.azure.final import add_final_step, satisfies_on_any_end
 from batchyard.backends.azure.registries import ContainerSetup
+from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, build_task, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
+from batchyard.backends.final_step import final_as_job
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError
 from batchyard.core.job import Job, TaskDef, parse_duration
@@ -47,7 +50,7 @@ class JobWriter:
 
     def create_job(self, job: Job, batch_job_id: str, pool_id: str) -> None:
         options = bm.BatchJobCreateOptions(
-            id=batch_job_id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=False,
+            id=batch_job_id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=job.final is not None,
             # noaction: the job stays open while a submit may still add tasks; batchyard terminates it
             # at the end of the run (ending.py).
             all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
@@ -66,6 +69,25 @@ class JobWriter:
                 raise BackendError(f"job {job.id}: the Batch job id {batch_job_id!r} of its next run is taken by "
                                    "another job; delete that Batch job or use a new id") from None
             # else a concurrent submit of the same job won the race: same job, reuse it
+
+    def open_and_add(self, job: Job, chain: RunChain, runs: RunRecords, *, batch_job: bm.BatchJob | None,
+                     is_open: bool, pool_id: str, to_add: list[TaskDef], to_readd: list[TaskDef],
+                     required: list[str], containers: ContainerSetup | None, carried: int) -> None:
+        """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
+        if not is_open:
+            if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
+                chain.update_current()
+            if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
+                chain.opened(carried=carried, pool_id=pool_id)
+            else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
+                chain.update_current(carried=carried, pool_id=pool_id)
+            runs.save(chain)
+            self.create_job(job, chain.current.batch_job_id, pool_id)
+        elif not chain.runs:  # a job submitted before runs were recorded
+            chain.update_current(pool_id=pool_id)
+            runs.save(chain)
+        self.delete_tasks(chain.current.batch_job_id, [t.task_id for t in to_readd])
+        self.add(job, chain.current.batch_job_id, tasks=to_add + to_readd, required=required, containers=containers)
 
     def delete_tasks(self, batch_job_id: str, task_ids: list[str]) -> None:
         """Delete failed tasks so they can be added again: reactivation would keep their expired SAS URLs."""
@@ -107,10 +129,20 @@ class JobWriter:
                                                       permission="r")
             options.append(build_task(job, task, urls=urls, input_url=input_url, required=required,
                                       registry=containers.task_registry if containers else None))
+            options[-1].exit_conditions = satisfies_on_any_end(job)
         report = TaskAdder(self.client, batch_job_id).add(options)
         if report.existed:
             log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",
                      job.id, report.existed)
+
+    def add_final(self, job: Job, batch_job_id: str, *, per_file_ids: list[str], replaced: list[str],
+                  containers: ContainerSetup | None = None) -> None:
+        """The final step and its barriers, after deleting those of an earlier submit (``replaced``)."""
+        self.delete_tasks(batch_job_id, replaced)
+        lifetime, _ = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
+        add_final_step(self.client, self.documents, job, batch_job_id, per_file_ids,
+                       urls=self.urls(final_as_job(job), lifetime), lifetime=lifetime,
+                       registry=containers.task_registry if containers else None)
 
 
 __all__ = ["JobWriter"]

@@ -28,22 +28,20 @@ from azure.core.exceptions import ResourceNotFoundError
 from batchyard.backends.azure.adding import JobWriter
 from batchyard.backends.azure.clients import is_loopback_url, make_client, make_storage
 from batchyard.backends.azure.ending import RunEnds, delete_job, fate_text
+from batchyard.backends.azure.final import counts_without_final, final_dependencies, final_settled, final_step_view
 from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views
 from batchyard.backends.azure.nodes import NodeWatch
 from batchyard.backends.azure.pools import PoolManager
 from batchyard.backends.azure.preflight import JobChecks, auth_finding
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
-from batchyard.backends.azure.registries import ContainerSetup, container_setup
+from batchyard.backends.azure.registries import container_setup
 from batchyard.backends.azure.replay import replay_task
 from batchyard.backends.azure.results import ResultReader
 from batchyard.backends.azure.runs import RunChain, RunRecords
-from batchyard.backends.azure.tasks import (
-    batch_error,
-    enum_text,
-    required_patterns,
-)
+from batchyard.backends.azure.tasks import batch_error, enum_text, required_patterns, task_result
 from batchyard.backends.base import (
     Backend,
+    FinalStepView,
     JobView,
     PoolSummary,
     PoolView,
@@ -54,8 +52,10 @@ from batchyard.backends.base import (
     dumps,
 )
 from batchyard.backends.documents import JobDocuments, fan_out
+from batchyard.backends.final_step import load_state, plan_submission
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
+from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef, parse_duration
 
@@ -83,6 +83,7 @@ class AzureBackend(Backend):
         self._watch: tuple[str, str] | None = None  # (job id, pool id) that wait() watches
         self._last_alive_check = 0.0
         self._job_state_cache: dict[str, tuple[float, str]] = {}
+        self._final_runs: dict[str, str | None] = {}
 
     @property
     def client(self) -> BatchClient:
@@ -223,12 +224,22 @@ class AzureBackend(Backend):
                 to_readd.append(task)
         spec_hash = hashlib.sha256(dumps(job.model_dump(mode="json")).encode()).hexdigest()[:16]
         self.documents.save_job(job, spec_hash=spec_hash, backend=self.name)
+        final_due = job.final is not None and plan_submission(
+            self.documents, job, per_file_enqueued=len(to_add) + len(to_readd),
+            succeeded_before=FINAL_TASK_ID in earlier or _succeeded_prior(existing.get(FINAL_TASK_ID)))
         self._expected[job.id] = len(tasks)
+        self._final_runs.pop(job.id, None)
         pool_id, created = None, False
-        if to_add or to_readd:
+        if to_add or to_readd or final_due:
             pool_id, created = self.pools.resolve(job.id, containers=containers)
             try:
-                self._queue(job, chain, batch_job, is_open, pool_id, to_add, to_readd, required, containers, done)
+                self.writer.open_and_add(job, chain, self.runs, batch_job=batch_job, is_open=is_open,
+                                         pool_id=pool_id, to_add=to_add, to_readd=to_readd, required=required,
+                                         containers=containers, carried=done)
+                if final_due:
+                    ids, replaced = final_dependencies(existing, to_add + to_readd, is_open=is_open)
+                    self.writer.add_final(job, chain.current.batch_job_id, per_file_ids=ids, replaced=replaced,
+                                          containers=containers)
                 if created:  # tasks are queued already: nodes come up while we wait here
                     self.pools.wait_steady(pool_id, timeout_s=parse_duration(self.config.azure.steady_timeout),
                                            poll_s=self.config.azure.poll_interval)
@@ -239,26 +250,6 @@ class AzureBackend(Backend):
         self._watch = (job.id, pool_id) if pool_id else None
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_add) + len(to_readd),
                             already_succeeded=done, already_running=running, rerun_failed=rerun)
-
-    def _queue(self, job: Job, chain: RunChain, batch_job: bm.BatchJob | None, is_open: bool, pool_id: str,
-               to_add: list[TaskDef], to_readd: list[TaskDef], required: list[str],
-               containers: ContainerSetup | None, done: int) -> None:
-        """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
-        if not is_open:
-            if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
-                chain.update_current()
-            if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
-                chain.opened(carried=done, pool_id=pool_id)
-            else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
-                chain.update_current(carried=done, pool_id=pool_id)
-            self.runs.save(chain)
-            self.writer.create_job(job, chain.current.batch_job_id, pool_id)
-        elif not chain.runs:  # a job submitted before runs were recorded
-            chain.update_current(pool_id=pool_id)
-            self.runs.save(chain)
-        self.writer.delete_tasks(chain.current.batch_job_id, [t.task_id for t in to_readd])
-        self.writer.add(job, chain.current.batch_job_id, tasks=to_add + to_readd, required=required,
-                        containers=containers)
 
     def _end_failed_submit(self, job_id: str, exc: BaseException) -> None:
         """A submit stopped after its pool existed (Ctrl-C, resize errors): end the run, then re-raise."""
@@ -273,6 +264,8 @@ class AzureBackend(Backend):
     def task_counts(self, job_id: str) -> TaskCounts:
         run = self._chain(job_id).current
         counts = batch_task_counts(self.client, run.batch_job_id, lambda: self._job_state(run.batch_job_id))
+        if self._final_run(job_id) == run.batch_job_id:  # its barriers and final task are not per-file tasks
+            counts = counts_without_final(self.client, run.batch_job_id, counts)
         # Tasks that succeeded in an earlier run of the chain were not added again (carried over).
         return replace(counts, succeeded=counts.succeeded + run.carried)
 
@@ -318,10 +311,24 @@ class AzureBackend(Backend):
         # reaches what this process submitted (or after a grace period).
         if not counts.finished:
             return False
-        if counts.total >= self._expected.get(job_id, 0):
+        if counts.total < self._expected.get(job_id, 0):
+            short_since = self._short_since.setdefault(job_id, time.monotonic())
+            if time.monotonic() - short_since <= COUNTS_LAG_GRACE_S:
+                return False
+        run = self._chain(job_id).current.batch_job_id
+        if self._final_run(job_id) != run:
             return True
-        short_since = self._short_since.setdefault(job_id, time.monotonic())
-        return time.monotonic() - short_since > COUNTS_LAG_GRACE_S
+        return final_settled(self.client, run, self.job(job_id), counts, self.documents)
+
+    def _final_run(self, job_id: str) -> str | None:
+        """The Batch job of the run that has the job's final step (None: no final step due)."""
+        if job_id not in self._final_runs:
+            self._final_runs[job_id] = load_state(self.documents, job_id).get("batch_job_id")
+        return self._final_runs[job_id]
+
+    def final_step(self, job_id: str) -> FinalStepView | None:
+        return final_step_view(self.client, self.documents, self.job(job_id), self.task_counts(job_id),
+                               self._chain(job_id, fresh=True).batch_job_ids(), task_result)
 
     def _on_settled(self, job_id: str, counts: TaskCounts) -> None:
         self._short_since.pop(job_id, None)
@@ -363,7 +370,7 @@ class AzureBackend(Backend):
     # --- queries ---------------------------------------------------------------------------------------
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
         self._chain(job_id, fresh=True)
-        return self.reader.list_task_results(job_id)
+        return (r for r in self.reader.list_task_results(job_id) if not is_final_or_barrier(r.task_id))
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         return self.reader.read_task_log(job_id, task_id, stream=stream)
@@ -424,6 +431,10 @@ class AzureBackend(Backend):
         return replay_task(self.client, self.storage, self.config, self.documents, job_id, task_id,
                            node_root=node_root, batch_job_ids=self._chain(job_id).batch_job_ids(),
                            facts=self.reader.facts)
+
+
+def _succeeded_prior(task: bm.BatchTask | None) -> bool:
+    return task is not None and _succeeded(task)
 
 
 def _succeeded(task: bm.BatchTask) -> bool:
