@@ -107,3 +107,58 @@ def test_a_failed_task_blocks_the_final_step_unless_completed_is_enough(kind: st
         assert runs.read_text() == "run\n"
         listing = project.storage.download_bytes(final_outs, f"{job_id}/listing.jsonl").decode().splitlines()
         assert len(listing) == 2 and all(json.loads(line)["path"] is None for line in listing)
+
+
+JOB_TOML = """
+id = "{job_id}"
+command = "sh -c 'cat \\"$INPUT\\" > \\"$INPUT_STEM\\".out'"
+
+[inputs]
+container = "{ins}"
+
+[[outputs]]
+pattern = "*.out"
+container = "{outs}"
+
+[final]
+command = "sh -c 'wc -l < outputs.jsonl > count.txt; exit {final_exit}'"
+
+[[final.outputs]]
+pattern = "count.txt"
+container = "{final_outs}"
+"""
+
+
+@pytest.mark.parametrize("final_exit", [0, 4])
+def test_the_job_file_section_and_the_commands_show_the_final_step_apart(final_exit: int, project: Any) -> None:
+    """`[final]` in a job file: `plan` shows it with its dependencies, `run` prints it under the tasks
+    (and exits 1 when it failed), `status --json` and `report --json` carry it apart from the tasks."""
+    ins, outs, final_outs = project.container("inputs"), project.container("outputs"), project.container("final")
+    project.put_inputs(ins, {"one.txt": b"1\n", "two.txt": b"2\n"})
+    job_id = f"finc-{uuid.uuid4().hex[:8]}"
+    job_file = project.dir / "job.toml"
+    job_file.write_text(JOB_TOML.format(job_id=job_id, ins=ins, outs=outs, final_outs=final_outs,
+                                        final_exit=final_exit), encoding="utf-8")
+    planned = project.cli("plan", str(job_file), "--json")
+    assert planned.returncode == 0, planned.stderr
+    final_plan = json.loads(planned.stdout)["final_step"]
+    assert final_plan["argv"][:2] == ["sh", "-c"] and final_plan["run_when"] == "succeeded"
+    assert final_plan["depends_on"] == {"tasks": 2, "barriers": 0, "final_step_names": 2,
+                                        "final_step_id_chars": final_plan["depends_on"]["final_step_id_chars"]}
+
+    ran = project.cli("run", str(job_file))
+    assert ran.returncode == (0 if final_exit == 0 else 1), ran.stdout + ran.stderr
+    state = "succeeded" if final_exit == 0 else "failed"
+    assert f"final step {state} (run_when = succeeded, exit code {final_exit})" in ran.stdout, ran.stdout
+    assert "2 succeeded, 0 failed, 2 total" in ran.stdout, ran.stdout
+    status = json.loads(project.cli("status", job_id, "--json").stdout)
+    assert status["counts"]["total"] == 2 and status["final_step"]["state"] == state
+    assert "final-step" not in {t["task_id"] for t in status["tasks"]}
+    report = project.cli("report", job_id, "--json")
+    assert report.returncode == 0, report.stderr
+    assert json.loads(report.stdout)["final_step"]["result"]["exit_code"] == final_exit
+    if final_exit == 0:  # its outputs upload on success, as [[outputs]] do
+        assert project.storage.download_bytes(final_outs, f"{job_id}/count.txt").strip() == b"2"
+    else:
+        logs = project.cli("logs", job_id, "final-step", "--stderr")
+        assert logs.returncode == 0, logs.stderr

@@ -96,6 +96,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     # `batchyard plan`'s Azure forecast, computed from this run's own task durations.
     forecast: dict[str, Any] | None = None
+    final_step: dict[str, Any] | None = None  # the job's [final] task, apart from the per-file ones
 
     @property
     def start(self) -> float | None:
@@ -227,6 +228,8 @@ def report_from_backend(backend: Backend, job_id: str) -> ReportData:
     shape = (f"Azure Batch pool {pool.pool_id}: {pool.vm_size} x {pool.target_nodes} node(s) x {pool.slots_per_node} "
              f"slot(s) ({pool.state})" if pool is not None else backend_shape(backend))
     data = build_report(results, job_id=job_id, backend=backend.name, shape=shape, counts=counts)
+    final = backend.final_step(job_id)
+    data.final_step = final.to_dict() if final is not None else None
     durations = durations_from(results)
     if durations:  # what the same tasks would take and cost on the configured Azure pool
         data.forecast = forecast(backend.config, tasks=len(results), durations=durations,

@@ -72,6 +72,11 @@ def render(p: Plan) -> None:
             out.print(f"    argv {json.dumps(row['argv'], ensure_ascii=False)}", highlight=False)
         if p.tasks > len(p.sample):
             out.print(f"  ... and {p.tasks - len(p.sample)} more", highlight=False)
+        if p.final_step is not None:
+            final, deps = p.final_step, p.final_step["depends_on"]
+            out.print(styled("\n", ("final step", "bold"), f" ({final['task_id']}, run_when = {final['run_when']}, "
+                             f"after {deps['tasks']} task(s); on Azure Batch through {deps['barriers']} barrier "
+                             f"task(s)): {final['command_line']}"), highlight=False, soft_wrap=True)
         out.print(styled("\n", ("uploads", "bold")), highlight=False)
         local = p.uploads.get("local_dir")
         if local:
