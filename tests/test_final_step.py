@@ -68,7 +68,11 @@ def test_final_step_runs_once_after_all_succeed_and_sees_the_outputs(kind: str, 
         assert counts.succeeded == 3 and counts.total == 3, counts  # the final step is not counted
         view = be.final_step(job_id)
         assert view is not None and view.state == "succeeded", view
-        assert {r.task_id for r in be.list_task_results(job_id)}.isdisjoint({"final-step"})
+        per_file = {r.task_id for r in be.list_task_results(job_id)}
+        assert len(per_file) == 3 and "final-step" not in per_file
+        if kind == "emulator":  # Batch holds it through dependencies: the job uses them, the task names its own
+            assert be.client.get_job(job_id).uses_task_dependencies is True
+            assert set(be.client.get_task(job_id, "final-step").depends_on.task_ids) == per_file
     assert runs.read_text() == "run\n"
     listing = [json.loads(line) for line in
                project.storage.download_bytes(final_outs, f"{job_id}/listing.jsonl").decode().splitlines()]
@@ -162,3 +166,27 @@ def test_the_job_file_section_and_the_commands_show_the_final_step_apart(final_e
     else:
         logs = project.cli("logs", job_id, "final-step", "--stderr")
         assert logs.returncode == 0, logs.stderr
+
+
+def test_the_final_step_reruns_when_a_task_it_depends_on_reran_or_its_definition_changed(
+        kind: str, project: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    config, ins, outs, final_outs, runs = _setup(kind, project, request, tmp_path)
+    job_id = f"fin-{uuid.uuid4().hex[:8]}"
+    with get_backend(None, config) as be:
+        failing = _job(job_id, ins, outs, final_outs, runs=runs, fail=True, stage=False)
+        be.submit(failing)
+        be.run_to_end(failing, timeout=200)
+        assert be.final_step(job_id).state == "skipped" and not runs.exists()
+        # The failed task re-runs (and succeeds now): the final step runs after it.
+        fixed = _job(job_id, ins, outs, final_outs, runs=runs, stage=False)
+        assert be.submit(fixed).enqueued == 1
+        counts = be.run_to_end(fixed, timeout=200)
+        assert counts.succeeded == 3, counts
+        assert be.final_step(job_id).state == "succeeded"
+        assert runs.read_text() == "run\n"
+        # No per-file task to run, but the final step's command changed: it alone runs again.
+        changed = _job(job_id, ins, outs, final_outs, runs=runs, stage=False, tag=" v2")
+        assert be.submit(changed).enqueued == 0
+        be.run_to_end(changed, timeout=200)
+        assert be.final_step(job_id).state == "succeeded"
+    assert runs.read_text() == "run\nrun\n"
