@@ -190,3 +190,21 @@ def test_the_final_step_reruns_when_a_task_it_depends_on_reran_or_its_definition
         be.run_to_end(changed, timeout=200)
         assert be.final_step(job_id).state == "succeeded"
     assert runs.read_text() == "run\nrun\n"
+
+
+def test_map_lines_takes_the_final_step_as_a_keyword(project: Any) -> None:
+    """The Python API: ``final=`` (keyword-only) is the job file's ``[final]``."""
+    from batchyard import FinalStep, OutputSpec, map_lines
+
+    ins, outs, final_outs = project.container("inputs"), project.container("outputs"), project.container("final")
+    project.put_inputs(ins, {"x.txt": b"a\nb\n", "y.txt": b"c\n"})
+    final = FinalStep(command="sh -c 'cat outputs/*/*/*.txt > all.txt'", stage_outputs=True,
+                      outputs=(OutputSpec(pattern="all.txt", container=final_outs),))
+    job_id = f"finapi-{uuid.uuid4().hex[:6]}"
+    run = map_lines(str.upper, inputs=f"{ins}/*.txt", outputs=f"{outs}/{{job_id}}/", job_id=job_id,
+                    config=project.config(), workers=2, timeout=200, final=final)
+    assert run.succeeded, run.results()
+    assert run.final_step()["state"] == "succeeded", run.final_step()
+    assert project.storage.download_bytes(final_outs, f"{job_id}/all.txt") == b"A\nB\nC\n"
+    with pytest.raises(TypeError):
+        map_lines(str.upper, f"{ins}/*.txt", f"{outs}/{{job_id}}/", None, final)  # type: ignore[misc]
