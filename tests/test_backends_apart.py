@@ -66,7 +66,8 @@ def test_azure_run_creates_no_queue_and_no_table(project: Any, batch_emulator: A
     prefix = config.storage.table_prefix
     assert not {config.storage.queue, f"{config.storage.queue}-poison", f"{prefix}jobs", f"{prefix}tasks"} & after
     blobs = set(project.storage.list_blob_names(config.storage.system_container, f"jobs/{job.id}/"))
-    assert blobs == {f"jobs/{job.id}/job.json", f"jobs/{job.id}/resources/tool.sh", f"jobs/{job.id}/azure-runs.json"}
+    assert blobs == {f"jobs/{job.id}/job.json", f"jobs/{job.id}/resources/tool.sh", f"jobs/{job.id}/azure-runs.json",
+                     f"jobs/{job.id}/tasks.json.gz"}  # the manifest: what `download` follows
 
 
 def test_azure_backend_without_storage_refuses_and_starts_no_azurite(project: Any, tmp_path: Path) -> None:

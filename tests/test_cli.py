@@ -71,7 +71,7 @@ def test_run_example_status_logs_download(project, example: Path) -> None:  # ty
     # A second run only re-runs the failed task.
     again = project.cli("run", str(example), "--workers", "2")
     assert again.returncode == 1
-    assert "1 queued, 19 already succeeded, 1 failed before (re-run)" in " ".join(again.stderr.split())
+    assert "20 tasks, 1 queued: 19 kept, 1 failed" in " ".join(again.stderr.split())
 
     missing = project.cli("status", "nosuchjob")
     assert missing.returncode == 3 and "job 'nosuchjob' not found" in missing.stderr
@@ -228,7 +228,7 @@ def test_run_summary_status_logs_and_rerun_of_the_failed_only(stub_project: Any)
     calls.clear()
     again = stub_project.cli("run", str(job))
     assert again.exit_code == 1
-    assert "1 queued, 4 already succeeded, 1 failed before (re-run)" in " ".join(again.stderr.split())
+    assert "5 tasks, 1 queued: 4 kept, 1 failed" in " ".join(again.stderr.split())
     assert calls == [("bad", 1), ("bad", 2)], "a task that had succeeded ran again"
 
 

@@ -169,7 +169,7 @@ def test_the_job_file_section_and_the_commands_show_the_final_step_apart(final_e
         # The failed final step comes back to this machine like any task: listing, command, exit code.
         replay = project.cli("debug", job_id, "final-step", "--dir", str(project.dir / "replay"))
         assert replay.returncode == final_exit, replay.stdout + replay.stderr
-        assert list((project.dir / "replay").rglob("count.txt"))[0].read_text().strip() == "2"
+        assert next(iter((project.dir / "replay").rglob("count.txt"))).read_text().strip() == "2"
 
 
 def test_the_final_step_reruns_when_a_task_it_depends_on_reran_or_its_definition_changed(

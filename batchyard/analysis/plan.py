@@ -50,6 +50,8 @@ from batchyard.core.job import (
     tasks_from_table,
 )
 from batchyard.core.placeholders import substitute_command
+from batchyard.core.rerun import Decider, PriorTask, RerunOption, blob_identity, with_fingerprints
+from batchyard.storage.account import file_md5
 
 SEVERITIES = ("error", "warning", "info")
 LONGEST_ACCOUNT_URL = "https://" + "a" * 24 + ".blob.core.windows.net"  # the longest real account name
@@ -80,6 +82,7 @@ class Plan:
     findings: list[Finding] = field(default_factory=list)
     forecast: dict[str, Any] = field(default_factory=dict)
     final_step: dict[str, Any] | None = None  # [final]: its command and its dependencies on Batch
+    rerun: dict[str, Any] | None = None  # which tasks a run would run and why (None: no records to compare)
 
     @property
     def has_errors(self) -> bool:
@@ -168,17 +171,25 @@ class _Scan:
 
 
 def _tasks(job: Job, ctx: _Context, findings: list[Finding], local: list[tuple[Path, str]]) -> Iterator[TaskDef]:
+    """The job's tasks, each with the fingerprint it would be submitted with (local files as they would
+    be uploaded, the rest as listed)."""
+    resources = {rf.target: file_md5(job.base_dir / rf.source).hex() for rf in job.resource_files
+                 if (job.base_dir / rf.source).is_file()}
     if job.tasks is not None:
-        return tasks_from_table(job)
+        return (fingerprinted for task in tasks_from_table(job)
+                for fingerprinted in with_fingerprints(job, [task], resources=resources, identities={}))
     assert job.inputs is not None
-    names = {name for _, name in local}
-    names.update(_list_blobs(ctx, job, findings))
-    return tasks_from_blob_names(job, sorted(names))
+    identities = _list_blobs(ctx, job, findings)
+    identities.update({name: blob_identity(md5=file_md5(path), etag=None, size=path.stat().st_size)
+                       for path, name in local})
+    return iter(with_fingerprints(job, tasks_from_blob_names(job, sorted(identities)), resources=resources,
+                                  identities=identities))
 
 
 def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_jobs: int | None = None,
-              durations: Sequence[float] | None = None) -> Plan:
-    """The plan for ``job_file``. ``active_jobs``/``durations`` override what the backend would say (tests)."""
+              durations: Sequence[float] | None = None, rerun: RerunOption = None) -> Plan:
+    """The plan for ``job_file``. ``active_jobs``/``durations`` override what the backend would say (tests);
+    ``rerun`` as ``batchyard run --rerun`` takes it."""
     plan = Plan(job_file=str(job_file), job_id=None, backend=config.backend)
     try:
         job = load_job(job_file)
@@ -202,16 +213,22 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     preview = _preview(job, config, ctx, findings)
     scan = _Scan(environment=EnvironmentCheck(job, extra_env=preview.extra_env if preview else {}),
                  task_ids=[] if job.final is not None else None)
+    prior = _prior(ctx, job)
+    decider = Decider(job.id, prior or {}, rerun=rerun)
     try:
         for task in _tasks(job, ctx, findings, local):
             scan.add(task, preview, show)
+            decider.add(task)
+        if prior is not None or rerun is not None:
+            plan.rerun = decider.finish().to_dict()
         if job.inputs is not None and not scan.count:
             findings.append(Finding("error", "no-inputs", f"no input in container {job.inputs.container!r} "
                                     f"under prefix {job.inputs.prefix!r} matches glob {job.inputs.glob!r}",
                                     "check prefix and glob, or set inputs.local_dir"))
     except JobValidationError as exc:
         for where, problem in exc.problems:
-            code = "task-id-collision" if "same task id" in problem else "job-invalid"
+            code = "task-id-collision" if "same task id" in problem else "rerun-unknown-task" if where == "--rerun" \
+                else "job-invalid"
             findings.append(Finding("error", code, f"{where}: {problem}", "fix the inputs (or rows) involved"))
     plan.tasks = scan.count
     for task in scan.sample[:show]:
@@ -317,20 +334,34 @@ def _backend_facts(ctx: _Context, job: Job, durations: Sequence[float] | None, a
     return durations, active_jobs, job_exists, previous
 
 
-def _list_blobs(ctx: _Context, job: Job, findings: list[Finding]) -> list[str]:
+def _prior(ctx: _Context, job: Job) -> dict[str, PriorTask] | None:
+    """The records of the job's previous runs (core/rerun.py); None when there is nothing to ask."""
+    try:
+        be = ctx.backend()
+        if be is None:
+            return None
+        with be:
+            return be.prior_tasks(job.id)
+    except Exception:  # a plan never fails on what it cannot ask; the forecast says why the backend is out of reach
+        return None
+
+
+def _list_blobs(ctx: _Context, job: Job, findings: list[Finding]) -> dict[str, str]:
+    """Each input blob's identity (core/rerun.py) by name."""
     assert job.inputs is not None
     if ctx.storage is None:
         findings.append(Finding("info", "inputs-not-listed", "no storage configured or running: only "
                                 "inputs.local_dir files are counted", "set AZURE_STORAGE_CONNECTION_STRING "
                                 "(or `batchyard emulator start`) to count blobs already uploaded"))
-        return []
+        return {}
     try:
-        return list(ctx.storage.list_blob_names(job.inputs.container, job.inputs.prefix))
+        return {name: blob_identity(md5=md5, etag=etag, size=size)
+                for name, md5, etag, size in ctx.storage.list_blob_identities(job.inputs.container, job.inputs.prefix)}
     except BatchyardError as exc:
         if "does not exist" not in str(exc):
             findings.append(Finding("warning", "inputs-not-listed", f"could not list the inputs: {exc}",
                                     "check the storage account settings"))
-        return []
+        return {}
 
 
 __all__ = ["Finding", "Plan", "check_chunks", "check_environment", "check_outputs", "check_pool", "check_quota",

@@ -45,6 +45,7 @@ from batchyard.backends import get_backend, get_backend_class
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts
 from batchyard.core.config import Config, load_config
 from batchyard.core.job import FinalStep, Inputs, Job, OutputSpec, ResourceFileSpec, job_from_dict
+from batchyard.core.rerun import RerunOption
 from batchyard.core.version import __version__
 from batchyard.node.inline import (
     AZURE_ADVICE,
@@ -339,7 +340,7 @@ def _with_node_install(config: Config, *, python: str = "python3") -> Config:
 def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
          outputs: str | OutputSpec | Sequence[str | OutputSpec], *, job_id: str | None, backend: str | None,
          wait: bool, config: Config | None, workers: int | None, timeout: float | None,
-         **job_options: Any) -> MapRun:
+         rerun: RerunOption = None, **job_options: Any) -> MapRun:
     config = (config or load_config()).with_backend(backend)
     python = task_python(config, job_options.pop("python", None))
     config = _with_node_install(config, python=python)
@@ -350,7 +351,7 @@ def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
         be = get_backend(None, config)
         with be:
             be.preflight()
-            submitted = be.submit(job)
+            submitted = be.submit(job, rerun=rerun)
             run = MapRun(job, config, submitted, workers=workers)
             if wait:
                 be.run_to_end(job, workers=workers, timeout=timeout, poll_interval=POLL_INTERVAL)
@@ -365,7 +366,7 @@ def map_files(fn: Callable[[Path, Path], Any], inputs: str | Inputs,
               config: Config | None = None, workers: int | None = None,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str | None = None, timeout: float | None = None,
+              python: str | None = None, timeout: float | None = None, rerun: RerunOption = None,
               final: FinalStep | Mapping[str, Any] | None = None) -> MapRun:
     """Run ``fn(src, out_dir)`` once per input blob, as a task on ``backend``.
 
@@ -381,11 +382,13 @@ def map_files(fn: Callable[[Path, Path], Any], inputs: str | Inputs,
     ``python`` is the interpreter command tasks run (default: this interpreter on the local
     backend and the emulator when it can import batchyard, else ``python3``: :func:`task_python`).
     Relative paths (an ``Inputs``' ``local_dir``, ``resource_files``) are relative to the working dir.
+    Run again with the same ``job_id``, a task that succeeded with the same fingerprint (same input,
+    function, options) is kept; ``rerun="all"`` or ``rerun=[task ids]`` runs those again anyway.
     ``final`` (a :class:`~batchyard.core.final_step.FinalStep` or its fields) is one command run after
     every task, given their outputs, as a job file's ``[final]``; :meth:`MapRun.final_step` shows it.
     """
     return _map("files", fn, inputs, outputs, job_id=job_id, backend=backend, wait=wait, config=config,
-                workers=workers, timeout=timeout, max_wall_clock_time=max_wall_clock_time,
+                workers=workers, timeout=timeout, rerun=rerun, max_wall_clock_time=max_wall_clock_time,
                 max_task_retry_count=max_task_retry_count, environment=environment,
                 resource_files=resource_files, python=python, final=final)
 
@@ -396,7 +399,7 @@ def map_lines(fn: Callable[[str], str | None], inputs: str | Inputs,
               config: Config | None = None, workers: int | None = None,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str | None = None, timeout: float | None = None,
+              python: str | None = None, timeout: float | None = None, rerun: RerunOption = None,
               final: FinalStep | Mapping[str, Any] | None = None) -> MapRun:
     """Run ``fn(line) -> str`` on every line of every input blob; one output file per input.
 
@@ -406,6 +409,6 @@ def map_lines(fn: Callable[[str], str | None], inputs: str | Inputs,
     bytes pass through unchanged. Other arguments as :func:`map_files`.
     """
     return _map("lines", fn, inputs, outputs, job_id=job_id, backend=backend, wait=wait, config=config,
-                workers=workers, timeout=timeout, max_wall_clock_time=max_wall_clock_time,
+                workers=workers, timeout=timeout, rerun=rerun, max_wall_clock_time=max_wall_clock_time,
                 max_task_retry_count=max_task_retry_count, environment=environment,
                 resource_files=resource_files, python=python, final=final)

@@ -19,8 +19,9 @@ What a job's command can rely on, on every backend:
 - **Outputs.** Uploaded after it exits, per ``upload_on``; a non-optional pattern that
   matches nothing fails the task (``output_missing``).
 - **Delivery.** At least once: a task may start again if its worker or node is lost, so
-  commands should be safe to re-run. A task recorded as succeeded never runs again for
-  the same job id, and each task has exactly one final record.
+  commands should be safe to re-run. A task recorded as succeeded runs again for the same
+  job id only when its fingerprint changed or a re-run is asked for (:mod:`batchyard.core.rerun`),
+  and each run of a task has exactly one final record.
 - **Replay.** ``batchyard debug`` runs one task again here, as it ran (:meth:`Backend.replay_task`).
 - **Final step.** A job's ``[final]`` task runs after the per-file ones; counts never include it
   (:meth:`Backend.final_step`, :mod:`batchyard.backends.final_step`).
@@ -31,24 +32,23 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchyard.backends.polling import PollSchedule
 from batchyard.backends.views import PoolSummary, PoolView
 from batchyard.core.errors import BackendError
 
 if TYPE_CHECKING:
     from batchyard.core.config import Config
     from batchyard.core.findings import Finding
-    from batchyard.core.job import Job
+    from batchyard.core.job import Job, TaskDef
+    from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan
     from batchyard.node.taskspec import NodeContext, TaskSpec
     from batchyard.storage.account import Storage
-
-END_POLL_S = 0.1  # the shortest pause between polls, when the job's end is near
-
 
 class TaskState(StrEnum):
     PENDING = "pending"
@@ -145,6 +145,7 @@ class SubmitResult:
     already_succeeded: int = 0
     already_running: int = 0
     rerun_failed: int = 0
+    rerun: RerunPlan | None = None  # which tasks this submit runs, and why
 
 
 @dataclass(frozen=True)
@@ -188,32 +189,6 @@ class JobView:
 ProgressCallback = Callable[[TaskCounts], None]
 
 
-class PollSchedule:
-    """How long to wait before the next poll of a job's task counts.
-
-    Pauses back off from 0.25 s to ``poll_interval``, but when the pace since the first poll says
-    the tasks left will be done sooner, the next poll comes after half that time (results arrive
-    in bursts, so the pace is only a guess; at least :data:`END_POLL_S`): the end of a job is
-    seen within a few tenths of a second, without polling that often the whole time.
-    """
-
-    def __init__(self, poll_interval: float) -> None:
-        self.poll_interval = poll_interval
-        self.interval = min(0.25, poll_interval)
-        self.first: tuple[float, int] | None = None  # (when, done) at the first poll
-
-    def pause(self, now: float, counts: TaskCounts) -> float:
-        pause = self.interval
-        if self.first is None:
-            self.first = (now, counts.done)
-        elif counts.done > self.first[1]:  # half the time the rest would take at the pace so far
-            since, done_then = self.first
-            left = counts.total - counts.done
-            pause = max(END_POLL_S, min(self.interval, left * (now - since) / (counts.done - done_then) / 2))
-        self.interval = min(self.poll_interval, self.interval * 1.5)
-        return pause
-
-
 class Backend(ABC):
     """A place to run jobs. Construct through :func:`batchyard.backends.get_backend`.
 
@@ -244,11 +219,14 @@ class Backend(ABC):
         """Cheap authenticated calls that fail fast, naming what is wrong, before anything is submitted."""
 
     @abstractmethod
-    def submit(self, job: Job) -> SubmitResult:
-        """Create the job (or find it) and queue every task that has not yet succeeded.
+    def submit(self, job: Job, *, rerun: RerunOption = None,
+               on_plan: Callable[[RerunPlan], None] | None = None) -> SubmitResult:
+        """Create the job (or find it) and queue every task that :meth:`rerun_plan` says runs.
 
-        Idempotent: task ids are deterministic, so submitting the same job again queues
-        only missing and failed tasks and never runs a succeeded task again.
+        Task ids are deterministic, so submitting the same job again keeps every task that
+        succeeded with the same fingerprint and queues the changed, failed, cancelled and missing
+        ones; ``rerun`` (``"all"`` or task ids) runs those again whatever their records say.
+        ``on_plan`` is called with the plan before anything is queued.
         """
 
     @abstractmethod
@@ -274,6 +252,18 @@ class Backend(ABC):
     @abstractmethod
     def job(self, job_id: str) -> Job:
         """The job as it was submitted."""
+
+    # --- change-aware re-runs (core/rerun.py) ---------------------------------------------------------
+    def prior_tasks(self, job_id: str) -> dict[str, PriorTask]:
+        """What the records say of each task's last run, by lower-cased task id ({} for a new job)."""
+        return {}
+
+    def rerun_plan(self, job: Job, tasks: Sequence[TaskDef], *, rerun: RerunOption = None) -> RerunPlan:
+        """Which of ``tasks`` (fanned out now, each with its fingerprint) a run of ``job`` runs, and why:
+        the one place that decides it, for ``run``, ``plan`` and whatever depends on the tasks."""
+        from batchyard.core.rerun import decide
+
+        return decide(job.id, tasks, self.prior_tasks(job.id), rerun=rerun)
 
     def output_locations(self, job_id: str) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the job's outputs land."""
@@ -406,19 +396,25 @@ class Backend(ABC):
     def _check_alive(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Raise if whatever runs the tasks has died (so ``wait`` does not wait forever)."""
 
+    def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
+        """(container, blob name) of every output of the job that ``download`` serves: here every blob
+        under its output locations; the built-in backends follow the task records instead
+        (:mod:`batchyard.backends.outputs`)."""
+        for container, prefix in self.output_locations(job_id):
+            for name in self.storage.list_blob_names(container, prefix):
+                yield container, name
+
     def download_outputs(self, job_id: str, dest: Path) -> list[Path]:
-        """Copy every output blob of the job under ``dest/<container>/<blob name>``."""
+        """Copy every output blob of the job (:meth:`output_blobs`) under ``dest/<container>/<blob name>``."""
         from batchyard.core.paths import safe_relative_path
 
         written: list[Path] = []
-        storage = self.storage
-        for container, prefix in self.output_locations(job_id):
-            for name in storage.list_blob_names(container, prefix):
-                rel = safe_relative_path(name, what=f"output blob {name!r}")
-                target = dest / container / Path(*rel.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(storage.download_bytes(container, name))
-                written.append(target)
+        for container, name in self.output_blobs(job_id):
+            rel = safe_relative_path(name, what=f"output blob {name!r}")
+            target = dest / container / Path(*rel.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.storage.download_bytes(container, name))
+            written.append(target)
         return written
 
     def close(self) -> None:  # noqa: B027

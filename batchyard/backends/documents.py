@@ -6,7 +6,8 @@ Both backends keep the same documents, in the system container, and nothing else
   the local backend also the job's message key (the secret its queue messages are MACed with,
   which no queue message carries: docs/security.md);
 - ``jobs/<job id>/tasks.json.gz``: the manifest, the id and label of every task of the last
-  submission (the local backend's, whose task rows appear only when a worker claims them);
+  submission (the local backend's task rows appear only when a worker claims them; ``download``
+  serves the outputs of these tasks only), and each task's output prefixes when they differ by task;
 - ``jobs/<job id>/resources/<file>``: the resource files, uploaded once;
 - ``jobs/<job id>/<name>``: what one backend keeps about the job besides (the azure backend's
   chain of Batch jobs, ``azure-runs.json``);
@@ -25,7 +26,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,17 @@ from batchyard.backends.base import dumps
 from batchyard.core.batch_semantics import log_prefix
 from batchyard.core.config import Config
 from batchyard.core.errors import JobNotFoundError, JobValidationError
-from batchyard.core.job import ID_RE, Job, TaskDef, job_from_dict, tasks_from_blob_names, tasks_from_table
+from batchyard.core.job import (
+    ID_RE,
+    Job,
+    TaskDef,
+    job_from_dict,
+    output_prefix,
+    tasks_from_blob_names,
+    tasks_from_table,
+)
+from batchyard.core.placeholders import PLACEHOLDER_RE, static_prefix
+from batchyard.core.rerun import blob_identity, with_fingerprints
 from batchyard.storage.account import Storage, file_md5
 
 log = logging.getLogger(__name__)
@@ -100,20 +111,35 @@ class JobDocuments:
         return job_from_dict(self.load_job_doc(job_id)["job"], source=f"job {job_id}", stored=True)
 
     # --- the manifest: every task of a submission, by id and label --------------------------------------
-    def save_manifest(self, job_id: str, spec_hash: str, tasks: Iterable[TaskDef]) -> None:
+    def save_manifest(self, job_id: str, spec_hash: str, tasks: Iterable[TaskDef], *, job: Job | None = None) -> None:
         """The list of a job's tasks, for ``status``, ``cancel`` and reports to show the tasks that
-        have no record yet."""
-        body = dumps({"spec_hash": spec_hash, "tasks": [[t.task_id, t.label] for t in tasks]})
+        have no record yet, and for ``download`` to serve the outputs of this submission's tasks
+        only. With ``job``, when an output path has a per-task placeholder, each task's output
+        prefixes (one per output, in order) too: ``[id, label, [prefix, ...]]``."""
+        per_task = job is not None and any(name not in ("", "job_id") for out in job.outputs
+                                           for name in PLACEHOLDER_RE.findall(out.path))
+        rows = [[t.task_id, t.label, [output_prefix(job, out, t) for out in job.outputs]] if per_task and job
+                else [t.task_id, t.label] for t in tasks]
+        body = dumps({"spec_hash": spec_hash, "tasks": rows})
         self.storage.upload_bytes(self.system_container, self.manifest_blob(job_id),
                                   gzip.compress(body.encode(), compresslevel=1))
 
-    def load_manifest(self, job_id: str) -> list[tuple[str, str]]:
-        """(task id, label) of every task of the job's last submission; [] for a job without a manifest."""
+    def manifest_rows(self, job_id: str) -> list[list[Any]] | None:
+        """The manifest's rows as saved (:meth:`save_manifest`); None for a job without a manifest."""
         try:
             data = self.storage.download_bytes(self.system_container, self.manifest_blob(job_id))
         except ResourceNotFoundError:
-            return []
-        return [(t[0], t[1]) for t in json.loads(gzip.decompress(data))["tasks"]]
+            return None
+        return list(json.loads(gzip.decompress(data))["tasks"])
+
+    def load_manifest(self, job_id: str) -> list[tuple[str, str]]:
+        """(task id, label) of every task of the job's last submission; [] for a job without a manifest."""
+        return [(row[0], row[1]) for row in self.manifest_rows(job_id) or []]
+
+    @staticmethod
+    def static_output_prefix(job: Job, index: int) -> str:
+        """Output ``index``'s path up to its first per-task placeholder."""
+        return static_prefix(job.outputs[index].path, job.id)
 
     # --- a backend's own state about a job ------------------------------------------------------------
     @staticmethod
@@ -175,16 +201,30 @@ def sync_local_dir(storage: Storage, job: Job) -> int:
     return uploaded
 
 
-def fan_out(storage: Storage, job: Job) -> list[TaskDef]:
+def fan_out(storage: Storage, job: Job, *, resources: Mapping[str, str] | None = None) -> list[TaskDef]:
     """The job's tasks (``inputs.local_dir`` is uploaded first, so its files are counted), each id
-    checked against Batch's id rule before anything is queued (ids become table keys and dirs)."""
+    checked against Batch's id rule before anything is queued (ids become table keys and dirs).
+
+    With ``resources`` (each resource file's target -> content MD5, hex), the inputs are listed with
+    their MD5, ETag and size, and each task carries its fingerprint (:mod:`batchyard.core.rerun`).
+    """
     if job.tasks is not None:
-        return _checked_ids(job, tasks_from_table(job))
+        tasks = _checked_ids(job, tasks_from_table(job))
+        return tasks if resources is None else with_fingerprints(job, tasks, resources=resources, identities={})
     assert job.inputs is not None
     if job.inputs.local_dir:
         sync_local_dir(storage, job)
-    tasks = _checked_ids(job, tasks_from_blob_names(job, storage.list_blob_names(job.inputs.container,
-                                                                                 job.inputs.prefix)))
+    container, prefix = job.inputs.container, job.inputs.prefix
+    identities: dict[str, str] = {}
+    if resources is None:
+        names: Iterable[str] = storage.list_blob_names(container, prefix)
+    else:
+        identities = {name: blob_identity(md5=md5, etag=etag, size=size)
+                      for name, md5, etag, size in storage.list_blob_identities(container, prefix)}
+        names = identities
+    tasks = _checked_ids(job, tasks_from_blob_names(job, names))
+    if resources is not None:
+        tasks = with_fingerprints(job, tasks, resources=resources, identities=identities)
     if not tasks:
         raise JobValidationError(f"job {job.id}", [(
             "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "

@@ -70,13 +70,13 @@ def save_state(documents: JobDocuments, job_id: str, state: dict[str, Any]) -> N
     documents.save_backend_state(job_id, STATE_NAME, dumps(state).encode())
 
 
-def plan_submission(documents: JobDocuments, job: Job, *, per_file_enqueued: int,
+def plan_submission(documents: JobDocuments, job: Job, *, dependencies_reran: bool,
                     succeeded_before: bool) -> bool:
     """Decide (and record) whether this submission runs the final step."""
     assert job.final is not None
     state = load_state(documents, job.id)
     fingerprint = job.final.fingerprint()
-    due = final_step_reruns(per_file_enqueued=per_file_enqueued, recorded_fingerprint=state.get("fingerprint"),
+    due = final_step_reruns(dependencies_reran=dependencies_reran, recorded_fingerprint=state.get("fingerprint"),
                             fingerprint=fingerprint, succeeded_before=succeeded_before)
     save_state(documents, job.id, {"fingerprint": fingerprint, "due": due})
     return due

@@ -79,6 +79,22 @@ verbose_option = click.option("-v", "--verbose", count=True, help="Debug logs (-
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                              help="batchyard.toml to use (default: the nearest one above the working dir).")
 backend_option = click.option("--backend", default=None, help="Backend to use: local or azure (default: config).")
+rerun_option = click.option(
+    "--rerun", "rerun", multiple=True, metavar="TASK_ID|all",
+    help="Run this task again whatever its record says (repeatable), or `all` of them. Without it, a task that "
+         "succeeded with the same fingerprint is kept.")
+
+
+def rerun_choice(values: tuple[str, ...]) -> str | tuple[str, ...] | None:
+    """``--rerun``'s values as the backends take them: None, ``"all"``, or task ids."""
+    if not values:
+        return None
+    if "all" in values:
+        if len(values) > 1:
+            raise click.BadParameter("`all` runs every task again: give it alone, or give task ids",
+                                     param_hint="'--rerun'")
+        return "all"
+    return values
 
 
 def backend_context(verbose: int, config_path: str | None, backend: str | None,

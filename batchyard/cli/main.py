@@ -30,12 +30,15 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     console,
     handle_errors,
     out,
+    rerun_choice,
+    rerun_option,
     styled,
     verbose_option,
 )
 from batchyard.core.config import Config, load_config
 from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, load_job
+from batchyard.core.rerun import RerunPlan
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.core.version import __version__
 
@@ -142,26 +145,29 @@ def _pool(be: Backend, config: Config, job_id: str) -> None:
 @backend_option
 @click.option("--workers", type=click.IntRange(1, 512), default=None, help="Local worker processes (default: config).")
 @click.option("--no-wait", is_flag=True, help="Submit and return (local: run `batchyard worker` to process).")
+@rerun_option
 @config_option
 @verbose_option
 @handle_errors
-def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, config_path: str | None,
-        verbose: int) -> None:
+def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, rerun: tuple[str, ...],
+        config_path: str | None, verbose: int) -> None:
     """Submit JOB_FILE and (by default) run it to the end, showing progress and a summary.
 
-    Re-running a job that exists runs only its missing and failed tasks.
+    Run again, a job keeps each task that succeeded with the same fingerprint (command line,
+    resource files, image, environment, outputs, input blob) and runs the changed, failed,
+    cancelled and new ones; what it runs, and why, is printed before anything starts.
     """
     config, be = _context(verbose, config_path, backend)
     job = load_job(job_file)
+
+    def announce(plan: RerunPlan) -> None:
+        tasks = f"{plan.total} task{'' if plan.total == 1 else 's'}"
+        console.print(styled("job ", (job.id, "bold"), f" on {be.name}: {tasks}, {len(plan.reasons)} queued: "
+                             f"{plan.summary()}"), highlight=False, soft_wrap=True)
+
     with be:
         be.preflight()
-        submitted = be.submit(job)
-        console.print(styled(
-            "job ", (job.id, "bold"), f" on {be.name}: {submitted.total} tasks, {submitted.enqueued} queued"
-            + (f", {submitted.already_succeeded} already succeeded" if submitted.already_succeeded else "")
-            + (f", {submitted.rerun_failed} failed before (re-run)" if submitted.rerun_failed else "")),
-            highlight=False, soft_wrap=True,
-        )
+        submitted = be.submit(job, rerun=rerun_choice(rerun), on_plan=announce)
         flag = backend_flag(config_path, be.name)
         if no_wait:
             if be.name == "local":
@@ -283,7 +289,11 @@ def delete(job_id: str, backend: str | None, config_path: str | None, verbose: i
 @verbose_option
 @handle_errors
 def download(job_id: str, dest: str, backend: str | None, config_path: str | None, verbose: int) -> None:
-    """Download every output of a job into DEST/<container>/<blob name>."""
+    """Download every output of a job into DEST/<container>/<blob name>.
+
+    Follows the task records: the outputs the current outputs spec gives each task whose record says
+    it uploaded; an output that only an earlier spec (another pattern or path) produced is not served.
+    """
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
         written = be.download_outputs(be.resolve_job_id(job_id), Path(dest))

@@ -24,6 +24,8 @@ from batchyard.cli.common import (
     config_option,
     handle_errors,
     out,
+    rerun_choice,
+    rerun_option,
     styled,
     verbose_option,
 )
@@ -38,30 +40,33 @@ _STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 @click.option("--show", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="How many tasks (and local files) to list.")
 @backend_option
+@rerun_option
 @config_option
 @verbose_option
 @handle_errors
-def plan(job_file: str, as_json: bool, show: int, backend: str | None, config_path: str | None, verbose: int) -> None:
+def plan(job_file: str, as_json: bool, show: int, backend: str | None, rerun: tuple[str, ...],
+         config_path: str | None, verbose: int) -> None:
     """Dry run: the tasks JOB_FILE would run, its uploads and outputs, Azure Batch preflight, cost forecast.
 
     Nothing is submitted or uploaded. Inputs are the files of inputs.local_dir plus the blobs already
-    under the prefix (when storage is configured or the local Azurite runs). Exits 1 when a finding is
+    under the prefix (when storage is configured or the local Azurite runs). For a job that ran before,
+    which tasks `run` would keep and which it would run again, and why. Exits 1 when a finding is
     an error.
     """
     from batchyard.analysis.plan import make_plan
 
     _setup_logging(verbose)
     config = load_config(config_path, backend=backend)
-    result = make_plan(job_file, config, show=show)
+    result = make_plan(job_file, config, show=show, rerun=rerun_choice(rerun))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:
-        render(result)
+        render(result, show=show)
     if result.has_errors:
         sys.exit(EXIT_FAILED_TASKS)
 
 
-def render(p: Plan) -> None:
+def render(p: Plan, *, show: int = 5) -> None:
     """The plan as text. Consoles read no markup (cli/common.py): names and messages print as written."""
     out.print(styled(("plan", "bold"), f" for job {p.job_id} ({p.job_file}), backend {p.backend}: nothing submitted"),
               highlight=False)
@@ -72,6 +77,7 @@ def render(p: Plan) -> None:
             out.print(f"    argv {json.dumps(row['argv'], ensure_ascii=False)}", highlight=False)
         if p.tasks > len(p.sample):
             out.print(f"  ... and {p.tasks - len(p.sample)} more", highlight=False)
+        render_rerun(p, show)
         if p.final_step is not None:
             final, deps = p.final_step, p.final_step["depends_on"]
             out.print(styled("\n", ("final step", "bold"), f" ({final['task_id']}, run_when = {final['run_when']}, "
@@ -124,6 +130,20 @@ def render(p: Plan) -> None:
             out.print(f"    - {line}", highlight=False)
     if fc and fc.get("autoscale"):
         render_autoscale(fc["autoscale"])
+
+
+def render_rerun(p: Plan, show: int) -> None:
+    """What `run` would run of a job that ran before, and why (the same split `run` prints)."""
+    split = p.rerun
+    if split is None:
+        out.print("  run: no records to compare (no storage, or the backend cannot be reached)", highlight=False)
+        return
+    out.print(styled("  run: ", (f"{split['rerun']} to run", "bold"), f" ({split['summary']})"), highlight=False)
+    reasons = [(task_id, why) for task_id, why in split["tasks"].items() if why != ["new"]]
+    for task_id, why in reasons[:show]:
+        out.print(f"    {task_id}: {', '.join(why)}", highlight=False)
+    if len(reasons) > show:
+        out.print(f"    ... and {len(reasons) - show} more (--json lists them)", highlight=False)
 
 
 def render_autoscale(auto: dict[str, Any]) -> None:

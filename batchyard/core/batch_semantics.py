@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 from batchyard.core.errors import AuthenticationError, SourceMissingError
-from batchyard.core.paths import pattern_base
+from batchyard.core.paths import glob_matches, pattern_base
 from batchyard.core.redact import redact
 
 # ------------------------------------------------------------------------------------------- failures
@@ -201,6 +201,20 @@ def batch_output_path(pattern: str, prefix: str) -> str | None:
     if not prefix or prefix.endswith("/"):
         return prefix + pattern.rsplit("/", 1)[-1]
     return prefix
+
+
+def is_output_blob(pattern: str, prefix: str, name: str) -> bool:
+    """Whether blob ``name`` is one an output of ``pattern`` uploaded under ``prefix`` would have (the
+    inverse of :func:`output_blob_name`): how ``download`` tells a current output from a blob an
+    older outputs spec left under the same prefix."""
+    fixed, wildcard = pattern_base(pattern)
+    if not wildcard:
+        return name == output_blob_name(prefix, pattern.rsplit("/", 1)[-1], wildcard=False)
+    folder = prefix if not prefix or prefix.endswith("/") else f"{prefix}/"
+    if not name.startswith(folder) or name == folder:
+        return False
+    relative = name[len(folder):]
+    return glob_matches(f"{fixed}/{relative}" if fixed else relative, pattern)
 
 
 # ----------------------------------------------------------------------------------------------- logs

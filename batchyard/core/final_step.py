@@ -66,15 +66,12 @@ class FinalStep(_Model):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def final_step_reruns(*, per_file_enqueued: int, recorded_fingerprint: str | None, fingerprint: str,
+def final_step_reruns(*, dependencies_reran: bool, recorded_fingerprint: str | None, fingerprint: str,
                       succeeded_before: bool) -> bool:
-    """Whether a submit runs the final step again.
-
-    It re-runs whenever a task it depends on re-ran; until per-task change tracking says which
-    ones did, any per-file task this submit runs counts. Otherwise only when its own definition
-    changed or it has not succeeded yet.
-    """
-    return per_file_enqueued > 0 or recorded_fingerprint != fingerprint or not succeeded_before
+    """Whether a submit runs the final step again: whenever a task it depends on runs again
+    (``dependencies_reran``: the change-aware re-run's answer, :meth:`batchyard.core.rerun.RerunPlan.any_rerun`),
+    when its own definition changed, or when it has not succeeded yet."""
+    return dependencies_reran or recorded_fingerprint != fingerprint or not succeeded_before
 
 
 def is_final_or_barrier(task_id: str) -> bool:

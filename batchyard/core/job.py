@@ -188,6 +188,8 @@ class TaskDef:
     input_blob: str | None = None
     input_path: str | None = None  # staged path, relative to the working dir
     params: tuple[tuple[str, str], ...] = ()
+    # What decides its result, hashed part by part (core/rerun.py); "" where it is not known.
+    fingerprint: str = ""
 
     @property
     def label(self) -> str:

@@ -135,3 +135,16 @@ def match_outputs(wd: Path, pattern: str) -> list[tuple[Path, str]]:
 def fnmatch_name(name: str, pattern: str) -> bool:
     """Case-sensitive glob match of a blob name (after its prefix), '/' matched by '*' too."""
     return fnmatch.fnmatchcase(name, pattern)
+
+
+def glob_matches(path: str, pattern: str) -> bool:
+    """Whether the relative ``path`` is one that ``Path.glob(pattern)`` would find, read from the names
+    alone (no file system): segment by segment, ``**`` for any number of folders, ``*`` within one."""
+    def match(names: list[str], parts: list[str]) -> bool:
+        if not parts:
+            return not names
+        if parts[0] == "**":
+            return any(match(names[skip:], parts[1:]) for skip in range(len(names) + 1))
+        return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and match(names[1:], parts[1:])
+
+    return match(path.split("/"), [part for part in pattern.split("/") if part not in ("", ".")])

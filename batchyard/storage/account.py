@@ -313,6 +313,18 @@ class Storage:
         except Exception as exc:
             raise translate_error(exc, f"listing container {container!r}") from None
 
+    def list_blob_identities(self, container: str, prefix: str = "") -> Iterator[tuple[str, bytes | None, str, int]]:
+        """(name, content MD5 or None, ETag, size) of every blob under ``prefix``: what a change-aware
+        re-run compares (a listing with properties, slower than :meth:`list_blob_names`)."""
+        try:
+            for blob in self.container(container).list_blobs(name_starts_with=prefix or None, results_per_page=1000):
+                md5 = blob.content_settings.content_md5 if blob.content_settings else None
+                yield blob.name, bytes(md5) if md5 else None, str(blob.etag or ""), int(blob.size or 0)
+        except ResourceNotFoundError:
+            raise StorageError(f"container {container!r} does not exist") from None
+        except Exception as exc:
+            raise translate_error(exc, f"listing container {container!r}") from None
+
     def upload_file(self, container: str, name: str, path: Path, *, overwrite: bool = True) -> int:
         size = path.stat().st_size
         with path.open("rb") as fh:

@@ -17,6 +17,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.final import add_final_step, satisfies_on_any_end
 from batchyard.backends.azure.registries import ContainerSetup
+from batchyard.backends.azure.reruns import Placement
 from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, build_task, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
@@ -71,23 +72,26 @@ class JobWriter:
             # else a concurrent submit of the same job won the race: same job, reuse it
 
     def open_and_add(self, job: Job, chain: RunChain, runs: RunRecords, *, batch_job: bm.BatchJob | None,
-                     is_open: bool, pool_id: str, to_add: list[TaskDef], to_readd: list[TaskDef],
-                     required: list[str], containers: ContainerSetup | None, carried: int) -> None:
+                     is_open: bool, pool_id: str, placed: Placement, required: list[str],
+                     containers: ContainerSetup | None) -> None:
         """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
         if not is_open:
             if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
                 chain.update_current()
             if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
-                chain.opened(carried=carried, pool_id=pool_id)
+                chain.opened(carried=placed.carried, pool_id=pool_id)
             else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
-                chain.update_current(carried=carried, pool_id=pool_id)
+                chain.update_current(carried=placed.carried, pool_id=pool_id)
             runs.save(chain)
             self.create_job(job, chain.current.batch_job_id, pool_id)
-        elif not chain.runs:  # a job submitted before runs were recorded
-            chain.update_current(pool_id=pool_id)
+        elif not chain.runs or chain.current.carried != placed.carried:
+            # Recorded now (a job submitted before runs were recorded), or a task carried from an
+            # earlier run re-runs in this one, which counts it from now on.
+            chain.update_current(pool_id=chain.current.pool_id or pool_id, carried=placed.carried)
             runs.save(chain)
-        self.delete_tasks(chain.current.batch_job_id, [t.task_id for t in to_readd])
-        self.add(job, chain.current.batch_job_id, tasks=to_add + to_readd, required=required, containers=containers)
+        self.delete_tasks(chain.current.batch_job_id, [t.task_id for t in placed.readd])
+        self.add(job, chain.current.batch_job_id, tasks=placed.add + placed.readd, required=required,
+                 containers=containers)
 
     def delete_tasks(self, batch_job_id: str, task_ids: list[str]) -> None:
         """Delete failed tasks so they can be added again: reactivation would keep their expired SAS URLs."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from batchyard.backends.azure.preflight import JobChecks, auth_finding
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
 from batchyard.backends.azure.registries import container_setup
 from batchyard.backends.azure.replay import replay_task
+from batchyard.backends.azure.reruns import ChainRecords, chain_records, place
 from batchyard.backends.azure.results import ResultReader
 from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.tasks import batch_error, enum_text, required_patterns, task_result
@@ -53,11 +54,13 @@ from batchyard.backends.base import (
 )
 from batchyard.backends.documents import JobDocuments, fan_out
 from batchyard.backends.final_step import load_state, plan_submission
+from batchyard.backends.outputs import current_outputs
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef, parse_duration
+from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, decide, resource_digests
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +157,9 @@ class AzureBackend(Backend):
             return [auth_finding(exc)]
         return checks.findings(job)
 
-    def fan_out(self, job: Job) -> list[TaskDef]:
+    def fan_out(self, job: Job, *, resources: dict[str, str] | None = None) -> list[TaskDef]:
         """The job's tasks, exactly as the local backend fans them out."""
-        return fan_out(self.storage, job)
+        return fan_out(self.storage, job, resources=resources)
 
     def _get_job(self, batch_job_id: str) -> bm.BatchJob | None:
         try:
@@ -166,23 +169,17 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise batch_error(exc, f"reading job {batch_job_id!r}") from None
 
-    def _tasks_of(self, batch_job_id: str) -> dict[str, bm.BatchTask]:
-        try:
-            return {t.id.lower(): t for t in self.client.list_tasks(batch_job_id, select=["id", "state",
-                                                                                           "executionInfo"])}
-        except ResourceNotFoundError:
-            return {}
-        except Exception as exc:
-            raise batch_error(exc, f"listing tasks of job {batch_job_id!r}") from None
+    def prior_tasks(self, job_id: str) -> dict[str, PriorTask]:
+        """Each task's newest record across the job's chain of Batch jobs (:mod:`.reruns`)."""
+        return self._records(self._chain(job_id, fresh=True)).prior
 
-    def _succeeded_earlier(self, chain: RunChain) -> set[str]:
-        """Lower-cased ids of the tasks that succeeded in the runs before the current one."""
-        done: set[str] = set()
-        for batch_job_id in chain.batch_job_ids()[1:]:
-            done.update(k for k, t in self._tasks_of(batch_job_id).items() if _succeeded(t))
-        return done
+    def _records(self, chain: RunChain) -> ChainRecords:
+        batch_job = self._get_job(chain.current.batch_job_id)
+        is_open = batch_job is not None and enum_text(batch_job.state) not in CLOSED
+        return chain_records(self.client, chain, open_batch_job=chain.current.batch_job_id if is_open else None)
 
-    def submit(self, job: Job) -> SubmitResult:
+    def submit(self, job: Job, *, rerun: RerunOption = None,
+               on_plan: Callable[[RerunPlan], None] | None = None) -> SubmitResult:
         self.refuse_other_spelling(job.id)  # Batch would take `myjob` for `MyJob`; its documents would not
         required = required_patterns(job)
         # Registries and pool rules first: a missing password or a pool Batch would refuse must fail
@@ -190,10 +187,10 @@ class AzureBackend(Backend):
         containers = container_setup(job.container_image, self.config) if job.container_image else None
         self.checks.refuse_errors(job)
         self.documents.ensure()
-        self.documents.upload_resources(job)
+        digests = self.documents.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
-        tasks = self.fan_out(job)
+        tasks = self.fan_out(job, resources=resource_digests(job, digests))
         chain = self._chain(job.id, fresh=True)
         current = chain.current
         batch_job = self._get_job(current.batch_job_id)
@@ -202,42 +199,29 @@ class AzureBackend(Backend):
             raise BackendError(f"job {job.id} is being deleted on Azure Batch (Batch job {current.batch_job_id}); "
                                "run it again once `batchyard delete` has finished, or use a new id")
         is_open = batch_job is not None and state not in CLOSED
-        existing = self._tasks_of(current.batch_job_id) if batch_job is not None else {}
-        earlier = self._succeeded_earlier(chain) if len(chain.runs) > 1 else set()
-        to_add: list[TaskDef] = []
-        to_readd: list[TaskDef] = []  # failed in the open Batch job: deleted, then added with fresh URLs
-        done = running = rerun = 0
-        for task in tasks:
-            key = task.task_id.lower()
-            prior = existing.get(key)
-            if key in earlier or (prior is not None and _succeeded(prior)):
-                done += 1
-            elif prior is None:
-                to_add.append(task)
-            elif not is_open:  # a closed job never runs it again: the next run does
-                rerun += 1
-                to_add.append(task)
-            elif enum_text(prior.state) != "completed":
-                running += 1
-            else:
-                rerun += 1
-                to_readd.append(task)
+        records = chain_records(self.client, chain, open_batch_job=current.batch_job_id if is_open else None)
+        plan = decide(job.id, tasks, records.prior, rerun=rerun)
+        if on_plan is not None:
+            on_plan(plan)
+        placed = place(tasks, plan, records, current=current.batch_job_id, is_open=is_open)
         spec_hash = hashlib.sha256(dumps(job.model_dump(mode="json")).encode()).hexdigest()[:16]
         self.documents.save_job(job, spec_hash=spec_hash, backend=self.name)
-        final_due = job.final is not None and plan_submission(
-            self.documents, job, per_file_enqueued=len(to_add) + len(to_readd),
-            succeeded_before=FINAL_TASK_ID in earlier or _succeeded_prior(existing.get(FINAL_TASK_ID)))
+        self.documents.save_manifest(job.id, spec_hash, tasks, job=job)
+        final_record = records.prior.get(FINAL_TASK_ID)
+        final_due = job.final is not None and plan_submission(  # it depends on every task: re-runs with any
+            self.documents, job, dependencies_reran=plan.any_rerun(),
+            succeeded_before=final_record is not None and final_record.state == "succeeded")
         self._expected[job.id] = len(tasks)
         self._final_runs.pop(job.id, None)
         pool_id, created = None, False
-        if to_add or to_readd or final_due:
+        if placed.add or placed.readd or final_due:
             pool_id, created = self.pools.resolve(job.id, containers=containers)
             try:
                 self.writer.open_and_add(job, chain, self.runs, batch_job=batch_job, is_open=is_open,
-                                         pool_id=pool_id, to_add=to_add, to_readd=to_readd, required=required,
-                                         containers=containers, carried=done)
+                                         pool_id=pool_id, placed=placed, required=required, containers=containers)
                 if final_due:
-                    ids, replaced = final_dependencies(existing, to_add + to_readd, is_open=is_open)
+                    ids, replaced = final_dependencies(tasks, placed, records.where, current=chain.current.batch_job_id,
+                                                       is_open=is_open)
                     self.writer.add_final(job, chain.current.batch_job_id, per_file_ids=ids, replaced=replaced,
                                           containers=containers)
                 if created:  # tasks are queued already: nodes come up while we wait here
@@ -248,8 +232,9 @@ class AzureBackend(Backend):
         elif batch_job is not None and batch_job.pool_info is not None:
             pool_id = batch_job.pool_info.pool_id
         self._watch = (job.id, pool_id) if pool_id else None
-        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_add) + len(to_readd),
-                            already_succeeded=done, already_running=running, rerun_failed=rerun)
+        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(placed.add) + len(placed.readd),
+                            already_succeeded=plan.kept, already_running=plan.running,
+                            rerun_failed=plan.counts()["failed"], rerun=plan)
 
     def _end_failed_submit(self, job_id: str, exc: BaseException) -> None:
         """A submit stopped after its pool existed (Ctrl-C, resize errors): end the run, then re-raise."""
@@ -372,6 +357,10 @@ class AzureBackend(Backend):
         self._chain(job_id, fresh=True)
         return (r for r in self.reader.list_task_results(job_id) if not is_final_or_barrier(r.task_id))
 
+    def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
+        """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
+        return current_outputs(self.storage, self.documents, self.job(job_id), self.list_task_results(job_id))
+
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         return self.reader.read_task_log(job_id, task_id, stream=stream)
 
@@ -431,15 +420,6 @@ class AzureBackend(Backend):
         return replay_task(self.client, self.storage, self.config, self.documents, job_id, task_id,
                            node_root=node_root, batch_job_ids=self._chain(job_id).batch_job_ids(),
                            facts=self.reader.facts)
-
-
-def _succeeded_prior(task: bm.BatchTask | None) -> bool:
-    return task is not None and _succeeded(task)
-
-
-def _succeeded(task: bm.BatchTask) -> bool:
-    return (enum_text(task.state) == "completed" and task.execution_info is not None
-            and enum_text(task.execution_info.result) == "success")
 
 
 __all__ = ["AzureBackend", "make_client"]

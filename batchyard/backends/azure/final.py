@@ -18,6 +18,7 @@ from typing import Any
 from azure.batch import models as bm
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.azure.reruns import Placement
 from batchyard.backends.azure.tasks import JobFacts, TaskAdder, TaskUrls, build_task, enum_text, required_patterns
 from batchyard.backends.base import FinalStepView, TaskCounts, TaskResult
 from batchyard.backends.documents import JobDocuments
@@ -43,15 +44,16 @@ def satisfies_on_any_end(job: Job) -> bm.ExitConditions | None:
     return SATISFY_ON_ANY_END if job.final is not None and job.final.run_when == "completed" else None
 
 
-def final_dependencies(existing: dict[str, bm.BatchTask], added: list[TaskDef], *, is_open: bool
-                       ) -> tuple[list[str], list[str]]:
+def final_dependencies(tasks: list[TaskDef], placed: Placement, where: dict[str, str], *, current: str,
+                       is_open: bool) -> tuple[list[str], list[str]]:
     """(the per-file ids of the run the final step depends on, the barrier and final tasks an earlier
-    submit added to it, to be replaced). ``existing``: the run's tasks by lower-case id, if still open."""
+    submit added to it, to be replaced). ``where``: the Batch job holding each task's newest record,
+    by lower-case id (:class:`~batchyard.backends.azure.reruns.ChainRecords`)."""
     if not is_open:  # a new run: only what this submit adds
-        return [t.task_id for t in added], []
-    kept = [t.id for key, t in existing.items() if not is_final_or_barrier(key)]
-    new = [t.task_id for t in added if t.task_id.lower() not in existing]
-    return kept + new, [t.id for key, t in existing.items() if is_final_or_barrier(key)]
+        return [t.task_id for t in placed.add + placed.readd], []
+    added = {t.task_id for t in placed.add}
+    ids = [t.task_id for t in tasks if t.task_id in added or where.get(t.task_id.lower()) == current]
+    return ids, [key for key, batch_job_id in where.items() if batch_job_id == current and is_final_or_barrier(key)]
 
 
 def final_tasks(job: Job, per_file_ids: list[str], *, urls: TaskUrls, lister_urls: list[tuple[str, str]],

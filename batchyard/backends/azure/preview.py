@@ -39,7 +39,7 @@ from batchyard.core.job import Job, TaskDef, output_prefix
 
 DUMMY_KEY = "A" * 88  # a well-formed (base64) key: only the SAS token's length matters here
 
-Shape = tuple[bool, bool, tuple[bool, ...], int]
+Shape = tuple[bool, bool, tuple[bool, ...], int, bool]
 
 
 @dataclass
@@ -84,8 +84,10 @@ class SubmitPreview:
         strings += [p for p in paths if p is not None]
         variables = task.environment(self.job)
         strings += [piece for pair in variables for piece in pair]
+        if task.fingerprint:
+            strings.append(task.fingerprint)
         shape = (bool(display), input_url is not None and task.input_path is not None,
-                 tuple(p is None for p in paths), len(variables))
+                 tuple(p is None for p in paths), len(variables), bool(task.fingerprint))
         return shape, strings
 
 

@@ -44,6 +44,8 @@ from batchyard.core.redact import redact
 log = logging.getLogger(__name__)
 
 REQUIRED_OUTPUTS_ENV = "BATCHYARD_REQUIRED_OUTPUTS"
+# A task's fingerprint (core/rerun.py), kept in its own Batch record: a task cannot be changed once added.
+FINGERPRINT_ENV = "BATCHYARD_FINGERPRINT"
 WEEK = timedelta(days=7)
 MAX_DISPLAY_NAME = 1024
 CHUNK = 100  # Batch's limit of tasks per add-collection request
@@ -199,6 +201,8 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
     env = [bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment(job)]  # placeholders, columns
     if required:
         env.append(bm.EnvironmentSetting(name=REQUIRED_OUTPUTS_ENV, value="\n".join(required)))
+    if task.fingerprint:
+        env.append(bm.EnvironmentSetting(name=FINGERPRINT_ENV, value=task.fingerprint))
     c = job.constraints
     return bm.BatchTaskCreateOptions(
         id=task.task_id, display_name=task.label[:MAX_DISPLAY_NAME] or None,
@@ -217,6 +221,11 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
 
 
 # ---------------------------------------------------------------------------------------------- results
+def fingerprint_of(task: bm.BatchTask) -> str:
+    """The fingerprint a task was added with ("" for one added before fingerprints were kept)."""
+    return next((str(s.value or "") for s in task.environment_settings or [] if s.name == FINGERPRINT_ENV), "")
+
+
 _STATES = {"active": TaskState.PENDING, "preparing": TaskState.PENDING, "running": TaskState.RUNNING}
 
 

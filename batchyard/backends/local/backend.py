@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from batchyard.backends.base import (
     TaskResult,
     TaskState,
     dumps,
+    final_state,
 )
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.admission import message_key_for_submit
@@ -40,11 +41,13 @@ from batchyard.backends.local.rows import entity_to_result
 from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
+from batchyard.backends.outputs import current_outputs
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, TaskDef
+from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.storage.account import Storage
 
@@ -79,53 +82,57 @@ class LocalBackend(Backend):
     def preflight(self) -> None:
         self.storage.preflight()
 
-    def fan_out(self, job: Job) -> list[TaskDef]:
-        """The job's tasks (uploads ``inputs.local_dir`` first, so they are counted)."""
-        return fan_out(self.storage, job)
+    def fan_out(self, job: Job, *, resources: dict[str, str] | None = None) -> list[TaskDef]:
+        """The job's tasks (uploads ``inputs.local_dir`` first, so they are counted); with ``resources``
+        (target -> content MD5), each with its fingerprint."""
+        return fan_out(self.storage, job, resources=resources)
 
-    def submit(self, job: Job) -> SubmitResult:
+    def submit(self, job: Job, *, rerun: RerunOption = None,
+               on_plan: Callable[[RerunPlan], None] | None = None) -> SubmitResult:
         self.refuse_other_spelling(job.id)
         if job.container_image:  # fail before anything is queued, not in every task
             _require_image(job.container_image)
         self.store.ensure()
-        resource_digests = self.store.upload_resources(job)
+        digests = self.store.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
-        tasks = self.fan_out(job)
-        existing = {e["RowKey"]: e for e in self._existing(job.id)}
-        to_queue: list[TaskDef] = []
-        done = running = rerun = 0
-        now = time.time()
-        for task in tasks:
-            prior = existing.get(task.task_id)
-            state = prior.get("state") if prior else None
-            if state == "succeeded":
-                done += 1
-            elif state == "running" and float(prior.get("claim_expires") or 0) > now:  # type: ignore[union-attr]
-                running += 1
-            else:
-                rerun += state == "failed"
-                to_queue.append(task)
-        doc = job.model_dump(mode="json")
-        spec_hash = hashlib.sha256(dumps([doc, resource_digests]).encode()).hexdigest()[:16]
+        tasks = self.fan_out(job, resources=resource_digests(job, digests))
+        plan = self.rerun_plan(job, tasks, rerun=rerun)
+        if on_plan is not None:
+            on_plan(plan)
+        to_queue = [task for task in tasks if task.task_id in plan.reasons]
+        spec_hash = hashlib.sha256(dumps([job.model_dump(mode="json"), digests]).encode()).hexdigest()[:16]
         key = message_key_for_submit(self.store, job.id)
         self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name, message_key=key)
-        self.store.save_manifest(job.id, spec_hash, tasks)
-        # A task that ran before (failed, or its worker was lost) has a row: back to pending. The
-        # others get theirs when a worker claims them.
-        self.store.write_pending(job.id, [t for t in to_queue if t.task_id in existing], reset=True)
+        self.store.save_manifest(job.id, spec_hash, tasks, job=job)
+        # A task that ran before (it failed, changed, or its worker was lost) has a row: back to pending,
+        # with its new definition and fingerprint. The others get theirs when a worker claims them.
+        self.store.write_pending(job.id, [t for t in to_queue if plan.reasons[t.task_id] != ("new",)], reset=True)
         self._enqueue(job.id, to_queue, key.encode())
-        if job.final is not None:
-            prior = existing.get(FINAL_TASK_ID)
-            plan_final_step(self.store, job, per_file_enqueued=len(to_queue),
+        if job.final is not None:  # it depends on every task: it runs again when any of them does
+            prior = self.store.get_task(job.id, FINAL_TASK_ID)
+            plan_final_step(self.store, job, dependencies_reran=plan.any_rerun(),
                             prior_state=prior.get("state") if prior else None)
-        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=done,
-                            already_running=running, rerun_failed=rerun)
+        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=plan.kept,
+                            already_running=plan.running, rerun_failed=plan.counts()["failed"], rerun=plan)
 
-    def _existing(self, job_id: str) -> Iterator[dict[str, Any]]:
+    def prior_tasks(self, job_id: str) -> dict[str, PriorTask]:
+        """From the task rows: state, fingerprint, and whether a live claim runs it now."""
         if self.store.get_job_entity(job_id) is None:
-            return iter(())
-        return self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires"])
+            return {}
+        now = time.time()
+        prior: dict[str, PriorTask] = {}
+        for entity in self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires", "failure_category",
+                                                               "fingerprint"]):
+            state = str(final_state(entity.get("state") or "pending", entity.get("failure_category")))
+            prior[entity["RowKey"].lower()] = PriorTask(
+                state=state, fingerprint=entity.get("fingerprint") or "",
+                live=state == "running" and float(entity.get("claim_expires") or 0) > now)
+        return prior
+
+    def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
+        """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
+        return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
     def _enqueue(self, job_id: str, tasks: list[TaskDef], key: bytes) -> None:
         size = chunk_size_for(len(tasks), self.config.workers)

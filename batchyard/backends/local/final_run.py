@@ -36,9 +36,9 @@ FINAL_STATES = ("succeeded", "failed")
 Enqueue = Callable[[str, list[TaskDef], bytes], None]
 
 
-def plan_final_step(store: JobStore, job: Job, *, per_file_enqueued: int, prior_state: str | None) -> None:
+def plan_final_step(store: JobStore, job: Job, *, dependencies_reran: bool, prior_state: str | None) -> None:
     """At submit: decide whether this submission runs the final step; if so, forget its last run."""
-    due = plan_submission(store, job, per_file_enqueued=per_file_enqueued,
+    due = plan_submission(store, job, dependencies_reran=dependencies_reran,
                           succeeded_before=prior_state == "succeeded")
     if due and prior_state is not None:
         with contextlib.suppress(ResourceNotFoundError):

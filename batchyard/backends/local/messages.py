@@ -4,7 +4,7 @@ Two versions are read; submit writes version 2:
 
 - ``{"v": 1, "job": ID, "tasks": [IDS]}``: ids only; each task's row was written at submit;
 - ``{"v": 2, "job": ID, "tasks": [IDS], "defs": [DEFS]}``: the same ids with each task's
-  definition (argv, input blob, parameters) and its ``mac``. The worker creates the task's row
+  definition (argv, input blob, parameters, fingerprint) and its ``mac``. The worker creates the task's row
   when it claims it, so a submit writes no row per task: a table write costs Azurite ~1 ms of
   CPU per row, which made rows the bulk of submitting 10,000 tasks.
 
@@ -77,6 +77,8 @@ def def_to_dict(task: TaskDef) -> dict[str, Any]:
         data.update(c=task.input_container, b=task.input_blob, p=task.input_path)
     if task.params:
         data["params"] = [list(p) for p in task.params]
+    if task.fingerprint:
+        data["f"] = task.fingerprint
     return data
 
 
@@ -90,12 +92,15 @@ def def_from_dict(task_id: str, data: Any) -> TaskDef:
     if not isinstance(params, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in params):
         raise ValueError(f"definition of task {task_id!r}: 'params' must be [name, value] string pairs")
+    fingerprint = data.get("f", "")
+    if not isinstance(fingerprint, str):
+        raise ValueError(f"definition of task {task_id!r}: 'f' (its fingerprint) must be a string")
     blob = data.get("b")
     fields = (data.get("c"), blob, data.get("p"))
     if blob is not None and not all(isinstance(x, str) and x for x in fields):
         raise ValueError(f"definition of task {task_id!r}: input container, blob and path must be strings")
     return TaskDef(task_id=task_id, argv=tuple(argv), input_container=fields[0], input_blob=blob,
-                   input_path=fields[2], params=tuple((k, v) for k, v in params))
+                   input_path=fields[2], params=tuple((k, v) for k, v in params), fingerprint=fingerprint)
 
 
 @dataclass(frozen=True)

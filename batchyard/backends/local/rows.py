@@ -28,6 +28,7 @@ def task_def_from_entity(entity: dict[str, Any]) -> TaskDef:
         input_container=entity.get("input_container") or None, input_blob=entity.get("input_blob") or None,
         input_path=entity.get("input_path") or None,
         params=tuple(tuple(p) for p in json.loads(entity.get("params_json") or "[]")),
+        fingerprint=entity.get("fingerprint") or "",
     )
 
 
@@ -38,7 +39,7 @@ def pending_row(job_id: str, task: TaskDef) -> dict[str, Any]:
         "argv_json": dumps(list(task.argv)), "input_container": task.input_container or "",
         "input_blob": task.input_blob or "", "input_path": task.input_path or "",
         "params_json": dumps([list(p) for p in task.params]), "attempt_count": 0, "attempts_json": "[]",
-        "claim_owner": "", "claim_expires": 0.0, "deliveries": 0,
+        "claim_owner": "", "claim_expires": 0.0, "deliveries": 0, "fingerprint": task.fingerprint,
     }
 
 

@@ -2,7 +2,8 @@
 
 Submit fans the job out as every backend does (a CSV task table, or the blobs of the input
 container, here the world's in-memory ones; ``inputs.local_dir`` files are read into them) and
-is idempotent the same way: succeeded tasks are kept, failed ones queued again. Nothing runs
+is idempotent the same way (:mod:`batchyard.core.rerun`): succeeded tasks with the same fingerprint
+are kept, changed, failed and new ones queued again. Nothing runs
 until :meth:`StubBackend.start_execution`; then every poll of the counts advances the job (see
 :meth:`StubWorld.advance`), each attempt doing what the world's script says. Unknown jobs and
 tasks raise the errors the other backends raise, with the same messages.
@@ -10,7 +11,8 @@ tasks raise the errors the other backends raise, with the same messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from batchyard.backends.stub.world import StubJob, StubTask, StubWorld
 from batchyard.core.config import Config
 from batchyard.core.errors import JobNotFoundError, JobValidationError, TaskNotFoundError
 from batchyard.core.job import Job, TaskDef, tasks_from_blob_names, tasks_from_table
+from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, blob_identity, with_fingerprints
 
 FINAL = ("succeeded", "failed")
 
@@ -63,8 +66,12 @@ class StubBackend(Backend):
                 name = job.inputs.prefix + path.relative_to(folder).as_posix()
                 self.world.blobs[(job.inputs.container, name)] = path.read_bytes()
 
-    def submit(self, job: Job) -> SubmitResult:
-        tasks = self.fan_out(job)
+    def submit(self, job: Job, *, rerun: RerunOption = None,
+               on_plan: Callable[[RerunPlan], None] | None = None) -> SubmitResult:
+        tasks = self._fingerprinted(job, self.fan_out(job))
+        plan = self.rerun_plan(job, tasks, rerun=rerun)
+        if on_plan is not None:
+            on_plan(plan)
         with self.world.lock:
             stub = self.world.jobs.get(job.id)
             if stub is None:
@@ -72,19 +79,30 @@ class StubBackend(Backend):
             stub.job, stub.cancelled = job, False
             known = stub.tasks
             stub.tasks = {}
-            succeeded = running = rerun = 0
             for task in tasks:
                 record = known.get(task.task_id)
-                if record is not None and record.state == "succeeded":
-                    succeeded += 1
-                elif record is not None and record.state == "running":
-                    running += 1
-                else:
-                    rerun += record is not None and record.state == "failed"
-                    record = StubTask(task)
-                stub.tasks[task.task_id] = record
-        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(tasks) - succeeded - running,
-                            already_succeeded=succeeded, already_running=running, rerun_failed=rerun)
+                stub.tasks[task.task_id] = StubTask(task) if task.task_id in plan.reasons or record is None else record
+        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(plan.reasons), already_succeeded=plan.kept,
+                            already_running=plan.running, rerun_failed=plan.counts()["failed"], rerun=plan)
+
+    def _fingerprinted(self, job: Job, tasks: list[TaskDef]) -> list[TaskDef]:
+        """Each task with its fingerprint: the world's blobs are their own identity (MD5 and size)."""
+        digests = {rf.target: hashlib.md5((job.base_dir / rf.source).read_bytes(), usedforsecurity=False).hexdigest()
+                   for rf in job.resource_files if (job.base_dir / rf.source).is_file()}
+        with self.world.lock:
+            identities = {name: blob_identity(md5=hashlib.md5(data, usedforsecurity=False).digest(), etag=None,
+                                              size=len(data))
+                          for (container, name), data in self.world.blobs.items()
+                          if job.inputs is not None and container == job.inputs.container}
+        return with_fingerprints(job, tasks, resources=digests, identities=identities)
+
+    def prior_tasks(self, job_id: str) -> dict[str, PriorTask]:
+        with self.world.lock:
+            stub = self.world.jobs.get(job_id)
+            records = dict(stub.tasks) if stub is not None else {}
+        return {task_id.lower(): PriorTask(state=str(final_state(r.state, r.failure_category)),
+                                           fingerprint=r.definition.fingerprint, live=r.state == "running")
+                for task_id, r in records.items()}
 
     # --- execution -------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None) -> None:

@@ -1,0 +1,88 @@
+"""What ``batchyard download`` serves: the outputs the job's current records stand for, not a blob listing.
+
+For every task of the job's last submission (its manifest) whose record says it uploaded (succeeded,
+or failed, per each output's ``upload_on``), the blobs that the current outputs spec gives it:
+under the task's own prefix (each task's, kept in the manifest when a path has a per-task
+placeholder), named as Batch names an output of that pattern (``is_output_blob``). So an output
+that a re-run replaced is served as it is now, and one that only an older outputs spec produced
+(another pattern, another path) is not served, although it stays in its container.
+
+Where several tasks share one prefix (a path such as ``{job_id}/``), a blob there that matches the
+current pattern cannot be told apart by task: it is served while any task of that output
+uploaded. A per-task path (``{job_id}/{input_stem}/``) makes the answer exact.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from batchyard.backends.base import TaskResult, TaskState
+from batchyard.backends.documents import JobDocuments
+from batchyard.core.batch_semantics import is_output_blob
+from batchyard.core.job import Job
+from batchyard.core.placeholders import PLACEHOLDER_RE
+from batchyard.storage.account import Storage
+
+UPLOADED = {"success": {TaskState.SUCCEEDED}, "failure": {TaskState.FAILED},
+            "completion": {TaskState.SUCCEEDED, TaskState.FAILED}}
+
+
+def current_outputs(storage: Storage, documents: JobDocuments, job: Job,
+                    results: Iterable[TaskResult]) -> Iterator[tuple[str, str]]:
+    """(container, blob name) of each output the records of ``job``'s tasks stand for, each once."""
+    rows = documents.manifest_rows(job.id)
+    if rows is None:  # a job submitted before manifests were kept: every blob under its locations
+        for container, prefix in job.output_locations():
+            yield from ((container, name) for name in storage.list_blob_names(container, prefix))
+        return
+    current = {row[0]: row for row in rows}
+    listings: dict[tuple[str, str], list[str]] = {}
+    served: set[tuple[str, str]] = set()
+    for result in results:
+        row = current.get(result.task_id)
+        if row is None:  # a task of an earlier submission that this one no longer has
+            continue
+        for index, out in enumerate(job.outputs):
+            if result.state not in UPLOADED[out.upload_on]:
+                continue
+            shared = documents.static_output_prefix(job, index)
+            prefix = _task_prefix(job, row, index, shared)
+            if prefix is None:  # per-task path, prefixes not recorded: what is under the shared part
+                candidates: Iterable[str] = _listing(storage, listings, out.container, shared)
+            else:
+                candidates = _under(_listing(storage, listings, out.container, shared), prefix)
+            for name in candidates:
+                key = (out.container, name)
+                if key not in served and (prefix is None or is_output_blob(out.pattern, prefix, name)):
+                    served.add(key)
+                    yield key
+
+
+def _task_prefix(job: Job, row: list[Any], index: int, shared: str) -> str | None:
+    """The task's prefix for output ``index``: recorded in its manifest row, or the shared one when the
+    path has no per-task placeholder (None: per-task, but not recorded)."""
+    if len(row) > 2 and isinstance(row[2], list) and index < len(row[2]):
+        return str(row[2][index])
+    per_task = any(name not in ("", "job_id") for name in PLACEHOLDER_RE.findall(job.outputs[index].path))
+    return None if per_task else shared
+
+
+def _listing(storage: Storage, listings: dict[tuple[str, str], list[str]], container: str, prefix: str) -> list[str]:
+    """The sorted blob names under ``prefix``, listed once per download."""
+    key = (container, prefix)
+    if key not in listings:
+        listings[key] = sorted(storage.list_blob_names(container, prefix))
+    return listings[key]
+
+
+def _under(names: list[str], prefix: str) -> Iterator[str]:
+    """The names of sorted ``names`` that start with ``prefix``."""
+    index = bisect_left(names, prefix)
+    while index < len(names) and names[index].startswith(prefix):
+        yield names[index]
+        index += 1
+
+
+__all__ = ["current_outputs"]
