@@ -24,8 +24,9 @@ from two_backends import KINDS, on_backend
 
 pytestmark = pytest.mark.timeout(240)
 
-# Each per-file task writes <stem>.out; the one named 'bad.txt' fails when FAIL is set.
-PER_FILE = ("sh -c 'if [ \"$INPUT_NAME\" = bad.txt ] && [ -n \"$FAIL\" ]; then exit 3; fi; "
+# Each per-file task writes <stem>.out; the one named 'bad.txt' fails while the file $FAIL_FLAG exists
+# (a file, not a variable: the job's definition, hence each task's fingerprint, stays the same).
+PER_FILE = ("sh -c 'if [ \"$INPUT_NAME\" = bad.txt ] && [ -e \"$FAIL_FLAG\" ]; then exit 3; fi; "
             "tr a-z A-Z < \"$INPUT\" > \"$INPUT_STEM\".out'")
 # The final step copies the listing, writes how many staged files it saw, and counts its own runs.
 FINAL = ("sh -c 'cp outputs.jsonl listing.jsonl; find outputs -type f 2>/dev/null | sort > staged.txt; "
@@ -34,10 +35,13 @@ FINAL = ("sh -c 'cp outputs.jsonl listing.jsonl; find outputs -type f 2>/dev/nul
 
 def _job(job_id: str, ins: str, outs: str, final_outs: str, *, runs: Path, fail: bool = False,
          run_when: str = "succeeded", stage: bool = True, tag: str = "") -> Any:
+    runs.with_suffix(".fail").unlink(missing_ok=True)
+    if fail:
+        runs.with_suffix(".fail").write_text("fail")
     return job_from_dict({
         "id": job_id, "command": PER_FILE, "inputs": {"container": ins},
         "outputs": [{"pattern": "*.out", "container": outs}],
-        "environment": {"FAIL": "1" if fail else "", "RUNS": str(runs), "TAG": tag},
+        "environment": {"FAIL_FLAG": str(runs.with_suffix(".fail")), "RUNS": str(runs)},
         "final": {"command": FINAL + tag, "run_when": run_when, "stage_outputs": stage,
                   "outputs": [{"pattern": "*.txt", "container": final_outs},
                               {"pattern": "listing.jsonl", "container": final_outs}]},
@@ -193,7 +197,14 @@ def test_the_final_step_reruns_when_a_task_it_depends_on_reran_or_its_definition
         assert be.submit(changed).enqueued == 0
         be.run_to_end(changed, timeout=200)
         assert be.final_step(job_id).state == "succeeded"
-    assert runs.read_text() == "run\nrun\n"
+        assert runs.read_text() == "run\nrun\n"
+        # One input changed: the change-aware re-run runs that task alone, and the final step after it.
+        project.put_inputs(ins, {"a.txt": b"alpha, changed\n"})
+        result = be.submit(changed)
+        assert result.enqueued == 1 and result.rerun.any_rerun(), result
+        be.run_to_end(changed, timeout=200)
+        assert be.final_step(job_id).state == "succeeded"
+    assert runs.read_text() == "run\nrun\nrun\n"
 
 
 def test_map_lines_takes_the_final_step_as_a_keyword(project: Any) -> None:
