@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import big, submit, tiny
+from . import big, final_step, submit, tiny
 from .common import azurite, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -22,7 +22,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="tiny,submit,big")
+    parser.add_argument("--only", default="tiny,submit,big", help="sections, comma-separated: tiny, submit, big, "
+                        "final (the final step's cost; not in the default set)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     only = set(args.only.split(","))
@@ -44,6 +45,9 @@ def main() -> int:
         if "big" in only:
             print("big files ...", flush=True)
             out["big"] = big.run(conn, size=(64 if args.quick else 1024) << 20, reps=reps)
+        if "final" in only:  # opt-in: --only final
+            print("final step ...", flush=True)
+            out["final"] = final_step.run(conn, n=100 if args.quick else 500, reps=reps)
     out["memory"] = {
         "worker_rss_mib": out.get("tiny", {}).get("worker_peak_rss_mib"),
         "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
@@ -53,7 +57,7 @@ def main() -> int:
     if only != {"tiny", "submit", "big"} and latest.exists():
         # A partial run (--only) updates its sections and keeps the others, each with its own date.
         previous = json.loads(latest.read_text(encoding="utf-8"))
-        for name in ("tiny", "submit", "big"):
+        for name in ("tiny", "submit", "big", "final"):
             if name not in out and name in previous:
                 out[name] = previous[name]
                 # A section the previous file had itself kept keeps its own, older date.

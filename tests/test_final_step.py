@@ -74,6 +74,8 @@ def test_final_step_runs_once_after_all_succeed_and_sees_the_outputs(kind: str, 
         assert view is not None and view.state == "succeeded", view
         per_file = {r.task_id for r in be.list_task_results(job_id)}
         assert len(per_file) == 3 and "final-step" not in per_file
+        listed = next(v for v in be.list_jobs() if v.job_id == job_id)  # `batchyard jobs` counts the same
+        assert listed.counts is not None and listed.counts.total == 3, listed
         if kind == "emulator":  # Batch holds it through dependencies: the job uses them, the task names its own
             assert be.client.get_job(job_id).uses_task_dependencies is True
             assert set(be.client.get_task(job_id, "final-step").depends_on.task_ids) == per_file
