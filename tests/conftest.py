@@ -15,6 +15,7 @@ and are skipped when it is off.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -46,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # Read by every Storage made without a config: in this process (the Batch emulator's nodes,
     # BlobTransfer(None)) and in the processes the tests start.
     os.environ[ENV_FAST_PATH] = config.getoption("--fast-path")
+    # A shell without job control starts a background command (`make test &`) with SIGINT ignored,
+    # and an ignored signal stays ignored across exec: the CLIs the Ctrl-C tests interrupt would
+    # never see it. A handler (unlike SIG_IGN) is reset by exec, so each child starts as from a terminal.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
