@@ -20,7 +20,7 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 LISTING_FILE = "outputs.jsonl"
 STAGED_DIR = "outputs"
@@ -70,7 +70,7 @@ def list_blobs(container_url: str, prefix: str) -> Iterator[tuple[str, int]]:
 
 def staged_path(container: str, name: str) -> str | None:
     """Where a blob is staged, relative to the working dir; None when its name would leave it."""
-    parts = PurePosixPath(name).parts
+    parts = name.split("/")  # not PurePosixPath: it drops '.' segments, which a URL would collapse
     if not name or name.startswith("/") or "\\" in name or "\x00" in name or any(p in ("..", ".") for p in parts):
         return None
     return f"{STAGED_DIR}/{container}/{name}"
