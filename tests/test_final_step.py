@@ -206,7 +206,11 @@ def test_the_final_step_reruns_when_a_task_it_depends_on_reran_or_its_definition
         assert result.enqueued == 1 and result.rerun.any_rerun(), result
         be.run_to_end(changed, timeout=200)
         assert be.final_step(job_id).state == "succeeded"
-    assert runs.read_text() == "run\nrun\nrun\n"
+        # Asked for by name (`batchyard run --rerun final-step`): the final step alone runs again.
+        assert be.submit(changed, rerun=["final-step"]).enqueued == 0
+        be.run_to_end(changed, timeout=200)
+        assert be.final_step(job_id).state == "succeeded"
+    assert runs.read_text() == "run\nrun\nrun\nrun\n"
 
 
 def test_map_lines_takes_the_final_step_as_a_keyword(project: Any) -> None:

@@ -37,7 +37,7 @@ from batchyard.analysis.plan_checks import (
 from batchyard.backends import get_backend, get_backend_class
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BatchyardError, JobValidationError
-from batchyard.core.final_step import FINAL_TASK_ID, dependency_tree
+from batchyard.core.final_step import FINAL_TASK_ID, dependency_tree, without_final
 from batchyard.core.findings import Finding
 from batchyard.core.image_registries import check_registries
 from batchyard.core.job import (
@@ -214,7 +214,7 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     scan = _Scan(environment=EnvironmentCheck(job, extra_env=preview.extra_env if preview else {}),
                  task_ids=[] if job.final is not None else None)
     prior = _prior(ctx, job)
-    decider = Decider(job.id, prior or {}, rerun=rerun)
+    decider = Decider(job.id, prior or {}, rerun=without_final(rerun)[0])
     try:
         for task in _tasks(job, ctx, findings, local):
             scan.add(task, preview, show)

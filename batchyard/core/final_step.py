@@ -74,6 +74,16 @@ def final_step_reruns(*, dependencies_reran: bool, recorded_fingerprint: str | N
     return dependencies_reran or recorded_fingerprint != fingerprint or not succeeded_before
 
 
+def without_final(rerun: str | Sequence[str] | None) -> tuple[str | Sequence[str] | None, bool]:
+    """``--rerun``'s ids without the final step's, and whether it was named: ``--rerun final-step``
+    runs the final step alone again (its id is no per-file task's, so the per-file decision never sees it)."""
+    if rerun is None or rerun == "all" or (isinstance(rerun, str) and rerun.lower() != FINAL_TASK_ID):
+        return rerun, False
+    named = [rerun] if isinstance(rerun, str) else list(rerun)
+    kept = [task_id for task_id in named if task_id.lower() != FINAL_TASK_ID]
+    return (kept or None), len(kept) != len(named)
+
+
 def is_final_or_barrier(task_id: str) -> bool:
     return task_id.lower() == FINAL_TASK_ID or task_id.lower().startswith(BARRIER_PREFIX)
 

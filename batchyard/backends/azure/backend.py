@@ -57,7 +57,7 @@ from batchyard.backends.final_step import load_state, plan_submission
 from batchyard.backends.outputs import current_outputs
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
-from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier
+from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier, without_final
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef, parse_duration
 from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, decide, resource_digests
@@ -200,6 +200,7 @@ class AzureBackend(Backend):
                                "run it again once `batchyard delete` has finished, or use a new id")
         is_open = batch_job is not None and state not in CLOSED
         records = chain_records(self.client, chain, open_batch_job=current.batch_job_id if is_open else None)
+        rerun, final_named = without_final(rerun)
         plan = decide(job.id, tasks, records.prior, rerun=rerun)
         if on_plan is not None:
             on_plan(plan)
@@ -209,7 +210,7 @@ class AzureBackend(Backend):
         self.documents.save_manifest(job.id, spec_hash, tasks, job=job)
         final_record = records.prior.get(FINAL_TASK_ID)
         final_due = job.final is not None and plan_submission(  # it depends on every task: re-runs with any
-            self.documents, job, dependencies_reran=plan.any_rerun(),
+            self.documents, job, dependencies_reran=plan.any_rerun() or final_named,
             succeeded_before=final_record is not None and final_record.state == "succeeded")
         self._expected[job.id] = len(tasks)
         self._final_runs.pop(job.id, None)

@@ -45,7 +45,7 @@ from batchyard.backends.outputs import current_outputs
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
-from batchyard.core.final_step import FINAL_TASK_ID
+from batchyard.core.final_step import FINAL_TASK_ID, without_final
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
@@ -97,6 +97,7 @@ class LocalBackend(Backend):
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job, resources=resource_digests(job, digests))
+        rerun, final_named = without_final(rerun)
         plan = self.rerun_plan(job, tasks, rerun=rerun)
         if on_plan is not None:
             on_plan(plan)
@@ -111,7 +112,7 @@ class LocalBackend(Backend):
         self._enqueue(job.id, to_queue, key.encode())
         if job.final is not None:  # it depends on every task: it runs again when any of them does
             prior = self.store.get_task(job.id, FINAL_TASK_ID)
-            plan_final_step(self.store, job, dependencies_reran=plan.any_rerun(),
+            plan_final_step(self.store, job, dependencies_reran=plan.any_rerun() or final_named,
                             prior_state=prior.get("state") if prior else None)
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=plan.kept,
                             already_running=plan.running, rerun_failed=plan.counts()["failed"], rerun=plan)
