@@ -54,15 +54,18 @@ demo: $(STAMP) azurite
 
 # Lint first, so CI (which runs `make test`) refuses a broken rule before spending the suite's time.
 # Then the suites that exercise storage most once more with the storage fast path off, every call
-# through the Azure SDK as against a real account (docs/performance.md, round 7). Not yet
-# test_grouped_rows.py: two of its tests depend on the machine's pace (issue #16, point 6).
+# through the Azure SDK as against a real account (docs/performance.md).
 FAST_OFF_TESTS ?= tests/conformance/test_local.py tests/conformance/test_azure_emulator.py \
   tests/test_transfer.py tests/test_table_groups.py tests/faults/test_storage_faults.py \
   tests/faults/test_worker_faults.py tests/faults/test_hostile.py tests/faults/test_messages.py \
   tests/faults/test_secrets.py
+# TEST_WORKERS pytest-xdist processes share the suite: most of a test's time is spent waiting on
+# Azurite, the emulator, a worker or a CLI process, so two per two cores keep both busy. Each worker
+# has its own Azurite; every test has its own home and ids (docs/testing.md). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) lint azurite
-	$(VENV_PY) -m pytest $(PYTEST_ARGS)
-	$(if $(FAST_OFF_TESTS),$(VENV_PY) -m pytest --fast-path=off $(FAST_OFF_TESTS))
+	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
+	$(if $(FAST_OFF_TESTS),$(VENV_PY) -m pytest -n $(TEST_WORKERS) --fast-path=off $(FAST_OFF_TESTS))
 
 # The house rules (docs/architecture.md): ruff; the import contracts in pyproject.toml
 # [tool.importlinter]; no import circle and no module over 450 lines (tools/check_structure.py).

@@ -30,6 +30,7 @@ from batchyard.storage.account import Storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _batch_fixtures import *  # noqa: F403  (the Batch emulator fixtures)
+from _batch_fixtures import pytest_configure as batch_fixtures_configure
 from _stub_fixtures import *  # noqa: F403  (the in-memory stub backend's project)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    batch_fixtures_configure(config)  # this hook replaces the one `import *` brought: its markers too
     config.addinivalue_line("markers", "fast_path: about the hand-signed storage path itself (skipped with "
                                        "--fast-path=off)")
     # Read by every Storage made without a config: in this process (the Batch emulator's nodes,

@@ -213,7 +213,7 @@ def test_launcher_says_batchyard_is_missing(tmp_path: Path) -> None:
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert res.returncode == EXIT_NOT_INSTALLED, res.stderr
     assert "batchyard.node.inline: batchyard is not installed on this node" in res.stderr
-    assert 'requirements = ["batchyard==9.9.9"]' in res.stderr
+    assert "needs batchyard 9.9.9 in its image or start task" in res.stderr
 
 
 def test_working_dir_never_shadows_a_module(tmp_path: Path) -> None:
@@ -482,25 +482,27 @@ def test_default_job_id_follows_the_function_and_its_modules(tmp_path: Path, mon
     assert job_id() != first, "an edited helper module must not resume the old job"
 
 
-def test_azure_pools_install_the_submitters_batchyard_unless_present() -> None:
-    """Pools batchyard creates for inline jobs check for, and else pip-install, the submitter's versions."""
+def test_azure_pools_install_the_submitters_batchyard_wheel(tmp_path: Path) -> None:
+    """Pools batchyard creates for inline jobs pip-install the submitter's batchyard wheel (staged into the
+    start task; tests/test_node_wheel.py installs it on a node) and dill at its version."""
     from dataclasses import replace
 
     import dill
 
-    from batchyard import __version__
     from batchyard.api.mapping import _with_node_install
+    from batchyard.api.node_wheel import wheel_filename
     from batchyard.backends.azure.pools import start_task_command
     from batchyard.core.config import PoolSection, load_config
 
     azure = load_config(env={"BATCHYARD_BACKEND": "azure"})
-    start = _with_node_install(azure).azure.pool.start_task
-    assert f"batchyard=={__version__}" in start and f"dill=={dill.__version__}" in start
-    assert start.startswith("python3 -c") and "|| {" in start  # installs only when the check fails
-    command = start_task_command(_with_node_install(azure).azure.pool)
+    prepared = _with_node_install(azure, folder=tmp_path)
+    start = prepared.azure.pool.start_task
+    assert f"./{wheel_filename()}" in start and f"dill=={dill.__version__}" in start
+    assert [p.name for p in prepared.pool_start_files] == [wheel_filename()]
+    command = start_task_command(prepared.azure.pool)
     assert command is not None and command.startswith("/bin/sh -c")
-    assert _with_node_install(load_config(env={})).azure.pool is None  # local backend: untouched
+    assert _with_node_install(load_config(env={}), folder=tmp_path).azure.pool is None  # local backend: untouched
     existing = replace(azure, azure=azure.azure.model_copy(update={"pool_id": "mine"}))
-    assert _with_node_install(existing).azure.pool is None  # an existing pool is the user's to prepare
+    assert _with_node_install(existing, folder=tmp_path).azure.pool is None  # an existing pool is the user's to prepare
     off = replace(azure, azure=azure.azure.model_copy(update={"pool": PoolSection(install_batchyard=False)}))
-    assert _with_node_install(off).azure.pool.start_task is None
+    assert _with_node_install(off, folder=tmp_path).azure.pool.start_task is None

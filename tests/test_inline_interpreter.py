@@ -73,7 +73,7 @@ def test_the_readme_example_runs_as_written_with_the_venv_python(project: Any,
 @pytest.mark.timeout(180)
 def test_tasks_run_the_submitting_interpreter(kind: str, project: Any, request: pytest.FixtureRequest,
                                               python3_without_batchyard: dict[str, str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", python3_without_batchyard["PATH"])
     config, _ = on_backend(kind, project, request)
     ins, outs = project.container("inputs"), project.container("outputs")
@@ -84,10 +84,10 @@ def test_tasks_run_the_submitting_interpreter(kind: str, project: Any, request: 
     assert run.succeeded, run.results()
     assert project.storage.download_bytes(outs, f"interp-{kind}/x.txt") == b"ABC\n"
     if kind == "emulator":  # the pool's python3 is not what tasks run: no pip install on this machine
-        assert _with_node_install(config, python=sys.executable) is config
+        assert _with_node_install(config, python=sys.executable, folder=tmp_path) is config
 
 
-def test_which_interpreter_each_backend_gets(project: Any) -> None:
+def test_which_interpreter_each_backend_gets(project: Any, tmp_path: Path) -> None:
     local = project.config()
     assert task_python(local, None) == sys.executable
     assert task_python(local, "python3.12") == "python3.12"
@@ -97,7 +97,8 @@ def test_which_interpreter_each_backend_gets(project: Any) -> None:
     cloud = load_config(project.dir / "batchyard.toml", backend="azure",
                         env={**project.env, "BATCHYARD_BATCH_URL": "https://acct.westeurope.batch.azure.com"})
     assert task_python(cloud, None) == "python3"
-    assert "python3 -c" in (_with_node_install(cloud).azure.pool.start_task or ""), "Batch pools keep the check"
+    start = _with_node_install(cloud, folder=tmp_path).azure.pool.start_task or ""
+    assert "-py3-none-any.whl" in start, "Batch pools install the submitter's batchyard"
 
 
 def test_relative_local_dir_is_the_callers(project: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -161,8 +161,34 @@ def test_forecast_from_durations_and_configured_prices(tmp_path: Path) -> None:
     result = make_plan(job, config, durations=[60.0] * 8, active_jobs=0)
     fc = result.forecast
     assert fc["slots"] == 4 and fc["price_source"] == "[azure.prices] in config"
-    assert fc["wall_time_s"] == pytest.approx(8 * 60 / 4 + 300)
-    assert fc["cost_usd"] == pytest.approx(2 * 1.5 * (420 / 3600), rel=1e-3)
+    # 5 min node allocation, then 8 tasks of 60 s + 2 s Batch overhead on 4 slots
+    assert fc["wall_time_s"] == pytest.approx(300 + 8 * 62 / 4)
+    assert fc["cost_usd"] == pytest.approx(2 * 1.5 * (424 / 3600), rel=1e-3)
+
+
+def test_the_forecast_counts_allocation_and_batch_overhead_and_the_sas_advice_follows_it(tmp_path: Path) -> None:
+    """2,000 tiny tasks on one slot: minutes of allocation and seconds per task, not '5m10s', and the
+    sas_margin the plan asks for is the forecast's wait for the last task, not 2,000 x max_wall_clock_time."""
+    from batchyard.analysis.forecast import hms
+
+    tasks = 2000
+    job = write_job(tmp_path, BASE + '[constraints]\nmax_wall_clock_time = "1m"\nmax_task_retry_count = 0\n',
+                    inputs={f"f{i}.txt": "x" for i in range(tasks)})
+    durations = [0.01] * tasks
+    result = make_plan(job, offline_config(tmp_path), durations=durations, active_jobs=0)
+    fc = result.forecast
+    assert fc["node_allocation_s"] == 300 and fc["task_overhead_s"] == pytest.approx(tasks * 2.0)
+    assert fc["wall_time_s"] == pytest.approx(300 + tasks * 2.01, abs=0.1)
+    assert fc["last_task_start_s"] == pytest.approx(300 + (tasks - 1) * 2.01, abs=0.1)
+    (sas,) = [f for f in result.findings if f.code == "sas-expiry"]
+    assert f"at least {hms(-(-fc['last_task_start_s'] // 1))}" in sas.fix, sas.fix
+    assert "as forecast" in sas.message and f"starts {hms(fc['last_task_start_s'])} after submit" in sas.message
+    enough = make_plan(job, offline_config(tmp_path, '[azure]\nsas_margin = "75m"\n'), durations=durations,
+                       active_jobs=0)
+    assert "sas-expiry" not in codes(enough)
+    # Without a previous run, the worst case (every task runs for max_wall_clock_time), said as such.
+    (worst,) = [f for f in make_plan(job, offline_config(tmp_path), active_jobs=0).findings if f.code == "sas-expiry"]
+    assert "at worst" in worst.message
 
 
 def test_previous_local_run_feeds_the_forecast(project) -> None:

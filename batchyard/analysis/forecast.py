@@ -15,7 +15,26 @@ from typing import Any
 
 from batchyard.core.config import Config, PoolSection
 
-POOL_STARTUP_S = 5 * 60.0  # assumed: allocating nodes and running the start task
+# Figures from Microsoft's Batch documentation (sources and reasoning in docs/plan.md, "Forecast"):
+# a new pool's nodes take minutes to allocate, boot and run the start task before any task starts ...
+POOL_STARTUP_S = 5 * 60.0
+# ... and each task costs Batch a few seconds of its slot beyond the command itself: scheduling it to
+# the node, staging its resource files, uploading its outputs and logs.
+TASK_OVERHEAD_S = 2.0
+
+
+def run_timeline(*, tasks: int, slots: int, mean_s: float, longest_s: float, existing_pool: bool
+                 ) -> dict[str, float]:
+    """When the run's phases end, in seconds after submit: nodes ready, the last task starts, all done.
+
+    Tasks run in waves of ``slots``; each holds its slot for its own time plus Batch's per-task overhead.
+    """
+    allocation = 0.0 if existing_pool else POOL_STARTUP_S
+    per_task = mean_s + TASK_OVERHEAD_S
+    waves = max(1, -(-tasks // max(1, slots)))
+    busy = max(per_task * tasks / max(1, slots), longest_s + TASK_OVERHEAD_S)
+    return {"allocation_s": allocation, "last_start_s": allocation + (waves - 1) * per_task,
+            "wall_s": allocation + busy, "overhead_s": TASK_OVERHEAD_S * tasks / max(1, slots)}
 
 
 def load_prices(config: Config) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
@@ -60,8 +79,10 @@ def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, p
             f"batchyard/data/vm_prices.toml ({meta['region']}, {meta['date']}, approximate)" if price else None),
         "assumptions": [
             f"tasks take as long as in the previous run; {slots} slot(s) run them in parallel",
-            "wall time = max(total task time / slots, longest task) + "
-            f"{'0' if existing else hms(POOL_STARTUP_S)} pool start-up",
+            f"node allocation (pool created, nodes booted, start task run): "
+            f"{'0 (existing pool)' if existing else hms(POOL_STARTUP_S)}",
+            f"Batch's per-task overhead (scheduling, staging, output upload): {hms(TASK_OVERHEAD_S)} per task",
+            "wall time = node allocation + max((mean task + overhead) x tasks / slots, longest task + overhead)",
             "cost = nodes x price x wall time (nodes billed while the pool exists); storage and egress excluded",
             f"spot nodes assumed {meta.get('spot_discount', 0.8):.0%} cheaper than list price",
         ],
@@ -76,10 +97,13 @@ def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, p
     if not durations:
         result.update(wall_time_s=None, cost_usd=None)
         return result
-    total = sum(durations) / len(durations) * tasks
-    wall = max(total / slots, max(durations)) + (0.0 if existing else POOL_STARTUP_S)
+    timeline = run_timeline(tasks=tasks, slots=slots, mean_s=sum(durations) / len(durations),
+                            longest_s=max(durations), existing_pool=existing)
+    wall = timeline["wall_s"]
     result.update(mean_task_s=round(sum(durations) / len(durations), 3), longest_task_s=round(max(durations), 3),
-                  wall_time_s=round(wall, 1))
+                  wall_time_s=round(wall, 1), node_allocation_s=timeline["allocation_s"],
+                  task_overhead_s=round(timeline["overhead_s"], 1),
+                  last_task_start_s=round(timeline["last_start_s"], 1))
     if price is not None:
         discount = float(meta.get("spot_discount", 0.8))
         hourly = price * (section.dedicated_nodes + section.spot_nodes * (1 - discount))

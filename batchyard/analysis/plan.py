@@ -51,9 +51,15 @@ from batchyard.core.job import (
 )
 from batchyard.core.placeholders import substitute_command
 from batchyard.core.rerun import Decider, PriorTask, RerunOption, blob_identity, with_fingerprints
+from batchyard.node.docker import image_findings
 from batchyard.storage.account import file_md5
 
 SEVERITIES = ("error", "warning", "info")
+# Rules both plan and the azure backend's preflight check (plan from the config alone, the backend against
+# the account): when the backend answered one, its findings stand and plan's own are dropped, so no rule
+# shows twice.
+ANSWERED_BY_BACKEND = frozenset({"pool-slots-over-limit", "pool-slots-too-few", "pool-no-slots", "job-quota",
+                                 "image-needs-sh"})
 LONGEST_ACCOUNT_URL = "https://" + "a" * 24 + ".blob.core.windows.net"  # the longest real account name
 
 
@@ -252,16 +258,23 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     sizes, _ = load_prices(config)
     cores = sizes.get(section.vm_size.lower(), {}).get("cores")
     slots = (section.dedicated_nodes + section.spot_nodes) * section.task_slots_per_node
-    if preview is not None:
-        findings.extend(check_sas(job, lifetime=preview.lifetime, warnings=preview.lifetime_warnings,
-                                  tasks=scan.count, slots=slots or None))
     findings.extend(check_outputs(job, sample))
     findings.extend(check_pool(config, cores=int(cores) if cores else None))
     findings.extend(check_registries(job, config))
+    findings.extend(image_findings(job))  # the output check's /bin/sh in the image, as Azure Batch needs it
 
     # --- what the backend knows: a previous run, active jobs
-    durations, active_jobs, job_exists, previous = _backend_facts(ctx, job, durations, active_jobs, findings)
+    backend_findings: list[Finding] = []
+    durations, active_jobs, job_exists, previous = _backend_facts(ctx, job, durations, active_jobs,
+                                                                  backend_findings)
     findings.extend(check_quota(config, active_jobs=active_jobs, job_exists=job_exists))
+    # The backend's own preflight checked some rules against the live account: its word replaces plan's.
+    answered = {f.code for f in backend_findings if f.code in ANSWERED_BY_BACKEND}
+    findings[:] = [f for f in findings if f.code not in answered] + backend_findings
+    if preview is not None:  # after the backend facts: the expiry advice follows the forecast's timeline
+        findings.extend(check_sas(job, lifetime=preview.lifetime, warnings=preview.lifetime_warnings,
+                                  tasks=scan.count, slots=slots or None, durations=durations or None,
+                                  existing_pool=bool(config.azure.pool_id)))
     plan.forecast = forecast(config, tasks=scan.count, durations=durations or None, previous=previous)
     autoscale, problems = autoscale_forecast(config, tasks=scan.count, durations=durations or None)
     if autoscale is not None:  # the pool's formula run over a simulated job (analysis/autoscale_sim.py)

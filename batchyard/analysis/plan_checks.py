@@ -19,11 +19,11 @@ is checked without a list of its tasks; each reports its first offender and how 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import PurePosixPath
 
-from batchyard.analysis.forecast import POOL_STARTUP_S, hms
+from batchyard.analysis.forecast import TASK_OVERHEAD_S, hms, run_timeline
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef
@@ -192,28 +192,35 @@ def check_environment(job: Job, tasks: Iterable[TaskDef], *, extra_env: dict[str
 
 
 # ---------------------------------------------------------------------------------------------- per job
-def check_sas(job: Job, *, lifetime: timedelta, warnings: Iterable[str], tasks: int, slots: int | None
-              ) -> list[Finding]:
+def check_sas(job: Job, *, lifetime: timedelta, warnings: Iterable[str], tasks: int, slots: int | None,
+              durations: Sequence[float] | None = None, existing_pool: bool = False) -> list[Finding]:
     """SAS URLs live (retries + 1) x max_wall_clock_time + sas_margin from submit (``lifetime``, with the
-    azure backend's ``warnings`` about it); the margin must also cover the time a task waits for a
-    slot, or its input/output URLs expire before it runs."""
+    azure backend's ``warnings`` about it); the margin must also cover the time the last task waits for a
+    slot, or its input/output URLs expire before it runs. That wait is the forecast's (the same timeline:
+    node allocation, then waves of tasks each with Batch's overhead) from a previous run's ``durations``;
+    without them, the worst case: every task runs for max_wall_clock_time."""
     findings = [Finding("warning", "sas-long-lived", w, "set [constraints] max_wall_clock_time (and a finite "
                         "max_task_retry_count)") for w in warnings]
     c = job.constraints
     if c.max_wall_clock_time is None or c.max_task_retry_count < 0 or not slots or tasks <= 0:
         return findings
-    waves = math.ceil(tasks / slots)
-    # Tasks ahead of the last one each hold a slot for at most max_wall_clock_time (retries of failures aside).
-    worst_wait = (waves - 1) * c.max_wall_clock_time + POOL_STARTUP_S
-    needed = worst_wait + (c.max_task_retry_count + 1) * c.max_wall_clock_time
-    if needed > lifetime.total_seconds():
+    if durations:
+        mean, longest = sum(durations) / len(durations), max(durations)
+        basis = f"as forecast (mean task {hms(mean)} from the previous run + {hms(TASK_OVERHEAD_S)} Batch overhead)"
+    else:
+        mean = longest = float(c.max_wall_clock_time)
+        basis = "at worst (no previous run: every task runs for max_wall_clock_time)"
+    timeline = run_timeline(tasks=tasks, slots=slots, mean_s=mean, longest_s=longest, existing_pool=existing_pool)
+    last_start = timeline["last_start_s"]
+    runs_for = (c.max_task_retry_count + 1) * c.max_wall_clock_time
+    if last_start + runs_for > lifetime.total_seconds():
+        waves = math.ceil(tasks / slots)
         findings.append(Finding(
             "warning", "sas-expiry",
             f"SAS URLs live {hms(lifetime.total_seconds())} ((retries + 1) x max_wall_clock_time + sas_margin), "
-            f"but {tasks} tasks on {slots} slot(s) run in {waves} waves: the last may start after "
-            f"{hms(worst_wait)} and then need {hms((c.max_task_retry_count + 1) * c.max_wall_clock_time)}; "
-            "its input and output URLs could expire first",
-            f"raise [azure] sas_margin to at least {hms(worst_wait)}, or add nodes/slots"))
+            f"but {tasks} tasks on {slots} slot(s) run in {waves} waves: the last starts {hms(last_start)} after "
+            f"submit {basis} and may then need {hms(runs_for)}; its input and output URLs could expire first",
+            f"raise [azure] sas_margin to at least {hms(math.ceil(last_start))}, or add nodes/slots"))
     return findings
 
 

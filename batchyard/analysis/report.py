@@ -39,19 +39,20 @@ MAX_FAILED_ROWS_HTML = 200
 STDERR_TAIL_HTML = 1500
 
 
-def logs_command(job_id: str, task_id: str) -> str:
-    return f"batchyard logs {shlex.quote(job_id)} {shlex.quote(task_id)} --stderr"
+def logs_command(job_id: str, task_id: str, backend_flag: str = "") -> str:
+    return f"batchyard logs {shlex.quote(job_id)} {shlex.quote(task_id)} --stderr{backend_flag}"
 
 
 def report_numbers(data: ReportData) -> dict[str, Any]:
     """What ``batchyard report --json`` prints: the numbers behind every figure."""
     durations = data.durations()
     interval, series = throughput_series(data)
-    start, end = data.start, data.end
+    start, end = data.run_span()
     return {
         "job_id": data.job_id, "backend": data.backend, "shape": data.shape,
         "generated_at": iso(data.generated_at), "start": iso(start), "end": iso(end),
         "wall_seconds": None if start is None or end is None else round(end - start, 3),
+        "run_started": iso(data.run_started),
         "forecast": data.forecast,
         "totals": {**data.counts.to_dict(), "attempts": sum(r.attempts for r in data.results),
                    "retries": sum(r.retry_count for r in data.results), "attempts_drawn": len(data.attempts),
@@ -65,7 +66,8 @@ def report_numbers(data: ReportData) -> dict[str, Any]:
         "timeline": {"mode": timeline_mode(data), "rows": len(data.rows)},
         "failed_tasks": [{"task_id": r.task_id, "label": r.label, "failure_category": r.failure_category,
                           "failure_message": r.failure_message, "exit_code": r.exit_code, "attempts": r.attempts,
-                          "stderr_tail": r.stderr_tail, "logs_command": logs_command(data.job_id, r.task_id)}
+                          "stderr_tail": r.stderr_tail,
+                          "logs_command": logs_command(data.job_id, r.task_id, data.backend_flag)}
                          for r in data.failed],
         "final_step": data.final_step,
         "notes": data.notes,
@@ -106,7 +108,8 @@ def render_html(data: ReportData, figures: dict[str, bytes], numbers: dict[str, 
     observed = f"{len(nodes)} node(s)/host(s), {len(data.rows)} timeline row(s) (slots) seen"
     header = [("Backend", data.backend), ("Workers / nodes", f"{data.shape}; observed: {observed}"),
               ("Start", n["start"] or "—"), ("End", n["end"] or "—"),
-              ("Wall time", "—" if n["wall_seconds"] is None else f"{n['wall_seconds']:.1f} s"),
+              ("Wall time", "—" if n["wall_seconds"] is None else f"{n['wall_seconds']:.1f} s"
+               + (f" (the latest run, begun {n['run_started']})" if n["run_started"] else "")),
               ("Tasks", f"{t['total']} total: {t['succeeded']} succeeded, {t['failed']} failed, "
                         f"{t['cancelled']} cancelled, {t['running']} running, {t['pending']} pending"),
               ("Attempts", f"{t['attempts']} ({t['retries']} retries)"),

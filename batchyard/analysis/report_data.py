@@ -97,6 +97,16 @@ class ReportData:
     # `batchyard plan`'s Azure forecast, computed from this run's own task durations.
     forecast: dict[str, Any] | None = None
     final_step: dict[str, Any] | None = None  # the job's [final] task, apart from the per-file ones
+    # When the job's latest run began, where the backend keeps runs apart (a re-run's report shows the
+    # earlier runs' attempts too, but its wall time is the latest run's alone).
+    run_started: float | None = None
+    # `` --backend NAME`` for the commands the report prints, when the configured backend is another.
+    backend_flag: str = ""
+
+    def run_span(self) -> tuple[float | None, float | None]:
+        """(start, end) of the latest run's attempts: all of them when runs are not told apart."""
+        mine = [a for a in self.attempts if self.run_started is None or a.start >= self.run_started]
+        return min((a.start for a in mine), default=None), max((a.end for a in mine), default=None)
 
     @property
     def start(self) -> float | None:
@@ -230,6 +240,8 @@ def report_from_backend(backend: Backend, job_id: str) -> ReportData:
     data = build_report(results, job_id=job_id, backend=backend.name, shape=shape, counts=counts)
     final = backend.final_step(job_id)
     data.final_step = final.to_dict() if final is not None else None
+    # Truncated to the second when recorded, so it never falls after the run's first attempt.
+    data.run_started = parse_time(pool.run_started_at) if pool is not None and pool.run_started_at else None
     durations = durations_from(results)
     if durations:  # what the same tasks would take and cost on the configured Azure pool
         data.forecast = forecast(backend.config, tasks=len(results), durations=durations,

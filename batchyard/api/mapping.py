@@ -310,14 +310,29 @@ def missing_batchyard_advice(config: Config, python: str) -> str:
             "import batchyard).")
 
 
-def _with_node_install(config: Config, *, python: str = "python3") -> Config:
-    """On Azure, a pool batchyard creates checks for the submitter's batchyard and dill at start-up and
-    pip-installs them when missing (an existing pool, or ``install_batchyard = false``, is left alone).
-    Not when tasks run the submitting interpreter (the emulator): the pool's python3 is not theirs."""
+def node_install_step(wheel_name: str, dill_version: str) -> str:
+    """The start-task step that installs the submitter's batchyard wheel (staged into the start task's
+    working dir) and dill: pip from the image, or apt's where it lacks; dependencies from the node's
+    package index. The wheel is installed again without its dependencies, so an image holding another
+    batchyard of the same version number runs the submitter's. pip's settings as environment variables,
+    which a pip too old to know them ignores."""
+    pip = "PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip"
+    wheel = shlex.quote(f"./{wheel_name}")
+    return ("(python3 -m pip --version >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq "
+            f"python3-pip)) && {pip} install --quiet {wheel} {shlex.quote(f'dill=={dill_version}')} && "
+            f"{pip} install --quiet --force-reinstall --no-deps {wheel}")
+
+
+def _with_node_install(config: Config, *, folder: Path, python: str = "python3") -> Config:
+    """On Azure, a pool batchyard creates installs the submitter's batchyard (a wheel built here and
+    written into ``folder``, staged into the start task) and dill at start-up (an existing pool, or
+    ``install_batchyard = false``, is left alone). Not when tasks run another interpreter than the
+    node's python3 (the emulator's default: the submitting one)."""
     from dataclasses import replace
 
     import dill
 
+    from batchyard.api.node_wheel import build_node_wheel
     from batchyard.core.config import PoolSection
 
     pool = config.azure.pool
@@ -325,16 +340,13 @@ def _with_node_install(config: Config, *, python: str = "python3") -> Config:
         return config
     if python != "python3":
         return config
+    wheel = build_node_wheel(folder)
     pool = pool or PoolSection()
-    want = {"batchyard": __version__, "dill": dill.__version__}
-    check = " and ".join(f"{name}.__version__ == {version!r}" for name, version in want.items())
-    pins = " ".join(f"{name}=={version}" for name, version in want.items())
-    step = (f"python3 -c \"import batchyard, dill; assert {check}\" 2>/dev/null || "
-            "{ (python3 -m pip --version >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq "
-            f"python3-pip)) && python3 -m pip install --quiet --break-system-packages {pins}; }}")
+    step = node_install_step(wheel.filename, str(dill.__version__))
     start = f"{pool.start_task} && {step}" if pool.start_task else step
     pool = pool.model_copy(update={"start_task": start})
-    return replace(config, azure=config.azure.model_copy(update={"pool": pool}))
+    return replace(config, azure=config.azure.model_copy(update={"pool": pool}),
+                   pool_start_files=(*config.pool_start_files, wheel.path))
 
 
 def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
@@ -343,9 +355,11 @@ def _map(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
          rerun: RerunOption = None, **job_options: Any) -> MapRun:
     config = (config or load_config()).with_backend(backend)
     python = task_python(config, job_options.pop("python", None))
-    config = _with_node_install(config, python=python)
     folder = Path(tempfile.mkdtemp(prefix="batchyard-inline-"))
     try:
+        wheel_folder = folder / "wheel"
+        wheel_folder.mkdir()
+        config = _with_node_install(config, python=python, folder=wheel_folder)
         job = build_job(kind, fn, inputs, outputs, job_id=job_id, folder=folder, python=python,
                         advice=missing_batchyard_advice(config, python), **job_options)
         be = get_backend(None, config)

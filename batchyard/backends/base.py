@@ -29,7 +29,6 @@ What a job's command can rely on, on every backend:
 
 from __future__ import annotations
 
-import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from batchyard.backends.polling import PollSchedule
 from batchyard.backends.views import PoolSummary, PoolView
 from batchyard.core.errors import BackendError
+from batchyard.core.wire_json import compact_json as dumps  # noqa: F401  (the stores' name for it)
 
 if TYPE_CHECKING:
     from batchyard.core.config import Config
@@ -353,9 +353,10 @@ class Backend(ABC):
         finally:
             self.stop_execution()
 
-    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
-        """Start workers here that take tasks of any job from this backend (``batchyard worker``);
-        returns a line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None,
+                      jobs: Sequence[str] | None = None) -> str:
+        """Start workers here for every job of this backend, or ``jobs`` (``batchyard worker``); returns a
+        line saying what they serve. ``idle_exit_s``: they exit after that long without work."""
         raise BackendError(f"the {self.name} backend runs no workers on this machine (its tasks run where it "
                            "sends them); `batchyard worker` serves the local backend")
 
@@ -426,7 +427,3 @@ class Backend(ABC):
     def __exit__(self, *exc: object) -> None:
         self.stop_execution()
         self.close()
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

@@ -35,6 +35,7 @@ class PoolSummary:
     dedicated_hours: float
     spot_hours: float
     per_job: bool  # batchyard made it for this job alone (so a run's end deletes it)
+    run_started_at: str = ""  # ISO 8601: when the job's run on it began (the report's wall time starts there)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -156,6 +156,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
     Run again, a job keeps each task that succeeded with the same fingerprint (command line,
     resource files, image, environment, outputs, input blob) and runs the changed, failed,
     cancelled and new ones; what it runs, and why, is printed before anything starts.
+    Only this job's tasks run here: other jobs' wait for their own run or `batchyard worker`.
     """
     config, be = _context(verbose, config_path, backend)
     job = load_job(job_file)
@@ -171,7 +172,8 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
         flag = backend_flag(config_path, be.name)
         if no_wait:
             if be.name == "local":
-                console.print("workers: run `batchyard worker` (any machine with the same storage) to process it")
+                console.print(f"workers: run `batchyard worker` or `batchyard worker --job {job.id}` (any machine "
+                              "with the same storage) to process it", highlight=False, soft_wrap=True)
             elif submitted.enqueued:
                 console.print(f"`batchyard status {job.id} --watch{flag}` follows it and ends the run when its "
                               "tasks are done (the per-job pool bills until then, or until "
@@ -302,16 +304,25 @@ def download(job_id: str, dest: str, backend: str | None, config_path: str | Non
 
 @main.command()
 @click.option("--workers", type=click.IntRange(1, 512), default=None, help="Worker processes (default: config).")
+@click.option("--job", "jobs", metavar="ID", multiple=True,
+              help="Serve only this job (repeat for several; default: every job of the configuration).")
 @click.option("--idle-exit", type=float, default=None, help="Exit after this many seconds with no work.")
 @config_option
 @verbose_option
 @handle_errors
-def worker(workers: int | None, idle_exit: float | None, config_path: str | None, verbose: int) -> None:
-    """Run local workers against the configured storage until Ctrl-C (more machines can join)."""
+def worker(workers: int | None, jobs: tuple[str, ...], idle_exit: float | None, config_path: str | None,
+           verbose: int) -> None:
+    """Run local workers against the configured storage until Ctrl-C (more machines can join).
+
+    They serve every job of the configuration (or each --job), in turn: round-robin by message,
+    jobs in the order they were created. A job whose queue is empty is looked at again when it
+    is submitted again.
+    """
     _setup_logging(verbose)
     be = get_backend("local", load_config(config_path, backend="local"))
     be.preflight()
-    serving = be.serve_workers(workers=workers, idle_exit_s=idle_exit)
+    chosen = list(dict.fromkeys(be.resolve_job_id(job_id) for job_id in jobs))
+    serving = be.serve_workers(workers=workers, idle_exit_s=idle_exit, jobs=chosen or None)
     console.print(f"{serving}; Ctrl-C to stop")
     try:
         be.join_execution()

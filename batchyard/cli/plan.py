@@ -121,8 +121,9 @@ def render(p: Plan, *, show: int = 5) -> None:
                      else " (no price known)"), highlight=False)
         if fc.get("wall_time_s") is not None:
             cost = f"${fc['cost_usd']:.2f}" if fc.get("cost_usd") is not None else "unknown (no price)"
-            out.print(f"  estimated wall time {hms(fc['wall_time_s'])}, cost {cost} (mean task "
-                      f"{fc['mean_task_s']:.1f}s, longest {fc['longest_task_s']:.1f}s)", highlight=False)
+            out.print(f"  estimated wall time {hms(fc['wall_time_s'])}, cost {cost}: node allocation "
+                      f"{hms(fc['node_allocation_s'])}, Batch's per-task overhead {hms(fc['task_overhead_s'])}, "
+                      f"mean task {fc['mean_task_s']:.1f}s, longest {fc['longest_task_s']:.1f}s", highlight=False)
         else:
             out.print("  no task durations to forecast from: run it locally or on the emulator first", highlight=False)
         out.print("  assumptions:", highlight=False)

@@ -51,11 +51,12 @@ def report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None,
 def _report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None, config_path: str | None,
             verbose: int) -> None:
     from batchyard.analysis.report import report_from_backend, report_numbers, write_report
-    from batchyard.cli.common import _context, console, out
+    from batchyard.cli.common import _context, backend_flag, console, out
 
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
         data = report_from_backend(be, be.resolve_job_id(job_id))
+    data.backend_flag = backend_flag(config_path, be.name)
     if as_json:
         out.print_json(json.dumps(report_numbers(data), ensure_ascii=False))
     if out_dir is None and as_json:

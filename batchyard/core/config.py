@@ -217,6 +217,9 @@ class Config:
     # (server, password) of each [[azure.container_registries]] entry whose password_env is set. An unset
     # one is an error only when a container job is submitted: status, logs, delete never need it.
     registry_passwords: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Local files a pool batchyard creates stages into its start task's working dir (never read from a
+    # file: the Python API sets it to the submitter's batchyard wheel, which nodes then pip-install).
+    pool_start_files: tuple[Path, ...] = ()
     home: Path = field(default_factory=lambda: default_home())
 
     def with_backend(self, name: str | None) -> Config:

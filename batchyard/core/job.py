@@ -79,6 +79,8 @@ class Job(_Model):
                                         "(docs/configuration.md).")
     final: FinalStep | None = Field(default=None, description="One step after all the per-file tasks, "
                                     "given their outputs (see [final]).")
+    elevated: bool = Field(default=False, description="Run as an admin (Batch's admin auto-user): root in a "
+                           "container_image on every backend, else a non-root user there (docs/azure.md).")
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     @field_validator("id")
@@ -141,6 +143,10 @@ class Job(_Model):
         """(container, blob prefix) pairs under which every output of this job lands: each output's
         path up to its first per-task placeholder."""
         return sorted({(out.container, static_prefix(out.path, self.id)) for out in self.outputs})
+
+    def required_patterns(self) -> list[str]:
+        """Output patterns every task must match (not optional, uploaded on success): its outputs check."""
+        return [o.pattern for o in self.outputs if not o.optional and o.upload_on != "failure"]
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -3,8 +3,11 @@
 Like a Batch container task: the node root (with the task's working dir) is mounted at the
 same path inside the container, the command runs in ``$AZ_BATCH_TASK_WORKING_DIR`` with the
 same ``AZ_BATCH_*`` variables and the job's environment (never the host's), with networking
-disabled (files are staged on the host before, and uploaded from it after) and as the
-user batchyard runs as. The wall clock kills the container.
+disabled (files are staged on the host before, and uploaded from it after). Batch's two rules
+for a Linux container task hold here too: the command line replaces the image's ENTRYPOINT
+(its first word is the program, not an argument to the ENTRYPOINT), and the task runs as a
+non-admin user unless elevated (root only then): :func:`container_user`. The wall clock kills
+the container.
 """
 
 from __future__ import annotations
@@ -21,9 +24,15 @@ import requests
 
 from batchyard.core.batch_semantics import log_file_name
 from batchyard.core.errors import BatchyardError, MissingDependencyError
+from batchyard.core.findings import Finding
+from batchyard.core.job import Job
 from batchyard.node.taskspec import NodeContext, TaskSpec
 
 WAIT_STEP_S = 0.25
+# A non-elevated task never runs as root in its container; when batchyard itself runs as root, the
+# task gets this uid/gid (nobody) and its working dir is handed to it, as Batch's task user owns its own.
+UNPRIVILEGED = (65534, 65534)
+ROOT = "0:0"
 ENGINE_FIX = ("start a Docker engine (e.g. `dockerd --bridge=none --iptables=false`, then set DOCKER_HOST), "
               "or remove container_image from the job")
 
@@ -56,6 +65,72 @@ def container_environment(spec: TaskSpec, host_env: dict[str, str]) -> dict[str,
     return env
 
 
+def container_user(spec: TaskSpec, task_dir: Path) -> str:
+    """The ``uid:gid`` the task runs as in its container: root when elevated, else this machine's user, or
+    :data:`UNPRIVILEGED` (owning the task's working dir from now on) when that user is root."""
+    if spec.elevated:
+        return ROOT
+    uid, gid = os.getuid(), os.getgid()
+    if uid != 0:
+        return f"{uid}:{gid}"
+    uid, gid = UNPRIVILEGED
+    work = task_dir / "wd"
+    for path in [work, *work.rglob("*")]:
+        with contextlib.suppress(FileNotFoundError):
+            os.lchown(path, uid, gid)
+    return f"{uid}:{gid}"
+
+
+def image_has_file(image: str, path: str) -> bool | None:
+    """Whether ``image`` (on this machine's Docker engine) holds ``path``; None when that cannot be told
+    (no engine, no docker package, the image not there). Reads the image's files without running it."""
+    try:
+        import docker
+        from docker.errors import ImageNotFound, NotFound
+
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception:
+        return None
+    try:
+        container = client.containers.create(image, command=["true"], entrypoint=[], network_disabled=True)
+    except ImageNotFound:
+        return None
+    except Exception:
+        return None
+    try:
+        container.get_archive(path)
+        return True
+    except NotFound:
+        return False
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+
+
+def image_findings(job: Job) -> list[Finding]:
+    """A container job with required outputs: Batch runs the command line in the container, so the check
+    that they exist (a /bin/sh script around the command) needs /bin/sh in the image. Told from the image
+    when this machine's Docker engine has it; otherwise said as a requirement."""
+    patterns = job.required_patterns()
+    if not job.container_image or not patterns:
+        return []
+    image, listed = job.container_image, ", ".join(repr(p) for p in patterns)
+    fix = "use an image that has /bin/sh, or mark those outputs optional = true"
+    has_shell = image_has_file(image, "/bin/sh")
+    if has_shell is False:
+        return [Finding("error", "image-needs-sh", f"container_image {image!r} has no /bin/sh, which checks the "
+                        f"required outputs ({listed}) inside the container on Azure Batch: every task would fail "
+                        "to start", fix)]
+    if has_shell is None:
+        return [Finding("info", "image-needs-sh", f"container_image {image!r} needs /bin/sh to check the required "
+                        f"outputs ({listed}) on Azure Batch (not checked: the image is not on this machine's "
+                        "Docker engine)", fix)]
+    return []
+
+
 def require_image(client: Any, image: str) -> None:
     """Raise a clear error unless ``image`` is on the engine already."""
     try:
@@ -70,7 +145,7 @@ def shell_command(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[s
                   tty: bool, program: str = "/bin/sh") -> list[str]:
     """The ``docker run`` command line that opens ``program`` interactively in ``spec.container_image``
     the way :func:`run` runs the task there (node root mounted at its path, the working dir, the
-    user, no network), for ``batchyard debug --shell``.
+    user, no network, ``program`` in place of the ENTRYPOINT), for ``batchyard debug --shell``.
 
     Start it with ``env`` (the task's environment) as its own: each variable the container gets
     is passed by name only (``-e NAME``), so no value appears on a command line.
@@ -82,12 +157,12 @@ def shell_command(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[s
                                    "(the Docker CLI); install it, or debug without --shell")
     root = str(node.root.resolve())
     argv = [docker_cli, "run", "--rm", "--interactive", *(["--tty"] if tty else []), "--network", "none",
-            "--user", f"{os.getuid()}:{os.getgid()}", "--volume", f"{root}:{root}",
+            "--user", container_user(spec, task_dir), "--volume", f"{root}:{root}", "--entrypoint", program,
             "--workdir", str((task_dir / "wd").resolve()),
             "--label", f"batchyard.job={spec.job_id}", "--label", f"batchyard.task={spec.task_id}"]
     for name in container_environment(spec, env):
         argv += ["--env", name]
-    return [*argv, spec.container_image or "", program]
+    return [*argv, spec.container_image or ""]
 
 
 def run(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str],
@@ -99,10 +174,12 @@ def run(spec: TaskSpec, node: NodeContext, task_dir: Path, env: dict[str, str],
     client = engine()
     require_image(client, spec.container_image or "")
     root = str(node.root.resolve())
+    argv = list(spec.argv)
     container = client.containers.run(
-        spec.container_image, command=list(spec.argv), working_dir=str((task_dir / "wd").resolve()),
+        # As on Batch, the command line replaces the image's ENTRYPOINT rather than being appended to it.
+        spec.container_image, entrypoint=argv[:1], command=argv[1:], working_dir=str((task_dir / "wd").resolve()),
         volumes={root: {"bind": root, "mode": "rw"}}, environment=container_environment(spec, env),
-        network_disabled=True, user=f"{os.getuid()}:{os.getgid()}", detach=True,
+        network_disabled=True, user=container_user(spec, task_dir), detach=True,
         labels={"batchyard.job": spec.job_id, "batchyard.task": spec.task_id},
     )
     stopped: str | None = None

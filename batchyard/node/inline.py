@@ -77,8 +77,9 @@ sys.exit(main(sys.argv[1:]))
 '''
 # What to do when a Batch node's python3 lacks batchyard (the default; the local backend and the
 # emulator say what fits them: batchyard.api.mapping).
-AZURE_ADVICE = ('Install it where tasks run: on Azure Batch add it to the pool\'s start task ([azure.pool] '
-                'requirements = ["batchyard=={version}"]) or use an image that has it.')
+AZURE_ADVICE = ('Install it where tasks run: a pool batchyard creates installs the submitter\'s batchyard '
+                'wheel in its start task ([azure.pool] install_batchyard = true, the default); an existing '
+                'pool ([azure] pool_id) needs batchyard {version} in its image or start task (docs/inline.md).')
 
 
 def launcher_source(advice: str) -> str:

@@ -88,6 +88,7 @@ class TaskSpec:
     max_task_retry_count: int = 0  # -1 = retry without limit (Batch semantics)
     keep_task_dir: bool = True
     container_image: str | None = None  # run argv inside this image (batchyard.node.docker)
+    elevated: bool = False  # Batch's elevationLevel admin: root inside a container image
 
 
 @dataclass(frozen=True)

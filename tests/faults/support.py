@@ -180,6 +180,20 @@ def serve_until_idle(be: Any, tmp_path: Path, *, lease_s: float = 2, **options: 
     return worker
 
 
+def job_queue(be: Any, job_id: str, *, raw: bool = False) -> Any:
+    """The queue of ``job_id``'s messages (each job has its own): batchyard's client, or with ``raw``
+    one without its encoding (what someone else's client puts and gets)."""
+    from batchyard.backends.local.job_queues import job_queue as queue_of
+
+    client = queue_of(be.store, job_id)
+    return be.storage.queue_service.get_queue_client(client.queue_name) if raw else client
+
+
+def queued(be: Any, job_id: str) -> int:
+    """How many messages ``job_id``'s queue holds (hidden ones included)."""
+    return int(job_queue(be, job_id).get_queue_properties().approximate_message_count)
+
+
 def drain_queue(queue: Any) -> list[dict[str, Any]]:
     """Receive and delete every message of ``queue``; their JSON bodies (each checked to fit 64 KiB)."""
     import json

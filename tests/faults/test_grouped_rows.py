@@ -37,6 +37,7 @@ from batchyard.storage.fast_rest import FastRest
 from .support import (
     drain_queue,
     gate,
+    job_queue,
     kill_quietly,
     open_gate,
     runs_of,
@@ -54,7 +55,7 @@ NEVER_S = 3600.0  # a timing knob set so far off that the event it waits for alw
 
 def _one_message(be: Any, job: Any) -> list[str]:
     """Re-queue a submitted job's tasks as a single message (small jobs get one message per task)."""
-    drain_queue(be.store.queue)
+    drain_queue(job_queue(be, job.id))
     tasks = be.fan_out(job)
     for message in pack(job.id, tasks, len(tasks), key=job_message_key(be.store, job.id)):
         assert isinstance(message, TaskMessage)

@@ -17,7 +17,7 @@ from batchyard.backends.base import TaskState
 from batchyard.backends.local.messages import TaskMessage
 from batchyard.core.errors import TaskNotFoundError
 
-from .support import drain_queue, runs_of, serve_until_idle, table_job, tool_command
+from .support import drain_queue, job_queue, queued, runs_of, serve_until_idle, table_job, tool_command
 
 
 def test_unclaimed_tasks_have_no_row_yet_are_listed_counted_and_then_run(project: Any, tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_cancel_before_any_claim_records_every_task_and_nothing_runs(project: An
         assert be.task_counts(job.id).finished
         worker = serve_until_idle(be, tmp_path, lease_s=5)  # the queued messages are consumed, nothing runs
         assert worker.tasks_run == 0
-        assert be.store.queue.get_queue_properties().approximate_message_count == 0
+        assert queued(be, job.id) == 0
     assert runs_of(runs) == []
 
 
@@ -74,13 +74,13 @@ def test_definition_too_big_for_a_message_goes_by_row(project: Any, tmp_path: Pa
         be.submit(job)
         rows = list(be.store.task_entities(job.id))
         assert [r["label"] for r in rows] == [f"KEY={big}"] and rows[0]["state"] == "pending"
-        bodies = drain_queue(be.store.queue)
+        bodies = drain_queue(job_queue(be, job.id))
         by_version = {b["v"]: b for b in bodies}
         assert sorted(by_version) == [1, 2], bodies
         assert by_version[1]["tasks"] == [rows[0]["RowKey"]]
         assert sum(len(b["tasks"]) for b in bodies) == 3
         for body in bodies:  # send them back: drained only to look at them
-            be.store.queue.send_message(json.dumps(body))
+            job_queue(be, job.id).send_message(json.dumps(body))
         serve_until_idle(be, tmp_path, lease_s=5)
         assert {r.state for r in be.list_task_results(job.id)} == {TaskState.SUCCEEDED}
     assert sorted(runs_of(runs)) == sorted(keys)

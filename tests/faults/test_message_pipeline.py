@@ -22,7 +22,7 @@ from batchyard.backends.local.messages import TaskMessage, pack
 from batchyard.backends.local.worker import Worker, WorkerOptions
 from batchyard.core.job import job_from_dict
 
-from .support import drain_queue, gate, open_gate, runs_of, tool_command, wait_for
+from .support import drain_queue, gate, job_queue, open_gate, runs_of, tool_command, wait_for
 
 
 def _two_messages(project: Any, job_id: str, runs: Path,
@@ -34,7 +34,7 @@ def _two_messages(project: Any, job_id: str, runs: Path,
                          "tasks": f"{job_id}.csv"}, source="test", base_dir=project.dir)
     be = get_backend("local", project.config())
     be.submit(job)
-    drain_queue(be.store.queue)
+    drain_queue(job_queue(be, job.id))
     tasks = be.fan_out(job)
     half = len(tasks) // 2
     for message in pack(job.id, tasks, half, key=job_message_key(be.store, job.id)):
@@ -81,12 +81,12 @@ def test_next_message_is_opened_while_the_last_command_runs(project: Any, tmp_pa
                 assert "b0" not in runs_of(runs), "b0 started before a3 ended"
                 assert rows[second[0]]["claim_owner"] == worker.owner
                 # The whole second message left the queue with this worker: nothing for another to take.
-                assert not list(be.store.queue.receive_messages(max_messages=1, visibility_timeout=1))
+                assert not list(job_queue(be, job.id).receive_messages(max_messages=1, visibility_timeout=1))
                 open_gate(a3_gate)
         finally:
             open_gate(a3_gate)
         results = {r.task_id: r for r in be.list_task_results(job.id)}
-        left = list(be.store.queue.receive_messages(max_messages=32, visibility_timeout=1))
+        left = list(job_queue(be, job.id).receive_messages(max_messages=32, visibility_timeout=1))
     assert {r.state for r in results.values()} == {TaskState.SUCCEEDED}, results
     assert sorted(runs_of(runs)) == sorted(sleeps), "a task ran twice or not at all"
     assert runs_of(runs).index("a3") < runs_of(runs).index("b0"), "the messages ran out of order"
@@ -116,7 +116,7 @@ def test_a_worker_stopping_gives_back_the_message_it_opened_ahead(project: Any, 
         given_back = [t for t in second if t in rows]
         assert given_back and all(rows[t]["state"] == "pending" and not rows[t]["claim_owner"] for t in given_back)
         # Visible again now, not when its 60 s lease ends (a peek sees only visible messages).
-        (visible,) = be.store.queue.peek_messages(max_messages=32)
+        (visible,) = job_queue(be, job.id).peek_messages(max_messages=32)
         assert TaskMessage.decode(visible.content).task_ids == tuple(second)
         other = Worker(be.storage, be.config, index=1, work_dir=tmp_path / "work2",
                        options=WorkerOptions(lease_s=60, idle_exit_s=1.0))

@@ -8,7 +8,7 @@ from typing import Any
 
 from batchyard.backends import get_backend
 
-from .support import drain_queue, runs_of, serve_until_idle, table_job, tool_command
+from .support import drain_queue, job_queue, queued, runs_of, serve_until_idle, table_job, tool_command
 
 
 def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project: Any, tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project:
         '{"job": "afterbad", "tasks": ["x"]}': "unknown message version None",
         "[1, 2, 3]": "not a JSON object",
         '{"v": 1, "job": "afterbad", "tasks": []}': "non-empty list of task ids",
-        '{"v": 1, "job": "no-such-job", "tasks": ["t"]}': "job 'no-such-job' not found",
+        '{"v": 1, "job": "no-such-job", "tasks": ["t"]}': "names job 'no-such-job' but was on the queue of job",
         '{"tasks": ["a/b"], "v": 1, "job": "afterbad"}': "task id 'a/b' is not a valid id",
     }
     # Put as they are, not base64-encoded (as batchyard's are): hostile bodies whose JSON-escaped
@@ -28,18 +28,19 @@ def test_malformed_and_unknown_messages_are_poisoned_worker_keeps_going(project:
     raw = {'"' * 40_000: "not base64-encoded", "\U0001f680" * 15_000: "not base64-encoded",
            '{"v":1,"job":"afterbad","tasks":["x"]}': "not base64-encoded"}
     with get_backend("local", project.config()) as be:
-        be.store.ensure()
+        be.submit(job)
+        (good,) = drain_queue(job_queue(be, job.id))
         for body in bad:
-            be.store.queue.send_message(body)
+            job_queue(be, job.id).send_message(body)
         for body in raw:
-            be.storage.queue_service.get_queue_client(be.store.queue_name).send_message(body)
+            job_queue(be, job.id, raw=True).send_message(body)
         bad.update(raw)
-        be.submit(job)  # queued after the bad ones: the worker must get past them to run it
+        job_queue(be, job.id).send_message(json.dumps(good))  # after the bad ones: the worker must get past them
         worker = serve_until_idle(be, tmp_path)
         assert worker.tasks_run == 1
         (result,) = be.list_task_results(job.id)
         assert result.state == "succeeded"
-        assert be.store.queue.get_queue_properties().approximate_message_count == 0
+        assert queued(be, job.id) == 0
         poisoned = drain_queue(be.store.poison_queue)
     assert runs_of(runs) == ["ok"]
     assert len(poisoned) == len(bad), [p["reason"] for p in poisoned]
@@ -58,8 +59,8 @@ def test_message_delivered_too_often_is_poisoned_and_its_task_failed(project: An
     with get_backend("local", project.config()) as be:
         be.submit(job)
         for _ in range(5):  # five deliveries that never finished (default max_dequeue_count = 5)
-            (message,) = be.store.queue.receive_messages(max_messages=1, visibility_timeout=30)
-            be.store.queue.update_message(message, visibility_timeout=0)
+            (message,) = job_queue(be, job.id).receive_messages(max_messages=1, visibility_timeout=30)
+            job_queue(be, job.id).update_message(message, visibility_timeout=0)
         serve_until_idle(be, tmp_path)
         (result,) = be.list_task_results(job.id)
         poisoned = drain_queue(be.store.poison_queue)

@@ -22,14 +22,14 @@ import pytest
 from batchyard.backends import get_backend
 from batchyard.backends.local.worker import Worker, WorkerOptions
 
-from .support import drain_queue, runs_of, serve_until_idle, table_job, tool_command, wait_for
+from .support import drain_queue, job_queue, runs_of, serve_until_idle, table_job, tool_command, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _raw_queue(be: Any) -> Any:
-    """The task queue without batchyard's encoding: what someone else's client puts and gets."""
-    return be.storage.queue_service.get_queue_client(be.store.queue_name)
+def _raw_queue(be: Any, job_id: str) -> Any:
+    """The job's queue without batchyard's encoding: what someone else's client puts and gets."""
+    return job_queue(be, job_id, raw=True)
 
 
 def _count(queue: Any) -> int:
@@ -60,13 +60,13 @@ def test_a_worker_with_only_poison_bound_messages_idles_out(project: Any) -> Non
     body = '{"v":1,"job":"secjob","tasks":["a/b"]}'
     with get_backend("local", project.config()) as be:
         be.submit(job)
-        drain_queue(be.store.queue)  # nothing runnable is left: only the two messages below
-        _raw_queue(be).send_message(body)
-        be.store.queue.send_message(body)
+        drain_queue(job_queue(be, job.id))  # nothing runnable is left: only the two messages below
+        _raw_queue(be, job.id).send_message(body)
+        job_queue(be, job.id).send_message(body)
     served = project.cli("worker", "--workers", "1", "--idle-exit", "5", timeout=150)
     assert served.returncode == 0, served.stderr
     with get_backend("local", project.config()) as be:
-        assert _count(be.store.queue) == 0
+        assert _count(job_queue(be, job.id)) == 0
         reasons = sorted(p["reason"] for p in drain_queue(be.store.poison_queue))
     assert len(reasons) == 2, reasons
     assert "not base64-encoded" in reasons[0] and "task id 'a/b' is not a valid id" in reasons[1], reasons
@@ -75,22 +75,25 @@ def test_a_worker_with_only_poison_bound_messages_idles_out(project: Any) -> Non
 def test_a_message_poisoned_twice_leaves_one_copy(project: Any, tmp_path: Path) -> None:
     """Delivered again after its delete failed (here: its receipt went stale), a poison-bound
     message is not copied to the poison queue a second time."""
+    job = table_job(project, "twice", tool_command("count", "/dev/null", "{KEY}", "0", "-", "0"), ["x"])
     with get_backend("local", project.config()) as be:
-        be.store.ensure()
-        be.store.queue.send_message('{"v": 99, "job": "x", "tasks": ["t"]}')
-        raw = _raw_queue(be)
+        be.submit(job)
+        drain_queue(job_queue(be, job.id))
+        job_queue(be, job.id).send_message('{"v": 99, "job": "twice", "tasks": ["t"]}')
+        raw = _raw_queue(be, job.id)
         (first,) = raw.receive_messages(max_messages=1, visibility_timeout=60)
         raw.update_message(first, visibility_timeout=0)  # visible again: first's receipt is stale
         (second,) = raw.receive_messages(max_messages=1, visibility_timeout=60)
         assert (first.id, first.dequeue_count + 1) == (second.id, second.dequeue_count)
         worker = Worker(be.storage, be.config, work_dir=tmp_path / "work", options=WorkerOptions(lease_s=60))
         try:
-            assert worker.open_message(first) is None  # poisoned; the delete fails (stale receipt)
-            assert worker.open_message(second) is None  # the same message: no second copy, deleted
+            source = worker.queues.of(job.id)
+            assert worker.open_message(first, source) is None  # poisoned; the delete fails (stale receipt)
+            assert worker.open_message(second, source) is None  # the same message: no second copy, deleted
         finally:
             worker.close()
         poisoned = drain_queue(be.store.poison_queue)
-        assert _count(be.store.queue) == 0
+        assert _count(job_queue(be, job.id)) == 0
     assert [p["reason"] for p in poisoned] == [
         "malformed message: unknown message version 99 (this worker reads (1, 2))"]
 
@@ -106,7 +109,7 @@ def test_a_task_whose_row_cannot_be_written_is_poisoned_once_and_leaves(project:
     with get_backend("local", project.config()) as be:
         be.submit(job)
         with _serving(be, tmp_path, lease_s=1, max_dequeue_count=1, idle_exit_s=None):
-            wait_for(lambda: _count(be.store.poison_queue) >= 1 and _count(be.store.queue) == 0,
+            wait_for(lambda: _count(be.store.poison_queue) >= 1 and _count(job_queue(be, job.id)) == 0,
                      timeout=90, what="the message to be poisoned and leave the queue", interval=0.2)
         poisoned = drain_queue(be.store.poison_queue)
         (result,) = be.list_task_results(job.id)
@@ -124,7 +127,7 @@ def test_values_no_queue_xml_can_carry_travel_base64_and_run(project: Any, tmp_p
     job = table_job(project, "oddchars", tool_command("argv", str(out), "{KEY}"), [value])
     with get_backend("local", project.config()) as be:
         be.submit(job)
-        (stored,) = _raw_queue(be).peek_messages(max_messages=1)
+        (stored,) = _raw_queue(be, job.id).peek_messages(max_messages=1)
         assert json.loads(base64.b64decode(stored.content, validate=True))["job"] == "oddchars"
         counts = be.run_to_end(job, workers=1, timeout=90, poll_interval=0.3, options=WorkerOptions(lease_s=5))
         assert counts.succeeded == 1, counts
@@ -140,11 +143,12 @@ def test_a_message_azurite_cannot_deliver_does_not_stop_the_worker(project: Any,
     runs = tmp_path / "runs.txt"
     job = table_job(project, "afterctl", tool_command("count", str(runs), "{KEY}", "0", "-", "0"), ["after"])
     with get_backend("local", project.config()) as be:
-        be.store.ensure()
-        _raw_queue(be).send_message("ctl\x01\x1f\uffff")
         be.submit(job)
+        (genuine,) = drain_queue(job_queue(be, job.id))
+        _raw_queue(be, job.id).send_message("ctl\x01\x1f\uffff")
+        job_queue(be, job.id).send_message(json.dumps(genuine))  # after the one Azurite cannot deliver
         worker = serve_until_idle(be, tmp_path, lease_s=5)
         (result,) = be.list_task_results(job.id)
-        assert _count(be.store.queue) == 1, "Azurite is expected to keep the message it cannot deliver"
+        assert _count(job_queue(be, job.id)) == 1, "Azurite is expected to keep the message it cannot deliver"
     assert worker.tasks_run == 1 and result.state == "succeeded"
     assert runs_of(runs) == ["after"]

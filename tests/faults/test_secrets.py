@@ -21,7 +21,7 @@ from batchyard.node.runner import NodeContext, OutputFile, ResourceFile, TaskSpe
 from batchyard.storage.account import StorageAccount, translate_error
 from batchyard.storage.transfer import BlobTransfer
 
-from .support import PY, TOOL, table_job, tool_command
+from .support import PY, TOOL, job_queue, table_job, tool_command
 
 
 def _secrets(conn: str, *sas_urls: str) -> list[str]:
@@ -101,7 +101,7 @@ def test_no_secret_in_logs_records_errors_or_reprs(project: Any, tmp_path: Path,
         # raw records: every table entity, the job document, every queue message (incl. poison), log blobs
         raw = [json.dumps(dict(e), default=str) for e in be.store.tasks.list_entities()]
         raw += [json.dumps(dict(e), default=str) for e in be.store.jobs.list_entities()]
-        raw += [m.content for m in be.store.queue.peek_messages(max_messages=32)]
+        raw += [m.content for m in job_queue(be, job.id).peek_messages(max_messages=32)]
         raw += [m.content for m in be.store.poison_queue.peek_messages(max_messages=32)]
         for container in (be.store.system_container, be.store.log_container):
             for name in storage.list_blob_names(container):

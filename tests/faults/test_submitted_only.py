@@ -26,7 +26,7 @@ from batchyard.backends.local.messages import TaskMessage, check_id, decode_text
 from batchyard.core.errors import JobValidationError
 from batchyard.core.job import TaskDef
 
-from .support import TOOL, drain_queue, runs_of, serve_until_idle, table_job, tool_command
+from .support import TOOL, drain_queue, job_queue, queued, runs_of, serve_until_idle, table_job, tool_command
 
 pytestmark = pytest.mark.timeout(240)
 PY = sys.executable
@@ -37,9 +37,10 @@ def _evil(marker: Path, key: str = "evil") -> list[str]:
     return [PY, str(TOOL), "count", str(marker), key, "0", "-", "0"]
 
 
-def _put(be: Any, body: dict[str, Any] | str) -> None:
-    """Put a message the way batchyard's queue client does (anyone holding a queue SAS can)."""
-    be.store.queue.send_message(body if isinstance(body, str) else json.dumps(body))
+def _put(be: Any, body: dict[str, Any], on: str | None = None) -> None:
+    """Put a message on the queue of job ``on`` (default: the job it names) the way batchyard's queue
+    client does (anyone holding a queue SAS can)."""
+    job_queue(be, on or body["job"]).send_message(json.dumps(body))
 
 
 def _counted_job(project: Any, job_id: str, runs: Path, keys: list[str]) -> Any:
@@ -120,7 +121,7 @@ def test_forged_definitions_never_run_nor_appear_in_status(project: Any, tmp_pat
     theirs = _counted_job(project, "otherjob", runs, ["theirs"])
     with get_backend("local", project.config()) as be:
         be.submit(theirs)
-        (captured,) = drain_queue(be.store.queue)  # otherjob's one message, as an eavesdropper gets it
+        (captured,) = drain_queue(job_queue(be, "otherjob"))  # its one message, as an eavesdropper gets it
         be.submit(mine)
         forged = {
             "carries no MAC": {"v": 2, "job": "secjob", "tasks": ["evil-000000000001"],
@@ -135,12 +136,13 @@ def test_forged_definitions_never_run_nor_appear_in_status(project: Any, tmp_pat
                 {**captured, "job": "secjob"},  # a valid message of otherjob, re-addressed
                 {**captured, "defs": [{**captured["defs"][0], "argv": _evil(marks / "argv.txt")}]},
             ],
+            "was on the queue of job 'secjob'": {**captured, "queue": "secjob"},  # otherjob's, on secjob's queue
             "have no record": {"v": 1, "job": "secjob", "tasks": ["evil-000000000006"]},
         }
         sent = 0
         for bodies in forged.values():
             for body in bodies if isinstance(bodies, list) else [bodies]:
-                _put(be, body)
+                _put(be, {k: v for k, v in body.items() if k != "queue"}, on=body.get("queue"))
                 sent += 1
         caplog.set_level(logging.INFO, logger="batchyard")
         serve_until_idle(be, tmp_path)
@@ -149,7 +151,7 @@ def test_forged_definitions_never_run_nor_appear_in_status(project: Any, tmp_pat
         serve_until_idle(be, tmp_path)
         listed = {job.id: {r.task_id for r in be.list_task_results(job.id)} for job in (mine, theirs)}
         submitted = {job.id: {t.task_id for t in be.fan_out(job)} for job in (mine, theirs)}
-        assert be.store.queue.get_queue_properties().approximate_message_count == 0
+        assert queued(be, "secjob") == queued(be, "otherjob") == 0
     assert not list(marks.iterdir()), "a command nobody submitted ran"
     assert sorted(runs_of(runs)) == ["real", "theirs"]
     assert listed == submitted, "a made-up task is in a job's status"
@@ -168,7 +170,7 @@ def test_a_finished_jobs_tasks_never_run_again(project: Any, tmp_path: Path) -> 
     job = _counted_job(project, "donejob", runs, ["once", "twice"])
     with get_backend("local", project.config()) as be:
         be.submit(job)
-        captured = drain_queue(be.store.queue)
+        captured = drain_queue(job_queue(be, job.id))
         for body in captured:
             _put(be, body)
         serve_until_idle(be, tmp_path)
@@ -179,27 +181,9 @@ def test_a_finished_jobs_tasks_never_run_again(project: Any, tmp_path: Path) -> 
         _put(be, {"v": 2, "job": "donejob", "tasks": ["late-000000000001"], "defs": [{"argv": _evil(marks / "late")}]})
         worker = serve_until_idle(be, tmp_path)
         after = {r.task_id: (r.state, r.ended_at, r.attempts) for r in be.list_task_results(job.id)}
-        assert be.store.queue.get_queue_properties().approximate_message_count == 0
+        assert queued(be, job.id) == 0
     assert worker.tasks_run == 0 and after == before
     assert sorted(runs_of(runs)) == ["once", "twice"] and not list(marks.iterdir())
-
-
-def test_messages_of_a_deleted_job_are_poisoned_without_a_warning(project: Any, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    runs = tmp_path / "runs.txt"
-    job = _counted_job(project, "gonejob", runs, ["a", "b"])
-    with get_backend("local", project.config()) as be:
-        be.submit(job)
-        be.delete(job.id)
-        caplog.set_level(logging.DEBUG, logger="batchyard")
-        serve_until_idle(be, tmp_path)
-        poisoned = drain_queue(be.store.poison_queue)
-        assert be.store.queue.get_queue_properties().approximate_message_count == 0
-    assert poisoned and all("job 'gonejob' not found" in p["reason"] for p in poisoned), poisoned
-    assert runs_of(runs) == []
-    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("batchyard")]
-    assert loud == [], loud
-    assert any("poison queue" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
 
 
 def test_a_task_id_dot_dot_is_refused_and_logs_says_so(project: Any, tmp_path: Path) -> None:
@@ -275,9 +259,8 @@ def test_the_message_key_is_in_no_message_record_log_or_status(project: Any, tmp
     with get_backend("local", project.config()) as be:
         be.submit(job)
         key = job_message_key(be.store, job.id).decode()
-        texts = [m.content for m in be.store.queue.peek_messages(max_messages=32)]
-        texts += [m.content for m in be.storage.queue_service.get_queue_client(be.store.queue_name)
-                  .peek_messages(max_messages=32)]
+        texts = [m.content for m in job_queue(be, job.id).peek_messages(max_messages=32)]
+        texts += [m.content for m in job_queue(be, job.id, raw=True).peek_messages(max_messages=32)]
         _put(be, {"v": 2, "job": "keyjob", "tasks": ["evil-000000000009"], "defs": [{"argv": ["true"], "mac": "1"}]})
         worker = serve_until_idle(be, tmp_path)
         texts += [json.dumps(p) for p in drain_queue(be.store.poison_queue)]

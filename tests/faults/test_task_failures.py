@@ -17,7 +17,7 @@ from batchyard.backends.local.messages import (
 )
 from batchyard.core.job import job_from_dict
 
-from .support import alive, blob_md5, known_bytes_md5, run_job, runs_of, table_job, tool_command, wait_for
+from .support import alive, blob_md5, job_queue, known_bytes_md5, run_job, runs_of, table_job, tool_command, wait_for
 
 
 def test_missing_input_fails_once_as_input_missing(project: Any, tmp_path: Path) -> None:
@@ -136,14 +136,14 @@ def test_no_queue_message_exceeds_64_kib(project: Any) -> None:
     with get_backend("local", project.config()) as be:
         be.submit(job)
         seen = 0
-        while batch := list(be.store.queue.receive_messages(messages_per_page=32, max_messages=32,
+        while batch := list(job_queue(be, job.id).receive_messages(messages_per_page=32, max_messages=32,
                                                             visibility_timeout=60)):
             for message in batch:
                 assert len(message.content.encode()) <= MAX_MESSAGE_BYTES
                 body = json.loads(message.content)
                 assert len(body["tasks"]) <= MAX_TASKS_PER_MESSAGE
                 seen += len(body["tasks"])
-                be.store.queue.delete_message(message)
+                job_queue(be, job.id).delete_message(message)
     assert seen == len(keys)
 
 

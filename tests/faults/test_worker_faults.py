@@ -22,9 +22,11 @@ from .support import (
     blob_md5,
     drain_queue,
     gate,
+    job_queue,
     kill_quietly,
     known_bytes_md5,
     open_gate,
+    queued,
     runs_of,
     spawn_worker,
     stop_worker,
@@ -128,7 +130,7 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
             counts = be.wait(job.id, timeout=300, poll_interval=0.3)
             assert counts.succeeded == len(keys), counts
             # drain the duplicates: every one must be consumed without running anything
-            wait_for(lambda: be.store.queue.get_queue_properties().approximate_message_count == 0,
+            wait_for(lambda: queued(be, job.id) == 0,
                      timeout=120, what="the duplicate messages to be consumed")
         finally:
             be.stop_execution()
@@ -140,7 +142,7 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
         be.store.send(TaskMessage(job.id, tuple(ids)))
         be.start_execution(job, workers=1, options=WorkerOptions(lease_s=lease, idle_exit_s=2))
         try:
-            wait_for(lambda: be.store.queue.get_queue_properties().approximate_message_count == 0,
+            wait_for(lambda: queued(be, job.id) == 0,
                      timeout=120, what="the late duplicate to be consumed")
         finally:
             be.stop_execution()
@@ -163,14 +165,14 @@ def test_a_dead_workers_message_comes_back_only_after_its_claims_expired(project
                     [f"c{i}" for i in range(3)])
     with get_backend("local", project.config()) as be:
         be.submit(job)
-        drain_queue(be.store.queue)
+        drain_queue(job_queue(be, job.id))
         tasks = be.fan_out(job)
         (message,) = pack(job.id, tasks, len(tasks), key=job_message_key(be.store, job.id))
         be.store.send(message)
         options = WorkerOptions(lease_s=1, idle_exit_s=1.0, pace_s=0.01)  # claims all three at once
         dead = Worker(be.storage, be.config, index=0, work_dir=tmp_path / "dead", options=options)
         received = wait_for(dead._receive, timeout=60, what="the message")
-        opened = dead.open_message(received)
+        opened = dead.open_message(*received)
         assert opened is not None
         opened.keeper.stop()  # the worker dies here: nothing renews its message or its claims
         dead.close()
@@ -178,7 +180,7 @@ def test_a_dead_workers_message_comes_back_only_after_its_claims_expired(project
         assert set(owner.values()) == {dead.owner}, owner
         heir = Worker(be.storage, be.config, index=1, work_dir=tmp_path / "heir", options=options)
         again = wait_for(heir._receive, timeout=60, what="the message to come back", interval=0.001)
-        taken = heir.open_message(again)
+        taken = heir.open_message(*again)
         assert taken is not None and taken.first is not None, "the tasks were left to the dead worker"
         taken.abandon()
         heir.close()

@@ -20,7 +20,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.nodes import NodeWatch, node_hours
 from batchyard.backends.azure.pools import PoolManager, per_job_pool_id
-from batchyard.backends.azure.runs import PoolUsage, RunChain, RunRecords, now_iso
+from batchyard.backends.azure.runs import BatchRun, PoolUsage, RunChain, RunRecords, now_iso
 from batchyard.backends.azure.tasks import batch_error, enum_text, error_code
 from batchyard.backends.base import PoolSummary
 from batchyard.backends.documents import JobDocuments
@@ -89,6 +89,15 @@ class RunEnds:
         self.runs.save(chain)
         return usage
 
+    def run_started(self, run: BatchRun) -> str:
+        """When the run's Batch job was created, by Batch's clock (the clock of its tasks' times; this
+        machine's may be off by seconds), else when batchyard opened the run."""
+        try:
+            created = self.client.get_job(run.batch_job_id, select=["creationTime"]).creation_time
+        except Exception:  # gone, or unreachable: the run's own record answers
+            created = None
+        return created.isoformat() if created is not None else run.opened_at
+
     def summary(self, chain: RunChain, pool_id: str | None) -> PoolSummary | None:
         """The pool of the chain's current run: live from Batch, else as recorded when it was released."""
         run = chain.current
@@ -106,13 +115,15 @@ class RunEnds:
                 target_nodes=int(pool.target_dedicated_nodes or 0) + int(pool.target_low_priority_nodes or 0),
                 slots_per_node=int(pool.task_slots_per_node or 1),
                 node_states=dict(Counter(enum_text(n.state) for n in nodes)),
-                dedicated_hours=round(dedicated, 4), spot_hours=round(spot, 4), per_job=per_job)
+                dedicated_hours=round(dedicated, 4), spot_hours=round(spot, 4), per_job=per_job,
+                run_started_at=self.run_started(run))
         usage = run.usage
         if usage is None:
             return None
         return PoolSummary(pool_id=usage.pool_id, state=usage.fate, vm_size=usage.vm_size, nodes=usage.nodes,
                            target_nodes=usage.nodes, slots_per_node=usage.slots_per_node, node_states={},
-                           dedicated_hours=usage.dedicated_hours, spot_hours=usage.spot_hours, per_job=True)
+                           dedicated_hours=usage.dedicated_hours, spot_hours=usage.spot_hours, per_job=True,
+                           run_started_at=self.run_started(run))
 
 
 def fate_text(usage: PoolUsage) -> str:

@@ -16,13 +16,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends.azure.registries import ContainerSetup
-from batchyard.backends.azure.tasks import batch_error, enum_text, error_code
+from batchyard.backends.azure.tasks import WEEK, batch_error, enum_text, error_code
 from batchyard.backends.base import PoolView
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BackendError, ConfigError
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 PER_JOB_PREFIX = "by-"
 MAX_POOL_ID = 64
 CREATED_BY = "batchyard"
+# Where a start task's files go in the system container: named by content, so each is uploaded once.
+START_FILES_PREFIX = "pool-files/"
 
 
 def per_job_pool_id(job_id: str) -> str:
@@ -80,13 +83,19 @@ def start_task_command(section: PoolSection) -> str | None:
     return shlex.join(["/bin/sh", "-c", "set -e; " + " && ".join(steps)])
 
 
+def start_file_blob(path: Path, data: bytes) -> str:
+    """``pool-files/<sha256 of the content>/<file name>``: the same file is uploaded once, a changed one anew."""
+    return f"{START_FILES_PREFIX}{hashlib.sha256(data).hexdigest()}/{path.name}"
+
+
 def pool_options(pool_id: str, section: PoolSection, *, job_id: str | None,
-                 containers: ContainerSetup | None = None) -> bm.BatchPoolCreateOptions:
+                 containers: ContainerSetup | None = None,
+                 start_files: list[bm.ResourceFile] | None = None) -> bm.BatchPoolCreateOptions:
     command = start_task_command(section)
     start = None
     if command:
         start = bm.BatchStartTask(
-            command_line=command, wait_for_success=True, max_task_retry_count=1,
+            command_line=command, wait_for_success=True, max_task_retry_count=1, resource_files=start_files or None,
             user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(
                 scope=bm.AutoUserScope.POOL, elevation_level=bm.ElevationLevel.ADMIN)),
         )
@@ -185,6 +194,24 @@ class PoolManager:
         with contextlib.suppress(ResourceNotFoundError):
             self.storage.container(self.container).delete_blob(self.record_blob(pool_id))
 
+    def stage_start_files(self) -> list[bm.ResourceFile]:
+        """The config's pool start files as resource files: each uploaded unless a blob of the same content
+        is there already, and given to Batch as a read-only SAS URL to that one blob. The URL lives a week:
+        the start task runs again whenever a node joins or restarts, long after the submit."""
+        staged = []
+        for path in self.config.pool_start_files:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise BackendError(f"pool start file {str(path)!r}: cannot read it ({exc.strerror})") from None
+            blob = start_file_blob(Path(path), data)
+            self.storage.ensure_container(self.container)
+            if self.storage.blob_md5(self.container, blob) is None:
+                self.storage.upload_bytes(self.container, blob, data)
+            url = self.storage.blob_sas_url(self.container, blob, expiry=WEEK, permission="r")
+            staged.append(bm.ResourceFile(http_url=url, file_path=Path(path).name))
+        return staged
+
     # --- Batch -------------------------------------------------------------------------------------
     def exists(self, pool_id: str) -> bool:
         # Not pool_exists(): in azure-batch 15.1.0 it raises ResourceNotFoundError on 404 instead of
@@ -211,9 +238,11 @@ class PoolManager:
         """Create the pool (recorded first, so a crash never leaves an unrecorded pool); False if it existed."""
         if containers is not None and containers.pool_refusal:
             raise ConfigError(containers.pool_refusal)
+        start_files = self.stage_start_files()
         self.record(pool_id, job_id=job_id)
         try:
-            self.client.create_pool(pool_options(pool_id, section, job_id=job_id, containers=containers))
+            self.client.create_pool(pool_options(pool_id, section, job_id=job_id, containers=containers,
+                                                 start_files=start_files))
         except HttpResponseError as exc:
             if error_code(exc) == "PoolExists":
                 return False

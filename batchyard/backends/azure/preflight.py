@@ -23,6 +23,7 @@ from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BatchyardError, ConfigError
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job
+from batchyard.node.docker import image_findings
 
 QUOTA_WARNING = 0.8
 
@@ -50,7 +51,7 @@ class JobChecks:
             self.authenticate()
         except BatchyardError as exc:
             return [auth_finding(exc)]
-        return self.pool_findings(job) + self.quota_findings(job)
+        return self.pool_findings(job) + image_findings(job) + self.quota_findings(job)
 
     def pool_findings(self, job: Job) -> list[Finding]:
         """The pool the job would run on: an existing one against the job, a new one against Batch's rules."""
@@ -70,7 +71,7 @@ class JobChecks:
         return check_pool_section(azure.pool or PoolSection())
 
     def refuse_errors(self, job: Job) -> None:
-        errors = errors_of(self.pool_findings(job))
+        errors = errors_of(self.pool_findings(job) + image_findings(job))
         if errors:
             raise ConfigError("\n".join(f"{f.message}; {f.fix}" if f.fix else f.message for f in errors))
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from azure.batch import BatchClient
 from azure.core.exceptions import ResourceNotFoundError
 
-from batchyard.backends.azure.tasks import JobFacts, batch_error, task_result
+from batchyard.backends.azure.tasks import JobFacts, batch_error, enum_text, task_result
 from batchyard.backends.base import TaskReplay
 from batchyard.backends.documents import JobDocuments
 from batchyard.core.batch_semantics import split_command_line
@@ -73,6 +73,7 @@ def replay_task(client: BatchClient, storage: Storage, config: Config, documents
         max_wall_clock_seconds=wall_clock.total_seconds() if wall_clock and wall_clock < UNLIMITED else None,
         max_task_retry_count=0, keep_task_dir=True,
         container_image=getattr(task.container_settings, "image_name", None) or None,
+        elevated=enum_text(getattr(getattr(task.user_identity, "auto_user", None), "elevation_level", None)) == "admin",
     )
     node_info = task.node_info
     pool_id = getattr(node_info, "pool_id", None) or getattr(batch_job.pool_info, "pool_id", None) or ""

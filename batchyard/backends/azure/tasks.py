@@ -147,7 +147,7 @@ def sas_lifetime(job: Job, *, margin: timedelta) -> tuple[timedelta, list[str]]:
 
 # ---------------------------------------------------------------------------------------------- tasks
 def required_patterns(job: Job) -> list[str]:
-    patterns = [o.pattern for o in job.outputs if not o.optional and o.upload_on != "failure"]
+    patterns = job.required_patterns()
     for p in patterns:
         if "\n" in p:
             raise JobValidationError(f"job {job.id}", [("outputs", f"pattern {p!r} contains a newline")])
@@ -213,6 +213,9 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
             retention_time=timedelta(seconds=c.retention_time) if c.retention_time else None,
             max_task_retry_count=c.max_task_retry_count,
         ),
+        # Omitted, Batch runs the task as a non-admin auto-user (in a container too: not root).
+        user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(
+            scope=bm.AutoUserScope.POOL, elevation_level=bm.ElevationLevel.ADMIN)) if job.elevated else None,
         container_settings=bm.BatchTaskContainerSettings(
             image_name=job.container_image, working_directory=bm.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
             registry=registry,

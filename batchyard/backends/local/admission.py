@@ -5,6 +5,8 @@ storage key) could name any job and write any definition. So a worker runs a mes
 
 - it is base64 of a JSON message of a known version, and its job and task ids follow Batch's id
   rule (no ``/``, no ``..``: they become table keys and directory names);
+- it names the job whose queue it came from (each job has its own queue: see
+  :mod:`batchyard.backends.local.job_queues`);
 - its job exists: a job row and a job document;
 - a version 2 message: every definition carries the MAC that only the job's message key makes
   (:func:`batchyard.backends.local.messages.definition_mac`). The key is made at the job's first
@@ -14,7 +16,9 @@ storage key) could name any job and write any definition. So a worker runs a mes
   the job's manifest.
 
 Anything else is refused: poisoned with the reason, deleted, and never recorded as a task of the
-job, so a made-up task never appears in its ``status``. A finished job's tasks never run again:
+job, so a made-up task never appears in its ``status``. Except a message of a job deleted since it
+was received (its queue went with it): that one is dropped, logged at debug only, as nobody's
+mistake. A finished job's tasks never run again:
 their rows are final. Only a message that passed these checks (the owner's) has its unfinished
 tasks recorded as ``poison`` when it is poisoned (delivered too often, say).
 
@@ -79,11 +83,11 @@ def job_message_key(store: JobStore, job_id: str) -> bytes:
 class Refused(Exception):
     """A received message that is not run: why, and whether its tasks are the owner's to record."""
 
-    def __init__(self, reason: str, *, verified: TaskMessage | None = None, quiet: bool = False) -> None:
+    def __init__(self, reason: str, *, verified: TaskMessage | None = None, dropped: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.verified = verified  # the owner's message: its unfinished tasks are recorded as poison
-        self.quiet = quiet  # expected (a deleted job's leftovers): logged at debug
+        self.dropped = dropped  # a deleted job's leftover: deleted, not poisoned, logged at debug
         self.original = ""  # the message as received (its JSON text when it decodes)
         self.job_id: str | None = None  # the job it names, when it could be read
 
@@ -99,15 +103,19 @@ class Admission:
         self._manifests: dict[str, tuple[tuple[Any, Any], frozenset[str]]] = {}
         self._warned: set[str] = set()  # jobs whose forged messages this worker has warned about
 
-    def admit(self, message: Any) -> tuple[TaskMessage, Job]:
-        """The message and its job if it may run; Refused if not. Other errors are passing faults
-        (the message comes back), until it was delivered too often: then it is refused too."""
+    def admit(self, message: Any, queue_job: str) -> tuple[TaskMessage, Job]:
+        """The message (received from ``queue_job``'s queue) and its job if it may run; Refused if
+        not. Other errors are passing faults (the message comes back), until it was delivered too
+        often: then it is refused too."""
         original = str(message.content)
         try:
             original = decode_text(message.content)
             parsed = TaskMessage.decode(original)
         except ValueError as exc:
             raise self._with(Refused(f"malformed message: {exc}"), original) from None
+        if parsed.job_id != queue_job:  # only someone else's client puts it there
+            refused = Refused(f"message names job {parsed.job_id!r} but was on the queue of job {queue_job!r}")
+            raise self._with(refused, original, parsed.job_id)
         try:
             return self._check(parsed, int(message.dequeue_count or 0))
         except Refused as refused:
@@ -131,12 +139,12 @@ class Admission:
         try:
             entity, job = self.lookup(job_id)
         except JobNotFoundError as exc:
-            raise Refused(f"job {job_id!r} cannot be loaded: {exc}", quiet=True) from None
+            raise Refused(f"job {job_id!r} cannot be loaded: {exc}", dropped=True) from None
         except JobValidationError as exc:  # stored, but no longer loads: permanent
             self._authenticate(parsed, None)
             raise Refused(f"job {job_id!r} cannot be loaded: {exc}", verified=parsed) from None
         if entity is None or job is None:
-            raise Refused(f"job {job_id!r} not found", quiet=True)
+            raise Refused(f"job {job_id!r} not found (deleted)", dropped=True)
         self._authenticate(parsed, entity)
         if dequeue_count > self.max_dequeue_count:
             raise Refused(f"delivered {dequeue_count} times (max_dequeue_count={self.max_dequeue_count})",
@@ -180,7 +188,7 @@ class Admission:
         try:
             doc = self.store.load_job_doc(job_id)
         except JobNotFoundError:
-            raise Refused(f"job {job_id!r} not found (no job document)", quiet=True) from None
+            raise Refused(f"job {job_id!r} not found (no job document: deleted)", dropped=True) from None
         except ValueError as exc:  # not JSON: nothing of it can be trusted
             raise Refused(f"job {job_id!r} cannot be loaded: its document is not JSON ({exc})") from None
         text = doc.get(MESSAGE_KEY_FIELD) if isinstance(doc, dict) else None
@@ -205,8 +213,11 @@ class Admission:
     # --- refused messages -----------------------------------------------------------------------------
     def log_refusal(self, message_id: str, refused: Refused) -> None:
         """A deleted job's leftovers at debug; someone else's made-up messages warned about once per job."""
+        if refused.dropped:
+            log.debug("message %s dropped: %s", message_id, refused.reason)
+            return
         job = refused.job_id
-        quiet = refused.quiet or (refused.verified is None and job is not None and job in self._warned)
+        quiet = refused.verified is None and job is not None and job in self._warned
         if not quiet and refused.verified is None and job is not None:
             self._warned.add(job)
         log.log(logging.DEBUG if quiet else logging.WARNING, "message %s to the poison queue: %s",

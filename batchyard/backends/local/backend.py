@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from batchyard.backends.base import (
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.admission import message_key_for_submit
 from batchyard.backends.local.final_run import final_step_settled, final_step_view, plan_final_step
+from batchyard.backends.local.job_queues import QUEUED_FIELD, delete_job_queue, queue_for_submit
 from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
 from batchyard.backends.local.replay import replay_task
@@ -104,16 +107,20 @@ class LocalBackend(Backend):
         to_queue = [task for task in tasks if task.task_id in plan.reasons]
         spec_hash = hashlib.sha256(dumps([job.model_dump(mode="json"), digests]).encode()).hexdigest()[:16]
         key = message_key_for_submit(self.store, job.id)
-        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name, message_key=key)
+        queue = queue_for_submit(self.store, job.id)
+        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name, message_key=key,
+                              queue=queue)
         self.store.save_manifest(job.id, spec_hash, tasks, job=job)
         # A task that ran before (it failed, changed, or its worker was lost) has a row: back to pending,
         # with its new definition and fingerprint. The others get theirs when a worker claims them.
         self.store.write_pending(job.id, [t for t in to_queue if plan.reasons[t.task_id] != ("new",)], reset=True)
-        self._enqueue(job.id, to_queue, key.encode())
+        self._enqueue(job.id, queue, to_queue, key.encode())
         if job.final is not None:  # it depends on every task: it runs again when any of them does
             prior = self.store.get_task(job.id, FINAL_TASK_ID)
             plan_final_step(self.store, job, dependencies_reran=plan.any_rerun() or final_named,
                             prior_state=prior.get("state") if prior else None)
+        # Workers that found the job's queue empty look at it again when this changes.
+        self.store.set_job_fields(job.id, **{QUEUED_FIELD: time.time()})
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=plan.kept,
                             already_running=plan.running, rerun_failed=plan.counts()["failed"], rerun=plan)
 
@@ -135,7 +142,7 @@ class LocalBackend(Backend):
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
-    def _enqueue(self, job_id: str, tasks: list[TaskDef], key: bytes) -> None:
+    def _enqueue(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
         size = chunk_size_for(len(tasks), self.config.workers)
         messages: list[TaskMessage] = []
         oversized: list[TaskDef] = []
@@ -146,7 +153,7 @@ class LocalBackend(Backend):
             ids = [t.task_id for t in oversized]
             messages += [TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
         with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
-            list(pool.map(self.store.send, messages))
+            list(pool.map(partial(self.store.send, queue=queue), messages))
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
@@ -160,6 +167,8 @@ class LocalBackend(Backend):
         # each creates its storage clients afresh (worker_process_main), never using inherited ones.
         self._ctx = multiprocess.get_context("fork")
         self._stop = self._ctx.Event()
+        if job is not None:  # `batchyard run JOB`: its workers take only that job's messages
+            options = replace(options or self._worker_options(), jobs=(job.id,))
         self._workers_args = (options, str(work_dir) if work_dir else None)
         self._procs = [self._spawn(i) for i in range(count)]
 
@@ -193,14 +202,22 @@ class LocalBackend(Backend):
             self._respawns += 1
             self._procs[i] = self._spawn(i)
 
-    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None) -> str:
-        """Workers for every job on this queue (``batchyard worker``), with the [local] settings."""
+    def _worker_options(self, **fields: Any) -> WorkerOptions:
         local = self.config.local
-        options = WorkerOptions(lease_s=local.lease_seconds, max_dequeue_count=local.max_dequeue_count,
-                                keep_task_dirs=local.keep_task_dirs, idle_exit_s=idle_exit_s)
+        return WorkerOptions(lease_s=local.lease_seconds, max_dequeue_count=local.max_dequeue_count,
+                             keep_task_dirs=local.keep_task_dirs, **fields)
+
+    def serve_workers(self, *, workers: int | None = None, idle_exit_s: float | None = None,
+                      jobs: Sequence[str] | None = None) -> str:
+        """Workers for every job of this configuration, or only ``jobs`` (``batchyard worker``), with
+        the [local] settings. Each job must exist (JobNotFoundError naming it)."""
+        for job_id in jobs or ():
+            self._require_job(job_id)
+        options = self._worker_options(idle_exit_s=idle_exit_s, jobs=tuple(jobs) if jobs else None)
         count = workers or self.config.workers
         self.start_execution(None, workers=count, options=options)
-        return f"{count} worker(s) serving queue {self.store.queue_name!r}"
+        served = f"job(s) {', '.join(jobs)}" if jobs else f"every job in table {self.store.jobs.table_name!r}, in turn"
+        return f"{count} worker(s) serving {served}"
 
     def join_execution(self, *, poll: float = 1.0) -> None:
         """Block while any worker runs (``batchyard worker``), replacing crashed ones."""
@@ -287,6 +304,8 @@ class LocalBackend(Backend):
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
+        # Its messages stay: a worker that takes one records its tasks cancelled (a task claimed but
+        # not started when the job was cancelled is given back, and its message is what ends it).
         self._require_job(job_id)
         self.store.set_job_state(job_id, "cancelled")
         rows = {e["RowKey"]: e.get("state") for e in self.store.task_entities(job_id, select=["RowKey", "state"])}
@@ -309,7 +328,9 @@ class LocalBackend(Backend):
                                     fields=final_record("cancelled", JOB_CANCELLED, attempts=[]))
 
     def delete(self, job_id: str) -> None:
-        self._require_job(job_id)
+        """The job's queue first (every message of it goes, no worker takes one again), then its records."""
+        entity = self._require_job(job_id)
+        delete_job_queue(self.store, entity)
         self.store.delete_job(job_id)
 
     def close(self) -> None:

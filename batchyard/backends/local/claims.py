@@ -52,10 +52,11 @@ class ClaimKeeper(threading.Thread):
     its tasks' only one, deleted.)
     """
 
-    def __init__(self, store: JobStore, message: Any, *, lease_s: float,
+    def __init__(self, store: JobStore, message: Any, queue: Any, *, lease_s: float,
                  job_cancelled: Callable[[str], bool]) -> None:
         super().__init__(daemon=True, name="lease-keeper")
         self.store = store
+        self.queue = queue  # the client of the queue the message came from
         self.lease_s = lease_s
         self.job_cancelled = job_cancelled
         self.message_id = message.id
@@ -95,8 +96,8 @@ class ClaimKeeper(threading.Thread):
 
     def _renew(self) -> None:
         try:
-            receipt = self.store.queue.update_message(self.message_id, self.pop_receipt,
-                                                      visibility_timeout=int(self.lease_s) or 1)
+            receipt = self.queue.update_message(self.message_id, self.pop_receipt,
+                                                visibility_timeout=int(self.lease_s) or 1)
             self.pop_receipt = receipt.pop_receipt
             self.visible_at = _epoch(receipt.next_visible_on, self.visible_at)
         except ResourceNotFoundError:

@@ -8,6 +8,7 @@ have) but is never counted with them; its state document says whether this submi
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from batchyard.backends.final_step import (
     view_of,
 )
 from batchyard.backends.local.admission import job_message_key
+from batchyard.backends.local.job_queues import QUEUED_FIELD, queue_for_submit
 from batchyard.backends.local.rows import entity_to_result
 from batchyard.backends.local.store import JobStore
 from batchyard.core.final_step import FINAL_TASK_ID
@@ -33,7 +35,7 @@ from batchyard.core.job import Job, TaskDef
 LISTING_SAS_LIFETIME = timedelta(days=7)
 FINAL_STATES = ("succeeded", "failed")
 
-Enqueue = Callable[[str, list[TaskDef], bytes], None]
+Enqueue = Callable[[str, str, list[TaskDef], bytes], None]  # job id, its queue, tasks, message key
 
 
 def plan_final_step(store: JobStore, job: Job, *, dependencies_reran: bool, prior_state: str | None) -> None:
@@ -65,7 +67,8 @@ def final_step_settled(store: JobStore, job: Job, counts: TaskCounts, enqueue: E
         return True
     upload_final_files(store, job, lifetime=LISTING_SAS_LIFETIME)
     save_state(store, job.id, {**state, "queued": True})
-    enqueue(job.id, [final_task_def(job)], job_message_key(store, job.id))
+    enqueue(job.id, queue_for_submit(store, job.id), [final_task_def(job)], job_message_key(store, job.id))
+    store.set_job_fields(job.id, **{QUEUED_FIELD: time.time()})  # workers idle on the queue look again
     return False
 
 

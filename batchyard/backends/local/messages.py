@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchyard.core.job import ID_RE, TaskDef
+from batchyard.core.wire_json import compact_json
 
 MAX_MESSAGE_BYTES = 64 * 1024  # the queue's limit, counted on the base64 text it stores
 MAX_TEXT_BYTES = MAX_MESSAGE_BYTES * 3 // 4  # the most UTF-8 JSON whose base64 fits in that
@@ -41,10 +42,6 @@ MAX_TASKS_PER_MESSAGE = 32
 MAX_POISON_BYTES = 46 * 1024  # base64 makes it ~61 KiB: under the queue's 64 KiB
 MAX_REASON_CHARS = 2_000
 READ_VERSIONS = (1, 2)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def check_id(value: Any, what: str) -> str:
@@ -123,7 +120,7 @@ class TaskMessage:
 
     def encode(self) -> str:
         """The message's JSON text (the queue client base64-encodes it)."""
-        text = _dumps(self.body())
+        text = compact_json(self.body())
         if len(text.encode()) > MAX_TEXT_BYTES:  # pack() never builds one; guard the invariant
             raise ValueError("task message over 64 KiB once base64-encoded")
         return text
@@ -208,7 +205,7 @@ def chunk_sizes(n_tasks: int, size: int, workers: int) -> Iterator[int]:
 def _fit(job_id: str, chunk: list[TaskDef], key: bytes) -> Iterator[TaskMessage | TaskDef]:
     message = TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk),
                           tuple(definition_mac(key, job_id, t) for t in chunk))
-    if len(_dumps(message.body()).encode()) <= MAX_PACKED_BYTES:
+    if len(compact_json(message.body()).encode()) <= MAX_PACKED_BYTES:
         yield message
     elif len(chunk) == 1:
         yield chunk[0]
@@ -237,7 +234,7 @@ def poison_body(content: str, reason: str, at: str) -> str:
         reason = reason[:MAX_REASON_CHARS] + "..."
     keep = len(content)
     while True:
-        body = _dumps({"reason": reason, "original": content[:keep], "truncated": keep < len(content), "at": at})
+        body = compact_json({"reason": reason, "original": content[:keep], "truncated": keep < len(content), "at": at})
         size = len(body.encode())
         if size <= MAX_POISON_BYTES or keep == 0:
             return body

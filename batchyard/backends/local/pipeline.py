@@ -223,7 +223,7 @@ class MessageRun:
         if self.keeper.lost_message:
             return
         try:
-            self.worker.store.queue.delete_message(self.queue_message.id, self.keeper.pop_receipt)
+            self.keeper.queue.delete_message(self.queue_message.id, self.keeper.pop_receipt)
         except ResourceNotFoundError:
             pass  # its lease lapsed and another worker has it: its results are recorded all the same
         except Exception as exc:
@@ -243,7 +243,7 @@ class MessageRun:
         self.keeper.stop()
         if release:
             with contextlib.suppress(Exception):
-                self.worker.store.queue.update_message(self.queue_message.id, self.keeper.pop_receipt,
+                self.keeper.queue.update_message(self.queue_message.id, self.keeper.pop_receipt,
                                                        visibility_timeout=0)
 
     def _wind_down(self, ready: _Ready | None, last: tuple[_Ready, TaskFinish] | None) -> None:

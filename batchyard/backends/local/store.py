@@ -11,10 +11,11 @@ Layout on the storage account (names configurable in ``[storage]``):
   per task);
 - the job documents both backends keep (job.json, the manifest, resource files; see
   :mod:`batchyard.backends.documents`, whose :class:`JobDocuments` this store extends);
-- queue ``<queue>``: versioned JSON messages (base64-encoded) naming a job and task ids, with the
-  tasks' definitions, each MACed (never a secret; see :mod:`batchyard.backends.local.messages`), and
-  ``<queue>-poison`` for messages that could not be handled (one copy each: see
-  :mod:`batchyard.backends.local.admission`).
+- one queue per job, ``<queue>-<job>-<token>`` (named in the job's row; see
+  :mod:`batchyard.backends.local.job_queues`): versioned JSON messages (base64-encoded) naming the
+  job and task ids, with the tasks' definitions, each MACed (never a secret; see
+  :mod:`batchyard.backends.local.messages`), and ``<queue>-poison`` for messages that could not be
+  handled (one copy each: see :mod:`batchyard.backends.local.admission`).
 
 A task row is written whole by one ETag-guarded write at each step (created or updated as
 running -> final), so it is never half-recorded, and a worker that lost its claim can
@@ -100,8 +101,10 @@ class JobStore(JobDocuments):
             self._tasks = self.storage.table_service.get_table_client(self._tasks_name)
         return self._tasks
 
-    def _queue_client(self, name: str, *, decode: bool = True) -> Any:
-        """Messages go base64-encoded (no character of a value can upset the service's XML)."""
+    def queue_client(self, name: str, *, decode: bool = True) -> Any:
+        """A queue's client; messages go base64-encoded (no character of a value can upset the
+        service's XML). ``decode=False`` receives contents as stored, so one that is not base64
+        (put by someone else) is still received, with the receipt that poisons and deletes it."""
         from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 
         if (name, decode) not in self._queues:
@@ -111,41 +114,32 @@ class JobStore(JobDocuments):
         return self._queues[name, decode]
 
     @property
-    def queue(self) -> Any:
-        return self._queue_client(self.queue_name)
-
-    @property
-    def incoming(self) -> Any:
-        """The task queue as workers receive it: contents as stored, so one that is not base64 (put
-        by someone else) is still received, with the receipt that poisons and deletes it."""
-        return self._queue_client(self.queue_name, decode=False)
-
-    @property
     def poison_queue(self) -> Any:
-        return self._queue_client(self.poison_queue_name)
+        return self.queue_client(self.poison_queue_name)
 
     def ensure(self) -> None:
-        """Create the tables, queues and containers (used by submit only: workers never create them,
-        so storage that lost them fails loudly instead of silently starting empty)."""
+        """Create the tables, the poison queue and the containers (used by submit only: workers never
+        create them, so storage that lost them fails loudly instead of silently starting empty). Each
+        job's own queue is made by its submit (:mod:`batchyard.backends.local.job_queues`)."""
         try:
             for name in (self._jobs_name, self._tasks_name):
                 with contextlib.suppress(ResourceExistsError):
                     self.storage.table_service.create_table(name)
-            for queue in (self.queue, self.poison_queue):
-                with contextlib.suppress(ResourceExistsError):
-                    queue.create_queue()
+            with contextlib.suppress(ResourceExistsError):
+                self.poison_queue.create_queue()
         except Exception as exc:
             raise translate_error(exc, "creating batchyard's tables and queues") from None
         super().ensure()
 
     # --- jobs -----------------------------------------------------------------------------------------
-    def record_job(self, job: Job, *, total: int, spec_hash: str, backend: str, message_key: str) -> None:
+    def record_job(self, job: Job, *, total: int, spec_hash: str, backend: str, message_key: str,
+                   queue: str) -> None:
         """Save the job document (with the key its messages are MACed with) and the job's row (its
-        state, total and spec hash)."""
+        state, total, spec hash and the name of its messages' queue)."""
         self.save_job(job, spec_hash=spec_hash, backend=backend, message_key=message_key)
         now = time.time()
         entity = {"PartitionKey": "job", "RowKey": job.id, "state": "active", "total": total,
-                  "spec_hash": spec_hash, "backend": backend, "updated": now}
+                  "spec_hash": spec_hash, "backend": backend, "updated": now, "queue": queue}
         existing = self.get_job_entity(job.id)
         entity["created"] = existing.get("created", now) if existing else now
         self.jobs.upsert_entity(entity, mode=UpdateMode.REPLACE)
@@ -159,14 +153,19 @@ class JobStore(JobDocuments):
             return None
 
     def set_job_state(self, job_id: str, state: str) -> None:
-        self.jobs.update_entity({"PartitionKey": "job", "RowKey": job_id, "state": state, "updated": time.time()},
-                                mode=UpdateMode.MERGE)
+        self.set_job_fields(job_id, state=state, updated=time.time())
 
-    def list_jobs(self, select: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every job's row; none when nothing was ever submitted here (no jobs table)."""
+    def set_job_fields(self, job_id: str, **fields: Any) -> None:
+        self.jobs.update_entity({"PartitionKey": "job", "RowKey": job_id, **fields}, mode=UpdateMode.MERGE)
+
+    def list_jobs(self, select: list[str] | None = None, *, missing_ok: bool = True) -> Iterator[dict[str, Any]]:
+        """Every job's row; none when nothing was ever submitted here (no jobs table), or
+        StorageLostError then if not ``missing_ok`` (a worker: its storage lost the table)."""
         try:
             yield from (dict(e) for e in self.jobs.query_entities("PartitionKey eq 'job'", select=select))
         except ResourceNotFoundError:
+            if not missing_ok:
+                raise _lost(self._jobs_name) from None
             return
         except Exception as exc:
             raise translate_error(exc, f"listing the jobs in table {self._jobs_name!r}") from None
@@ -402,9 +401,11 @@ class JobStore(JobDocuments):
         self.delete_documents(job_id)
 
     # --- messages -------------------------------------------------------------------------------------
-    def send(self, message: TaskMessage) -> None:
+    def send(self, message: TaskMessage, *, queue: str | None = None) -> None:
+        """Put ``message`` on ``queue``, by default its job's own (named in the job's row)."""
         try:
-            self.queue.send_message(message.encode())
+            name = queue or (self.get_job_entity(message.job_id) or {})["queue"]
+            self.queue_client(name).send_message(message.encode())
         except Exception as exc:
             raise translate_error(exc, f"queueing tasks of job {message.job_id!r}") from None
 

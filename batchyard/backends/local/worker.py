@@ -10,9 +10,14 @@ Delivery is at least once and results are exactly once:
 - the final result is written with the claim's ETag, so a worker that lost its claim
   (paused past its lease) cannot overwrite the result of the one that took over;
 - only then is the message deleted. A message that is not the job owner's work (see
-  :mod:`batchyard.backends.local.admission`: malformed, an unknown job, a definition without
-  the job's MAC) goes to ``<queue>-poison`` with the reason, once, and is deleted; so does one
-  delivered more than ``max_dequeue_count`` times, whose unfinished tasks are failed as ``poison``.
+  :mod:`batchyard.backends.local.admission`: malformed, naming another job than its queue's, a
+  definition without the job's MAC) goes to ``<queue>-poison`` with the reason, once, and is
+  deleted; so does one delivered more than ``max_dequeue_count`` times, whose unfinished tasks are
+  failed as ``poison``. One of a job deleted meanwhile is dropped (logged at debug only).
+
+Messages come from the queues of the jobs the worker serves, in turn
+(:mod:`batchyard.backends.local.job_queues`): every job of its configuration, or
+``WorkerOptions.jobs``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from batchyard.backends.final_step import LISTER_TARGET, LOCATIONS_TARGET, final
 from batchyard.backends.local.admission import Admission, Refused, poison_once, record_poisoned
 from batchyard.backends.local.claims import ClaimKeeper
 from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP, RECORD_DELAY_S
+from batchyard.backends.local.job_queues import JobQueue, JobQueues
 from batchyard.backends.local.pipeline import UPLOAD_HOLD_S, MessageRun, log_redelivered
 from batchyard.backends.local.rows import task_def_from_entity
 from batchyard.backends.local.store import JobStore, StorageLostError
@@ -73,6 +79,7 @@ class WorkerOptions:
     pace_s: float | None = None  # assume every command takes this long (None: measure them)
     upload_hold_s: float = UPLOAD_HOLD_S  # finished outputs wait this long for the running command
     record_delay_s: float = RECORD_DELAY_S  # a finished result waits this long for others
+    jobs: tuple[str, ...] | None = None  # serve only these jobs (None: every job of the configuration)
 
 
 Checkpoint = Callable[[str], None]
@@ -123,7 +130,7 @@ def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_
         resource_files=tuple(resources), output_files=tuple(outputs),
         max_wall_clock_seconds=job.constraints.max_wall_clock_time,
         max_task_retry_count=retries if retries < 0 else retries + retry_bonus,
-        keep_task_dir=keep_task_dir, container_image=job.container_image,
+        keep_task_dir=keep_task_dir, container_image=job.container_image, elevated=job.elevated,
     )
 
 
@@ -156,6 +163,7 @@ class Worker:
                                 account_url="local://", is_dedicated=True)
         self._jobs: dict[str, tuple[float, dict[str, Any], Job | None]] = {}
         self.admission = Admission(self.store, self._job, max_dequeue_count=self.options.max_dequeue_count)
+        self.queues = JobQueues(self.store, jobs=self.options.jobs)
         self.tasks_run = 0
         self._pace: float | None = None  # seconds per command, recently
         # The pipeline's helper (see batchyard.backends.local.pipeline): while a command runs, it finishes the
@@ -214,7 +222,7 @@ class Worker:
                 run, fetched = fetched, None
                 if run is None:
                     try:
-                        message = self._receive()
+                        received = self._receive()
                         errors = 0
                     except StorageLostError:
                         raise
@@ -225,7 +233,7 @@ class Worker:
                                     redact(str(exc).splitlines()[0]), wait)
                         stop.wait(wait)
                         continue
-                    if message is None:
+                    if received is None:
                         if close is not None:  # nothing follows: finish the last message now
                             close, done = None, close
                             done()
@@ -235,7 +243,7 @@ class Worker:
                         stop.wait(delay)
                         delay = min(self.options.poll_max_s, delay * 2)
                         continue
-                    run = self.open_message(message)
+                    run = self.open_message(*received)
                 delay, idle_since = 0.02, time.monotonic()
                 if run is None:  # poisoned, or could not be opened (it comes back)
                     continue
@@ -252,18 +260,9 @@ class Worker:
             if fetched is not None:
                 fetched.abandon()
 
-    def _receive(self) -> Any | None:
-        # No retries in the SDK: the loop in serve() retries. A message Azurite cannot deliver gets a
-        # 500 for every receive that reaches it, and the SDK's retries would hold the worker 90 s.
-        try:
-            messages = list(self.store.incoming.receive_messages(
-                messages_per_page=1, max_messages=1, visibility_timeout=int(self.options.lease_s), retry_total=0))
-        except ResourceNotFoundError:
-            raise StorageLostError(
-                f"queue {self.store.queue_name!r} is gone from the storage account: the job's pending "
-                "tasks are lost. Re-run the job to re-create the queue and re-queue them."
-            ) from None
-        return messages[0] if messages else None
+    def _receive(self) -> tuple[Any, JobQueue] | None:
+        """The next message of the jobs served, and the queue it came from (None: no job has one)."""
+        return self.queues.receive(visibility_timeout=int(self.options.lease_s))
 
     def _prefetch(self, stop: threading.Event | Any) -> MessageRun | None:
         """The next message, taken and opened while this message's last command runs.
@@ -276,25 +275,26 @@ class Worker:
             self.checkpoint("next-message-left")
             return None
         try:
-            message = self._receive()
+            received = self._receive()
         except Exception:  # the main loop's next receive reports it
             return None
-        opened = None if message is None else self.open_message(message)
+        opened = None if received is None else self.open_message(*received)
         self.checkpoint("next-message-opened" if opened is not None else "next-message-left")
         return opened
 
-    def open_message(self, message: Any) -> MessageRun | None:
-        """Check a received message and prepare its first task; None if there is nothing to run.
+    def open_message(self, message: Any, source: JobQueue) -> MessageRun | None:
+        """Check a message received from ``source`` and prepare its first task; None if there is
+        nothing to run.
 
         A message refused by :class:`Admission` (malformed, over-delivered, not the job owner's
-        work) goes to the poison queue. A message that fails to open is left to come back after
-        its lease.
+        work) goes to the poison queue; one of a deleted job is dropped. A message that fails to
+        open is left to come back after its lease.
         """
         try:
-            parsed, job = self.admission.admit(message)
+            parsed, job = self.admission.admit(message, source.job_id)
         except Refused as refused:
             try:
-                self._poison(message, refused)
+                self._refuse(message, refused, source)
             except StorageLostError:
                 raise
             except Exception as exc:
@@ -305,7 +305,8 @@ class Worker:
         except Exception as exc:
             log_redelivered("checking a message", exc)
             return None
-        keeper = ClaimKeeper(self.store, message, lease_s=self.options.lease_s, job_cancelled=self.job_cancelled)
+        keeper = ClaimKeeper(self.store, message, source.client, lease_s=self.options.lease_s,
+                             job_cancelled=self.job_cancelled)
         keeper.start()
         run = MessageRun(self, job, parsed, keeper, message)
         try:
@@ -318,10 +319,15 @@ class Worker:
             return None
         return run
 
-    def _poison(self, message: Any, refused: Refused) -> None:
-        """Poison the message (once), record the owner's tasks as poison, and delete it all the same
-        if they cannot be recorded: a message that cannot be recorded must not come back forever."""
+    def _refuse(self, message: Any, refused: Refused, source: JobQueue) -> None:
+        """Drop a deleted job's message; poison any other (once), record the owner's tasks as poison,
+        and delete it all the same if they cannot be recorded: a message that cannot be recorded
+        must not come back forever."""
         self.admission.log_refusal(message.id, refused)
+        if refused.dropped:
+            with contextlib.suppress(ResourceNotFoundError):  # its queue usually went with the job
+                source.client.delete_message(message.id, message.pop_receipt)
+            return
         poison_once(self.store, message, refused)  # if this fails the message comes back, undeleted
         try:
             if refused.verified is not None:
@@ -333,7 +339,7 @@ class Worker:
                         message.id, redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
         finally:
             with contextlib.suppress(ResourceNotFoundError):
-                self.store.queue.delete_message(message.id, message.pop_receipt)
+                source.client.delete_message(message.id, message.pop_receipt)
 
 
 def worker_process_main(connection_string: str, config: Config, index: int, stop: Any,

@@ -249,7 +249,14 @@ def task_spec(job_id: str, body: dict[str, Any], resource_files: tuple[ResourceF
         keep_task_dir=True,  # Batch keeps it for retentionTime; we keep it until the job is deleted
         # Runs in the image on the local Docker engine (registry and run options ignored: never pulled).
         container_image=(body.get("containerSettings") or {}).get("imageName") or None,
+        elevated=_elevation(body) == "admin",
     )
+
+
+def _elevation(body: dict[str, Any]) -> str:
+    """The task user's elevationLevel (Batch's default: a non-admin auto-user)."""
+    identity = body.get("userIdentity") or {}
+    return str((identity.get("autoUser") or {}).get("elevationLevel") or "nonadmin").lower()
 
 
 def failure_info(record: AttemptRecord) -> dict[str, Any] | None:
