@@ -8,26 +8,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from . import big, final_step, submit, tiny
+from . import big, e2e, final_step, scale, submit, tiny
 from .common import azurite, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("tiny", "submit", "big", "scale", "e2e")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="tiny,submit,big", help="sections, comma-separated: tiny, submit, big, "
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}, "
                         "final (the final step's cost; not in the default set)")
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale section up to 100,000 tasks (default: 1,000 and 10,000)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     only = set(args.only.split(","))
-    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick}
+    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,
+                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     with azurite() as conn:
         out["machine"] = machine(conn)
         print(f"machine: {out['machine']}")
@@ -45,6 +50,13 @@ def main() -> int:
         if "big" in only:
             print("big files ...", flush=True)
             out["big"] = big.run(conn, size=(64 if args.quick else 1024) << 20, reps=reps)
+        if "e2e" in only:
+            print("tiny tasks end to end: batchyard run vs xargs vs snakemake ...", flush=True)
+            out["e2e"] = e2e.run(conn, n=50 if args.quick else 300, reps=reps)
+        if "scale" in only:
+            sizes = [1000] if args.quick else [1000, 10_000, 100_000] if args.scale else [1000, 10_000]
+            print(f"scale {sizes} ...", flush=True)
+            out["scale"] = scale.run(conn, sizes=sizes)
         if "final" in only:  # opt-in: --only final
             print("final step ...", flush=True)
             out["final"] = final_step.run(conn, n=100 if args.quick else 500, reps=reps)
@@ -54,10 +66,10 @@ def main() -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     latest = RESULTS / "latest.json"
-    if only != {"tiny", "submit", "big"} and latest.exists():
+    if only != set(SECTIONS) and latest.exists():
         # A partial run (--only) updates its sections and keeps the others, each with its own date.
         previous = json.loads(latest.read_text(encoding="utf-8"))
-        for name in ("tiny", "submit", "big", "final"):
+        for name in (*SECTIONS, "final"):  # final: opt-in (--only final), kept like the others
             if name not in out and name in previous:
                 out[name] = previous[name]
                 # A section the previous file had itself kept keeps its own, older date.
@@ -88,6 +100,21 @@ def _table(out: dict[str, Any]) -> None:
         b = out["big"]
         rows += [("big: stage MB/s", b["stage_mb_s"], f"raw {b['raw_download_mb_s']}", f"ratio {b['stage_ratio']}"),
                  ("big: upload MB/s", b["upload_mb_s"], f"raw {b['raw_upload_mb_s']}", f"ratio {b['upload_ratio']}")]
+    if out.get("e2e"):
+        e = out["e2e"]
+        rows += [(f"e2e {e['files']} files: batchyard run (s)", e["batchyard_s"], f"floor {e['floor_s']} s",
+                  f"ratio {e['ratio_vs_floor']}"),
+                 (f"e2e {e['files']} files: snakemake (s)", e["snakemake_s"], "",
+                  f"batchyard / snakemake throughput {e['vs_snakemake']}")]
+    if "scale" in out:
+        for backend, section in out["scale"].items():
+            for n, figures in section.items():
+                for step, value in figures.items():
+                    if isinstance(value, dict):
+                        extra = f"first byte {value['first_byte_s']} s" if step == "status_json" else ""
+                        rows.append((f"scale {backend} {n}: {step} (s)", value["s"], f"{value['rss_mib']} MiB", extra))
+                    elif step != "tasks":
+                        rows.append((f"scale {backend} {n}: {step}", value, "", ""))
     m = out["memory"]
     rows.append(("memory: worker / submit RSS MiB", f"{m['worker_rss_mib']} / {m['submit_rss_mib']}", "", ""))
     width = max(len(r[0]) for r in rows)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,6 +116,13 @@ class Project:
     def put_inputs(self, container: str, files: dict[str, bytes], prefix: str = "") -> None:
         for name, data in files.items():
             self.storage.upload_bytes(container, prefix + name, data)
+
+    def visible_messages(self) -> list[Any]:
+        """Every visible message on this project's queues (the shared name's and each job's)."""
+        prefix = load_config(self.dir / "batchyard.toml", env=self.env).storage.queue
+        service = self.storage.queue_service
+        return [message for queue in service.list_queues(name_starts_with=prefix)
+                for message in service.get_queue_client(queue.name).peek_messages(max_messages=32)]
 
     def cli(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

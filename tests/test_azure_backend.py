@@ -76,7 +76,12 @@ def test_wrong_key_fails_preflight_and_creates_nothing(project: Any, batch_emula
 
 def _released(be: Any, pool_id: str) -> bool:
     """Gone, or being deleted (Azure's ``deleting`` lasts a while; it bills no new node)."""
-    return not be.pools.exists(pool_id) or str(be.client.get_pool(pool_id).state) == "BatchPoolState.DELETING"
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:  # one call: between an existence check and a get, a deleting pool may be gone
+        return str(be.client.get_pool(pool_id).state) == "BatchPoolState.DELETING"
+    except ResourceNotFoundError:
+        return True
 
 
 def test_env_only_config_runs_on_a_per_job_pool(project: Any, batch_emulator: Any, tmp_path: Path,

@@ -226,6 +226,27 @@ def test_ctrl_c_ends_the_run_and_keep_auto_pool_keeps_the_pool_and_says_so(proje
     marker.unlink()
 
 
+def test_ctrl_c_between_submit_and_wait_ends_the_run_too(project: Any, batch_emulator_factory: Any,
+                                                          tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The window where `run` prints what it queued, before it waits: the pool must not bill on."""
+    emu = batch_emulator_factory(FaultConfig())
+    client = raw_client(emu)
+    config = configure(project, emu)
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"a.txt": b"a"})
+    marker = tmp_path / "hold"
+    marker.write_text("")
+    job_id = f"gap-{uuid.uuid4().hex[:6]}"
+    job = job_from_dict({"id": job_id, "command": blocking_command(marker), "inputs": {"container": ins}},
+                        base_dir=project.dir)
+    with pytest.raises(KeyboardInterrupt), get_backend("azure", config) as be:
+        assert be.submit(job).enqueued == 1
+        raise KeyboardInterrupt
+    assert f"interrupted: job {job_id} stopped on Azure Batch" in caplog.text
+    assert not pool_exists(client, per_job_pool_id(job_id)) and job_state(client, job_id) == "completed"
+    marker.unlink()
+
+
 def test_a_submit_that_fails_after_its_pool_exists_deletes_the_pool(project: Any, batch_emulator_factory: Any) -> None:
     emu = batch_emulator_factory(FaultConfig(job_quota=1))
     client = raw_client(emu)

@@ -144,8 +144,7 @@ def submit_escaping_job(project: Any, config: Any) -> tuple[str, str]:
 def test_local_submit_refuses_before_anything_is_queued(project: Any) -> None:
     config = project.config()
     job_id, out = submit_escaping_job(project, config)
-    queue = project.storage.queue_service.get_queue_client(config.storage.queue)
-    assert queue.peek_messages(max_messages=32) == [], "a message was queued for a refused job"
+    assert project.visible_messages() == [], "a message was queued for a refused job"
     with get_backend(None, config) as be, pytest.raises(JobNotFoundError):
         be.task_counts(job_id)
     assert blobs_in(project, out) == []

@@ -89,10 +89,10 @@ class TaskResult:
         return max(0, self.attempts - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = dict(self.__dict__)  # a shallow copy: asdict's deep one was 3/4 of `status --json`'s time
         data["state"] = str(self.state)
         data["retry_count"] = self.retry_count
-        data["attempt_records"] = list(self.attempt_records)
+        data["attempt_records"] = [dict(record) for record in self.attempt_records]
         return data
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import click
@@ -80,13 +81,49 @@ def counts_line(counts: TaskCounts) -> str:
     return ", ".join([*parts, f"{counts.total} total"])
 
 
-def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str, flag: str = "") -> None:
+def _order(result: TaskResult) -> tuple[int, str, str]:
+    state = str(result.state)
+    return (STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER), result.label, result.task_id)
+
+
+class _Firsts:
+    """The first ``size`` results in :func:`_order` of a stream, holding at most four times that:
+    a job's summary costs memory for its table, not for its tasks."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.kept: list[TaskResult] = []
+        self.seen = 0
+
+    def add(self, result: TaskResult) -> None:
+        self.seen += 1
+        self.kept.append(result)
+        if len(self.kept) >= 4 * self.size:
+            self.kept = sorted(self.kept, key=_order)[:self.size]
+
+    def firsts(self) -> list[TaskResult]:
+        return sorted(self.kept, key=_order)[:self.size]
+
+
+def _summary(results: Iterable[TaskResult], counts: TaskCounts | Callable[[], TaskCounts], job_id: str,
+             flag: str = "") -> None:
     """A table of the tasks, failed first, at most SUMMARY_ROWS of them and never empty while the job has
     tasks; then how many more there are by state, each failure's reason and how to dig in (``flag``:
-    `` --backend NAME`` when the hints need it)."""
-    rows = sorted(results, key=lambda r: (STATE_ORDER.index(str(r.state)) if str(r.state) in STATE_ORDER
-                                          else len(STATE_ORDER), r.label, r.task_id))
-    shown, rest = rows[:SUMMARY_ROWS], rows[SUMMARY_ROWS:]
+    `` --backend NAME`` when the hints need it). ``results`` stream: only the rows shown are held;
+    ``counts`` may be asked for once they have all been read."""
+    shown_rows, failed_rows = _Firsts(SUMMARY_ROWS), _Firsts(SUMMARY_ROWS)
+    by_state: dict[str, int] = dict.fromkeys(STATE_ORDER, 0)
+    for result in results:
+        shown_rows.add(result)
+        by_state[str(result.state)] = by_state.get(str(result.state), 0) + 1
+        if result.state == TaskState.FAILED:
+            failed_rows.add(result)
+    shown, failed = shown_rows.firsts(), failed_rows.firsts()
+    if callable(counts):
+        counts = counts()
+    for r in shown:
+        by_state[str(r.state)] -= 1  # what is left: the rows not in the table
+    rest = sum(by_state.values())
     table = Table(title=f"{job_id}: {counts_line(counts)}", title_justify="left")
     table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48)
     table.add_column("state", no_wrap=True, min_width=9)
@@ -98,15 +135,14 @@ def _summary(results: list[TaskResult], counts: TaskCounts, job_id: str, flag: s
                       "" if r.exit_code is None else str(r.exit_code), str(r.attempts), r.task_id)
     out.print(table)
     if rest:
-        by_state = {state: sum(1 for r in rest if str(r.state) == state) for state in STATE_ORDER}
         more = ", ".join(f"{n} more {state}" for state, n in by_state.items() if n)
         out.print(f"... and {more} (batchyard status {job_id} --json{flag} lists every task)", soft_wrap=True)
-    failed = [r for r in rows if r.state == TaskState.FAILED]
-    for r in failed[:SUMMARY_ROWS]:
+    for r in failed:
         out.print(styled(("failed", "red"), f" {r.task_id}: {r.failure_category}: {r.failure_message}"),
                   highlight=False, soft_wrap=True)
-    if len(failed) > SUMMARY_ROWS:
-        out.print(f"... and {len(failed) - SUMMARY_ROWS} more failed tasks (batchyard status {job_id} --json{flag})")
+    if failed_rows.seen > SUMMARY_ROWS:
+        out.print(f"... and {failed_rows.seen - SUMMARY_ROWS} more failed tasks "
+                  f"(batchyard status {job_id} --json{flag})")
     if counts.cancelled:
         out.print(styled(("cancelled", "yellow"), f" {counts.cancelled} task(s): the job was cancelled before they "
                          "finished (stopped, or never started); not failures of their own"),
@@ -180,7 +216,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
                               f"`batchyard cancel {job.id}{flag}`)", highlight=False, soft_wrap=True)
             return
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
-        _summary(list(be.list_task_results(job.id)), counts, job.id, flag)
+        _summary(be.list_task_results(job.id), counts, job.id, flag)
         final = _final_step(be, job.id, flag)
         _pool(be, config, job.id)
         if counts.failed or counts.cancelled or (final is not None and final.state == "failed"):
@@ -210,20 +246,35 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
             if counts.finished and (counts.failed or counts.cancelled):
                 sys.exit(EXIT_FAILED_TASKS)
             return
-        results = list(be.list_task_results(job_id))
-        counts = be.task_counts(job_id)
         if as_json:
-            from batchyard.cli.pool_cost import pool_cost
-
-            summary = be.pool_summary(job_id)
-            out.print_json(json.dumps({"job_id": job_id, "backend": be.name, "counts": counts.to_dict(),
-                                       "pool": pool_cost(summary, config) if summary is not None else None,
-                                       "final_step": final.to_dict() if (final := be.final_step(job_id)) else None,
-                                       "tasks": [r.to_dict() for r in results]}, ensure_ascii=False))
+            _status_json(be, config, job_id)
             return
-        _summary(results, counts, job_id, backend_flag(config_path, be.name))
+        # The counts once the results have streamed through the summary, as before they were listed first.
+        _summary(be.list_task_results(job_id), lambda: be.task_counts(job_id), job_id,
+                 backend_flag(config_path, be.name))
         _final_step(be, job_id, backend_flag(config_path, be.name))
         _pool(be, config, job_id)
+
+
+def _status_json(be: Backend, config: Config, job_id: str) -> None:
+    """``status --json``, written as it is read: each task on a line of its own as its result comes
+    (the first within a second, whatever the job's size, and memory for one task, not for all);
+    the counts and the pool after the tasks, as they stand once every task was listed."""
+    from batchyard.cli.pool_cost import pool_cost
+
+    stream = sys.stdout
+    stream.write(f'{{"job_id": {json.dumps(job_id, ensure_ascii=False)}, "backend": {json.dumps(be.name)},\n'
+                 ' "tasks": [')
+    stream.flush()
+    separator = "\n  "
+    for result in be.list_task_results(job_id):
+        stream.write(separator + json.dumps(result.to_dict(), ensure_ascii=False))
+        separator = ",\n  "
+    counts = be.task_counts(job_id)
+    summary = be.pool_summary(job_id)
+    pool = pool_cost(summary, config) if summary is not None else None
+    stream.write(f'],\n "counts": {json.dumps(counts.to_dict())},\n "pool": {json.dumps(pool)}}}\n')
+    stream.flush()
 
 
 @main.command()

@@ -19,7 +19,8 @@ from batchyard.backends.azure.final import add_final_step, satisfies_on_any_end
 from batchyard.backends.azure.registries import ContainerSetup
 from batchyard.backends.azure.reruns import Placement
 from batchyard.backends.azure.runs import RunChain, RunRecords
-from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, build_task, error_code, sas_lifetime
+from batchyard.backends.azure.task_bodies import TaskBodies
+from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
 from batchyard.backends.final_step import final_as_job
 from batchyard.core.config import Config
@@ -124,16 +125,17 @@ class JobWriter:
         lifetime, warnings = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
         for warning in warnings:
             log.warning("%s", warning)
-        urls = self.urls(job, lifetime)
+        bodies = TaskBodies(job, urls=self.urls(job, lifetime), required=required,
+                            registry=containers.task_registry if containers else None)
         options = []
+        satisfy = satisfies_on_any_end(job)  # a per-file failure releases the final step too
         for task in tasks:
             input_url = None
             if task.input_blob is not None and task.input_container is not None:
                 input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
                                                       permission="r")
-            options.append(build_task(job, task, urls=urls, input_url=input_url, required=required,
-                                      registry=containers.task_registry if containers else None))
-            options[-1].exit_conditions = satisfies_on_any_end(job)
+            body = bodies.body(task, input_url=input_url)
+            options.append({**body, "exitConditions": satisfy} if satisfy else body)
         report = TaskAdder(self.client, batch_job_id).add(options)
         if report.existed:
             log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",

@@ -84,6 +84,7 @@ class AzureBackend(Backend):
         self._expected: dict[str, int] = {}
         self._short_since: dict[str, float] = {}  # wait: when counts first looked final but short
         self._watch: tuple[str, str] | None = None  # (job id, pool id) that wait() watches
+        self._submitted_run: str | None = None  # the job whose run this process opened and has not ended
         self._last_alive_check = 0.0
         self._job_state_cache: dict[str, tuple[float, str]] = {}
         self._final_runs: dict[str, str | None] = {}
@@ -233,6 +234,7 @@ class AzureBackend(Backend):
         elif batch_job is not None and batch_job.pool_info is not None:
             pool_id = batch_job.pool_info.pool_id
         self._watch = (job.id, pool_id) if pool_id else None
+        self._submitted_run = job.id if placed.add or placed.readd or final_due else None
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(placed.add) + len(placed.readd),
                             already_succeeded=plan.kept, already_running=plan.running,
                             rerun_failed=plan.counts()["failed"], rerun=plan)
@@ -284,13 +286,25 @@ class AzureBackend(Backend):
     def run_to_end(self, job: Job, **options: Any) -> TaskCounts:
         """As every backend's; Ctrl-C also ends the run (Batch job terminated, per-job pool released)."""
         try:
-            return super().run_to_end(job, **options)
+            counts = super().run_to_end(job, **options)
         except KeyboardInterrupt:
-            self._watch = None
-            note = self.end_run(job.id, "UserInterrupted")
-            log.warning("interrupted: job %s stopped on Azure Batch (records kept)%s; `batchyard run` again runs "
-                        "what is left", job.id, f"; {note}" if note else "")
+            self._end_interrupted_run(job.id)
             raise
+        self._submitted_run = None  # the wait ended the run
+        return counts
+
+    def _end_interrupted_run(self, job_id: str) -> None:
+        self._watch = self._submitted_run = None
+        note = self.end_run(job_id, "UserInterrupted")
+        log.warning("interrupted: job %s stopped on Azure Batch (records kept)%s; `batchyard run` again runs "
+                    "what is left", job_id, f"; {note}" if note else "")
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # Ctrl-C between a submit and the wait (the caller printing, say) ends the run as one in the wait
+        # does: a pool made for it must not bill on. `status --watch` submits nothing, so it never ends one.
+        if exc_type is KeyboardInterrupt and self._submitted_run is not None:
+            self._end_interrupted_run(self._submitted_run)
+        super().__exit__(exc_type, *exc)
 
     def _settled(self, job_id: str, counts: TaskCounts) -> bool:
         # Batch's counts lag behind adds by a few seconds, so "finished" only counts once the total

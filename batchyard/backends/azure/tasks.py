@@ -348,7 +348,7 @@ class TaskAdder:
         self.report = AddReport()
         self._lock = threading.Lock()
 
-    def add(self, tasks: Iterable[bm.BatchTaskCreateOptions]) -> AddReport:
+    def add(self, tasks: Iterable[bm.BatchTaskCreateOptions | dict[str, Any]]) -> AddReport:
         items = list(tasks)
         chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
         if not chunks:
@@ -365,11 +365,12 @@ class TaskAdder:
         delay = min(10.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2)
         time.sleep(max(0.0, min(delay, self.deadline - time.monotonic())))
 
-    def _add_chunk(self, pending: list[bm.BatchTaskCreateOptions]) -> None:
+    def _add_chunk(self, pending: list[bm.BatchTaskCreateOptions | dict[str, Any]]) -> None:
         attempt = 0
         while pending:
             try:
-                result = self.client.create_task_collection(self.job_id, bm.BatchTaskGroup(task_values=pending))
+                # A body of plain JSON (task_bodies.py) or of models: the SDK serializes either as it is.
+                result = self.client.create_task_collection(self.job_id, {"value": pending})  # type: ignore[arg-type]
             except HttpResponseError as exc:
                 if error_code(exc) == "RequestBodyTooLarge" or exc.status_code == 413:
                     if len(pending) == 1:
@@ -391,7 +392,7 @@ class TaskAdder:
             except Exception as exc:
                 raise batch_error(exc, f"adding tasks to job {self.job_id!r}") from None
             retry_ids = self._tally(result.result_values or [])
-            by_id = {t.id.lower(): t for t in pending}
+            by_id = {str(t["id"]).lower(): t for t in pending}
             pending = [by_id[i] for i in retry_ids if i in by_id]
             if pending:
                 self._backoff(attempt, "server errors for some tasks")

@@ -35,6 +35,7 @@ from batchyard.backends.base import (
 )
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.admission import message_key_for_submit
+from batchyard.backends.local.bulk import cancel_pending_rows, delete_task_rows
 from batchyard.backends.local.final_run import final_step_settled, final_step_view, plan_final_step
 from batchyard.backends.local.job_queues import QUEUED_FIELD, delete_job_queue, queue_for_submit
 from batchyard.backends.local.listing import job_ids_like, job_views
@@ -45,7 +46,7 @@ from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.backends.outputs import current_outputs
-from batchyard.core.batch_semantics import JOB_CANCELLED, final_record, log_blob_name
+from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, without_final
@@ -251,25 +252,36 @@ class LocalBackend(Backend):
             raise JobNotFoundError(f"job {job_id!r} not found on storage account {self.storage.account.account_name!r}")
         return entity
 
-    def task_counts(self, job_id: str) -> TaskCounts:
-        entity = self._require_job(job_id)
-        # One tally per job and submission: later polls read only the rows that changed.
+    def _tally(self, job_id: str, entity: dict[str, Any]) -> TaskTally:
+        """One tally per job and submission: later polls read only the rows that changed."""
         key = (job_id, entity.get("spec_hash"), entity.get("created"), entity.get("total"))
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = TaskTally(self.store, job_id, total=int(entity.get("total") or 0))
-        return tally.refresh()
+        return tally
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        entity = self._require_job(job_id)
+        return self._tally(job_id, entity).refresh(job_cancelled=entity.get("state") == "cancelled")
 
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
-        self._require_job(job_id)
+        """Every task's result as it streams from its row; then the tasks no worker claimed (no
+        row): pending, or cancelled in a cancelled job. Holds the task ids, never the results."""
+        job_row = self._require_job(job_id)
+        cancelled = job_row.get("state") == "cancelled"
         seen: set[str] = set()
-        for entity in self.store.task_entities(job_id):
+        for entity in self._tally(job_id, job_row).watching(self.store.task_entities(job_id)):
             if entity["RowKey"] == FINAL_TASK_ID:  # shown apart: final_step()
                 continue
             seen.add(entity["RowKey"])
             yield entity_to_result(entity)
         for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row
-            if task_id not in seen:
+            if task_id in seen:
+                continue
+            if cancelled:
+                yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.CANCELLED, label=label,
+                                 failure_category="cancelled", failure_message=JOB_CANCELLED)
+            else:
                 yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.PENDING, label=label)
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
@@ -277,10 +289,12 @@ class LocalBackend(Backend):
             check_id(task_id, "task id")
         except ValueError as exc:
             raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}: {exc}") from None
-        self._require_job(job_id)
+        job_row = self._require_job(job_id)
         entity = self.store.get_task(job_id, task_id)
         if entity is None:
             if any(t == task_id for t, _ in self.store.load_manifest(job_id)):
+                if job_row.get("state") == "cancelled":
+                    raise TaskNotFoundError(f"task {task_id!r} has no {stream}: the job was cancelled before it ran")
                 raise TaskNotFoundError(f"task {task_id!r} has no {stream} yet (state pending)")
             raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}")
         from azure.core.exceptions import ResourceNotFoundError
@@ -304,33 +318,22 @@ class LocalBackend(Backend):
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:
+        """The job's state is the cancellation: workers ask it before they claim a task and stop
+        what they run when it changes, and a task no worker claimed (no row) reads as cancelled
+        from then on. So only rows still ``pending`` (tasks run before, queued again) are written,
+        100 to a transaction: the cost is one write, not one per task."""
         # Its messages stay: a worker that takes one records its tasks cancelled (a task claimed but
         # not started when the job was cancelled is given back, and its message is what ends it).
         self._require_job(job_id)
         self.store.set_job_state(job_id, "cancelled")
-        rows = {e["RowKey"]: e.get("state") for e in self.store.task_entities(job_id, select=["RowKey", "state"])}
-        pending = [t for t, state in rows.items() if state == "pending"]
-
-        def never_ran(item: tuple[str, str]) -> str | None:
-            """No worker took it yet: it gets a row that says it never will (None), unless a worker
-            claimed it meanwhile (its id: decided on its row below)."""
-            fields = final_record("cancelled", JOB_CANCELLED, attempts=[])
-            return None if self.store.create_final(job_id, item[0], item[1], fields) else item[0]
-
-        unclaimed = [item for item in self.store.load_manifest(job_id) if item[0] not in rows]
-        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
-            pending += [task_id for task_id in pool.map(never_ran, unclaimed) if task_id]
-        for task_id in pending:  # running ones are stopped by their worker, which records them
-            current = self.store.get_task(job_id, task_id)
-            if current is None or current.get("state") != "pending":
-                continue
-            self.store.record_final(job_id, task_id, etag=current["_etag"],
-                                    fields=final_record("cancelled", JOB_CANCELLED, attempts=[]))
+        cancel_pending_rows(self.store, job_id)
 
     def delete(self, job_id: str) -> None:
-        """The job's queue first (every message of it goes, no worker takes one again), then its records."""
+        """The job's queue first (every message of it goes, no worker takes one again), then its records:
+        the task rows in parallel transactions, then the job's row and documents."""
         entity = self._require_job(job_id)
         delete_job_queue(self.store, entity)
+        delete_task_rows(self.store, job_id)
         self.store.delete_job(job_id)
 
     def close(self) -> None:

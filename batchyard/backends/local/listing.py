@@ -31,7 +31,7 @@ def _iso(epoch: Any) -> str | None:
 def job_view(store: JobStore, row: dict[str, Any]) -> JobView:
     """One job's view from its row: the tally reads its task rows once."""
     tally = TaskTally(store, row["RowKey"], total=int(row.get("total") or 0))
-    counts: TaskCounts = tally.refresh()
+    counts: TaskCounts = tally.refresh(job_cancelled=row.get("state") == "cancelled")
     updated = _iso(row.get("updated"))
     if tally.newest is not None:
         newest = tally.newest.astimezone(UTC).isoformat(timespec="milliseconds")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from batchyard.backends.base import TaskCounts, TaskState, final_state
 from batchyard.backends.local.store import JobStore
@@ -18,6 +20,9 @@ class TaskTally:
     asks for rows whose ``Timestamp`` (set by the service at each write) is at least the newest
     one seen minus :data:`OVERLAP`; the overlap covers a write committed with a slightly older
     timestamp than one we already saw. Rows are never deleted while a job exists.
+
+    A task with no row was never claimed: pending, or cancelled once its job is (cancelling
+    writes no row for it, so a job of any size is cancelled at once).
     """
 
     OVERLAP = timedelta(seconds=2)
@@ -27,7 +32,22 @@ class TaskTally:
         self.states: dict[str, TaskState] = {}
         self.newest: datetime | None = None
 
-    def refresh(self) -> TaskCounts:
+    def watching(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``rows`` (every row of the job, as read for its results) passed through, and taken as
+        this tally's full read once the last has passed: the counts after a listing then read
+        only the rows written since, not every row once more."""
+        states: dict[str, TaskState] = {}
+        newest = self.newest
+        for entity in rows:
+            states[entity["RowKey"]] = final_state(entity.get("state") or "pending", entity.get("failure_category"))
+            stamp = entity.get("_timestamp")
+            if stamp is not None and (newest is None or stamp > newest):
+                newest = stamp
+            yield entity
+        self.states.update(states)
+        self.newest = newest
+
+    def refresh(self, *, job_cancelled: bool = False) -> TaskCounts:
         select = ["RowKey", "state", "failure_category", "Timestamp"]
         if self.newest is None:
             rows = self.store.task_entities(self.job_id, select=select)
@@ -44,8 +64,11 @@ class TaskTally:
         tally = dict.fromkeys(TaskState, 0)
         for state in self.states.values():
             tally[state] += 1
-        # A task no worker has claimed yet has no row: it is pending.
+        # A task no worker has claimed yet has no row: it is pending (cancelled, in a cancelled job).
         started = len(self.states) - tally[TaskState.PENDING]
         pending = max(tally[TaskState.PENDING], self.total - started)
+        cancelled = tally[TaskState.CANCELLED]
+        if job_cancelled:
+            cancelled, pending = cancelled + pending - tally[TaskState.PENDING], tally[TaskState.PENDING]
         return TaskCounts(pending=pending, running=tally[TaskState.RUNNING], succeeded=tally[TaskState.SUCCEEDED],
-                          failed=tally[TaskState.FAILED], cancelled=tally[TaskState.CANCELLED])
+                          failed=tally[TaskState.FAILED], cancelled=cancelled)

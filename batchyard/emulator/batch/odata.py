@@ -9,7 +9,7 @@ parentheses. Anything else is refused with 400 ``InvalidQueryParameterValue``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -139,12 +139,17 @@ def select(item: dict[str, Any], fields: str | None) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k in wanted}
 
 
-def page(items: list[dict[str, Any]], query: dict[str, str], base_url: str, path: str
-         ) -> tuple[list[dict[str, Any]], str | None]:
-    """Apply ``$filter``/``$select``/``maxresults``; returns one page and the ``odata.nextLink``."""
+def page(items: Sequence[Any], query: dict[str, str], base_url: str, path: str,
+         view: Callable[[Any], dict[str, Any]] | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Apply ``$filter``/``$select``/``maxresults``; returns one page and the ``odata.nextLink``.
+
+    ``view`` makes an item's JSON view: without a ``$filter`` only the page's items are viewed, so
+    listing a job of n tasks page by page costs n views, not n per page.
+    """
     pred = parse_filter(query.get("$filter"))
     if pred is not None:
-        items = [i for i in items if pred(i)]
+        items = [i for i in (map(view, items) if view else items) if pred(i)]
+        view = None
     raw_max = query.get("maxresults") or str(MAX_RESULTS)
     try:
         limit = int(raw_max)
@@ -157,7 +162,7 @@ def page(items: list[dict[str, Any]], query: dict[str, str], base_url: str, path
         start = int(query.get("$skiptoken") or 0)
     except ValueError:
         raise bad_query("$skiptoken", query["$skiptoken"], "not a token this emulator issued") from None
-    chunk = [select(i, query.get("$select")) for i in items[start:start + limit]]
+    chunk = [select(view(i) if view else i, query.get("$select")) for i in items[start:start + limit]]
     next_link = None
     if start + limit < len(items):
         keep = {k: v for k, v in query.items() if k in ("api-version", "$filter", "$select", "$expand", "maxresults")}

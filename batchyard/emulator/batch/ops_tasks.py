@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchyard.emulator.batch.common import BatchApiError, forget_passwords, invalid, iso, not_found, parse_duration
+from batchyard.emulator.batch.common import (
+    BatchApiError,
+    forget_passwords,
+    invalid,
+    iso,
+    not_found,
+    parse_duration,
+    shared_strings,
+)
 from batchyard.emulator.batch.files import delete_file, file_response, list_files
 from batchyard.emulator.batch.jobprep_spec import reserved_task_id
 from batchyard.emulator.batch.odata import page, select
@@ -77,9 +85,9 @@ class TaskOps:
             raise reserved
         if spec["id"].lower() in job.tasks:
             raise BatchApiError(409, "TaskExists", "The specified task already exists.", [("Id", spec["id"])])
-        # containerSettings.registry may carry a password: dropped (Batch never echoes it); other
-        # tasks skip the deep copy, which a 100-task collection would pay for nothing.
-        stored = forget_passwords(spec) if spec.get("containerSettings") else dict(spec)
+        # containerSettings.registry may carry a password: dropped (Batch never echoes it). The copy
+        # kept shares the strings every task of the job repeats (SAS URLs, patterns, keys).
+        stored = shared_strings(forget_passwords(spec) if spec.get("containerSettings") else spec)
         task = Task(id=spec["id"], spec=stored, state="active", job_id=job.id, seq=next(job.task_seq))
         job.tasks[task.id.lower()] = task
         return task
@@ -134,10 +142,11 @@ class TaskOps:
 
     # --- read -------------------------------------------------------------------------------------
     def list(self, req: Request) -> Response:
-        with self.emu.store.lock:
+        with self.emu.store.lock:  # views made under the lock: a task's state changes under it
             job = self.job(req.params[0])
-            views = [t.view(self.emu.url) for t in sorted(job.tasks.values(), key=lambda t: t.seq)]
-        items, next_link = page(views, req.query, self.emu.url, f"/jobs/{job.id}/tasks")
+            tasks = sorted(job.tasks.values(), key=lambda t: t.seq)
+            items, next_link = page(tasks, req.query, self.emu.url, f"/jobs/{job.id}/tasks",
+                                    view=lambda task: task.view(self.emu.url))
         return self.emu.listing("tasks", items, next_link)
 
     def get(self, req: Request) -> Response:
