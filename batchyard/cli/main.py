@@ -273,7 +273,9 @@ def _status_json(be: Backend, config: Config, job_id: str) -> None:
     counts = be.task_counts(job_id)
     summary = be.pool_summary(job_id)
     pool = pool_cost(summary, config) if summary is not None else None
-    stream.write(f'],\n "counts": {json.dumps(counts.to_dict())},\n "pool": {json.dumps(pool)}}}\n')
+    final = be.final_step(job_id)  # apart from the tasks: it is none of them
+    stream.write(f'],\n "counts": {json.dumps(counts.to_dict())},\n "pool": {json.dumps(pool)},\n "final_step": '
+                 f'{json.dumps(final.to_dict() if final is not None else None, ensure_ascii=False)}}}\n')
     stream.flush()
 
 

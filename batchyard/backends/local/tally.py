@@ -39,6 +39,9 @@ class TaskTally:
         states: dict[str, TaskState] = {}
         newest = self.newest
         for entity in rows:
+            if entity["RowKey"] == FINAL_TASK_ID:  # the final step is shown apart, never counted
+                yield entity
+                continue
             states[entity["RowKey"]] = final_state(entity.get("state") or "pending", entity.get("failure_category"))
             stamp = entity.get("_timestamp")
             if stamp is not None and (newest is None or stamp > newest):
