@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from batchyard.backends.azure.tasks import (
+    FINGERPRINT_ENV,
     MAX_DISPLAY_NAME,
     REQUIRED_OUTPUTS_ENV,
     TaskUrls,
@@ -24,7 +25,7 @@ from batchyard.backends.azure.tasks import (
 from batchyard.core.batch_semantics import log_prefix
 from batchyard.core.job import Job, TaskDef, output_prefix
 
-Shape = tuple[bool, bool, tuple[bool, ...], int]
+Shape = tuple[bool, bool, tuple[bool, ...], int, bool]
 
 
 class TaskBodies:
@@ -39,7 +40,8 @@ class TaskBodies:
         display = task.label[:MAX_DISPLAY_NAME]
         paths = [batch_output_path(out.pattern, output_prefix(self.job, out, task)) for out in self.job.outputs]
         variables = task.environment(self.job)
-        shape: Shape = (bool(display), has_input, tuple(p is None for p in paths), len(variables))
+        shape: Shape = (bool(display), has_input, tuple(p is None for p in paths), len(variables),
+                         bool(task.fingerprint))
         template = self._templates.get(shape)
         if template is None:
             model = build_task(self.job, task, urls=self.urls, input_url=input_url, required=self.required,
@@ -62,10 +64,12 @@ class TaskBodies:
                 destination["path"] = path
             outputs.append({**reference, "destination": {**reference["destination"], "container": destination}})
         body["outputFiles"] = outputs
-        if variables or self.required:
+        if variables or self.required or task.fingerprint:
             env = [{"name": name, "value": value} for name, value in variables]
             if self.required:
                 env.append({"name": REQUIRED_OUTPUTS_ENV, "value": "\n".join(self.required)})
+            if task.fingerprint:  # the change-aware re-run reads it back (tasks.fingerprint_of)
+                env.append({"name": FINGERPRINT_ENV, "value": task.fingerprint})
             body["environmentSettings"] = env
         return body
 
