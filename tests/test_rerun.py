@@ -146,7 +146,7 @@ SCRIPT_LINES = 'echo "$INPUT" >> "$MARK"\nwc -l < "$1" | tr -d " " > "$2"\n'
 SCRIPT_BYTES = 'echo "$INPUT" >> "$MARK"\nwc -c < "$1" | tr -d " " > "$2"\n'
 JOB_TOML = """\
 id = "{job_id}"
-command = "sh count.sh {{input}} {{input_stem}}.{ext}"
+command = "sh count.sh {{input}} {{input_stem}}.{ext}{extra}"
 
 [inputs]
 container = "{ins}"
@@ -183,10 +183,10 @@ class Scene:
         self.job_file = project.dir / "job.toml"
         self.write(ext="n", script=SCRIPT_LINES)
 
-    def write(self, *, ext: str, script: str) -> None:
+    def write(self, *, ext: str, script: str, extra: str = "") -> None:
         (self.project.dir / "count.sh").write_text(script, encoding="utf-8")
         self.job_file.write_text(JOB_TOML.format(job_id=self.job_id, ins=self.ins, outs=self.outs, mark=self.mark,
-                                                 ext=ext), encoding="utf-8")
+                                                 ext=ext, extra=extra), encoding="utf-8")
 
     def run(self, *args: str, expect: int = 0) -> tuple[str, list[str]]:
         """``batchyard run``: its announcement (one line) and the inputs whose task ran."""
@@ -242,6 +242,9 @@ def test_an_edited_input_reruns_its_task_alone_and_plan_and_rerun_say_so(
     refused = project.cli("run", str(scene.job_file), "--rerun", "nope-123", env=scene.env)
     assert refused.returncode == 2
     assert "--rerun: 'nope-123' is not a task of job" in " ".join(refused.stderr.split())
+    planned = project.cli("plan", str(scene.job_file), "--json", "--rerun", "nope-123", env=scene.env)
+    assert planned.returncode == 1
+    assert {f["code"] for f in json.loads(planned.stdout)["findings"]} >= {"rerun-unknown-task"}
 
 
 @pytest.mark.timeout(480)
@@ -256,6 +259,10 @@ def test_a_changed_script_command_or_pattern_reruns_the_tasks_and_old_outputs_ar
     assert "3 queued: 3 changed: resources 3" in text and ran == sorted(INPUTS)
     assert scene.download(tmp_path / "bytes") == {"a.n": "2", "b.n": "4", "c.n": "6"}  # replaced
 
+    scene.write(ext="n", script=SCRIPT_BYTES, extra=" --verbose")  # the command alone (the script ignores it)
+    text, ran = scene.run()
+    assert "3 queued: 3 changed: command 3" in text and ran == sorted(INPUTS)
+
     scene.write(ext="m", script=SCRIPT_BYTES)  # another output name in the command and the pattern
     assert scene.plan()["rerun"]["summary"] == "3 changed: command 3, outputs 3"
     text, ran = scene.run()
@@ -263,3 +270,26 @@ def test_a_changed_script_command_or_pattern_reruns_the_tasks_and_old_outputs_ar
     assert scene.download(tmp_path / "pattern") == {"a.m": "2", "b.m": "4", "c.m": "6"}  # no *.n any more
     # The old outputs are still in their container: download follows the records, not a listing.
     assert project.storage.download_bytes(scene.outs, f"{scene.job_id}/a.n").strip() == b"2"
+
+
+@pytest.mark.timeout(300)
+def test_the_python_api_keeps_what_holds_and_reruns_on_request(project: Any) -> None:
+    from batchyard import map_lines
+
+    ins, outs = project.container("inputs"), project.container("outputs")
+    project.put_inputs(ins, {"a.txt": b"x\n", "b.txt": b"y\n"})
+
+    def upper(**options: Any) -> Any:
+        run = map_lines(str.upper, inputs=f"{ins}/*.txt", outputs=f"{outs}/{{job_id}}/", job_id="api-rerun",
+                        config=project.config(), workers=2, timeout=240, **options)
+        assert run.succeeded, run.results()
+        return run.submitted.rerun.summary()
+
+    assert upper() == "2 new"
+    assert upper() == "2 kept"
+    project.put_inputs(ins, {"b.txt": b"z\n"})
+    assert upper() == "1 kept, 1 changed: input 1"
+    assert project.storage.download_bytes(outs, "api-rerun/b.txt") == b"Z\n"
+    assert upper(rerun="all") == "2 requested"
+    with pytest.raises(JobValidationError, match="'nope' is not a task of job 'api-rerun'"):
+        upper(rerun=["nope"])

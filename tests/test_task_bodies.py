@@ -65,3 +65,14 @@ def test_a_job_with_no_outputs_and_no_environment(tmp_path: Path) -> None:
     (tmp_path / "keys.csv").write_text("KEY\n" + "".join(f"k{i}\n" for i in range(5)), encoding="utf-8")
     job = job_from_dict({"id": "bare", "command": "true {KEY}", "tasks": "keys.csv"}, base_dir=tmp_path)
     _assert_bodies_are_the_models(job, list(tasks_from_table(job)))
+
+
+def test_fingerprinted_tasks_carry_their_own_fingerprint(tmp_path: Path) -> None:
+    """A re-run reads each Batch task's fingerprint back (BATCHYARD_FINGERPRINT): the bodies put in each its own."""
+    from batchyard.core.rerun import with_fingerprints
+
+    (tmp_path / "keys.csv").write_text("KEY\n" + "".join(f"k{i}\n" for i in range(5)), encoding="utf-8")
+    job = job_from_dict({"id": "prints", "command": "true {KEY}", "tasks": "keys.csv"}, base_dir=tmp_path)
+    tasks = with_fingerprints(job, tasks_from_table(job), resources={}, identities={})
+    assert len({t.fingerprint for t in tasks}) == 5
+    _assert_bodies_are_the_models(job, [*tasks, *tasks_from_table(job)])

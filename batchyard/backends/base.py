@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -258,12 +258,14 @@ class Backend(ABC):
         """What the records say of each task's last run, by lower-cased task id ({} for a new job)."""
         return {}
 
-    def rerun_plan(self, job: Job, tasks: Sequence[TaskDef], *, rerun: RerunOption = None) -> RerunPlan:
+    def rerun_plan(self, job: Job, tasks: Sequence[TaskDef], *, rerun: RerunOption = None,
+                   prior: Mapping[str, PriorTask] | None = None) -> RerunPlan:
         """Which of ``tasks`` (fanned out now, each with its fingerprint) a run of ``job`` runs, and why:
-        the one place that decides it, for ``run``, ``plan`` and whatever depends on the tasks."""
+        the one place every backend's submit decides it (``prior``: the records, when the caller has
+        read them already; else :meth:`prior_tasks`), for ``run`` and whatever depends on the tasks."""
         from batchyard.core.rerun import decide
 
-        return decide(job.id, tasks, self.prior_tasks(job.id), rerun=rerun)
+        return decide(job.id, tasks, self.prior_tasks(job.id) if prior is None else prior, rerun=rerun)
 
     def output_locations(self, job_id: str) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the job's outputs land."""

@@ -191,8 +191,8 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 
     Run again, a job keeps each task that succeeded with the same fingerprint (command line,
     resource files, image, environment, outputs, input blob) and runs the changed, failed,
-    cancelled and new ones; what it runs, and why, is printed before anything starts.
-    Only this job's tasks run here: other jobs' wait for their own run or `batchyard worker`.
+    cancelled and new ones; what it runs, and why, is printed before anything starts. Only this
+    job's tasks run here: other jobs' wait for their own run or `batchyard worker`.
     """
     config, be = _context(verbose, config_path, backend)
     job = load_job(job_file)

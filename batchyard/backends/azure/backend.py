@@ -60,7 +60,7 @@ from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier, without_final
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef, parse_duration
-from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, decide, resource_digests
+from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class AzureBackend(Backend):
         is_open = batch_job is not None and state not in CLOSED
         records = chain_records(self.client, chain, open_batch_job=current.batch_job_id if is_open else None)
         rerun, final_named = without_final(rerun)
-        plan = decide(job.id, tasks, records.prior, rerun=rerun)
+        plan = self.rerun_plan(job, tasks, rerun=rerun, prior=records.prior)
         if on_plan is not None:
             on_plan(plan)
         placed = place(tasks, plan, records, current=current.batch_job_id, is_open=is_open)

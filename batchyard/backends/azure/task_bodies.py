@@ -4,7 +4,7 @@ Building a task as an SDK model (:func:`~batchyard.backends.azure.tasks.build_ta
 about 1.5 ms of CPU: most of a 100,000-task submit. So one task of each shape (which optional
 fields it has) is built as a model and turned into its JSON; another task of that shape is that
 JSON with its own strings put in (id, display name, command line, input file, output paths, log
-path, environment), the fields that differ from task to task as ``preview.py`` lists them.
+path, environment with the fingerprint), the fields that differ from task to task as ``preview.py`` lists them.
 tests/test_task_bodies.py holds every body equal to its model's JSON.
 """
 
@@ -41,7 +41,7 @@ class TaskBodies:
         paths = [batch_output_path(out.pattern, output_prefix(self.job, out, task)) for out in self.job.outputs]
         variables = task.environment(self.job)
         shape: Shape = (bool(display), has_input, tuple(p is None for p in paths), len(variables),
-                         bool(task.fingerprint))
+                        bool(task.fingerprint))
         template = self._templates.get(shape)
         if template is None:
             model = build_task(self.job, task, urls=self.urls, input_url=input_url, required=self.required,
@@ -68,7 +68,7 @@ class TaskBodies:
             env = [{"name": name, "value": value} for name, value in variables]
             if self.required:
                 env.append({"name": REQUIRED_OUTPUTS_ENV, "value": "\n".join(self.required)})
-            if task.fingerprint:  # the change-aware re-run reads it back (tasks.fingerprint_of)
+            if task.fingerprint:  # in build_task's order
                 env.append({"name": FINGERPRINT_ENV, "value": task.fingerprint})
             body["environmentSettings"] = env
         return body
