@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import big, e2e, scale, submit, tiny
+from . import big, e2e, final_step, scale, submit, tiny
 from .common import azurite, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,7 +24,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (a smoke run)")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}, "
+                        "final (the final step's cost; not in the default set)")
     parser.add_argument("--scale", action="store_true",
                         help="the scale section up to 100,000 tasks (default: 1,000 and 10,000)")
     args = parser.parse_args()
@@ -56,6 +57,9 @@ def main() -> int:
             sizes = [1000] if args.quick else [1000, 10_000, 100_000] if args.scale else [1000, 10_000]
             print(f"scale {sizes} ...", flush=True)
             out["scale"] = scale.run(conn, sizes=sizes)
+        if "final" in only:  # opt-in: --only final
+            print("final step ...", flush=True)
+            out["final"] = final_step.run(conn, n=100 if args.quick else 500, reps=reps)
     out["memory"] = {
         "worker_rss_mib": out.get("tiny", {}).get("worker_peak_rss_mib"),
         "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
@@ -65,7 +69,7 @@ def main() -> int:
     if only != set(SECTIONS) and latest.exists():
         # A partial run (--only) updates its sections and keeps the others, each with its own date.
         previous = json.loads(latest.read_text(encoding="utf-8"))
-        for name in SECTIONS:
+        for name in (*SECTIONS, "final"):  # final: opt-in (--only final), kept like the others
             if name not in out and name in previous:
                 out[name] = previous[name]
                 # A section the previous file had itself kept keeps its own, older date.

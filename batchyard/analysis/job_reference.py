@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from batchyard.core.job import Constraints, Inputs, Job, OutputSpec, ResourceFileSpec
+from batchyard.core.job import Constraints, FinalStep, Inputs, Job, OutputSpec, ResourceFileSpec
 
 BEGIN, END = "<!-- BEGIN GENERATED: python -m batchyard.analysis.job_reference -->", "<!-- END GENERATED -->"
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
@@ -22,11 +22,13 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[[resource_files]]", ResourceFileSpec),
     ("[[outputs]]", OutputSpec),
     ("[constraints]", Constraints),
+    ("[final]", FinalStep),
 )
 
 
 def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("batchyard.core.job.", "")
+    text = text.replace("batchyard.core.job_parts.", "").replace("batchyard.core.final_step.", "")
     text = text.replace("<class '", "").replace("'>", "")
     return text.replace("|", "or").replace("Annotated[float, FieldInfo(annotation=NoneType, required=True, "
                                            "metadata=[Gt(gt=0)])]", "duration")

@@ -37,6 +37,7 @@ from batchyard.analysis.plan_checks import (
 from batchyard.backends import get_backend, get_backend_class
 from batchyard.core.config import Config, PoolSection
 from batchyard.core.errors import BatchyardError, JobValidationError
+from batchyard.core.final_step import FINAL_TASK_ID, dependency_tree, without_final
 from batchyard.core.findings import Finding
 from batchyard.core.image_registries import check_registries
 from batchyard.core.job import (
@@ -48,6 +49,7 @@ from batchyard.core.job import (
     tasks_from_blob_names,
     tasks_from_table,
 )
+from batchyard.core.placeholders import substitute_command
 from batchyard.core.rerun import Decider, PriorTask, RerunOption, blob_identity, with_fingerprints
 from batchyard.node.docker import image_findings
 from batchyard.storage.account import file_md5
@@ -85,6 +87,7 @@ class Plan:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     forecast: dict[str, Any] = field(default_factory=dict)
+    final_step: dict[str, Any] | None = None  # [final]: its command and its dependencies on Batch
     rerun: dict[str, Any] | None = None  # which tasks a run would run and why (None: no records to compare)
 
     @property
@@ -159,9 +162,12 @@ class _Scan:
     chunks: ChunkCheck = field(default_factory=ChunkCheck)
     count: int = 0
     sample: list[TaskDef] = field(default_factory=list)
+    task_ids: list[str] | None = None  # kept for a job with a final step: its dependency tree
 
     def add(self, task: TaskDef, preview: SubmitPreview | None, show: int) -> None:
         self.count += 1
+        if self.task_ids is not None:
+            self.task_ids.append(task.task_id)
         if len(self.sample) < max(show, 1):
             self.sample.append(task)
         self.ids.add(task.task_id)
@@ -211,9 +217,10 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
                                     f"{(job.base_dir / job.inputs.local_dir).resolve()} has no files",
                                     "check the folder (relative to the job file)"))
     preview = _preview(job, config, ctx, findings)
-    scan = _Scan(environment=EnvironmentCheck(job, extra_env=preview.extra_env if preview else {}))
+    scan = _Scan(environment=EnvironmentCheck(job, extra_env=preview.extra_env if preview else {}),
+                 task_ids=[] if job.final is not None else None)
     prior = _prior(ctx, job)
-    decider = Decider(job.id, prior or {}, rerun=rerun)
+    decider = Decider(job.id, prior or {}, rerun=without_final(rerun)[0])
     try:
         for task in _tasks(job, ctx, findings, local):
             scan.add(task, preview, show)
@@ -239,6 +246,9 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
         prefix = output_prefix(job, out, sample) if sample else out.path
         plan.outputs.append({"pattern": out.pattern, "container": out.container, "path": out.path,
                              "first_task_prefix": prefix, "upload_on": out.upload_on, "optional": out.optional})
+
+    if job.final is not None:
+        plan.final_step = final_step_plan(job, scan.task_ids or [])
 
     # --- cloud preflight
     findings.extend(scan.ids.findings())
@@ -272,6 +282,19 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     findings.extend(problems)
     plan.findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     return plan
+
+
+def final_step_plan(job: Job, task_ids: list[str]) -> dict[str, Any]:
+    """The final step as the plan shows it: its argv, when it runs, and its dependencies on Azure Batch."""
+    assert job.final is not None
+    argv = substitute_command(job.final.command, {"job_id": job.id, "task_id": FINAL_TASK_ID})
+    tree = dependency_tree(task_ids)
+    return {"task_id": FINAL_TASK_ID, "argv": list(argv), "command_line": shlex.join(argv),
+            "run_when": job.final.run_when, "stage_outputs": job.final.stage_outputs,
+            "outputs": [o.model_dump(mode="json") for o in job.final.outputs],
+            "depends_on": {"tasks": len(task_ids), "barriers": len(tree.barriers),
+                           "final_step_names": len(tree.final_depends_on),
+                           "final_step_id_chars": sum(map(len, tree.final_depends_on))}}
 
 
 def _uploads(job: Job, config: Config, local: list[tuple[Path, str]], findings: list[Finding],

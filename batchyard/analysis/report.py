@@ -69,6 +69,7 @@ def report_numbers(data: ReportData) -> dict[str, Any]:
                           "stderr_tail": r.stderr_tail,
                           "logs_command": logs_command(data.job_id, r.task_id, data.backend_flag)}
                          for r in data.failed],
+        "final_step": data.final_step,
         "notes": data.notes,
     }
 
@@ -115,6 +116,11 @@ def render_html(data: ReportData, figures: dict[str, bytes], numbers: dict[str, 
               ("Durations (per attempt)", "—" if d["median"] is None else
                f"median {d['median']:.2f} s, p95 {d['p95']:.2f} s, max {d['max']:.2f} s"),
               ("Report generated", n["generated_at"])]
+    if data.final_step is not None:  # after the per-file tasks, and not among them
+        final, result = data.final_step, data.final_step["result"] or {}
+        header.insert(6, ("Final step", f"{final['state']} (run_when = {final['run_when']}"
+                          + (f", exit code {result['exit_code']}" if result.get("exit_code") is not None else "")
+                          + ")" + (f": {final['reason']}" if final["reason"] else "")))
     key = "".join(f'<span style="background:{COLOURS[o]}"></span>{_e(OUTCOME_HELP[o])}' for o in OUTCOMES)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

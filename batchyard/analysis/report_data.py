@@ -96,6 +96,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     # `batchyard plan`'s Azure forecast, computed from this run's own task durations.
     forecast: dict[str, Any] | None = None
+    final_step: dict[str, Any] | None = None  # the job's [final] task, apart from the per-file ones
     # When the job's latest run began, where the backend keeps runs apart (a re-run's report shows the
     # earlier runs' attempts too, but its wall time is the latest run's alone).
     run_started: float | None = None
@@ -237,6 +238,8 @@ def report_from_backend(backend: Backend, job_id: str) -> ReportData:
     shape = (f"Azure Batch pool {pool.pool_id}: {pool.vm_size} x {pool.target_nodes} node(s) x {pool.slots_per_node} "
              f"slot(s) ({pool.state})" if pool is not None else backend_shape(backend))
     data = build_report(results, job_id=job_id, backend=backend.name, shape=shape, counts=counts)
+    final = backend.final_step(job_id)
+    data.final_step = final.to_dict() if final is not None else None
     # Truncated to the second when recorded, so it never falls after the run's first attempt.
     data.run_started = parse_time(pool.run_started_at) if pool is not None and pool.run_started_at else None
     durations = durations_from(results)

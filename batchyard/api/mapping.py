@@ -44,7 +44,7 @@ from batchyard.api.shipping import (  # noqa: F401  (re-exported: the submitter-
 from batchyard.backends import get_backend, get_backend_class
 from batchyard.backends.base import Backend, SubmitResult, TaskCounts
 from batchyard.core.config import Config, load_config
-from batchyard.core.job import Inputs, Job, OutputSpec, ResourceFileSpec, job_from_dict
+from batchyard.core.job import FinalStep, Inputs, Job, OutputSpec, ResourceFileSpec, job_from_dict
 from batchyard.core.rerun import RerunOption
 from batchyard.core.version import __version__
 from batchyard.node.inline import (
@@ -173,6 +173,12 @@ class MapRun:
         counts = self.counts()
         return counts.total > 0 and counts.succeeded == counts.total
 
+    def final_step(self) -> dict[str, Any] | None:
+        """The final step (``final=``) as ``batchyard status --json`` shows it; None without one."""
+        with self._backend() as be:
+            view = be.final_step(self.job_id)
+        return view.to_dict() if view is not None else None
+
     def output_locations(self) -> list[tuple[str, str]]:
         """(container, blob prefix) pairs where the outputs land."""
         locations = {(out.container, out.path.replace("{job_id}", self.job_id).split("{", 1)[0])
@@ -221,7 +227,8 @@ def build_job(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
               outputs: str | OutputSpec | Sequence[str | OutputSpec], *, job_id: str | None, folder: Path,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str = "python3", advice: str = AZURE_ADVICE) -> Job:
+              python: str = "python3", advice: str = AZURE_ADVICE,
+              final: FinalStep | Mapping[str, Any] | None = None) -> Job:
     """The ordinary job that runs ``fn``; its payload, launcher and modules are written into ``folder``.
 
     ``advice``: what a task's error says to do when ``python`` cannot import batchyard. Relative
@@ -257,6 +264,8 @@ def build_job(kind: str, fn: Callable[..., Any], inputs: str | Inputs,
         "constraints": constraints,
         "environment": dict(environment or {}),
     }
+    if final is not None:  # a command after all the tasks, given their outputs (docs/job-file.md, [final])
+        data["final"] = final.model_dump() if isinstance(final, FinalStep) else dict(final)
     return job_from_dict(data, source=f"map_{kind}({serialized.function_name})", base_dir=folder)
 
 
@@ -371,7 +380,8 @@ def map_files(fn: Callable[[Path, Path], Any], inputs: str | Inputs,
               config: Config | None = None, workers: int | None = None,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str | None = None, timeout: float | None = None, rerun: RerunOption = None) -> MapRun:
+              python: str | None = None, timeout: float | None = None, rerun: RerunOption = None,
+              final: FinalStep | Mapping[str, Any] | None = None) -> MapRun:
     """Run ``fn(src, out_dir)`` once per input blob, as a task on ``backend``.
 
     ``src`` is the staged input (a :class:`~pathlib.Path`), ``out_dir`` an empty folder: every
@@ -388,11 +398,13 @@ def map_files(fn: Callable[[Path, Path], Any], inputs: str | Inputs,
     Relative paths (an ``Inputs``' ``local_dir``, ``resource_files``) are relative to the working dir.
     Run again with the same ``job_id``, a task that succeeded with the same fingerprint (same input,
     function, options) is kept; ``rerun="all"`` or ``rerun=[task ids]`` runs those again anyway.
+    ``final`` (a :class:`~batchyard.core.final_step.FinalStep` or its fields) is one command run after
+    every task, given their outputs, as a job file's ``[final]``; :meth:`MapRun.final_step` shows it.
     """
     return _map("files", fn, inputs, outputs, job_id=job_id, backend=backend, wait=wait, config=config,
                 workers=workers, timeout=timeout, rerun=rerun, max_wall_clock_time=max_wall_clock_time,
                 max_task_retry_count=max_task_retry_count, environment=environment,
-                resource_files=resource_files, python=python)
+                resource_files=resource_files, python=python, final=final)
 
 
 def map_lines(fn: Callable[[str], str | None], inputs: str | Inputs,
@@ -401,7 +413,8 @@ def map_lines(fn: Callable[[str], str | None], inputs: str | Inputs,
               config: Config | None = None, workers: int | None = None,
               max_wall_clock_time: str | float | None = None, max_task_retry_count: int | None = None,
               environment: Mapping[str, str] | None = None, resource_files: Iterable[ResourceLike] = (),
-              python: str | None = None, timeout: float | None = None, rerun: RerunOption = None) -> MapRun:
+              python: str | None = None, timeout: float | None = None, rerun: RerunOption = None,
+              final: FinalStep | Mapping[str, Any] | None = None) -> MapRun:
     """Run ``fn(line) -> str`` on every line of every input blob; one output file per input.
 
     Lines are given without their ending and the output keeps the input's endings (``\\n``
@@ -412,4 +425,4 @@ def map_lines(fn: Callable[[str], str | None], inputs: str | Inputs,
     return _map("lines", fn, inputs, outputs, job_id=job_id, backend=backend, wait=wait, config=config,
                 workers=workers, timeout=timeout, rerun=rerun, max_wall_clock_time=max_wall_clock_time,
                 max_task_retry_count=max_task_retry_count, environment=environment,
-                resource_files=resource_files, python=python)
+                resource_files=resource_files, python=python, final=final)

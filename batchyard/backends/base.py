@@ -22,9 +22,9 @@ What a job's command can rely on, on every backend:
   commands should be safe to re-run. A task recorded as succeeded runs again for the same
   job id only when its fingerprint changed or a re-run is asked for (:mod:`batchyard.core.rerun`),
   and each run of a task has exactly one final record.
-- **Replay.** ``batchyard debug`` runs one task again on this machine with the same argv,
-  environment, resource files, input and image, in the same ``AZ_BATCH_*`` layout
-  (:meth:`Backend.replay_task`, :class:`TaskReplay`).
+- **Replay.** ``batchyard debug`` runs one task again here, as it ran (:meth:`Backend.replay_task`).
+- **Final step.** A job's ``[final]`` task runs after the per-file ones; counts never include it
+  (:meth:`Backend.final_step`, :mod:`batchyard.backends.final_step`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchyard.backends.polling import PollSchedule
+from batchyard.backends.views import PoolSummary, PoolView
 from batchyard.core.errors import BackendError
 from batchyard.core.wire_json import compact_json as dumps  # noqa: F401  (the stores' name for it)
 
@@ -96,6 +97,21 @@ class TaskResult:
 
 
 @dataclass(frozen=True)
+class FinalStepView:
+    """A job's final step as ``status`` shows it, apart from the per-file tasks. ``state``: waiting (for the
+    per-file tasks), pending, running, succeeded, failed, cancelled, skipped (``reason`` says why), or
+    unchanged (it succeeded before and nothing it depends on re-ran)."""
+
+    state: str
+    run_when: str
+    reason: str = ""
+    result: TaskResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "result": self.result.to_dict() if self.result is not None else None}
+
+
+@dataclass(frozen=True)
 class TaskCounts:
     pending: int = 0
     running: int = 0
@@ -133,20 +149,6 @@ class SubmitResult:
 
 
 @dataclass(frozen=True)
-class PoolView:
-    """A pool a backend created, as ``batchyard pool list`` shows it."""
-
-    pool_id: str
-    job_id: str | None  # set for a per-job pool (deleted with its job); None for a shared one
-    created_at: str
-    state: str  # the pool's state on the service, or "missing" when only batchyard's record is left
-    nodes: int | None  # None when the pool is missing
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class TaskReplay:
     """One task, ready to run again on this machine (``batchyard debug``; :meth:`Backend.replay_task`).
 
@@ -163,26 +165,6 @@ class TaskReplay:
     node: NodeContext
     result: TaskResult | None  # what the task's record says; None when it has none yet
     source: str  # where the definition was read, for people ("Batch's task", "the task row"...)
-
-
-@dataclass(frozen=True)
-class PoolSummary:
-    """The pool a job runs on (or last ran on), as ``status`` shows it, with its node-hours so far."""
-
-    pool_id: str
-    state: str  # the pool's state on the service; "deleted" or "kept" once batchyard released it at a run's end
-    vm_size: str
-    nodes: int  # nodes now (at release, for a released pool)
-    target_nodes: int
-    slots_per_node: int
-    node_states: dict[str, int]
-    dedicated_hours: float
-    spot_hours: float
-    per_job: bool  # batchyard made it for this job alone (so a run's end deletes it)
-    run_started_at: str = ""  # ISO 8601: when the job's run on it began (the report's wall time starts there)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -401,6 +383,10 @@ class Backend(ABC):
         :class:`~batchyard.core.errors.TaskNotFoundError`. Nothing is changed anywhere.
         """
         raise BackendError(f"the {self.name} backend cannot replay a task on this machine")
+
+    def final_step(self, job_id: str) -> FinalStepView | None:
+        """The job's final step apart from its per-file tasks; None for a job without one."""
+        return None
 
     def pool_summary(self, job_id: str) -> PoolSummary | None:
         """The pool the job runs (or ran) on; None for a backend without pools."""

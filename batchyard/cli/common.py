@@ -82,7 +82,7 @@ backend_option = click.option("--backend", default=None, help="Backend to use: l
 rerun_option = click.option(
     "--rerun", "rerun", multiple=True, metavar="TASK_ID|all",
     help="Run this task again whatever its record says (repeatable), or `all` of them. Without it, a task that "
-         "succeeded with the same fingerprint is kept.")
+         "succeeded with the same fingerprint is kept. The [final] step is `final-step`.")
 
 
 def rerun_choice(values: tuple[str, ...]) -> str | tuple[str, ...] | None:

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchyard.backends import get_backend
-from batchyard.backends.base import Backend, TaskCounts, TaskResult, TaskState
+from batchyard.backends.base import Backend, FinalStepView, TaskCounts, TaskResult, TaskState
 from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules import these from here)
     EXIT_ERROR,
     EXIT_FAILED_TASKS,
@@ -37,6 +37,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     verbose_option,
 )
 from batchyard.core.config import Config, load_config
+from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, load_job
 from batchyard.core.rerun import RerunPlan
 from batchyard.core.secret_handoff import hide_credentials
@@ -151,6 +152,21 @@ def _summary(results: Iterable[TaskResult], counts: TaskCounts | Callable[[], Ta
                   soft_wrap=True)
 
 
+def _final_step(be: Backend, job_id: str, flag: str = "") -> FinalStepView | None:
+    """The job's final step on a line of its own, apart from the per-file tasks' table."""
+    view = be.final_step(job_id)
+    if view is not None:
+        result = view.result
+        code = f", exit code {result.exit_code}" if result is not None and result.exit_code is not None else ""
+        why = f": {view.reason}" if view.reason else ""
+        failure = f": {result.failure_category}: {result.failure_message}" if view.state == "failed" and result else ""
+        out.print(styled("final step ", (view.state, STATE_STYLE.get(view.state, "")),
+                         f" (run_when = {view.run_when}{code}){why}{failure}"), highlight=False, soft_wrap=True)
+        if view.state == "failed":
+            out.print(f"its stderr: batchyard logs {job_id} {FINAL_TASK_ID} --stderr{flag}", soft_wrap=True)
+    return view
+
+
 def _pool(be: Backend, config: Config, job_id: str) -> None:
     """The job's pool, its node-hours and their cost (backends with pools)."""
     summary = be.pool_summary(job_id)
@@ -201,8 +217,10 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
             return
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
         _summary(be.list_task_results(job.id), counts, job.id, flag)
+        final = _final_step(be, job.id, flag)
         _pool(be, config, job.id)
-        if counts.failed or counts.cancelled:  # not every task succeeded: a script must not go on
+        if counts.failed or counts.cancelled or (final is not None and final.state == "failed"):
+            # not every task succeeded: a script must not go on
             sys.exit(EXIT_FAILED_TASKS)
 
 
@@ -234,6 +252,7 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
         # The counts once the results have streamed through the summary, as before they were listed first.
         _summary(be.list_task_results(job_id), lambda: be.task_counts(job_id), job_id,
                  backend_flag(config_path, be.name))
+        _final_step(be, job_id, backend_flag(config_path, be.name))
         _pool(be, config, job_id)
 
 
@@ -254,7 +273,9 @@ def _status_json(be: Backend, config: Config, job_id: str) -> None:
     counts = be.task_counts(job_id)
     summary = be.pool_summary(job_id)
     pool = pool_cost(summary, config) if summary is not None else None
-    stream.write(f'],\n "counts": {json.dumps(counts.to_dict())},\n "pool": {json.dumps(pool)}}}\n')
+    final = be.final_step(job_id)  # apart from the tasks: it is none of them
+    stream.write(f'],\n "counts": {json.dumps(counts.to_dict())},\n "pool": {json.dumps(pool)},\n "final_step": '
+                 f'{json.dumps(final.to_dict() if final is not None else None, ensure_ascii=False)}}}\n')
     stream.flush()
 
 

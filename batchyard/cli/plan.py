@@ -78,6 +78,11 @@ def render(p: Plan, *, show: int = 5) -> None:
         if p.tasks > len(p.sample):
             out.print(f"  ... and {p.tasks - len(p.sample)} more", highlight=False)
         render_rerun(p, show)
+        if p.final_step is not None:
+            final, deps = p.final_step, p.final_step["depends_on"]
+            out.print(styled("\n", ("final step", "bold"), f" ({final['task_id']}, run_when = {final['run_when']}, "
+                             f"after {deps['tasks']} task(s); on Azure Batch through {deps['barriers']} barrier "
+                             f"task(s)): {final['command_line']}"), highlight=False, soft_wrap=True)
         out.print(styled("\n", ("uploads", "bold")), highlight=False)
         local = p.uploads.get("local_dir")
         if local:

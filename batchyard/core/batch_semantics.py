@@ -295,3 +295,15 @@ def final_record(category: str | None, reason: str | None, *, attempts: Sequence
     return {"state": "succeeded" if category is None else "failed", "failure_category": category,
             "failure_message": redact(reason) if reason else reason, "ended_at": ended_at or now_iso(),
             "attempts_json": list(attempts), **facts}
+
+
+# --------------------------------------------------------------------------------------- dependencies
+# A task's dependsOn.taskIds may hold at most this many characters in all (the ids' lengths added
+# up); more is refused with 400 TaskDependencyListTooLong. Ranges (dependsOn.taskIdRanges) name
+# only integer ids, which batchyard's task ids are not.
+MAX_DEPENDENCY_ID_CHARS = 64_000
+# What a dependent task batchyard adds names at most: Azure asks for "slightly less" than the limit
+# (its stored form has some overhead), so a quarter is left free.
+DEPENDENCY_ID_BUDGET = 48_000
+TASK_DEPENDENCIES_NOT_ON_JOB = "TaskDependenciesNotSpecifiedOnJob"  # dependsOn in a job without them
+DEPENDENCY_LIST_TOO_LONG = "TaskDependencyListTooLong"

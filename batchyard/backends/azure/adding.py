@@ -15,10 +15,14 @@ from typing import Any
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from batchyard.backends.azure.final import add_final_step, satisfies_on_any_end
 from batchyard.backends.azure.registries import ContainerSetup
+from batchyard.backends.azure.reruns import Placement
+from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.task_bodies import TaskBodies
 from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
+from batchyard.backends.final_step import final_as_job
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError
 from batchyard.core.job import Job, TaskDef, parse_duration
@@ -48,7 +52,7 @@ class JobWriter:
 
     def create_job(self, job: Job, batch_job_id: str, pool_id: str) -> None:
         options = bm.BatchJobCreateOptions(
-            id=batch_job_id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=False,
+            id=batch_job_id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=job.final is not None,
             # noaction: the job stays open while a submit may still add tasks; batchyard terminates it
             # at the end of the run (ending.py).
             all_tasks_complete_mode=bm.BatchAllTasksCompleteMode.NO_ACTION,
@@ -67,6 +71,28 @@ class JobWriter:
                 raise BackendError(f"job {job.id}: the Batch job id {batch_job_id!r} of its next run is taken by "
                                    "another job; delete that Batch job or use a new id") from None
             # else a concurrent submit of the same job won the race: same job, reuse it
+
+    def open_and_add(self, job: Job, chain: RunChain, runs: RunRecords, *, batch_job: bm.BatchJob | None,
+                     is_open: bool, pool_id: str, placed: Placement, required: list[str],
+                     containers: ContainerSetup | None) -> None:
+        """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
+        if not is_open:
+            if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
+                chain.update_current()
+            if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
+                chain.opened(carried=placed.carried, pool_id=pool_id)
+            else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
+                chain.update_current(carried=placed.carried, pool_id=pool_id)
+            runs.save(chain)
+            self.create_job(job, chain.current.batch_job_id, pool_id)
+        elif not chain.runs or chain.current.carried != placed.carried:
+            # Recorded now (a job submitted before runs were recorded), or a task carried from an
+            # earlier run re-runs in this one, which counts it from now on.
+            chain.update_current(pool_id=chain.current.pool_id or pool_id, carried=placed.carried)
+            runs.save(chain)
+        self.delete_tasks(chain.current.batch_job_id, [t.task_id for t in placed.readd])
+        self.add(job, chain.current.batch_job_id, tasks=placed.add + placed.readd, required=required,
+                 containers=containers)
 
     def delete_tasks(self, batch_job_id: str, task_ids: list[str]) -> None:
         """Delete failed tasks so they can be added again: reactivation would keep their expired SAS URLs."""
@@ -102,16 +128,27 @@ class JobWriter:
         bodies = TaskBodies(job, urls=self.urls(job, lifetime), required=required,
                             registry=containers.task_registry if containers else None)
         options = []
+        satisfy = satisfies_on_any_end(job)  # a per-file failure releases the final step too
         for task in tasks:
             input_url = None
             if task.input_blob is not None and task.input_container is not None:
                 input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
                                                       permission="r")
-            options.append(bodies.body(task, input_url=input_url))
+            body = bodies.body(task, input_url=input_url)
+            options.append({**body, "exitConditions": satisfy} if satisfy else body)
         report = TaskAdder(self.client, batch_job_id).add(options)
         if report.existed:
             log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",
                      job.id, report.existed)
+
+    def add_final(self, job: Job, batch_job_id: str, *, per_file_ids: list[str], replaced: list[str],
+                  containers: ContainerSetup | None = None) -> None:
+        """The final step and its barriers, after deleting those of an earlier submit (``replaced``)."""
+        self.delete_tasks(batch_job_id, replaced)
+        lifetime, _ = sas_lifetime(job, margin=timedelta(seconds=parse_duration(self.config.azure.sas_margin)))
+        add_final_step(self.client, self.documents, job, batch_job_id, per_file_ids,
+                       urls=self.urls(final_as_job(job), lifetime), lifetime=lifetime,
+                       registry=containers.task_registry if containers else None)
 
 
 __all__ = ["JobWriter"]

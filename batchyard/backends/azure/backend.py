@@ -28,23 +28,21 @@ from azure.core.exceptions import ResourceNotFoundError
 from batchyard.backends.azure.adding import JobWriter
 from batchyard.backends.azure.clients import is_loopback_url, make_client, make_storage
 from batchyard.backends.azure.ending import RunEnds, delete_job, fate_text
+from batchyard.backends.azure.final import counts_without_final, final_dependencies, final_settled, final_step_view
 from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views
 from batchyard.backends.azure.nodes import NodeWatch
 from batchyard.backends.azure.pools import PoolManager
 from batchyard.backends.azure.preflight import JobChecks, auth_finding
 from batchyard.backends.azure.preview import SubmitPreview, preview_submit
-from batchyard.backends.azure.registries import ContainerSetup, container_setup
+from batchyard.backends.azure.registries import container_setup
 from batchyard.backends.azure.replay import replay_task
-from batchyard.backends.azure.reruns import ChainRecords, Placement, chain_records, place
+from batchyard.backends.azure.reruns import ChainRecords, chain_records, place
 from batchyard.backends.azure.results import ResultReader
 from batchyard.backends.azure.runs import RunChain, RunRecords
-from batchyard.backends.azure.tasks import (
-    batch_error,
-    enum_text,
-    required_patterns,
-)
+from batchyard.backends.azure.tasks import batch_error, enum_text, required_patterns, task_result
 from batchyard.backends.base import (
     Backend,
+    FinalStepView,
     JobView,
     PoolSummary,
     PoolView,
@@ -55,9 +53,11 @@ from batchyard.backends.base import (
     dumps,
 )
 from batchyard.backends.documents import JobDocuments, fan_out
+from batchyard.backends.final_step import load_state, plan_submission
 from batchyard.backends.outputs import current_outputs
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
+from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier, without_final
 from batchyard.core.findings import Finding
 from batchyard.core.job import Job, TaskDef, parse_duration
 from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
@@ -87,6 +87,7 @@ class AzureBackend(Backend):
         self._submitted_run: str | None = None  # the job whose run this process opened and has not ended
         self._last_alive_check = 0.0
         self._job_state_cache: dict[str, tuple[float, str]] = {}
+        self._final_runs: dict[str, str | None] = {}
 
     @property
     def client(self) -> BatchClient:
@@ -200,6 +201,7 @@ class AzureBackend(Backend):
                                "run it again once `batchyard delete` has finished, or use a new id")
         is_open = batch_job is not None and state not in CLOSED
         records = chain_records(self.client, chain, open_batch_job=current.batch_job_id if is_open else None)
+        rerun, final_named = without_final(rerun)
         plan = self.rerun_plan(job, tasks, rerun=rerun, prior=records.prior)
         if on_plan is not None:
             on_plan(plan)
@@ -207,12 +209,23 @@ class AzureBackend(Backend):
         spec_hash = hashlib.sha256(dumps(job.model_dump(mode="json")).encode()).hexdigest()[:16]
         self.documents.save_job(job, spec_hash=spec_hash, backend=self.name)
         self.documents.save_manifest(job.id, spec_hash, tasks, job=job)
+        final_record = records.prior.get(FINAL_TASK_ID)
+        final_due = job.final is not None and plan_submission(  # it depends on every task: re-runs with any
+            self.documents, job, dependencies_reran=plan.any_rerun() or final_named,
+            succeeded_before=final_record is not None and final_record.state == "succeeded")
         self._expected[job.id] = len(tasks)
+        self._final_runs.pop(job.id, None)
         pool_id, created = None, False
-        if placed.add or placed.readd:
+        if placed.add or placed.readd or final_due:
             pool_id, created = self.pools.resolve(job.id, containers=containers)
             try:
-                self._queue(job, chain, batch_job, is_open, pool_id, placed, required, containers)
+                self.writer.open_and_add(job, chain, self.runs, batch_job=batch_job, is_open=is_open,
+                                         pool_id=pool_id, placed=placed, required=required, containers=containers)
+                if final_due:
+                    ids, replaced = final_dependencies(tasks, placed, records.where, current=chain.current.batch_job_id,
+                                                       is_open=is_open)
+                    self.writer.add_final(job, chain.current.batch_job_id, per_file_ids=ids, replaced=replaced,
+                                          containers=containers)
                 if created:  # tasks are queued already: nodes come up while we wait here
                     self.pools.wait_steady(pool_id, timeout_s=parse_duration(self.config.azure.steady_timeout),
                                            poll_s=self.config.azure.poll_interval)
@@ -221,31 +234,10 @@ class AzureBackend(Backend):
         elif batch_job is not None and batch_job.pool_info is not None:
             pool_id = batch_job.pool_info.pool_id
         self._watch = (job.id, pool_id) if pool_id else None
-        self._submitted_run = job.id if placed.add or placed.readd else None
+        self._submitted_run = job.id if placed.add or placed.readd or final_due else None
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(placed.add) + len(placed.readd),
                             already_succeeded=plan.kept, already_running=plan.running,
                             rerun_failed=plan.counts()["failed"], rerun=plan)
-
-    def _queue(self, job: Job, chain: RunChain, batch_job: bm.BatchJob | None, is_open: bool, pool_id: str,
-               placed: Placement, required: list[str], containers: ContainerSetup | None) -> None:
-        """Open a run if the current one ended, then (re-)add the tasks with fresh URLs."""
-        if not is_open:
-            if batch_job is not None and not chain.runs:  # a job submitted before runs were recorded
-                chain.update_current()
-            if batch_job is not None or not chain.runs:  # a new run (the first one has the job's id)
-                chain.opened(carried=placed.carried, pool_id=pool_id)
-            else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
-                chain.update_current(carried=placed.carried, pool_id=pool_id)
-            self.runs.save(chain)
-            self.writer.create_job(job, chain.current.batch_job_id, pool_id)
-        elif not chain.runs or chain.current.carried != placed.carried:
-            # Recorded now (a job submitted before runs were recorded), or a task carried from an
-            # earlier run re-runs in this one, which counts it from now on.
-            chain.update_current(pool_id=chain.current.pool_id or pool_id, carried=placed.carried)
-            self.runs.save(chain)
-        self.writer.delete_tasks(chain.current.batch_job_id, [t.task_id for t in placed.readd])
-        self.writer.add(job, chain.current.batch_job_id, tasks=placed.add + placed.readd, required=required,
-                        containers=containers)
 
     def _end_failed_submit(self, job_id: str, exc: BaseException) -> None:
         """A submit stopped after its pool existed (Ctrl-C, resize errors): end the run, then re-raise."""
@@ -260,6 +252,8 @@ class AzureBackend(Backend):
     def task_counts(self, job_id: str) -> TaskCounts:
         run = self._chain(job_id).current
         counts = batch_task_counts(self.client, run.batch_job_id, lambda: self._job_state(run.batch_job_id))
+        if self._final_run(job_id) == run.batch_job_id:  # its barriers and final task are not per-file tasks
+            counts = counts_without_final(self.client, run.batch_job_id, counts)
         # Tasks that succeeded in an earlier run of the chain were not added again (carried over).
         return replace(counts, succeeded=counts.succeeded + run.carried)
 
@@ -317,10 +311,24 @@ class AzureBackend(Backend):
         # reaches what this process submitted (or after a grace period).
         if not counts.finished:
             return False
-        if counts.total >= self._expected.get(job_id, 0):
+        if counts.total < self._expected.get(job_id, 0):
+            short_since = self._short_since.setdefault(job_id, time.monotonic())
+            if time.monotonic() - short_since <= COUNTS_LAG_GRACE_S:
+                return False
+        run = self._chain(job_id).current.batch_job_id
+        if self._final_run(job_id) != run:
             return True
-        short_since = self._short_since.setdefault(job_id, time.monotonic())
-        return time.monotonic() - short_since > COUNTS_LAG_GRACE_S
+        return final_settled(self.client, run, self.job(job_id), counts, self.documents)
+
+    def _final_run(self, job_id: str) -> str | None:
+        """The Batch job of the run that has the job's final step (None: no final step due)."""
+        if job_id not in self._final_runs:
+            self._final_runs[job_id] = load_state(self.documents, job_id).get("batch_job_id")
+        return self._final_runs[job_id]
+
+    def final_step(self, job_id: str) -> FinalStepView | None:
+        return final_step_view(self.client, self.documents, self.job(job_id), self.task_counts(job_id),
+                               self._chain(job_id, fresh=True).batch_job_ids(), task_result)
 
     def _on_settled(self, job_id: str, counts: TaskCounts) -> None:
         self._short_since.pop(job_id, None)
@@ -362,7 +370,7 @@ class AzureBackend(Backend):
     # --- queries ---------------------------------------------------------------------------------------
     def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
         self._chain(job_id, fresh=True)
-        return self.reader.list_task_results(job_id)
+        return (r for r in self.reader.list_task_results(job_id) if not is_final_or_barrier(r.task_id))
 
     def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.azure.final import counts_without_final
 from batchyard.backends.azure.tasks import JobFacts, batch_error, enum_text, failure_category
 from batchyard.backends.base import JobView, TaskCounts
 from batchyard.backends.documents import JobDocuments
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 ENDED = ("completed", "terminating")  # a job in these states starts no task again
 CANCEL_REASON = "UserTerminate"  # the reason `batchyard cancel` terminates a job with
 LIST_CONCURRENCY = 8
-JOB_SELECT = ["id", "state", "creationTime", "lastModified", "stateTransitionTime", "executionInfo", "metadata"]
+JOB_SELECT = ["id", "state", "creationTime", "lastModified", "stateTransitionTime", "executionInfo", "metadata",
+              "usesTaskDependencies"]
 
 
 def ended_by_user(client: Any, job_id: str) -> int:
@@ -124,6 +126,8 @@ def job_views(client: Any, documents: JobDocuments, backend: str) -> list[JobVie
         state = _state(job)
         try:
             counts: TaskCounts | None = batch_task_counts(client, job.id, lambda: enum_text(job.state))
+            if job.uses_task_dependencies:  # only a job with a final step: its barriers and final task apart
+                counts = counts_without_final(client, job.id, counts)
         except Exception as exc:
             log.warning("%s", exc)
             counts = None

@@ -23,6 +23,7 @@ from typing import Any
 
 from batchyard.backends.base import (
     Backend,
+    FinalStepView,
     JobView,
     SubmitResult,
     TaskCounts,
@@ -35,6 +36,7 @@ from batchyard.backends.base import (
 from batchyard.backends.documents import fan_out
 from batchyard.backends.local.admission import message_key_for_submit
 from batchyard.backends.local.bulk import cancel_pending_rows, delete_task_rows
+from batchyard.backends.local.final_run import final_step_settled, final_step_view, plan_final_step
 from batchyard.backends.local.job_queues import QUEUED_FIELD, delete_job_queue, queue_for_submit
 from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
@@ -47,6 +49,7 @@ from batchyard.backends.outputs import current_outputs
 from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
+from batchyard.core.final_step import FINAL_TASK_ID, without_final
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
@@ -98,6 +101,7 @@ class LocalBackend(Backend):
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job, resources=resource_digests(job, digests))
+        rerun, final_named = without_final(rerun)
         plan = self.rerun_plan(job, tasks, rerun=rerun)
         if on_plan is not None:
             on_plan(plan)
@@ -112,6 +116,10 @@ class LocalBackend(Backend):
         # with its new definition and fingerprint. The others get theirs when a worker claims them.
         self.store.write_pending(job.id, [t for t in to_queue if plan.reasons[t.task_id] != ("new",)], reset=True)
         self._enqueue(job.id, queue, to_queue, key.encode())
+        if job.final is not None:  # it depends on every task: it runs again when any of them does
+            prior = self.store.get_task(job.id, FINAL_TASK_ID)
+            plan_final_step(self.store, job, dependencies_reran=plan.any_rerun() or final_named,
+                            prior_state=prior.get("state") if prior else None)
         # Workers that found the job's queue empty look at it again when this changes.
         self.store.set_job_fields(job.id, **{QUEUED_FIELD: time.time()})
         return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=plan.kept,
@@ -173,6 +181,14 @@ class LocalBackend(Backend):
         )
         proc.start()
         return proc
+
+    def _settled(self, job_id: str, counts: TaskCounts) -> bool:
+        """Every per-file task final, then the final step (queued here once they are) final too."""
+        return counts.finished and final_step_settled(self.store, self.job(job_id), counts, self._enqueue)
+
+    def final_step(self, job_id: str) -> FinalStepView | None:
+        self._require_job(job_id)
+        return final_step_view(self.store, self.job(job_id), self.task_counts(job_id))
 
     def _check_alive(self) -> None:
         """Replace workers that died (a crash or a kill), up to a limit; fail if storage is lost."""
@@ -255,6 +271,8 @@ class LocalBackend(Backend):
         cancelled = job_row.get("state") == "cancelled"
         seen: set[str] = set()
         for entity in self._tally(job_id, job_row).watching(self.store.task_entities(job_id)):
+            if entity["RowKey"] == FINAL_TASK_ID:  # shown apart: final_step()
+                continue
             seen.add(entity["RowKey"])
             yield entity_to_result(entity)
         for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row

@@ -8,6 +8,7 @@ from typing import Any
 
 from batchyard.backends.base import TaskCounts, TaskState, final_state
 from batchyard.backends.local.store import JobStore
+from batchyard.core.final_step import FINAL_TASK_ID
 
 
 class TaskTally:
@@ -38,6 +39,9 @@ class TaskTally:
         states: dict[str, TaskState] = {}
         newest = self.newest
         for entity in rows:
+            if entity["RowKey"] == FINAL_TASK_ID:  # the final step is shown apart, never counted
+                yield entity
+                continue
             states[entity["RowKey"]] = final_state(entity.get("state") or "pending", entity.get("failure_category"))
             stamp = entity.get("_timestamp")
             if stamp is not None and (newest is None or stamp > newest):
@@ -53,6 +57,8 @@ class TaskTally:
         else:
             rows = self.store.task_entities(self.job_id, select=select, since=self.newest - self.OVERLAP)
         for entity in rows:
+            if entity["RowKey"] == FINAL_TASK_ID:  # the final step is shown apart, never counted
+                continue
             self.states[entity["RowKey"]] = final_state(entity.get("state") or "pending",
                                                         entity.get("failure_category"))
             stamp = entity.get("_timestamp")

@@ -39,6 +39,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.final_step import LISTER_TARGET, LOCATIONS_TARGET, final_as_job, final_blob
 from batchyard.backends.local.admission import Admission, Refused, poison_once, record_poisoned
 from batchyard.backends.local.claims import ClaimKeeper
 from batchyard.backends.local.grouped_rows import GROUP_WINDOW_S, MAX_GROUP, RECORD_DELAY_S
@@ -48,6 +49,7 @@ from batchyard.backends.local.rows import task_def_from_entity
 from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.core.batch_semantics import LOG_STREAMS, log_blob_name, log_file_name
 from batchyard.core.config import Config
+from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, OutputSpec, output_prefix
 from batchyard.core.redact import redact
 from batchyard.node.runner import (
@@ -103,6 +105,11 @@ def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_
                      retry_bonus: int = 0, spec_hash: str = "") -> TaskSpec:
     """The TaskSpec of one task row under the local backend (blobs by account reference)."""
     task = task_def_from_entity(entity)
+    extra: list[ResourceFile] = []
+    if task.task_id == FINAL_TASK_ID and job.final is not None:  # its outputs, the lister and the locations
+        extra = [ResourceFile(file_path=target, container=store.system_container, blob=final_blob(job.id, target))
+                 for target in (LISTER_TARGET, LOCATIONS_TARGET)]
+        job = final_as_job(job)
     # The spec hash changes whenever a re-submit could have changed a resource file, so a node's
     # cached copy is only reused for the exact submission it came from.
     resources = [
@@ -110,7 +117,7 @@ def build_local_spec(job: Job, entity: dict[str, Any], store: JobStore, *, keep_
                      blob=store.resource_blob(job.id, rf.target),
                      cache_key=f"{job.id}/{spec_hash}/{rf.target}" if spec_hash else None)
         for rf in job.resource_files
-    ]
+    ] + extra
     if task.input_blob is not None and task.input_path is not None:
         resources.append(ResourceFile(file_path=task.input_path, container=task.input_container,
                                       blob=task.input_blob, is_input=True))

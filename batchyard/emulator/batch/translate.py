@@ -12,7 +12,15 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from batchyard.core import batch_semantics
-from batchyard.core.batch_semantics import BatchFailure, batch_exit_code, batch_failure, staging_code
+from batchyard.core.batch_semantics import (
+    DEPENDENCY_LIST_TOO_LONG,
+    MAX_DEPENDENCY_ID_CHARS,
+    TASK_DEPENDENCIES_NOT_ON_JOB,
+    BatchFailure,
+    batch_exit_code,
+    batch_failure,
+    staging_code,
+)
 from batchyard.core.errors import BatchyardError
 from batchyard.core.paths import safe_relative_path
 from batchyard.emulator.batch.common import BatchApiError, check_id, invalid, parse_duration, require, unsupported
@@ -107,6 +115,43 @@ def check_container_settings(settings: Any, prop: str = "containerSettings") -> 
         check_registry(settings["registry"], f"{prop}.registry")
 
 
+def _check_dependencies(body: dict[str, Any], *, uses_dependencies: bool) -> None:
+    """dependsOn and exitConditions' dependencyAction as Azure checks them when a task is added."""
+    depends_on = body.get("dependsOn")
+    if depends_on:
+        if not uses_dependencies:
+            raise BatchApiError(400, TASK_DEPENDENCIES_NOT_ON_JOB,
+                                "The specified task has dependencies but the job does not set "
+                                "usesTaskDependencies to true.", [("TaskId", body["id"])])
+        if not isinstance(depends_on, dict):
+            raise invalid("dependsOn must be an object", "dependsOn")
+        ids = depends_on.get("taskIds") or []
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise invalid("dependsOn.taskIds must be a list of task ids", "dependsOn.taskIds")
+        if sum(map(len, ids)) > MAX_DEPENDENCY_ID_CHARS:
+            raise BatchApiError(400, DEPENDENCY_LIST_TOO_LONG,
+                                "The task's dependency list is too long to be stored: its task ids add up to "
+                                f"{sum(map(len, ids)):,} characters, at most {MAX_DEPENDENCY_ID_CHARS:,}. "
+                                "Consider task id ranges instead.", [("TaskId", body["id"])])
+        for rng in depends_on.get("taskIdRanges") or []:
+            if not isinstance(rng, dict) or not isinstance(rng.get("start"), int) \
+                    or not isinstance(rng.get("end"), int):
+                raise invalid("taskIdRanges entries need integer start and end", "dependsOn.taskIdRanges")
+    conditions = body.get("exitConditions") or {}
+    options = [conditions.get(k) for k in ("preProcessingError", "fileUploadError", "default")]
+    options += [(e or {}).get("exitOptions") for e in (conditions.get("exitCodes") or [])]
+    options += [(e or {}).get("exitOptions") for e in (conditions.get("exitCodeRanges") or [])]
+    for option in options:
+        action = (option or {}).get("dependencyAction") if isinstance(option, dict) else None
+        if action is None:
+            continue
+        if not uses_dependencies:  # Azure: an invalid property value when the job has no dependencies
+            raise invalid("dependencyAction needs a job with usesTaskDependencies set to true",
+                          "exitConditions.dependencyAction")
+        if action not in ("satisfy", "block"):
+            raise invalid("dependencyAction must be satisfy or block", "exitConditions.dependencyAction")
+
+
 def validate_task(body: Any, *, uses_dependencies: bool) -> dict[str, Any]:
     """Check a task body as Batch would on add; returns it (the stored spec)."""
     if not isinstance(body, dict):
@@ -134,14 +179,7 @@ def validate_task(body: Any, *, uses_dependencies: bool) -> dict[str, Any]:
     slots = body.get("requiredSlots", 1)
     if not isinstance(slots, int) or slots < 1:
         raise invalid("requiredSlots must be a positive integer", "requiredSlots")
-    if body.get("dependsOn"):
-        if not uses_dependencies:
-            raise BatchApiError(409, "TaskDependenciesNotSpecifiedOnJob",
-                                "The specified task has dependencies but the job does not set "
-                                "usesTaskDependencies to true.", [("TaskId", body["id"])])
-        for rng in body["dependsOn"].get("taskIdRanges") or []:
-            if not isinstance(rng.get("start"), int) or not isinstance(rng.get("end"), int):
-                raise invalid("taskIdRanges entries need integer start and end", "dependsOn.taskIdRanges")
+    _check_dependencies(body, uses_dependencies=uses_dependencies)
     return body
 
 
