@@ -2,7 +2,8 @@
 
 python scale_job.py CONFIG N RUNS WORKERS TIMEOUT -> prints {"rss_*_mb", "submit_s", "run_s", "counts", "anomalies"}
 The submitting process only submits, polls and reports: workers are forked children, so its own peak RSS
-(ru_maxrss of this process, not of its children) is the submitter's memory.
+is the submitter's memory. Read as VmHWM, which exec resets: Linux keeps ru_maxrss across exec, so it
+would report the parent's peak (a pytest process that ran the whole suite in one process: 266 MB).
 """
 
 import json
@@ -19,6 +20,12 @@ from batchyard.core.job import job_from_dict
 
 
 def rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
