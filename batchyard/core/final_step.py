@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from batchyard.core.batch_semantics import DEPENDENCY_ID_BUDGET
-from batchyard.core.job_parts import OutputSpec, _Model, command_problem
+from batchyard.core.job_parts import OutputSpec, _Model, checked_command
 from batchyard.core.placeholders import substitute_command
 
 # Per-file task ids end in '-' and 12 hex digits (core/job.py): these never do, so never collide.
@@ -52,10 +52,7 @@ class FinalStep(_Model):
     @field_validator("command")
     @classmethod
     def _command(cls, v: str) -> str:
-        problem = command_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+        return checked_command(v)
 
     def check_placeholders(self) -> None:
         """Only {job_id} and {task_id}: the final step has no input and no table row."""

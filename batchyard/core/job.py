@@ -30,7 +30,7 @@ from batchyard.core.job_parts import (
     OutputSpec,
     ResourceFileSpec,
     _Model,
-    command_problem,
+    checked_command,
 )
 from batchyard.core.paths import blob_name_problem, fnmatch_name, safe_relative_path
 from batchyard.core.placeholders import (
@@ -93,10 +93,7 @@ class Job(_Model):
     @field_validator("command")
     @classmethod
     def _command(cls, v: str) -> str:
-        problem = command_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
+        return checked_command(v)
 
     @field_validator("environment")
     @classmethod

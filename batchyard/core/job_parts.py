@@ -125,13 +125,15 @@ class Constraints(_Model):
         return None if v is None else parse_duration(v)
 
 
-def command_problem(command: str) -> str | None:
-    """Why ``command`` cannot be a task's command (None when it can): too long, unsplittable, empty."""
+def checked_command(command: str) -> str:
+    """``command`` as a task's command, or ValueError saying why not: too long, unsplittable, empty."""
     if len(command) > MAX_COMMAND_CHARS:  # before splitting, which is slow on a long one
-        return (f"is {len(command):,} characters long; at most {MAX_COMMAND_CHARS:,} are accepted (put a "
-                "long script in a resource file and run that)")
+        raise ValueError(f"is {len(command):,} characters long; at most {MAX_COMMAND_CHARS:,} are accepted "
+                         "(put a long script in a resource file and run that)")
     try:
         argv = split_command(command)
     except ValueError as exc:
-        return f"cannot be split into arguments: {exc}"
-    return None if argv else "must not be empty"
+        raise ValueError(f"cannot be split into arguments: {exc}") from None
+    if not argv:
+        raise ValueError("must not be empty")
+    return command
