@@ -57,6 +57,18 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Figures tests measured (``record_property("figure", ...)``), e.g. the recordings' replay, shown
+    at the end of every run: under pytest-xdist a test's own output is not."""
+    figures = [value for key in ("passed", "failed") for report in terminalreporter.stats.get(key, [])
+               if getattr(report, "when", "") == "call"
+               for name, value in getattr(report, "user_properties", ()) if name == "figure"]
+    if figures:
+        terminalreporter.section("figures")
+        for figure in figures:
+            terminalreporter.line(str(figure))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--fast-path") == "off":
         skip = pytest.mark.skip(reason="about the fast path, which --fast-path=off turns off")

@@ -39,7 +39,8 @@ def _logs_container(connection_string: str, name: str) -> str:
 
 
 def test_recorded_traffic_is_answered_as_azure_did(batch_emulator_factory: Any, azurite_connection_string: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    record_property: Any) -> None:
     outcomes: list[Outcome] = []
     for path in recordings():
         # A fresh emulator per recording, its transitional states held until an entry polls them away.
@@ -55,9 +56,10 @@ def test_recorded_traffic_is_answered_as_azure_did(batch_emulator_factory: Any, 
     implemented = [o for o in replayable if o.cause in ("match", "mismatch")]
     matched = causes["match"]
     share = matched / len(replayable)
+    figure = f"replay: {matched} of {len(replayable)} ({100 * share:.1f}%); by cause: {dict(sorted(causes.items()))}"
+    record_property("figure", figure)  # the suite's summary shows it (tests/conftest.py), xdist or not
     with capsys.disabled():
-        print(f"\nreplay: {matched} of {len(replayable)} ({100 * share:.1f}%);",
-              f"by cause: {dict(sorted(causes.items()))}")
+        print("\n" + figure)
         for outcome in outcomes:
             if outcome.cause != "match":
                 print("  " + outcome.line())
