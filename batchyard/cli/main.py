@@ -36,6 +36,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     styled,
     verbose_option,
 )
+from batchyard.cli.lazy_group import LazyGroup
 from batchyard.core.config import Config, load_config
 from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, load_job
@@ -46,7 +47,12 @@ from batchyard.core.version import __version__
 SUMMARY_ROWS = 25
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Command groups that live in their own modules, imported when used (they import helpers from here).
+LAZY_COMMANDS = {name: f"batchyard.cli.{name}:{name}"
+                 for name in ("debug", "emulator", "jobs", "plan", "pool", "report")}
+
+
+@click.group(cls=LazyGroup, lazy_commands=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchyard")
 def main() -> None:
     """Per-file batch jobs: locally on Azure Storage (Azurite), on Azure Batch, or on its emulator."""
@@ -384,18 +390,3 @@ def worker(workers: int | None, jobs: tuple[str, ...], idle_exit: float | None, 
     finally:
         be.stop_execution()
 
-
-# Command groups that live in their own modules (imported last: they import helpers from here).
-from batchyard.cli.debug import debug  # noqa: E402
-from batchyard.cli.emulator import emulator  # noqa: E402
-from batchyard.cli.jobs import jobs  # noqa: E402
-from batchyard.cli.plan import plan  # noqa: E402
-from batchyard.cli.pool import pool  # noqa: E402
-from batchyard.cli.report import report  # noqa: E402
-
-main.add_command(debug)
-main.add_command(emulator)
-main.add_command(jobs)
-main.add_command(plan)
-main.add_command(pool)
-main.add_command(report)
