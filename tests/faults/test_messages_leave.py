@@ -152,3 +152,23 @@ def test_a_message_azurite_cannot_deliver_does_not_stop_the_worker(project: Any,
         assert _count(job_queue(be, job.id)) == 1, "Azurite is expected to keep the message it cannot deliver"
     assert worker.tasks_run == 1 and result.state == "succeeded"
     assert runs_of(runs) == ["after"]
+
+
+def test_a_poisoned_copy_leaves_a_task_another_worker_runs_alone(project: Any) -> None:
+    """The owner's message delivered too often while another worker holds a live claim on one of its
+    tasks (from another copy): the poisoning records the unclaimed task as ``poison`` and leaves the
+    running one to the worker that runs it."""
+    from batchyard.backends.local.admission import record_poisoned
+    from batchyard.backends.local.messages import TaskMessage
+
+    job = table_job(project, "poisonrun", tool_command("count", "/dev/null", "{KEY}", "0", "-", "0"), ["a", "b"])
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        claimed, unclaimed = be.fan_out(job)
+        assert be.store.claim_new(job.id, claimed, owner="other-worker", lease_s=600) is not None
+        record_poisoned(be.store, TaskMessage(job.id, (claimed.task_id, unclaimed.task_id),
+                                              (claimed, unclaimed)), "delivered 6 times")
+        running = be.store.get_task(job.id, claimed.task_id)
+        poisoned = be.store.get_task(job.id, unclaimed.task_id)
+    assert (running["state"], running["claim_owner"]) == ("running", "other-worker")
+    assert poisoned["state"] == "failed" and poisoned["failure_category"] == "poison"

@@ -117,7 +117,7 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
     runs = tmp_path / "runs.txt"
     keys = [f"d{i}" for i in range(6)]
     job = table_job(project, "dupes", tool_command("count", str(runs), "{KEY}", "0.3", "-", "0"), keys)
-    lease = 5.0  # long enough that a busy machine never lets a claim lapse (a lapse may rightly run a task again)
+    lease = 15.0  # long enough that a busy machine never lets a claim lapse (a lapse may rightly run a task again)
     with get_backend("local", project.config()) as be:
         first, second = be.submit(job), be.submit(job)
         assert first.enqueued == second.enqueued == len(keys)  # nothing ran yet: queued twice
@@ -128,7 +128,10 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
         be.start_execution(job, workers=2, options=WorkerOptions(lease_s=lease))
         try:
             counts = be.wait(job.id, timeout=300, poll_interval=0.3)
-            assert counts.succeeded == len(keys), counts
+            assert counts.succeeded == len(keys), (counts, [
+                (r.task_id, r.failure_category, r.failure_message, [(a.get("failure_category"), a.get("failure_message"))
+                                                          for a in r.attempt_records])
+                for r in be.list_task_results(job.id) if r.state != "succeeded"])
             # drain the duplicates: every one must be consumed without running anything
             wait_for(lambda: queued(be, job.id) == 0,
                      timeout=120, what="the duplicate messages to be consumed")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -255,6 +256,8 @@ def record_poisoned(store: JobStore, parsed: TaskMessage, reason: str) -> None:
             entity = store.get_task(parsed.job_id, task_id)
         if entity is None or entity.get("state") in ("succeeded", "failed"):
             continue
+        if entity.get("state") == "running" and float(entity.get("claim_expires") or 0) > time.time():
+            continue  # a live worker runs it now, from another copy: its result is the task's
         attempts = json.loads(entity.get("attempts_json") or "[]")
         store.record_final(parsed.job_id, task_id, etag=entity["_etag"],
                            fields=final_record("poison", reason, attempts=attempts))
