@@ -128,10 +128,10 @@ def test_duplicate_submit_and_duplicate_message_run_once(project: Any, tmp_path:
         be.start_execution(job, workers=2, options=WorkerOptions(lease_s=lease))
         try:
             counts = be.wait(job.id, timeout=300, poll_interval=0.3)
-            assert counts.succeeded == len(keys), (counts, [
-                (r.task_id, r.failure_category, r.failure_message, [(a.get("failure_category"), a.get("failure_message"))
-                                                          for a in r.attempt_records])
-                for r in be.list_task_results(job.id) if r.state != "succeeded"])
+            unsucceeded = [(r.task_id, r.failure_category, r.failure_message,
+                            [(a.get("failure_category"), a.get("failure_message")) for a in r.attempt_records])
+                           for r in be.list_task_results(job.id) if r.state != "succeeded"]
+            assert counts.succeeded == len(keys), (counts, unsucceeded)
             # drain the duplicates: every one must be consumed without running anything
             wait_for(lambda: queued(be, job.id) == 0,
                      timeout=120, what="the duplicate messages to be consumed")
