@@ -38,11 +38,21 @@ print("\n".join(p["dependencies"] + [d for extra in ("test", "dev") for d in p["
 if not d.startswith("batchyard")]))' > /tmp/requirements.txt \
  && .venv/bin/pip install --quiet -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
+# Azurite (the version pinned in batchyard/emulator/azurite_install.py) through batchyard's own
+# installer, which needs only these files: a layer of its own, rebuilt when they change.
+COPY batchyard/__init__.py /tmp/installer/batchyard/
+COPY batchyard/core/__init__.py batchyard/core/version.py batchyard/core/errors.py batchyard/core/paths.py \
+     /tmp/installer/batchyard/core/
+COPY batchyard/emulator/__init__.py batchyard/emulator/azurite_install.py /tmp/installer/batchyard/emulator/
+RUN cd /tmp/installer && /src/.venv/bin/python -c \
+      'from batchyard.emulator.azurite_install import install_azurite; print(install_azurite())' \
+ && rm -rf /tmp/installer
+
 COPY . /src
 
-# `make venv` exactly as on a laptop (everything but batchyard is in place), then Azurite through
-# batchyard's own installer (the version pinned in batchyard/emulator/azurite.py). The wheel's node
-# goes on PATH last: Azurite's own `azurite` script and the healthcheck call `node`.
+# `make venv` exactly as on a laptop (everything but batchyard is in place; Azurite is, and the
+# installer finds it). The wheel's node goes on PATH last: Azurite's own `azurite` script and the
+# healthcheck call `node`.
 RUN make venv PYTHON=python3 \
  && .venv/bin/python -m batchyard.emulator.azurite install \
  && chmod -R a+rX "$BATCHYARD_CACHE" \
