@@ -37,3 +37,23 @@ def test_cli_reference_matches_the_commands() -> None:
                               capture_output=True, text=True, encoding="utf-8", timeout=120).stdout
     committed = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     assert committed == rendered, "docs/cli.md is stale: run python -m batchyard.cli.reference"
+
+
+TEST_REF = re.compile(r"`(?:[\w/]*/)?(test_\w+\.py)?::(test_\w+)(?:\[[^\]`]*\])?`")
+
+
+def test_tests_named_in_the_security_doc_exist() -> None:
+    """docs/security.md names the test holding each threat and each break of issue #23 as
+    ``file.py::test_name`` (``::test_name`` goes on with the file named before it): each must be
+    a test function in that file under tests/."""
+    text = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    current, checked, missing = None, 0, []
+    for file_name, test_name in TEST_REF.findall(text):
+        current = file_name or current
+        assert current is not None, f"::{test_name} follows no file name"
+        sources = [p.read_text(encoding="utf-8") for p in (REPO / "tests").rglob(current)]
+        if not any(re.search(rf"^def {test_name}\(", s, re.M) for s in sources):
+            missing.append(f"{current}::{test_name}")
+        checked += 1
+    assert checked >= 40, f"only {checked} test names found: has the page's format changed?"
+    assert missing == [], f"docs/security.md names tests that do not exist: {missing}"
