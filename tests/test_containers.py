@@ -7,6 +7,7 @@ so reading it proves the command ran inside the container.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -44,6 +45,8 @@ def _build(name: str, *, tools: tuple[str, ...] = ("sh", "cat", "echo", "tr", "i
            changes: list[str] | None = None) -> str:
     """An image of busybox with ``tools`` linked in /bin and the marker file, built with no registry."""
     client = _engine()
+    import docker
+
     busybox = shutil.which("busybox")
     if busybox is None:
         pytest.skip("busybox (Debian's busybox-static) is not installed: nothing to build the test image from")
@@ -58,7 +61,15 @@ def _build(name: str, *, tools: tuple[str, ...] = ("sh", "cat", "echo", "tr", "i
         info.size = len(MARKER)
         tar.addfile(info, io.BytesIO(MARKER))
     repository, tag = name.split(":")
+    try:
+        previous = client.images.get(name).id
+    except docker.errors.ImageNotFound:
+        previous = None
     client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=tag, changes=changes)
+    if previous is not None and previous != client.images.get(name).id:
+        # The tag moved to the new import: the old image would stay behind untagged, run after run.
+        with contextlib.suppress(docker.errors.APIError):  # a container of another test still uses it
+            client.images.remove(previous)
     return name
 
 
