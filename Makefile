@@ -60,9 +60,9 @@ FAST_OFF_TESTS ?= tests/conformance/test_local.py tests/conformance/test_azure_e
   tests/faults/test_worker_faults.py tests/faults/test_hostile.py tests/faults/test_messages.py \
   tests/faults/test_secrets.py
 # TEST_WORKERS pytest-xdist processes share the suite: most of a test's time is spent waiting on
-# Azurite, the emulator, a worker or a CLI process, so two per two cores keep both busy. Each worker
-# has its own Azurite; every test has its own home and ids (docs/testing.md). TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# Azurite, the emulator, a worker or a CLI process: three on two cores keep both busy (measured in
+# docs/testing.md). Each has its own Azurite; every test has its own home and ids. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 test: $(STAMP) lint azurite
 	$(VENV_PY) -m pytest -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 	$(if $(FAST_OFF_TESTS),$(VENV_PY) -m pytest -n $(TEST_WORKERS) --fast-path=off $(FAST_OFF_TESTS))
