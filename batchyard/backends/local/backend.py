@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -144,17 +144,24 @@ class LocalBackend(Backend):
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
     def _enqueue(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
+        """Send the tasks' messages as they are packed, :data:`SEND_CONCURRENCY` at a time: the
+        queue's work overlaps the packing, and no more than a few messages are held at once."""
         size = chunk_size_for(len(tasks), self.config.workers)
-        messages: list[TaskMessage] = []
         oversized: list[TaskDef] = []
-        for item in pack(job_id, tasks, size, key=key, workers=self.config.workers):
-            (messages if isinstance(item, TaskMessage) else oversized).append(item)  # type: ignore[arg-type]
+
+        def packed() -> Iterator[TaskMessage]:
+            for item in pack(job_id, tasks, size, key=key, workers=self.config.workers):
+                if isinstance(item, TaskMessage):
+                    yield item
+                else:
+                    oversized.append(item)
+
+        send = partial(self.store.send, queue=queue)
+        send_all(send, packed())
         if oversized:  # a definition too big for a message: its row is written now, the message names it
             self.store.write_pending(job_id, oversized, reset=True)
             ids = [t.task_id for t in oversized]
-            messages += [TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
-        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
-            list(pool.map(partial(self.store.send, queue=queue), messages))
+            send_all(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)))
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
@@ -344,6 +351,22 @@ class LocalBackend(Backend):
         """The task from its row and the job document (:mod:`batchyard.backends.local.replay`)."""
         self._require_job(job_id)
         return replay_task(self.store, self.job(job_id), task_id, node_root=node_root)
+
+
+def send_all(send: Callable[[TaskMessage], None], messages: Iterable[TaskMessage]) -> None:
+    """``send`` each message on :data:`SEND_CONCURRENCY` threads, taking the next from ``messages``
+    only while fewer than twice that many are in flight; the first error raises once those in
+    flight are done (the messages not taken yet are not sent)."""
+    with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+        flying: set[Future[None]] = set()
+        for message in messages:
+            if len(flying) >= 2 * SEND_CONCURRENCY:
+                done, flying = wait(flying, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+            flying.add(pool.submit(send, message))
+        for future in flying:
+            future.result()
 
 
 def local_storage_connection_string(config: Config) -> str:
