@@ -53,7 +53,7 @@ from batchyard.core.final_step import FINAL_TASK_ID, without_final
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
-from batchyard.storage.account import Storage
+from batchyard.storage.account import FAST_POOL_SIZE, Storage
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,14 @@ class LocalBackend(Backend):
                     oversized.append(item)
 
         send = partial(self.store.send, queue=queue)
-        send_all(send, packed())
+        # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.
+        concurrency = SEND_CONCURRENCY if self.storage.fast_queue is None else FAST_POOL_SIZE
+        send_all(send, packed(), concurrency)
         if oversized:  # a definition too big for a message: its row is written now, the message names it
             self.store.write_pending(job_id, oversized, reset=True)
             ids = [t.task_id for t in oversized]
-            send_all(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)))
+            send_all(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)),
+                     concurrency)
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
@@ -353,14 +356,14 @@ class LocalBackend(Backend):
         return replay_task(self.store, self.job(job_id), task_id, node_root=node_root)
 
 
-def send_all(send: Callable[[TaskMessage], None], messages: Iterable[TaskMessage]) -> None:
-    """``send`` each message on :data:`SEND_CONCURRENCY` threads, taking the next from ``messages``
-    only while fewer than twice that many are in flight; the first error raises once those in
-    flight are done (the messages not taken yet are not sent)."""
-    with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
+def send_all(send: Callable[[TaskMessage], None], messages: Iterable[TaskMessage], concurrency: int) -> None:
+    """``send`` each message on ``concurrency`` threads, taking the next from ``messages`` only
+    while fewer than twice that many are in flight; the first error raises once those in flight
+    are done (the messages not taken yet are not sent)."""
+    with ThreadPoolExecutor(concurrency) as pool:
         flying: set[Future[None]] = set()
         for message in messages:
-            if len(flying) >= 2 * SEND_CONCURRENCY:
+            if len(flying) >= 2 * concurrency:
                 done, flying = wait(flying, return_when=FIRST_COMPLETED)
                 for future in done:
                     future.result()
