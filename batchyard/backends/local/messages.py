@@ -221,7 +221,7 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
             data = def_to_dict(task)
             mac = _mac(keyed, job_id, check_id(task.task_id, "task id"), data)
             data["mac"] = mac
-            piece, name = _COMPACT.encode(data), _COMPACT.encode(task.task_id)
+            piece, name = _COMPACT.encode(data), f'"{task.task_id}"'  # an id needs no escaping
             cost = len(piece.encode()) + len(name.encode()) + 2  # each with its comma
             if cost > budget:  # too big for any message
                 if chunk:
