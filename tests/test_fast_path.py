@@ -240,3 +240,20 @@ def test_a_submits_queue_puts_go_where_the_seam_says_and_read_back_as_sent(proje
         assert all(h["user-agent"].startswith("azsdk-python-") for h in puts)
     else:
         assert all(h["user-agent"] == USER_AGENT and h["x-ms-version"] == QUEUE_API_VERSION for h in puts)
+
+
+def test_a_put_to_a_missing_queue_fails_alike_on_both_paths(project: Any) -> None:
+    from batchyard.backends.local.messages import TaskMessage
+    from batchyard.backends.local.store import JobStore
+    from batchyard.core.errors import StorageError
+
+    errors = {}
+    for mode in ("auto", "off"):
+        storage = Storage(project.storage.account, fast_path=mode)
+        assert (storage.fast_queue is not None) == (mode == "auto")
+        store = JobStore(storage, project.config())
+        with pytest.raises(StorageError) as caught:
+            store.send(TaskMessage("job-x", ("t-1",)), queue=f"gone-{project.uid}")
+        errors[mode] = str(caught.value)
+    assert all(e.startswith("queueing tasks of job 'job-x': QueueNotFound") for e in errors.values()), errors
+    assert project.storage.account.account_key not in "".join(errors.values())

@@ -204,6 +204,7 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
     and sends it in a version 1 message (ids only).
     """
     check_id(job_id, "job id")
+    size = max(1, size)
     keyed = hmac.new(key, digestmod=hashlib.sha256)
     head = f'{{"v":2,"job":{_COMPACT.encode(job_id)},"tasks":['
     budget = MAX_PACKED_BYTES - len(head.encode()) - len('],"defs":[]}')
