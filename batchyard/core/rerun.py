@@ -76,24 +76,23 @@ class _Fingerprints:
 
     def __init__(self, job: Job, resources: Mapping[str, str]) -> None:
         self.job = job
-        self.shared = {
+        shared = {
             "resources": _digest(sorted(resources.items())),
             "image": _digest(job.container_image or ""),
             "outputs": _digest([out.model_dump(mode="json") for out in job.outputs]),
         }
         self.no_input = _digest([None, None, None])
+        # The fingerprint's text, the shared digests in place and a {slot} for each of the others.
+        self.template = f"{VERSION}:" + ",".join(
+            f"{PART_CODES[name]}={shared.get(name, '{' + name + '}')}" for name in PARTS)
 
     def __call__(self, task: TaskDef, input_identity: str | None) -> str:
         job = self.job
         environment = {**job.environment, **dict(task.environment(job))}
         no_input = task.input_container is None and task.input_blob is None and input_identity is None
-        parts = {
-            "input": self.no_input if no_input else _digest([task.input_container, task.input_blob, input_identity]),
-            "command": _digest(list(task.argv)),
-            "environment": _digest(sorted(environment.items())),
-            **self.shared,
-        }
-        return f"{VERSION}:" + ",".join(f"{PART_CODES[name]}={parts[name]}" for name in PARTS)
+        return self.template.format(
+            input=self.no_input if no_input else _digest([task.input_container, task.input_blob, input_identity]),
+            command=_digest(list(task.argv)), environment=_digest(sorted(environment.items())))
 
 
 def with_fingerprints(job: Job, tasks: Iterable[TaskDef], *, resources: Mapping[str, str],
