@@ -144,7 +144,7 @@ class LocalBackend(Backend):
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
     def _enqueue(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
-        """Send the tasks' messages as they are packed, :data:`SEND_CONCURRENCY` at a time: the
+        """Send the tasks' messages as they are packed, several at a time (:func:`send_all`): the
         queue's work overlaps the packing, and no more than a few messages are held at once."""
         size = chunk_size_for(len(tasks), self.config.workers)
         oversized: list[TaskDef] = []

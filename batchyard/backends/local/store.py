@@ -198,7 +198,7 @@ class JobStore(JobDocuments):
         return data
 
     def get_tasks(self, job_id: str, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Several task rows of one job in one query (a message's tasks), with their ETags."""
+        """Several task rows of one job in one query (a window of a message's tasks), with their ETags."""
         ids = list(dict.fromkeys(task_ids))
         if not ids:
             return {}
