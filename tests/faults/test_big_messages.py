@@ -18,6 +18,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchyard.backends import get_backend
 from batchyard.backends.base import TaskState
 from batchyard.backends.local.admission import job_message_key
@@ -111,6 +113,7 @@ def _as_one_message(be: Any, job: Any) -> TaskMessage:
     return message
 
 
+@pytest.mark.timeout(600)  # a hang guard: each wait below has a generous deadline of its own
 def test_a_message_holding_more_than_a_transaction_runs_each_task_once(project: Any, tmp_path: Path) -> None:
     runs = tmp_path / "runs.txt"
     keys = [f"m{i:03d}" for i in range(120)]
@@ -141,6 +144,7 @@ def test_a_message_holding_more_than_a_transaction_runs_each_task_once(project: 
     assert sum(asked) >= 2 * 120, "each copy looked up every row of the message"
 
 
+@pytest.mark.timeout(900)  # a hang guard: each wait below has a generous deadline of its own
 def test_worker_killed_in_the_middle_of_a_big_message_loses_nothing(project: Any, tmp_path: Path) -> None:
     runs, middle_gate = tmp_path / "runs.txt", tmp_path / "middle.gate"
     keys = [f"g{i:03d}" for i in range(120)]
