@@ -27,7 +27,7 @@ from batchyard.core.errors import ConfigError
 from batchyard.core.job import job_from_dict
 from batchyard.storage.account import Storage, StorageAccount
 from batchyard.storage.fast_path import FastPath, is_loopback
-from batchyard.storage.fast_rest import BLOB_API_VERSION, TABLE_API_VERSION, USER_AGENT
+from batchyard.storage.fast_rest import BLOB_API_VERSION, QUEUE_API_VERSION, TABLE_API_VERSION, USER_AGENT
 from batchyard.storage.transfer import BlobTransfer
 
 LOOPBACK = ["http://127.0.0.1:10000/devstoreaccount1", "http://127.8.9.10/x", "https://[::1]:443/a",
@@ -205,3 +205,55 @@ def test_a_workers_per_task_traffic_goes_where_the_seam_says(project: Any, mode:
         assert all(h["user-agent"] == USER_AGENT for h in gets + puts + batches)
         assert {h["x-ms-version"] for h in gets + puts} == {BLOB_API_VERSION}
         assert {h["x-ms-version"] for h in batches} == {TABLE_API_VERSION}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_a_submits_queue_puts_go_where_the_seam_says_and_read_back_as_sent(project: Any, mode: str) -> None:
+    from batchyard.backends.local.admission import job_message_key
+    from batchyard.backends.local.messages import TaskMessage, decode_text
+
+    keys = [f"k{i:04d}" for i in range(3000)]  # a job big enough for messages of many tasks
+    (project.dir / "rows.csv").write_text("KEY\n" + "".join(f"{k}\n" for k in keys), encoding="utf-8")
+    account = project.storage.account
+    relay = RecordingRelay(account.queue_endpoint)
+    try:
+        relayed = replace(account, queue_endpoint=relay.url)
+        config = load_config(project.dir / "batchyard.toml", env={
+            **project.env, "AZURE_STORAGE_CONNECTION_STRING": relayed.connection_string(), ENV_FAST_PATH: mode})
+        job = job_from_dict({"id": f"puts-{mode}", "command": "echo {KEY}", "tasks": "rows.csv"},
+                            source="test", base_dir=project.dir)
+        with get_backend("local", config) as be:
+            be.submit(job)
+            key = job_message_key(be.store, job.id)
+            raw = be.store.queue_client(be.store.get_job_entity(job.id)["queue"], decode=False)
+            received = []
+            while batch := list(raw.receive_messages(max_messages=32, visibility_timeout=60)):
+                received += [TaskMessage.decode(decode_text(m.content)) for m in batch]
+        puts = [h for m, path, h in relay.requests() if m == "POST" and path.endswith("/messages")]
+    finally:
+        relay.close()
+    assert len(puts) == len(received) and 1 < len(received) < len(keys) // 32, (len(puts), len(received))
+    assert all(m.forged(key) is None for m in received), "a worker would refuse a message"
+    assert sorted(t for m in received for t in m.task_ids) == sorted(t.task_id for t in be.fan_out(job))
+    if mode == "off":
+        assert all(h["user-agent"].startswith("azsdk-python-") for h in puts)
+    else:
+        assert all(h["user-agent"] == USER_AGENT and h["x-ms-version"] == QUEUE_API_VERSION for h in puts)
+
+
+def test_a_put_to_a_missing_queue_fails_alike_on_both_paths(project: Any) -> None:
+    from batchyard.backends.local.messages import TaskMessage
+    from batchyard.backends.local.store import JobStore
+    from batchyard.core.errors import StorageError
+
+    errors = {}
+    for mode in ("auto", "off"):
+        storage = Storage(project.storage.account, fast_path=mode)
+        assert (storage.fast_queue is not None) == (mode == "auto")
+        store = JobStore(storage, project.config())
+        with pytest.raises(StorageError) as caught:
+            store.send(TaskMessage("job-x", ("t-1",)), queue=f"gone-{project.uid}")
+        errors[mode] = str(caught.value)
+    assert all(e.startswith("queueing tasks of job 'job-x': QueueNotFound") for e in errors.values()), errors
+    assert project.storage.account.account_key not in "".join(errors.values())

@@ -14,6 +14,7 @@ import hashlib
 import json
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,41 @@ def test_the_input_and_the_resource_files_are_read_by_content(tmp_path: Path) ->
     # Without an MD5 the ETag stands for the content.
     assert blob_identity(md5=None, etag='"0x8D"', size=3) == "etag:0x8D:3"
     assert changed_parts("0:old", same) == PARTS  # a fingerprint of another version: everything changed
+
+
+def _reference_fingerprint(job: Any, task: Any, resources: dict[str, str], identity: str | None) -> str:
+    """The fingerprint as docs/job-file.md defines it, every part hashed for every task: what a
+    fan-out that hashes the shared parts once must give, so no stored fingerprint changes."""
+    def digest(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    environment = {**job.environment, **dict(task.environment(job))}
+    parts = {"i": digest([task.input_container, task.input_blob, identity]), "c": digest(list(task.argv)),
+             "r": digest(sorted(resources.items())), "m": digest(job.container_image or ""),
+             "e": digest(sorted(environment.items())),
+             "o": digest([out.model_dump(mode="json") for out in job.outputs])}
+    return "1:" + ",".join(f"{code}={value}" for code, value in parts.items())
+
+
+def test_fingerprints_are_those_of_every_part_hashed_for_every_task(tmp_path: Path) -> None:
+    resources = {"tool.sh": "11", "z\u00e9.txt": "22"}
+    blobs = blob_job(tmp_path, container_image="alpine:3", environment={"MODE": "f\u00e2st", "N": "1"})
+    names = ["a.txt", "b/\u00e9t\u00e9.txt", "c.txt"]
+    identities = {"a.txt": "md5:00:1", "b/\u00e9t\u00e9.txt": "etag:0x1:2"}  # c.txt: listed, then gone
+    (tmp_path / "rows.csv").write_text("KEY,V\nk1,\u00fcber\nk2,\"a,b\"\n", encoding="utf-8")
+    table = job_from_dict({"id": "fp-table", "command": "echo {KEY} {V}", "tasks": "rows.csv",
+                           "environment": {"MODE": "x"}}, source="job.toml", base_dir=tmp_path)
+    from batchyard.core.job import tasks_from_table
+
+    for job, tasks, ids in ((blobs, list(tasks_from_blob_names(blobs, names)), identities),
+                            (table, list(tasks_from_table(table)), {})):
+        fingerprinted = with_fingerprints(job, tasks, resources=resources, identities=ids)
+        assert [t.task_id for t in fingerprinted] == [t.task_id for t in tasks]
+        for task, done in zip(tasks, fingerprinted, strict=True):
+            identity = ids.get(task.input_blob) if task.input_blob is not None else None
+            assert done.fingerprint == _reference_fingerprint(job, task, resources, identity)
+            assert done == replace(task, fingerprint=done.fingerprint)  # every other field kept
 
 
 def tasks_of(job: Any, names: list[str], version: str = "1") -> list[Any]:

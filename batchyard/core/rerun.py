@@ -28,7 +28,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchyard.core.errors import JobValidationError
@@ -46,9 +46,13 @@ DIGEST_CHARS = 12
 RerunOption = Literal["all"] | Sequence[str] | None
 
 
+# What json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False) gives, without
+# a new encoder per call (a fan-out hashes two values per task).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
+    return hashlib.sha256(_CANONICAL.encode(value).encode()).hexdigest()[:DIGEST_CHARS]
 
 
 def blob_identity(*, md5: bytes | None, etag: str | None, size: int) -> str:
@@ -63,25 +67,41 @@ def blob_identity(*, md5: bytes | None, etag: str | None, size: int) -> str:
 def task_fingerprint(job: Job, task: TaskDef, *, resources: Mapping[str, str], input_identity: str | None) -> str:
     """``task``'s fingerprint: ``resources`` maps each resource file's target to its content MD5
     (hex); ``input_identity`` is :func:`blob_identity` of its input blob (None without one)."""
-    environment = {**job.environment, **dict(task.environment(job))}
-    parts = {
-        "input": _digest([task.input_container, task.input_blob, input_identity]),
-        "command": _digest(list(task.argv)),
-        "resources": _digest(sorted(resources.items())),
-        "image": _digest(job.container_image or ""),
-        "environment": _digest(sorted(environment.items())),
-        "outputs": _digest([out.model_dump(mode="json") for out in job.outputs]),
-    }
-    return f"{VERSION}:" + ",".join(f"{PART_CODES[name]}={parts[name]}" for name in PARTS)
+    return _Fingerprints(job, resources)(task, input_identity)
+
+
+class _Fingerprints:
+    """Fingerprints of one job's tasks: the parts every task shares (resources, image, outputs, and
+    no input) are hashed once, the others per task."""
+
+    def __init__(self, job: Job, resources: Mapping[str, str]) -> None:
+        self.job = job
+        shared = {
+            "resources": _digest(sorted(resources.items())),
+            "image": _digest(job.container_image or ""),
+            "outputs": _digest([out.model_dump(mode="json") for out in job.outputs]),
+        }
+        self.no_input = _digest([None, None, None])
+        # The fingerprint's text, the shared digests in place and a {slot} for each of the others.
+        self.template = f"{VERSION}:" + ",".join(
+            f"{PART_CODES[name]}={shared.get(name, '{' + name + '}')}" for name in PARTS)
+
+    def __call__(self, task: TaskDef, input_identity: str | None) -> str:
+        job = self.job
+        environment = {**job.environment, **dict(task.environment(job))}
+        no_input = task.input_container is None and task.input_blob is None and input_identity is None
+        return self.template.format(
+            input=self.no_input if no_input else _digest([task.input_container, task.input_blob, input_identity]),
+            command=_digest(list(task.argv)), environment=_digest(sorted(environment.items())))
 
 
 def with_fingerprints(job: Job, tasks: Iterable[TaskDef], *, resources: Mapping[str, str],
                       identities: Mapping[str, str]) -> list[TaskDef]:
     """``tasks``, each carrying its fingerprint; ``identities``: each input blob's :func:`blob_identity`
     by name (a blob missing from it has none: it changed or vanished since it was listed)."""
-    return [replace(task, fingerprint=task_fingerprint(
-        job, task, resources=resources,
-        input_identity=identities.get(task.input_blob) if task.input_blob is not None else None)) for task in tasks]
+    fingerprint = _Fingerprints(job, resources)
+    return [task.with_fingerprint(fingerprint(
+        task, identities.get(task.input_blob) if task.input_blob is not None else None)) for task in tasks]
 
 
 def resource_digests(job: Job, digests: Sequence[str]) -> dict[str, str]:

@@ -238,6 +238,12 @@ class Storage:
         return self.fast_path.client_for(self.account.blob_endpoint, self.account.table_endpoint)
 
     @property
+    def fast_queue(self) -> FastRest | None:
+        """The one-request client for a submit's queue puts, or None: through the SDK (the queue
+        endpoint must be loopback)."""
+        return self.fast_path.client_for(self.account.queue_endpoint)
+
+    @property
     def blob_service(self) -> BlobServiceClient:
         with self._lock:
             if self._blob is None:

@@ -15,6 +15,9 @@ parsed with the ``email`` package); on urllib3 the same blob request costs ~0.2 
   does.
 - **Entity group transaction** of creates and ETag-guarded merges in one table partition,
   entities serialized as the tables SDK does for the types batchyard's rows hold.
+- **Put Message** of a submit's task messages, base64 of their UTF-8 text as the queue SDK's
+  ``TextBase64EncodePolicy`` sends it (a 47 KiB message costs the submitter ~2.2 ms of CPU through
+  the SDK, ~0.9 ms here).
 
 A request is authorized with the account key (Shared Key, signed here as the REST reference
 describes) or by the SAS already in a URL. Retries, timeouts and pooled connections are
@@ -50,6 +53,7 @@ from batchyard.core.version import __version__
 # path serves loopback endpoints only (fast_path.py), where the SDKs' newer versions add nothing.
 BLOB_API_VERSION = "2021-08-06"
 TABLE_API_VERSION = "2019-02-02"
+QUEUE_API_VERSION = "2021-08-06"
 # Says who sent a request in Azurite's debug log (and in a test that tells the two paths apart).
 USER_AGENT = f"batchyard-fast-rest/{__version__} urllib3/{urllib3.__version__}"
 # What the SDKs' storage retry policies retry: request timeouts and transient server errors.
@@ -90,7 +94,7 @@ class RestUnreachableError(Exception):
 
 
 class FastRest:
-    """Get Blob, Put Blob and table transactions over one pool of connections; thread-safe."""
+    """Get Blob, Put Blob, table transactions and Put Message over one pool of connections; thread-safe."""
 
     def __init__(self, *, account_name: str = "", account_key: str = "", connect_timeout: float,
                  read_timeout: float, retries: int, backoff: float, backoff_max: float, pool_size: int,
@@ -212,6 +216,21 @@ class FastRest:
         canonical_headers = "".join(f"{k}:{v}\n" for k, v in sorted(lower.items()) if k.startswith("x-ms-"))
         # The path as sent, still quoted; with Azurite's path-style URLs it begins with the account.
         return self._signed("\n".join(standard) + "\n" + canonical_headers + f"/{self._account}{urlsplit(url).path}")
+
+    # --- queues ----------------------------------------------------------------------------------------
+    def put_message(self, queue_url: str, text: str) -> None:
+        """Put ``text`` on the queue at ``queue_url`` (its endpoint and name), base64-encoded as the
+        queue SDK's ``TextBase64EncodePolicy`` does; raises :class:`RestStatusError`."""
+        encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        body = (f"<?xml version='1.0' encoding='utf-8'?>\n<QueueMessage><MessageText>{encoded}</MessageText>"
+                "</QueueMessage>").encode()
+        url = f"{queue_url}/messages"
+        headers = {"x-ms-version": QUEUE_API_VERSION, "User-Agent": USER_AGENT, "x-ms-date": formatdate(usegmt=True),
+                   "Content-Type": "application/xml; charset=utf-8", "Content-Length": str(len(body))}
+        headers["Authorization"] = self._blob_shared_key("POST", url, headers)  # the queue service signs alike
+        response = self._request("POST", url, headers, body)
+        if response.status != 201:
+            raise _status_error(response)
 
     # --- tables ----------------------------------------------------------------------------------------
     def submit_group(self, table_endpoint: str, table: str, creates: list[dict[str, Any]],

@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -53,7 +53,7 @@ from batchyard.core.final_step import FINAL_TASK_ID, without_final
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
-from batchyard.storage.account import Storage
+from batchyard.storage.account import FAST_POOL_SIZE, Storage
 
 log = logging.getLogger(__name__)
 
@@ -144,17 +144,27 @@ class LocalBackend(Backend):
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
     def _enqueue(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
+        """Send the tasks' messages as they are packed, several at a time (:func:`send_all`): the
+        queue's work overlaps the packing, and no more than a few messages are held at once."""
         size = chunk_size_for(len(tasks), self.config.workers)
-        messages: list[TaskMessage] = []
         oversized: list[TaskDef] = []
-        for item in pack(job_id, tasks, size, key=key, workers=self.config.workers):
-            (messages if isinstance(item, TaskMessage) else oversized).append(item)  # type: ignore[arg-type]
+
+        def packed() -> Iterator[TaskMessage]:
+            for item in pack(job_id, tasks, size, key=key, workers=self.config.workers):
+                if isinstance(item, TaskMessage):
+                    yield item
+                else:
+                    oversized.append(item)
+
+        send = partial(self.store.send, queue=queue)
+        # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.
+        concurrency = SEND_CONCURRENCY if self.storage.fast_queue is None else FAST_POOL_SIZE
+        send_all(send, packed(), concurrency)
         if oversized:  # a definition too big for a message: its row is written now, the message names it
             self.store.write_pending(job_id, oversized, reset=True)
             ids = [t.task_id for t in oversized]
-            messages += [TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)]
-        with ThreadPoolExecutor(SEND_CONCURRENCY) as pool:
-            list(pool.map(partial(self.store.send, queue=queue), messages))
+            send_all(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)),
+                     concurrency)
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
@@ -344,6 +354,22 @@ class LocalBackend(Backend):
         """The task from its row and the job document (:mod:`batchyard.backends.local.replay`)."""
         self._require_job(job_id)
         return replay_task(self.store, self.job(job_id), task_id, node_root=node_root)
+
+
+def send_all(send: Callable[[TaskMessage], None], messages: Iterable[TaskMessage], concurrency: int) -> None:
+    """``send`` each message on ``concurrency`` threads, taking the next from ``messages`` only
+    while fewer than twice that many are in flight; the first error raises once those in flight
+    are done (the messages not taken yet are not sent)."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        flying: set[Future[None]] = set()
+        for message in messages:
+            if len(flying) >= 2 * concurrency:
+                done, flying = wait(flying, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+            flying.add(pool.submit(send, message))
+        for future in flying:
+            future.result()
 
 
 def local_storage_connection_string(config: Config) -> str:

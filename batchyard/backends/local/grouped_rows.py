@@ -28,6 +28,45 @@ GROUP_WINDOW_S = 1.0  # claim ahead at most about this much work...
 MAX_GROUP = 32  # ...and at most this many tasks
 RECORD_DELAY_S = 0.5  # by default, a finished task's result waits at most this long for others to share a write
 GROUP_BYTES = 1 << 20  # well under a transaction's 4 MiB
+LOOKUP_WINDOW = MAX_GROUP  # a message's rows are looked up this many ids to a query
+
+
+class MessageRows:
+    """The rows of a message's tasks, looked up :data:`LOOKUP_WINDOW` ids to a query as the run
+    reaches them: a message of a big job holds up to a few hundred tasks, more than one query
+    should name, and a row read just before its task is claimed is less often stale. A row that
+    changed since it was read is read again at claim time (its write is refused)."""
+
+    def __init__(self, store: JobStore, job_id: str, ids: list[str]) -> None:
+        self.store, self.job_id, self.ids = store, job_id, ids
+        self.index = {task_id: i for i, task_id in enumerate(ids)}
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.looked: set[str] = set()
+
+    def row(self, task_id: str) -> dict[str, Any] | None:
+        """The task's row as looked up (None: it had none); looked up now if it was not yet."""
+        start = self.index[task_id]
+        self._look_up(start, start + 1)
+        return self.rows.get(task_id)
+
+    def unclaimed_after(self, task_id: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids that follow ``task_id`` in the message and had no row when looked up."""
+        start = self.index[task_id] + 1
+        self._look_up(start, start + limit)
+        return [t for t in self.ids[start:start + limit] if t not in self.rows]
+
+    def _look_up(self, start: int, stop: int) -> None:
+        """Look up every id in ``ids[start:stop]`` not looked up yet: a window at a time from the
+        first of them, so a run going through the message asks once per window."""
+        ids, looked = self.ids, self.looked
+        while True:
+            first = next((i for i in range(start, min(stop, len(ids))) if ids[i] not in looked), None)
+            if first is None:
+                return
+            wanted = [t for t in ids[first:first + LOOKUP_WINDOW] if t not in looked]
+            self.rows.update(self.store.get_tasks(self.job_id, wanted))
+            looked.update(wanted)
+            start = first
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.local.claims import Claim, ClaimKeeper
-from batchyard.backends.local.grouped_rows import RowGroups
+from batchyard.backends.local.grouped_rows import MAX_GROUP, MessageRows, RowGroups
 from batchyard.backends.local.store import JobStore, TaskMessage
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record
 from batchyard.core.job import Job, TaskDef
@@ -133,7 +133,7 @@ class MessageRun:
         self.worker, self.job, self.message, self.keeper = worker, job, message, keeper
         self.queue_message = queue_message
         self.ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
-        self.rows: dict[str, dict[str, Any]] | None = None
+        self.rows: MessageRows | None = None  # None for a message of one task: its row is read at claim time
         self.groups = RowGroups(worker.store, keeper, job.id, owner=worker.owner, size=worker.group_size,
                                 record_delay_s=worker.options.record_delay_s)
         self.first: _Ready | None = None
@@ -143,11 +143,11 @@ class MessageRun:
         self.command_ended = threading.Event()  # set by the main thread when the running command ends
 
     def open(self) -> None:
-        """Look up the message's rows and prepare (claim, stage) its first task."""
-        # One query for the message's rows; a row that changed meanwhile is re-read at claim time.
-        # What it did not find is worth knowing too: a task with no row is claimed by creating
-        # its row, without first asking for it once more.
-        self.rows = self.worker.store.get_tasks(self.job.id, self.ids) if len(self.ids) > 1 else None
+        """Prepare (claim, stage) the message's first task, looking up the first window of its rows."""
+        # A query per window of the message's rows; a row that changed meanwhile is re-read at claim
+        # time. What it did not find is worth knowing too: a task with no row is claimed by
+        # creating its row, without first asking for it once more.
+        self.rows = MessageRows(self.worker.store, self.job.id, self.ids) if len(self.ids) > 1 else None
         self.first = self._prepare(self.ids[0], self._looked_up(self.ids[0]))
 
     def run(self, *, carry: Callable[[], None] | None = None,
@@ -302,7 +302,7 @@ class MessageRun:
         return True
 
     def _looked_up(self, task_id: str) -> dict[str, Any] | _Unread | None:
-        return UNREAD if self.rows is None else self.rows.get(task_id)
+        return UNREAD if self.rows is None else self.rows.row(task_id)
 
     def _give_back(self, task_id: str, claim: Claim) -> None:
         with self.keeper.renewing:
@@ -313,9 +313,8 @@ class MessageRun:
         """The message's tasks after ``task_id`` known to have no row: candidates to claim with it."""
         if self.rows is None or self.message.defs is None:
             return []
-        after = self.ids[self.ids.index(task_id) + 1:]
-        by_id = {d.task_id: d for d in self.message.defs}
-        return [by_id[i] for i in after if i not in self.rows and i in by_id]
+        found = (self.message.definition(i) for i in self.rows.unclaimed_after(task_id, MAX_GROUP))
+        return [d for d in found if d is not None]
 
     def _prepare(self, task_id: str, prefetched: dict[str, Any] | _Unread | None = UNREAD) -> _Ready | None:
         """Claim the task and stage its first attempt; None if it is not ours to run.
