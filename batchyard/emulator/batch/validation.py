@@ -30,7 +30,7 @@ from typing import Any
 
 from batchyard.core.redact import redact
 from batchyard.emulator.batch.common import BatchApiError, parse_duration
-from batchyard.emulator.batch.protocol import Request, parse_body
+from batchyard.emulator.batch.protocol import Request
 
 SCHEMA = "data/batch_schema_2025-06-01.json"
 LENIENT_ENV = "BATCHYARD_EMULATOR_LENIENT"
@@ -249,7 +249,7 @@ class BodyValidator:
             return
         name = self.definition_for(request.method, request.path)
         if name is not None:
-            self.check_body(name, parse_body(request.body))
+            self.check_body(name, request.json())
 
     def check_body(self, name: str, body: Any) -> None:
         walk = self._structure_only if name in PER_ITEM_RULES else self._walk
