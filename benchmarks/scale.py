@@ -14,10 +14,8 @@ holds the job's tasks, and its peak.
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from .common import isolated_config
+from .common import isolated_config, start_batch_emulator, stop_process
 
 STEPS = ("submit", "status", "status_json", "report", "cancel", "status_cancelled", "delete")
 AZURE_STEPS = ("submit", "status", "status_json", "cancel", "delete")
@@ -98,23 +96,6 @@ def local(conn: str, *, n: int) -> dict[str, Any]:
         return out
 
 
-def _start_emulator(conn: str, root: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
-    """The Batch API emulator as a process of its own (its memory is measured apart)."""
-    ready, key_file = root / "emu-ready.json", root / "emu.key"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchyard.emulator.batch", "--data-dir", str(root / "emu"), "--key-file",
-         str(key_file), "--ready-file", str(ready), "--storage-connection-string-env", "BENCH_STORAGE",
-         "--log-level", "WARNING"],
-        env={**os.environ, "BENCH_STORAGE": conn}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the Batch emulator did not start")
-        time.sleep(0.1)
-    return proc, json.loads(ready.read_text()), key_file.read_text().strip()
-
-
 def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
     """One n-task job through the azure backend to the Batch API emulator (a pool of no nodes)."""
     with tempfile.TemporaryDirectory(prefix="by-bench-azscale-") as tmp:
@@ -123,7 +104,7 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
         with (root / "batchyard.toml").open("a", encoding="utf-8") as toml:
             toml.write(f'[azure]\npool_id = "scale-{uuid.uuid4().hex[:6]}"\n[azure.pool]\ndedicated_nodes = 0\n')
         job_id = _job_files(root, n, "azscale")
-        proc, ready, key = _start_emulator(conn, root)
+        proc, ready, key = start_batch_emulator(conn, root)
         try:
             env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "BATCHYARD_HOME": str(root / "home"),
                    "BATCHYARD_BACKEND": "azure", "BATCHYARD_BATCH_URL": ready["url"],
@@ -143,12 +124,7 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
                   f"peak {out['emulator_peak_rss_mib']} MiB", flush=True)
             return out
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def _counts_call(root: Path, env: dict[str, str], job_id: str) -> float:
