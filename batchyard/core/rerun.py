@@ -60,17 +60,23 @@ def blob_identity(*, md5: bytes | None, etag: str | None, size: int) -> str:
     return f"etag:{tag}:{size}"
 
 
-def task_fingerprint(job: Job, task: TaskDef, *, resources: Mapping[str, str], input_identity: str | None) -> str:
+def _job_parts(job: Job, resources: Mapping[str, str]) -> dict[str, str]:
+    """The parts every task of ``job`` shares (hashed once per job, not once per task)."""
+    return {"resources": _digest(sorted(resources.items())), "image": _digest(job.container_image or ""),
+            "outputs": _digest([out.model_dump(mode="json") for out in job.outputs])}
+
+
+def task_fingerprint(job: Job, task: TaskDef, *, resources: Mapping[str, str], input_identity: str | None,
+                     shared: Mapping[str, str] | None = None) -> str:
     """``task``'s fingerprint: ``resources`` maps each resource file's target to its content MD5
-    (hex); ``input_identity`` is :func:`blob_identity` of its input blob (None without one)."""
+    (hex); ``input_identity`` is :func:`blob_identity` of its input blob (None without one);
+    ``shared``: :func:`_job_parts` of the job, when the caller fingerprints many of its tasks."""
     environment = {**job.environment, **dict(task.environment(job))}
     parts = {
         "input": _digest([task.input_container, task.input_blob, input_identity]),
         "command": _digest(list(task.argv)),
-        "resources": _digest(sorted(resources.items())),
-        "image": _digest(job.container_image or ""),
         "environment": _digest(sorted(environment.items())),
-        "outputs": _digest([out.model_dump(mode="json") for out in job.outputs]),
+        **(shared if shared is not None else _job_parts(job, resources)),
     }
     return f"{VERSION}:" + ",".join(f"{PART_CODES[name]}={parts[name]}" for name in PARTS)
 
@@ -79,8 +85,9 @@ def with_fingerprints(job: Job, tasks: Iterable[TaskDef], *, resources: Mapping[
                       identities: Mapping[str, str]) -> list[TaskDef]:
     """``tasks``, each carrying its fingerprint; ``identities``: each input blob's :func:`blob_identity`
     by name (a blob missing from it has none: it changed or vanished since it was listed)."""
+    shared = _job_parts(job, resources)
     return [replace(task, fingerprint=task_fingerprint(
-        job, task, resources=resources,
+        job, task, resources=resources, shared=shared,
         input_identity=identities.get(task.input_blob) if task.input_blob is not None else None)) for task in tasks]
 
 
