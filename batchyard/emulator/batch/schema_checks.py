@@ -138,6 +138,12 @@ class CompiledSchema:
         return _accept
 
     def _string(self, fmt: str | None) -> Check:
+        if fmt not in ("date-time", "duration"):
+            def plain(value: Any, name: str) -> None:
+                if not isinstance(value, str):
+                    raise self._bad_value(name, value, "must be a string")
+            return plain
+
         def string(value: Any, name: str) -> None:
             if not isinstance(value, str):
                 raise self._bad_value(name, value, "must be a string")
@@ -181,9 +187,10 @@ class CompiledSchema:
                 value_check, rule = entry
                 try:
                     value_check(value, key)
-                    reason = rule(value) if rule is not None and isinstance(value, str) else None
-                    if reason:
-                        raise self._bad_value(key, value, reason)
+                    if rule is not None and isinstance(value, str):
+                        reason = rule(value)
+                        if reason:
+                            raise self._bad_value(key, value, reason)
                 except _Bad as bad:
                     bad.segments.append(("key", key))
                     raise
