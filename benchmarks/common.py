@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -53,6 +56,33 @@ def isolated_config(root: Path, conn: str, *, workers: int, **local: Any) -> Con
     )
     return load_config(root / "batchyard.toml", env={"AZURE_STORAGE_CONNECTION_STRING": conn,
                                                      "BATCHYARD_HOME": str(root / "home")})
+
+
+def start_batch_emulator(conn: str, root: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
+    """The Batch API emulator as a process of its own (its memory and CPU are measured apart):
+    the process, its ready file ({url, account_name, pid}) and its account key."""
+    ready, key_file = root / "emu-ready.json", root / "emu.key"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchyard.emulator.batch", "--data-dir", str(root / "emu"), "--key-file",
+         str(key_file), "--ready-file", str(ready), "--storage-connection-string-env", "BENCH_STORAGE",
+         "--log-level", "WARNING"],
+        env={**os.environ, "BENCH_STORAGE": conn}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the Batch emulator did not start")
+        time.sleep(0.1)
+    return proc, json.loads(ready.read_text()), key_file.read_text().strip()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

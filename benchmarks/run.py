@@ -106,6 +106,9 @@ def _table(out: dict[str, Any]) -> None:
                   f"ratio {e['ratio_vs_floor']}"),
                  (f"e2e {e['files']} files: snakemake (s)", e["snakemake_s"], "",
                   f"batchyard / snakemake throughput {e['vs_snakemake']}")]
+        if e.get("azure_emulator_s"):
+            rows.append((f"e2e {e['files']} files: azure->emulator (s)", e["azure_emulator_s"],
+                         f"floor {e['floor_s']} s", f"ratio {e['azure_emulator_ratio_vs_floor']}"))
     if "scale" in out:
         for backend, section in out["scale"].items():
             for n, figures in section.items():

@@ -1,15 +1,15 @@
 """How each command's cost grows with the job: 1,000 to 100,000 tasks (CSV table, ``true {KEY}``).
 
 Every step is the ``batchyard`` command as a user runs it, a process of its own, timed from start
-to exit, its peak RSS read from the kernel's accounting of that child (``os.wait4``). For
+to exit, its peak RSS and CPU seconds read from the kernel's accounting of that child (``os.wait4``). For
 ``status --json`` the time to its first byte of output is taken too (it streams).
 
 Local backend (Azurite): ``run --no-wait`` (submit), ``status``, ``status --json``, ``report``,
 ``cancel``, ``status`` once more (every task cancelled), ``delete``.
 
 Azure backend against the Batch API emulator (a process of its own, on the same Azurite, a pool of
-no nodes: tasks are held, none runs): the same commands but ``report``; the emulator's RSS once it
-holds the job's tasks, and its peak.
+no nodes: tasks are held, none runs): the same commands but ``report``; the emulator's CPU seconds
+during each, its RSS once it holds the job's tasks, and its peak.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from .common import isolated_config
+from .common import isolated_config, start_batch_emulator, stop_process
 
 STEPS = ("submit", "status", "status_json", "report", "cancel", "status_cancelled", "delete")
 AZURE_STEPS = ("submit", "status", "status_json", "cancel", "delete")
@@ -62,6 +61,7 @@ def command(args: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, flo
     if proc.returncode not in (0, 1):  # 1: the job has failed or cancelled tasks, as the command says
         raise RuntimeError(f"batchyard {' '.join(args)} exited {proc.returncode}: {err.decode()[-2000:]}")
     return {"s": round(seconds, 3), "rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "first_byte_s": round(first_byte, 3) if first_byte is not None else None, "out_bytes": out_bytes}
 
 
@@ -98,23 +98,6 @@ def local(conn: str, *, n: int) -> dict[str, Any]:
         return out
 
 
-def _start_emulator(conn: str, root: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
-    """The Batch API emulator as a process of its own (its memory is measured apart)."""
-    ready, key_file = root / "emu-ready.json", root / "emu.key"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchyard.emulator.batch", "--data-dir", str(root / "emu"), "--key-file",
-         str(key_file), "--ready-file", str(ready), "--storage-connection-string-env", "BENCH_STORAGE",
-         "--log-level", "WARNING"],
-        env={**os.environ, "BENCH_STORAGE": conn}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the Batch emulator did not start")
-        time.sleep(0.1)
-    return proc, json.loads(ready.read_text()), key_file.read_text().strip()
-
-
 def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
     """One n-task job through the azure backend to the Batch API emulator (a pool of no nodes)."""
     with tempfile.TemporaryDirectory(prefix="by-bench-azscale-") as tmp:
@@ -123,7 +106,7 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
         with (root / "batchyard.toml").open("a", encoding="utf-8") as toml:
             toml.write(f'[azure]\npool_id = "scale-{uuid.uuid4().hex[:6]}"\n[azure.pool]\ndedicated_nodes = 0\n')
         job_id = _job_files(root, n, "azscale")
-        proc, ready, key = _start_emulator(conn, root)
+        proc, ready, key = start_batch_emulator(conn, root)
         try:
             env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "BATCHYARD_HOME": str(root / "home"),
                    "BATCHYARD_BACKEND": "azure", "BATCHYARD_BATCH_URL": ready["url"],
@@ -132,7 +115,11 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
             emulator = psutil.Process(proc.pid)
             out: dict[str, Any] = {"tasks": n, "emulator_idle_rss_mib": round(emulator.memory_info().rss / 2**20, 1)}
             for step in AZURE_STEPS:
+                before = emulator.cpu_times()
                 out[step] = command(argv[step], cwd=root, env=env)
+                after = emulator.cpu_times()
+                out[step]["emulator_cpu_s"] = round(after.user + after.system - before.user - before.system, 2)
+                out[step]["load_average"] = round(os.getloadavg()[0], 2)
                 if step == "submit":
                     out["emulator_rss_holding_tasks_mib"] = round(emulator.memory_info().rss / 2**20, 1)
                     out["counts_call_s"] = _counts_call(root, env, job_id)
@@ -143,12 +130,7 @@ def azure_emulator(conn: str, *, n: int) -> dict[str, Any]:
                   f"peak {out['emulator_peak_rss_mib']} MiB", flush=True)
             return out
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def _counts_call(root: Path, env: dict[str, str], job_id: str) -> float:
@@ -175,6 +157,34 @@ def _peak_rss(pid: int) -> int:
     return 0
 
 
-def run(conn: str, *, sizes: list[int]) -> dict[str, Any]:
-    return {"local": {str(n): local(conn, n=n) for n in sizes},
-            "azure_emulator": {str(n): azure_emulator(conn, n=n) for n in sizes}}
+def run(conn: str, *, sizes: list[int], backends: tuple[str, ...] = ("local", "azure_emulator")) -> dict[str, Any]:
+    steps = {"local": local, "azure_emulator": azure_emulator}
+    return {backend: {str(n): steps[backend](conn, n=n) for n in sizes} for backend in backends}
+
+
+def main() -> int:
+    """``python -m benchmarks.scale --sizes 100000 --backends azure_emulator``: some sizes and backends
+    alone, the figures as JSON (``latest.json`` is left as it is: ``make bench`` writes it)."""
+    import argparse
+
+    from .common import azurite
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale")
+    parser.add_argument("--sizes", default="1000,10000", help="job sizes, comma-separated")
+    parser.add_argument("--backends", default="local,azure_emulator", help="local, azure_emulator (comma-separated)")
+    parser.add_argument("--out", type=Path, help="write the JSON there (default: stdout, after the progress lines)")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    load = [round(x, 2) for x in os.getloadavg()]
+    with azurite() as conn:
+        figures = run(conn, sizes=[int(n) for n in args.sizes.split(",")], backends=tuple(args.backends.split(",")))
+    text = json.dumps({"started": started, "load_average_at_start": load, "scale": figures}, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

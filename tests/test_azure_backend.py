@@ -18,12 +18,13 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from batchyard.backends import get_backend
+from batchyard.backends.azure.adder import TaskAdder
 from batchyard.backends.azure.backend import AzureBackend
 from batchyard.backends.azure.pools import per_job_pool_id, pool_options
 from batchyard.backends.azure.registries import container_setup
-from batchyard.backends.azure.tasks import TaskAdder, sas_lifetime
+from batchyard.backends.azure.tasks import sas_lifetime
 from batchyard.core.config import PoolSection, load_config
-from batchyard.core.errors import AuthenticationError, ConfigError
+from batchyard.core.errors import AuthenticationError, BackendError, ConfigError
 from batchyard.core.job import job_from_dict
 from batchyard.emulator.batch import FaultConfig
 
@@ -151,6 +152,39 @@ def test_resubmit_is_idempotent_and_task_exists_is_tolerated(project: Any, batch
         report = TaskAdder(be.client, "idem").add(options)
         assert (report.added, report.existed) == (0, 5)
         assert be.task_counts("idem").pending == 5
+
+
+def test_adder_takes_tasks_as_requests_go_out(batch_emulator: Any) -> None:
+    """The adder builds a bounded number of chunks ahead of Batch's answers: tasks are on Batch
+    before the last body is built, and a refused task stops the chunks not yet taken."""
+    client = raw_client(batch_emulator)
+    uid = uuid.uuid4().hex[:8]
+    create_empty_pool(client, f"idle-{uid}")
+    job_id = f"stream-{uid}"
+    client.create_job(bm.BatchJobCreateOptions(id=job_id, pool_info=bm.BatchPoolInfo(pool_id=f"idle-{uid}")))
+    seen_on_batch: list[int] = []
+
+    def bodies(n: int, *, bad_at: int | None = None) -> Any:
+        for i in range(n):
+            if i == 2_400:  # chunk 24: at most 16 chunks are in flight, so 8 have been answered
+                seen_on_batch.append(client.get_job_task_counts(job_id).task_counts.active)
+            yield {"id": "bad id" if i == bad_at else f"t{i:05d}", "commandLine": f"true {i}"}
+
+    report = TaskAdder(client, job_id).add(bodies(2_500))
+    assert (report.added, report.existed) == (2_500, 0)
+    assert seen_on_batch and seen_on_batch[0] >= 800
+    taken = 0
+
+    def counted() -> Any:
+        nonlocal taken
+        for body in bodies(10_000, bad_at=0):
+            taken += 1
+            yield body
+
+    with pytest.raises(BackendError, match="refused task 'bad id'"):
+        # One request at a time: the first chunk is answered before a third is built.
+        TaskAdder(client, job_id, concurrency=1).add(counted())
+    assert taken <= 300  # the refusal ended the add long before every body was built
 
 
 def test_add_collection_is_chunked_and_split_when_too_large(project: Any, batch_emulator_factory: Any) -> None:

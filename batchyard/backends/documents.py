@@ -188,9 +188,12 @@ def sync_local_dir(storage: Storage, job: Job) -> int:
     storage.ensure_container(inputs.container)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
+    # What is there already, in one listing (not a request per file): a blob whose MD5 is the file's is kept.
+    stored = {name: md5 for name, md5, _, _ in storage.list_blob_identities(inputs.container, inputs.prefix)}
+
     def push(path: Path) -> bool:
         name = inputs.prefix + path.relative_to(folder).as_posix()
-        if storage.blob_md5(inputs.container, name) == file_md5(path):
+        if stored.get(name, b"") == file_md5(path):
             return False
         storage.upload_file(inputs.container, name, path)
         return True

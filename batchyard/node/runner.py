@@ -275,14 +275,22 @@ def run_attempt(
     spec: TaskSpec, *, node: NodeContext, transfer: BlobTransfer, number: int = 1, slot: int = 0,
     cancel: threading.Event | None = None,
 ) -> tuple[AttemptRecord, list[str]]:
-    """Run one attempt end to end. Never raises for task-level failures: they are recorded."""
+    """Run one attempt end to end. Never raises for task-level failures: they are recorded.
+
+    Its small files are fetched, and its small outputs and logs put, each set in one burst (as
+    a node agent moves a task's files side by side, not one after another); what a burst did
+    not get or put is moved alone, with the usual retries and errors.
+    """
     attempt = _Attempt(spec, node, number, slot)
-    early = _stage_checked(attempt, transfer)
+    with transfer.prefetched(planned_downloads(spec, node)):
+        early = _stage_checked(attempt, transfer)
     if early is None:
         early, category, reason = _run_command(attempt, cancel)
     if early is not None:
         return early, []
-    return _upload_and_record(attempt, transfer, category, reason)
+    planned = _upload_plan(attempt, ran_ok=category is None)
+    with transfer.uploaded_ahead([(path, name, out.container, out.container_url) for path, name, out in planned[0]]):
+        return _upload_and_record(attempt, transfer, category, reason, planned)
 
 
 def should_retry(record: AttemptRecord, spec: TaskSpec) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
+import random
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,16 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 
 from batchyard.emulator.batch.common import BatchApiError
-from batchyard.emulator.batch.validation import SCHEMA, BodyValidator, invalid_value, lenient_from_env, load_schema
+from batchyard.emulator.batch.schema_checks import CompiledSchema
+from batchyard.emulator.batch.validation import (
+    RULES,
+    SCHEMA,
+    BodyValidator,
+    SchemaWalk,
+    invalid_value,
+    lenient_from_env,
+    load_schema,
+)
 
 pytestmark = pytest.mark.timeout(60)
 MAKE_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "batch_schema" / "make_schema.py"
@@ -198,3 +210,85 @@ def test_add_collection_judges_each_task_but_refuses_a_malformed_one(batch_emula
     with pytest.raises(HttpResponseError) as info:
         client.send_request(request)
     assert info.value.status_code == 400 and info.value.error.code == "InvalidRequestBody"
+
+
+# --- the compiled checks (schema_checks.py) against the walk they compile ---------------------------
+ODD_VALUES: list[Any] = [None, 0, -1, 2**63, 1.5, True, "x", "", "PT10M", "P1D", "soon", "2025-06-01T00:00:00Z",
+                         "not a date", [], {}, [1], {"a": 1}, [{}], "TaskCompletion", "tasksuccess", "bad id!",
+                         "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/images/i", "a" * 1100]
+
+
+def _recorded_bodies() -> list[tuple[str, Any]]:
+    validator = BodyValidator()
+    bodies = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "data" / "batch_recordings").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for entry in data["fixtures"] + data["entries"]:
+            method, _, target = entry["call"].partition(" ")
+            name = validator.definition_for(method, target.split("?")[0])
+            if name and isinstance(entry.get("body"), dict):
+                bodies.append((name, entry["body"]))
+    sas = "http://127.0.0.1:10000/devstoreaccount1/c?sv=2025-01-05&sig=x"
+    task = bm.BatchTaskCreateOptions(
+        id="t1", display_name="t1", command_line="true a",
+        environment_settings=[bm.EnvironmentSetting(name="K", value="v")],
+        resource_files=[bm.ResourceFile(http_url=sas, file_path="in/a.txt")],
+        output_files=[bm.OutputFile(file_pattern="*.out", destination=bm.OutputFileDestination(
+            container=bm.OutputFileBlobContainerDestination(container_url=sas, path="out/")),
+            upload_options=bm.OutputFileUploadConfiguration(upload_condition=bm.OutputFileUploadCondition.TASK_SUCCESS))],
+        constraints=bm.BatchTaskConstraints(max_task_retry_count=1, max_wall_clock_time=timedelta(minutes=5)),
+        exit_conditions=bm.ExitConditions(default=bm.ExitOptions(dependency_action=bm.DependencyAction.SATISFY)))
+    as_json = task.as_dict(exclude_readonly=True)
+    bodies += [("BatchTaskCreateOptions", as_json), ("BatchTaskGroup", {"value": [as_json, {**as_json, "id": "t2"}]})]
+    return bodies
+
+
+def _odd(rng: random.Random) -> Any:
+    return copy.deepcopy(rng.choice(ODD_VALUES))  # a fresh copy: a later change must not reach another case
+
+
+def _mutated(body: Any, rng: random.Random) -> Any:
+    """``body`` with one to three random changes: a key added, dropped or given an odd value, an item replaced."""
+    body = copy.deepcopy(body)
+    for _ in range(rng.randint(1, 3)):
+        nodes: list[Any] = []
+        stack = [body]
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack.extend(v for v in (node.values() if isinstance(node, dict) else node) if isinstance(v, dict | list))
+        node = rng.choice(nodes)
+        if isinstance(node, list):
+            if node:
+                node[rng.randrange(len(node))] = _odd(rng)
+            else:
+                node.append(_odd(rng))
+        elif not node or rng.random() < 0.15:
+            node[rng.choice(["zzUnknown", "odata.type", "x@odata.etag"])] = _odd(rng)
+        elif rng.random() < 0.3:
+            del node[rng.choice(list(node))]
+        else:
+            node[rng.choice(list(node))] = _odd(rng)
+    return body
+
+
+def _outcome(check: Any) -> tuple[Any, ...] | None:
+    try:
+        check()
+    except BatchApiError as exc:
+        return (exc.status, exc.code, exc.message, exc.values)
+    return None
+
+
+@pytest.mark.parametrize("rules", [RULES, {}], ids=["with rules", "structure only"])
+def test_compiled_checks_refuse_exactly_what_the_walk_refuses(rules: dict[Any, Any]) -> None:
+    definitions = load_schema()
+    walk, compiled = SchemaWalk(definitions, rules), CompiledSchema(definitions, rules, invalid_value)
+    rng = random.Random(20)
+    refused = 0
+    for name, body in _recorded_bodies():
+        for case in [body, *(_mutated(body, rng) for _ in range(60))]:
+            expected = _outcome(lambda n=name, c=case: walk.object(n, definitions[n], c, ""))
+            assert _outcome(lambda n=name, c=case: compiled.check(n, c)) == expected, (name, case)
+            refused += expected is not None
+    assert refused > 500  # the mutations reach the checks: most cases are refused, each the same way

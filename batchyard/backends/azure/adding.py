@@ -8,6 +8,7 @@ task keeps the URLs it was first added with, which may have expired.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -15,12 +16,13 @@ from typing import Any
 from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from batchyard.backends.azure.adder import TaskAdder
 from batchyard.backends.azure.final import add_final_step, satisfies_on_any_end
 from batchyard.backends.azure.registries import ContainerSetup
 from batchyard.backends.azure.reruns import Placement
 from batchyard.backends.azure.runs import RunChain, RunRecords
 from batchyard.backends.azure.task_bodies import TaskBodies
-from batchyard.backends.azure.tasks import TaskAdder, TaskUrls, batch_error, error_code, sas_lifetime
+from batchyard.backends.azure.tasks import TaskUrls, batch_error, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
 from batchyard.backends.final_step import final_as_job
 from batchyard.core.config import Config
@@ -127,16 +129,19 @@ class JobWriter:
             log.warning("%s", warning)
         bodies = TaskBodies(job, urls=self.urls(job, lifetime), required=required,
                             registry=containers.task_registry if containers else None)
-        options = []
         satisfy = satisfies_on_any_end(job)  # a per-file failure releases the final step too
-        for task in tasks:
-            input_url = None
-            if task.input_blob is not None and task.input_container is not None:
-                input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
-                                                      permission="r")
-            body = bodies.body(task, input_url=input_url)
-            options.append({**body, "exitConditions": satisfy} if satisfy else body)
-        report = TaskAdder(self.client, batch_job_id).add(options)
+
+        def options() -> Iterator[dict[str, Any]]:
+            """Each task's body, built as the adder takes it (a few requests ahead, never all at once)."""
+            for task in tasks:
+                input_url = None
+                if task.input_blob is not None and task.input_container is not None:
+                    input_url = self.storage.blob_sas_url(task.input_container, task.input_blob, expiry=lifetime,
+                                                          permission="r")
+                body = bodies.body(task, input_url=input_url)
+                yield {**body, "exitConditions": satisfy} if satisfy else body
+
+        report = TaskAdder(self.client, batch_job_id).add(options())
         if report.existed:
             log.info("job %s: %d task(s) were already on Azure Batch (an earlier submit added them)",
                      job.id, report.existed)

@@ -18,8 +18,9 @@ from typing import Any
 from azure.batch import models as bm
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.azure.adder import TaskAdder
 from batchyard.backends.azure.reruns import Placement
-from batchyard.backends.azure.tasks import JobFacts, TaskAdder, TaskUrls, build_task, enum_text, required_patterns
+from batchyard.backends.azure.tasks import JobFacts, TaskUrls, build_task, enum_text, required_patterns
 from batchyard.backends.base import FinalStepView, TaskCounts, TaskResult
 from batchyard.backends.documents import JobDocuments
 from batchyard.backends.final_step import (

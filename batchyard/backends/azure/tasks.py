@@ -1,18 +1,14 @@
 """The azure backend's job/task translation: batchyard's job model <-> Azure Batch tasks.
 
-Pure functions plus :class:`TaskAdder` (adding task collections with our own deadline):
-nothing here decides *which* tasks to add; :mod:`batchyard.backends.azure.backend` does.
+Pure functions (adding them is :mod:`batchyard.backends.azure.adder`): nothing here decides
+*which* tasks to add; :mod:`batchyard.backends.azure.backend` does.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import re
-import threading
-import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,8 +44,6 @@ REQUIRED_OUTPUTS_ENV = "BATCHYARD_REQUIRED_OUTPUTS"
 FINGERPRINT_ENV = "BATCHYARD_FINGERPRINT"
 WEEK = timedelta(days=7)
 MAX_DISPLAY_NAME = 1024
-CHUNK = 100  # Batch's limit of tasks per add-collection request
-CHUNK_CONCURRENCY = 8
 
 # Runs "$@" (the real argv, never re-parsed by a shell), then checks each required pattern; exits
 # OUTPUT_MISSING_EXIT when one matched nothing.
@@ -80,13 +74,13 @@ def batch_error(exc: BaseException, what: str) -> Exception:
             "(BATCHYARD_BATCH_ACCOUNT or [azure] batch_account)."
         )
     if isinstance(exc, ClientAuthenticationError):
-        return AuthenticationError(f"{what}: authentication failed ({_first_line(exc)}). With no Batch key, "
+        return AuthenticationError(f"{what}: authentication failed ({first_line(exc)}). With no Batch key, "
                                    "batchyard uses DefaultAzureCredential: log in (az login) or set the key.")
     if isinstance(exc, ServiceRequestError):
         if "bearer token" in str(exc).lower():
             return AuthenticationError(f"{what}: token credentials need an https Batch URL; for an http "
                                        "endpoint (an emulator) set the Batch account key (BATCHYARD_BATCH_KEY).")
-        return BackendError(f"{what}: the Batch endpoint is unreachable ({_first_line(exc)}); check "
+        return BackendError(f"{what}: the Batch endpoint is unreachable ({first_line(exc)}); check "
                             "BATCHYARD_BATCH_URL or [azure] batch_url")
     if isinstance(exc, HttpResponseError):
         code = _code(exc)
@@ -95,7 +89,7 @@ def batch_error(exc: BaseException, what: str) -> Exception:
         if code == "TaskNotFound":
             return TaskNotFoundError(f"{what}: the task does not exist on Azure Batch")
         return BackendError(f"{what}: Azure Batch answered {exc.status_code} {code or ''}: {_message(exc)}")
-    return BackendError(f"{what}: {type(exc).__name__}: {_first_line(exc)}")
+    return BackendError(f"{what}: {type(exc).__name__}: {first_line(exc)}")
 
 
 def _code(exc: HttpResponseError) -> str | None:
@@ -109,7 +103,7 @@ def _message(exc: HttpResponseError) -> str:
     return redact(str(text).split("\nRequestId:", 1)[0].strip())
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return redact(text.splitlines()[0] if text else type(exc).__name__)
 
@@ -323,100 +317,3 @@ def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail
         ended_at=ended, node_id=node_id, stderr_tail=stderr_tail,
         attempt_records=(record,) if attempts else (),
     )
-
-
-# ---------------------------------------------------------------------------------------------- adding
-@dataclass
-class AddReport:
-    added: int = 0
-    existed: int = 0
-
-
-class TaskAdder:
-    """Add tasks 100 per request, 8 requests at a time, under one deadline.
-
-    Why not the SDK's ``create_tasks``: it retries a persistent 5xx forever, and we want
-    per-task answers: ``TaskExists`` means an earlier (interrupted) submit already added it.
-    """
-
-    def __init__(self, client: Any, job_id: str, *, deadline_s: float = 600.0, chunk: int = CHUNK,
-                 concurrency: int = CHUNK_CONCURRENCY) -> None:
-        self.client, self.job_id = client, job_id
-        self.deadline = time.monotonic() + deadline_s
-        self.deadline_s = deadline_s
-        self.chunk, self.concurrency = chunk, concurrency
-        self.report = AddReport()
-        self._lock = threading.Lock()
-
-    def add(self, tasks: Iterable[bm.BatchTaskCreateOptions | dict[str, Any]]) -> AddReport:
-        items = list(tasks)
-        chunks = [items[i:i + self.chunk] for i in range(0, len(items), self.chunk)]
-        if not chunks:
-            return self.report
-        with ThreadPoolExecutor(min(self.concurrency, len(chunks)), thread_name_prefix="batchyard-add") as pool:
-            for future in [pool.submit(self._add_chunk, c) for c in chunks]:
-                future.result()  # re-raises the first error
-        return self.report
-
-    def _backoff(self, attempt: int, why: str) -> None:
-        if time.monotonic() >= self.deadline:
-            raise BackendError(f"adding tasks to job {self.job_id!r}: Azure Batch still answers {why} after "
-                               f"{self.deadline_s:.0f} s; submit again later (tasks already added are kept)")
-        delay = min(10.0, 0.25 * 2 ** attempt) * (0.5 + random.random() / 2)
-        time.sleep(max(0.0, min(delay, self.deadline - time.monotonic())))
-
-    def _add_chunk(self, pending: list[bm.BatchTaskCreateOptions | dict[str, Any]]) -> None:
-        attempt = 0
-        while pending:
-            try:
-                # A body of plain JSON (task_bodies.py) or of models: the SDK serializes either as it is.
-                result = self.client.create_task_collection(self.job_id, {"value": pending})  # type: ignore[arg-type]
-            except HttpResponseError as exc:
-                if error_code(exc) == "RequestBodyTooLarge" or exc.status_code == 413:
-                    if len(pending) == 1:
-                        raise BackendError(f"task {pending[0].id!r} of job {self.job_id!r} is too large for "
-                                           "Azure Batch (over 1 MB: too many resource files or environment)") from None
-                    half = len(pending) // 2
-                    self._add_chunk(pending[:half])
-                    self._add_chunk(pending[half:])
-                    return
-                if exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429):
-                    self._backoff(attempt, f"{exc.status_code} {error_code(exc) or ''}".strip())
-                    attempt += 1
-                    continue
-                raise batch_error(exc, f"adding tasks to job {self.job_id!r}") from None
-            except ServiceRequestError as exc:  # connection reset: the request may or may not have landed
-                self._backoff(attempt, f"with a connection error ({_first_line(exc)})")
-                attempt += 1
-                continue
-            except Exception as exc:
-                raise batch_error(exc, f"adding tasks to job {self.job_id!r}") from None
-            retry_ids = self._tally(result.result_values or [])
-            by_id = {str(t["id"]).lower(): t for t in pending}
-            pending = [by_id[i] for i in retry_ids if i in by_id]
-            if pending:
-                self._backoff(attempt, "server errors for some tasks")
-                attempt += 1
-
-    def _tally(self, results: Sequence[bm.BatchTaskCreateResult]) -> list[str]:
-        retry: list[str] = []
-        added = existed = 0
-        for r in results:
-            status = enum_text(r.status)
-            code = r.error.code if r.error is not None else None
-            if status == "success":
-                added += 1
-            elif status == "clienterror" and code == "TaskExists":
-                existed += 1
-            elif status == "clienterror":
-                text = r.error.message.value if r.error is not None and r.error.message else ""
-                details = "; ".join(f"{d.key}={d.value}" for d in (r.error.error_values or [])) if r.error else ""
-                first = str(text).split("\n", 1)[0]
-                raise BackendError(redact(f"Azure Batch refused task {r.task_id!r} of job {self.job_id!r}: "
-                                          f"{code}: {first}" + (f" ({details})" if details else "")))
-            else:
-                retry.append(str(r.task_id).lower())
-        with self._lock:
-            self.report.added += added
-            self.report.existed += existed
-        return retry

@@ -41,16 +41,15 @@ def _parse_constant(name: str) -> Any:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether lists/objects nest deeper than ``limit`` (iterative: the check itself cannot recurse)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
+    """Whether lists/objects nest deeper than ``limit`` (level by level: the check itself cannot recurse)."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, dict | list)]
+        depth += 1
     return False
 
 
@@ -83,13 +82,17 @@ class Request:
     body: bytes = b""
     params: list[str] = field(default_factory=list)  # decoded {placeholders} from the route
     rest: str = ""  # decoded remainder for file routes
+    parsed: dict[str, Any] | None = field(default=None, repr=False)  # the body once parsed (json())
 
     def json(self, *, required: bool = True) -> dict[str, Any]:
+        """The body as a JSON object, parsed once: the schema check and the operation read the same one."""
         if not self.body.strip():
             if required:
                 raise BatchApiError(400, "MissingRequiredProperty", "The request body is missing.")
             return {}
-        return parse_body(self.body)
+        if self.parsed is None:
+            self.parsed = parse_body(self.body)
+        return self.parsed
 
     def flag(self, name: str) -> bool:
         return self.query.get(name, "").lower() == "true"

@@ -250,13 +250,15 @@ class Engine(PrepRelease):
 
     def _after_task_change(self, job: Job) -> None:
         """Finish a terminating/deleting job once its tasks are dead; onAllTasksComplete."""
-        running = any(t.state == "running" for t in job.tasks.values())
-        if job.state in ("terminating", "deleting") and not running and self.releasing(job):
-            return  # the job ends once its release tasks have run
-        if job.state == "terminating" and not running and settled(job.settle_at):
-            self._complete_job(job)
-        elif job.state == "deleting" and not running and settled(job.settle_at):
-            self._forget_job(job)
+        if job.state in ("terminating", "deleting"):
+            # Asked only of a job that is ending: an active job's check would walk all its tasks on every add.
+            if any(t.state == "running" for t in job.tasks.values()) or self.releasing(job):
+                return  # the job ends once its tasks are dead and its release tasks have run
+            if settled(job.settle_at):
+                if job.state == "terminating":
+                    self._complete_job(job)
+                else:
+                    self._forget_job(job)
         elif (job.state == "active" and job.spec.get("onAllTasksComplete") == "terminatejob" and job.tasks
               and all(t.state == "completed" for t in job.tasks.values())):
             # A job with no tasks stays active, as on Azure (its recorded answers show it).

@@ -30,7 +30,8 @@ from typing import Any
 
 from batchyard.core.redact import redact
 from batchyard.emulator.batch.common import BatchApiError, parse_duration
-from batchyard.emulator.batch.protocol import Request, parse_body
+from batchyard.emulator.batch.protocol import Request
+from batchyard.emulator.batch.schema_checks import CompiledSchema
 
 SCHEMA = "data/batch_schema_2025-06-01.json"
 LENIENT_ENV = "BATCHYARD_EMULATOR_LENIENT"
@@ -131,8 +132,12 @@ def invalid_value(name: str, path: str, value: Any, reason: str) -> BatchApiErro
                          [("PropertyName", name), *_shown(name, value), ("Reason", reason)])
 
 
-class _Walk:
-    """One body against one definition; raises the first problem found, as Azure stops at its first."""
+class SchemaWalk:
+    """One body against one definition; raises the first problem found, as Azure stops at its first.
+
+    What the checks are, read straight from the schema: :class:`BodyValidator` runs them compiled
+    (:mod:`.schema_checks`), which tests hold equal to this walk.
+    """
 
     def __init__(self, definitions: dict[str, Any], rules: dict[tuple[str, str], Callable[[str], str | None]]) -> None:
         self.definitions = definitions
@@ -224,14 +229,14 @@ class BodyValidator:
 
     def __init__(self, *, strict: bool = True, definitions: dict[str, Any] | None = None) -> None:
         self.strict = strict
-        definitions = definitions if definitions is not None else load_schema()
-        self._walk = _Walk(definitions, RULES)
+        self.definitions = definitions if definitions is not None else load_schema()
+        self._checks = CompiledSchema(self.definitions, RULES, invalid_value)
         # In an add-collection a task whose value breaks a rule (a bad id) is that task's clientError,
         # not the request's: only the structure of its tasks fails the whole request.
-        self._structure_only = _Walk(definitions, {})
+        self._structure_only = CompiledSchema(self.definitions, {}, invalid_value)
         self._routes = [(method, _segments(route), name) for method, route, name in BODIES]
         for _, _, name in BODIES:
-            if name not in self._walk.definitions:
+            if name not in self.definitions:
                 raise KeyError(f"the Batch schema has no definition {name}")
 
     def definition_for(self, method: str, path: str) -> str | None:
@@ -249,8 +254,7 @@ class BodyValidator:
             return
         name = self.definition_for(request.method, request.path)
         if name is not None:
-            self.check_body(name, parse_body(request.body))
+            self.check_body(name, request.json())
 
     def check_body(self, name: str, body: Any) -> None:
-        walk = self._structure_only if name in PER_ITEM_RULES else self._walk
-        walk.object(name, walk.definitions[name], body, "")
+        (self._structure_only if name in PER_ITEM_RULES else self._checks).check(name, body)
