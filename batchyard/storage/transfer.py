@@ -127,8 +127,13 @@ class BlobTransfer:
         first part got on entry, every one in a single burst (:meth:`FastRest.get_first_many`).
         One not got then is downloaded as usual; what was not used is dropped on exit."""
         got: dict[BlobRef, FirstPart] = {}
-        addresses = [(ref, self._address_of(*ref)) for ref in dict.fromkeys(refs)]
-        wanted = [(ref, address) for ref, address in addresses if address is not None][:BURST_REQUESTS]
+        wanted: list[tuple[BlobRef, BlobAddress]] = []
+        for ref in dict.fromkeys(refs):
+            with contextlib.suppress(StorageError):  # (one that cannot be addressed fails alone, in staging)
+                address = self._address_of(*ref)
+                if address is not None:
+                    wanted.append((ref, address))
+        wanted = wanted[:BURST_REQUESTS]
         if len(wanted) > 1:
             parts = self._fast.client.get_first_many([address for _, address in wanted], SMALL_BLOB)
             got = {ref: first for (ref, _), first in zip(wanted, parts, strict=True) if first is not None}
