@@ -49,7 +49,7 @@ def test_tasks_sharing_or_not_a_prefix_read_each_name_once(monkeypatch: pytest.M
     keys = [f"k{i:04d}" for i in range(n)]
     per_task = "{KEY}" in path
     prefixes = [f"dl/{k}/" if per_task else "dl/" for k in keys]
-    blobs = sorted(f"{p}out-{k}.txt" for p, k in zip(prefixes, keys, strict=True)) + ["dl/other.log"]
+    blobs = [*sorted(f"{p}out-{k}.txt" for p, k in zip(prefixes, keys, strict=True)), "dl/other.log"]
     storage = FakeStorage({("outs", "dl/"): blobs})
     rows: list[list[Any]] = [[f"t-{k}", k, [p]] for k, p in zip(keys, prefixes, strict=True)]
     results = [TaskResult(job_id="dl", task_id=f"t-{k}", state=TaskState.SUCCEEDED) for k in keys]
