@@ -40,6 +40,7 @@ def current_outputs(storage: Storage, documents: JobDocuments, job: Job,
     current = {row[0]: row for row in rows}
     listings: dict[tuple[str, str], list[str]] = {}
     served: set[tuple[str, str]] = set()
+    scanned: set[tuple[str, str, str | None]] = set()  # each (container, prefix, pattern) is read once
     for result in results:
         row = current.get(result.task_id)
         if row is None:  # a task of an earlier submission that this one no longer has
@@ -49,6 +50,12 @@ def current_outputs(storage: Storage, documents: JobDocuments, job: Job,
                 continue
             shared = documents.static_output_prefix(job, index)
             prefix = _task_prefix(job, row, index, shared)
+            # Tasks sharing a prefix (a path such as `{job_id}/`) stand for the same blobs: scanning
+            # them once per task made a download of n such tasks read n x n names.
+            scan = (out.container, shared, None) if prefix is None else (out.container, prefix, out.pattern)
+            if scan in scanned:
+                continue
+            scanned.add(scan)
             if prefix is None:  # per-task path, prefixes not recorded: what is under the shared part
                 candidates: Iterable[str] = _listing(storage, listings, out.container, shared)
             else:
