@@ -79,3 +79,28 @@ def test_a_failed_task_does_not_stand_for_the_shared_blobs_but_a_succeeded_one_d
     mixed = [*failed, TaskResult(job_id="dl", task_id="t-b", state=TaskState.SUCCEEDED)]
     assert list(outputs.current_outputs(storage, FakeDocuments(rows), job, mixed)) == [  # type: ignore[arg-type]
         ("outs", "dl/out-a.txt"), ("outs", "dl/out-b.txt")]
+
+
+def test_blobs_download_side_by_side_each_to_its_place(project: Any, tmp_path: Path) -> None:
+    """``download`` copies several blobs at a time (real Azurite): every one lands whole at
+    ``dest/<container>/<name>``, the paths come back in the listing's order."""
+    from batchyard.storage.downloads import download_blobs
+
+    outs = project.container("outputs")
+    files = {f"dl/sub {i % 3}/out-{i:03d}.txt": f"blob {i}\n".encode() * (i + 1) for i in range(120)}
+    project.put_inputs(outs, files)
+    names = sorted(files)
+    written = download_blobs(project.storage, ((outs, name) for name in names), tmp_path / "dest", concurrency=8)
+    assert written == [tmp_path / "dest" / outs / name for name in names]
+    assert all(path.read_bytes() == files[name] for path, name in zip(written, names, strict=True))
+
+
+def test_a_blob_name_that_would_leave_dest_is_refused_before_it_is_written(project: Any, tmp_path: Path) -> None:
+    from batchyard.core.errors import UnsafePathError
+    from batchyard.storage.downloads import download_blobs
+
+    outs = project.container("outputs")
+    project.put_inputs(outs, {"fine.txt": b"ok"})
+    with pytest.raises(UnsafePathError, match="output blob"):
+        download_blobs(project.storage, [(outs, "fine.txt"), (outs, "../escaped.txt")], tmp_path / "dest")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "dest" / "escaped.txt").exists()

@@ -409,16 +409,9 @@ class Backend(ABC):
 
     def download_outputs(self, job_id: str, dest: Path) -> list[Path]:
         """Copy every output blob of the job (:meth:`output_blobs`) under ``dest/<container>/<blob name>``."""
-        from batchyard.core.paths import safe_relative_path
+        from batchyard.storage.downloads import download_blobs
 
-        written: list[Path] = []
-        for container, name in self.output_blobs(job_id):
-            rel = safe_relative_path(name, what=f"output blob {name!r}")
-            target = dest / container / Path(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.storage.download_bytes(container, name))
-            written.append(target)
-        return written
+        return download_blobs(self.storage, self.output_blobs(job_id), dest)
 
     def close(self) -> None:  # noqa: B027
         """Release clients and processes."""
