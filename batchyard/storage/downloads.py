@@ -9,9 +9,9 @@ at most twice that many waiting, so 100,000 names are never all held as futures.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from batchyard.core.bounded import bounded_map
 from batchyard.core.paths import safe_relative_path
 from batchyard.storage.account import Storage
 
@@ -23,32 +23,16 @@ def download_blobs(storage: Storage, blobs: Iterable[tuple[str, str]], dest: Pat
     """Copy each (container, blob name) to ``dest/<container>/<blob name>``; the paths written, in
     the order given. A name that would leave ``dest`` is refused before anything of it is written;
     the first error stops the rest and is raised."""
-    def fetch(container: str, name: str, target: Path) -> Path:
+    def fetch(placed: tuple[str, str, Path]) -> Path:
+        container, name, target = placed
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(storage.download_bytes(container, name))
         return target
 
-    written: list[Future[Path]] = []
-    pending: set[Future[Path]] = set()
+    def place(blob: tuple[str, str]) -> tuple[str, str, Path]:
+        container, name = blob
+        rel = safe_relative_path(name, what=f"output blob {name!r}")  # before anything of it is written
+        return container, name, dest / container / Path(*rel.parts)
 
-    def settle(until: str) -> None:
-        nonlocal pending
-        done, pending = wait(pending, return_when=until)
-        for future in done:
-            future.result()  # re-raises a download's error
-
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="batchyard-download") as pool:
-        try:
-            for container, name in blobs:
-                rel = safe_relative_path(name, what=f"output blob {name!r}")
-                if len(pending) >= 2 * concurrency:
-                    settle(FIRST_COMPLETED)
-                future = pool.submit(fetch, container, name, dest / container / Path(*rel.parts))
-                written.append(future)
-                pending.add(future)
-            settle(ALL_COMPLETED)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-    return [future.result() for future in written]
+    return bounded_map(fetch, (place(blob) for blob in blobs), concurrency=concurrency,
+                       thread_name_prefix="batchyard-download")

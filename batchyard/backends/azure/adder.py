@@ -18,7 +18,6 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 from batchyard.backends.azure.tasks import batch_error, error_code, first_line
+from batchyard.core.bounded import bounded_map
 from batchyard.core.errors import BackendError
 from batchyard.core.redact import redact
 
@@ -63,26 +63,9 @@ class TaskAdder:
     def add(self, tasks: Iterable[TaskBody]) -> AddReport:
         """Add ``tasks`` (SDK models or their JSON), taking them as requests go out; the first error
         stops the rest (chunks not yet sent are not sent) and is raised."""
-        in_flight: set[Future[None]] = set()
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="batchyard-add") as pool:
-            try:
-                for chunk in _chunks(tasks, self.chunk):
-                    while len(in_flight) >= self.concurrency * AHEAD:
-                        in_flight = self._settle(in_flight, FIRST_COMPLETED)
-                    in_flight.add(pool.submit(self._add_chunk, chunk))
-                self._settle(in_flight, ALL_COMPLETED)
-            except BaseException:
-                for future in in_flight:
-                    future.cancel()
-                raise
+        bounded_map(self._add_chunk, _chunks(tasks, self.chunk), concurrency=self.concurrency, ahead=AHEAD,
+                    thread_name_prefix="batchyard-add")
         return self.report
-
-    @staticmethod
-    def _settle(in_flight: set[Future[None]], until: str) -> set[Future[None]]:
-        done, pending = wait(in_flight, return_when=until)
-        for future in done:
-            future.result()  # re-raises the chunk's error
-        return pending
 
     def _backoff(self, attempt: int, why: str) -> None:
         if time.monotonic() >= self.deadline:

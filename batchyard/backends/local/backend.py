@@ -14,8 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -47,6 +46,7 @@ from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.backends.outputs import current_outputs
 from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
+from batchyard.core.bounded import bounded_map
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, without_final
@@ -144,7 +144,7 @@ class LocalBackend(Backend):
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
     def _enqueue(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
-        """Send the tasks' messages as they are packed, several at a time (:func:`send_all`): the
+        """Send the tasks' messages as they are packed, several at a time (``bounded_map``): the
         queue's work overlaps the packing, and no more than a few messages are held at once."""
         size = chunk_size_for(len(tasks), self.config.workers)
         oversized: list[TaskDef] = []
@@ -159,12 +159,12 @@ class LocalBackend(Backend):
         send = partial(self.store.send, queue=queue)
         # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.
         concurrency = SEND_CONCURRENCY if self.storage.fast_queue is None else FAST_POOL_SIZE
-        send_all(send, packed(), concurrency)
+        bounded_map(send, packed(), concurrency=concurrency)
         if oversized:  # a definition too big for a message: its row is written now, the message names it
             self.store.write_pending(job_id, oversized, reset=True)
             ids = [t.task_id for t in oversized]
-            send_all(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)),
-                     concurrency)
+            bounded_map(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)),
+                        concurrency=concurrency)
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
@@ -354,22 +354,6 @@ class LocalBackend(Backend):
         """The task from its row and the job document (:mod:`batchyard.backends.local.replay`)."""
         self._require_job(job_id)
         return replay_task(self.store, self.job(job_id), task_id, node_root=node_root)
-
-
-def send_all(send: Callable[[TaskMessage], None], messages: Iterable[TaskMessage], concurrency: int) -> None:
-    """``send`` each message on ``concurrency`` threads, taking the next from ``messages`` only
-    while fewer than twice that many are in flight; the first error raises once those in flight
-    are done (the messages not taken yet are not sent)."""
-    with ThreadPoolExecutor(concurrency) as pool:
-        flying: set[Future[None]] = set()
-        for message in messages:
-            if len(flying) >= 2 * concurrency:
-                done, flying = wait(flying, return_when=FIRST_COMPLETED)
-                for future in done:
-                    future.result()
-            flying.add(pool.submit(send, message))
-        for future in flying:
-            future.result()
 
 
 def local_storage_connection_string(config: Config) -> str:

@@ -1,0 +1,43 @@
+"""One call on many items, several at a time, fed from an iterator as it goes.
+
+Used where a stream of items (queue messages, 100-task requests, blobs to copy) meets a service
+whose latency is worth overlapping, but the stream is too long to hold as futures at once: the
+next item is taken only while fewer than ``ahead x concurrency`` wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def bounded_map(fn: Callable[[Item], Result], items: Iterable[Item], *, concurrency: int, ahead: int = 2,
+                thread_name_prefix: str = "batchyard") -> list[Result]:
+    """``fn(item)`` for each item on ``concurrency`` threads, the results in the items' order.
+
+    The first error is raised once it is seen: items not taken yet are never run, those waiting
+    are cancelled (those already running finish first).
+    """
+    futures: list[Future[Result]] = []
+    pending: set[Future[Result]] = set()
+    with ThreadPoolExecutor(concurrency, thread_name_prefix=thread_name_prefix) as pool:
+        try:
+            for item in items:
+                while len(pending) >= ahead * concurrency:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        future.result()  # re-raises the item's error
+                future = pool.submit(fn, item)
+                futures.append(future)
+                pending.add(future)
+            for future in list(pending):
+                future.result()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+    return [future.result() for future in futures]
