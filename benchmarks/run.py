@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import big, e2e, final_step, scale, submit, tiny
+from . import big, download, e2e, final_step, scale, submit, tiny
 from .common import azurite, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("tiny", "submit", "big", "scale", "e2e")
+SECTIONS = ("tiny", "submit", "big", "scale", "e2e", "run_all")
 
 
 def main() -> int:
@@ -27,39 +27,20 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, comma-separated: {', '.join(SECTIONS)}, "
                         "final (the final step's cost; not in the default set)")
     parser.add_argument("--scale", action="store_true",
-                        help="the scale section up to 100,000 tasks (default: 1,000 and 10,000)")
+                        help="scale and run_all up to 100,000 tasks (default: scale 1,000 and 10,000, run_all 2,000)")
     args = parser.parse_args()
     reps = 1 if args.quick else args.reps
     only = set(args.only.split(","))
     out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "quick": args.quick,
                            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
-    with azurite() as conn:
-        out["machine"] = machine(conn)
-        print(f"machine: {out['machine']}")
-        if "tiny" in only:
-            print("tiny tasks ...", flush=True)
-            out["tiny"] = tiny.run(conn, n=200 if args.quick else 2000, reps=reps)
-        if "submit" in only:
-            n = 1000 if args.quick else 10_000
-            print("submit ...", flush=True)
-            out["submit"] = {"local": submit.local(conn, n=n, reps=reps),
-                             "azure_emulator": submit.azure_emulator(conn, n=n, reps=reps)}
-            out["submit"]["local_10k_s"] = out["submit"]["local"]["seconds"]
-            emu = out["submit"]["azure_emulator"]
-            out["submit"]["azure_emulator_10k_s"] = emu["seconds"] if emu else None
-        if "big" in only:
-            print("big files ...", flush=True)
-            out["big"] = big.run(conn, size=(64 if args.quick else 1024) << 20, reps=reps)
-        if "e2e" in only:
-            print("tiny tasks end to end: batchyard run vs xargs vs snakemake ...", flush=True)
-            out["e2e"] = e2e.run(conn, n=50 if args.quick else 300, reps=reps)
-        if "scale" in only:
-            sizes = [1000] if args.quick else [1000, 10_000, 100_000] if args.scale else [1000, 10_000]
-            print(f"scale {sizes} ...", flush=True)
-            out["scale"] = scale.run(conn, sizes=sizes)
-        if "final" in only:  # opt-in: --only final
-            print("final step ...", flush=True)
-            out["final"] = final_step.run(conn, n=100 if args.quick else 500, reps=reps)
+    out["machine"] = machine()
+    print(f"machine: {out['machine']}")
+    for name in (*SECTIONS, "final"):
+        if name in only:
+            # Each section on an Azurite of its own: Azurite's blob and row look-ups cost more the more
+            # the account holds (docs/performance.md), so one section's leftovers would slow the next.
+            with azurite() as conn:
+                out[name] = _section(name, conn, args, reps)
     out["memory"] = {
         "worker_rss_mib": out.get("tiny", {}).get("worker_peak_rss_mib"),
         "submit_rss_mib": out.get("submit", {}).get("local", {}).get("peak_rss_mib"),
@@ -82,6 +63,37 @@ def main() -> int:
     latest.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     _table(out)
     return 0
+
+
+def _section(name: str, conn: str, args: argparse.Namespace, reps: int) -> Any:
+    if name == "tiny":
+        print("tiny tasks ...", flush=True)
+        return tiny.run(conn, n=200 if args.quick else 2000, reps=reps)
+    if name == "submit":
+        n = 1000 if args.quick else 10_000
+        print("submit ...", flush=True)
+        section: dict[str, Any] = {"local": submit.local(conn, n=n, reps=reps),
+                                   "azure_emulator": submit.azure_emulator(conn, n=n, reps=reps)}
+        section["local_10k_s"] = section["local"]["seconds"]
+        emu = section["azure_emulator"]
+        section["azure_emulator_10k_s"] = emu["seconds"] if emu else None
+        return section
+    if name == "big":
+        print("big files ...", flush=True)
+        return big.run(conn, size=(64 if args.quick else 1024) << 20, reps=reps)
+    if name == "e2e":
+        print("tiny tasks end to end: batchyard run vs xargs vs snakemake ...", flush=True)
+        return e2e.run(conn, n=50 if args.quick else 300, reps=reps)
+    if name == "scale":
+        sizes = [1000] if args.quick else [1000, 10_000, 100_000] if args.scale else [1000, 10_000]
+        print(f"scale {sizes} ...", flush=True)
+        return scale.run(conn, sizes=sizes)
+    if name == "run_all":
+        sizes = [200] if args.quick else [2000, 10_000, 100_000] if args.scale else [2000]
+        print(f"running every task, then download vs the raw SDK {sizes} ...", flush=True)
+        return download.run_all(sizes=sizes, reps=1 if args.quick else 2)
+    print("final step ...", flush=True)  # opt-in: --only final
+    return final_step.run(conn, n=100 if args.quick else 500, reps=reps)
 
 
 def _table(out: dict[str, Any]) -> None:
@@ -118,6 +130,13 @@ def _table(out: dict[str, Any]) -> None:
                         rows.append((f"scale {backend} {n}: {step} (s)", value["s"], f"{value['rss_mib']} MiB", extra))
                     elif step != "tasks":
                         rows.append((f"scale {backend} {n}: {step}", value, "", ""))
+    for n, section in (out.get("run_all") or {}).get("sizes", {}).items():
+        summary = section["summary"]
+        rows += [(f"run_all {n}: tasks/s", summary["tasks_per_s"], f"max RSS {summary['max_rss_mib']} MiB", ""),
+                 (f"run_all {n}: download (s)", summary["batchyard_download_s"], f"raw {summary['raw_download_s']} s",
+                  f"ratio {summary['ratio']}")]
+    if (out.get("run_all") or {}).get("tasks_per_s_vs_smallest"):
+        rows.append(("run_all: tasks/s vs the smallest job", out["run_all"]["tasks_per_s_vs_smallest"], "", ""))
     m = out["memory"]
     rows.append(("memory: worker / submit RSS MiB", f"{m['worker_rss_mib']} / {m['submit_rss_mib']}", "", ""))
     width = max(len(r[0]) for r in rows)

@@ -49,10 +49,11 @@ from batchyard.core.job import (
 from batchyard.core.placeholders import PLACEHOLDER_RE, static_prefix
 from batchyard.core.rerun import blob_identity, with_fingerprints
 from batchyard.storage.account import Storage, file_md5
+from batchyard.storage.transfer import BURST_REQUESTS, BlobTransfer
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CONCURRENCY = 16
+UPLOAD_CONCURRENCY = 2  # threads, each putting a burst of small files at a time (Azurite takes them one by one)
 
 
 class JobDocuments:
@@ -191,15 +192,20 @@ def sync_local_dir(storage: Storage, job: Job) -> int:
     # What is there already, in one listing (not a request per file): a blob whose MD5 is the file's is kept.
     stored = {name: md5 for name, md5, _, _ in storage.list_blob_identities(inputs.container, inputs.prefix)}
 
-    def push(path: Path) -> bool:
-        name = inputs.prefix + path.relative_to(folder).as_posix()
-        if stored.get(name, b"") == file_md5(path):
-            return False
-        storage.upload_file(inputs.container, name, path)
-        return True
+    transfer = BlobTransfer(storage)
 
+    def push(chunk: list[Path]) -> int:
+        """The chunk's changed files, the small ones in one burst (``uploaded_ahead``), the rest alone."""
+        named = [(path, inputs.prefix + path.relative_to(folder).as_posix()) for path in chunk]
+        changed = [(path, name) for path, name in named if stored.get(name, b"") != file_md5(path)]
+        with transfer.uploaded_ahead([(path, name, inputs.container, None) for path, name in changed]):
+            for path, name in changed:
+                transfer.upload(path, blob_name=name, container=inputs.container)
+        return len(changed)
+
+    chunks = [files[i:i + BURST_REQUESTS] for i in range(0, len(files), BURST_REQUESTS)]
     with ThreadPoolExecutor(UPLOAD_CONCURRENCY) as pool:
-        uploaded = sum(pool.map(push, files))
+        uploaded = sum(pool.map(push, chunks))
     log.info("inputs.local_dir: %d file(s) uploaded, %d unchanged", uploaded, len(files) - uploaded)
     return uploaded
 
