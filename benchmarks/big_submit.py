@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from .common import isolated_config
+from .common import PeakRss, isolated_config
 
 
 def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
@@ -50,6 +50,7 @@ def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *prof, "-m", "batchyard", "run", "job.toml", "--no-wait"],
                                 cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = PeakRss(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         err = proc.stderr.read().decode() if proc.stderr else ""
@@ -58,7 +59,7 @@ def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
         out: dict[str, Any] = {
             **({"tree": tree[0]} if tree else {}),
             "tasks": n, "s": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-            "rss_mib": round(usage.ru_maxrss / 1024, 1), "load_1m": round(load[0], 2)}
+            "rss_mib": peak.stop(), "load_1m": round(load[0], 2)}
         if azurite and before:
             after = azurite.cpu_times()
             out["azurite_cpu_s"] = round(after.user + after.system - before.user - before.system, 2)

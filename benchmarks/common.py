@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,6 +84,37 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+class PeakRss:
+    """A child process's own peak RSS: its ``VmHWM`` read every 50 ms on a thread while it lives.
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries a parent's peak into its child across fork and
+    exec, so a command started by a benchmark process of 240 MiB reports 240 MiB whatever it used.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._pid, self._peak_kib, self._done = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            try:
+                status = Path(f"/proc/{self._pid}/status").read_text()
+            except OSError:
+                return
+            hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+            if hwm is None:  # a zombie: its memory is gone
+                return
+            self._peak_kib = max(self._peak_kib, hwm)
+            self._done.wait(0.05)
+
+    def stop(self) -> float:
+        """The peak seen, in MiB (call once the process has exited)."""
+        self._done.set()
+        self._thread.join()
+        return round(self._peak_kib / 1024, 1)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from .common import isolated_config, start_batch_emulator, stop_process
+from .common import PeakRss, isolated_config, start_batch_emulator, stop_process
 
 STEPS = ("submit", "status", "status_json", "report", "cancel", "status_cancelled", "delete")
 AZURE_STEPS = ("submit", "status", "status_json", "cancel", "delete")
@@ -38,6 +38,7 @@ def command(args: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, flo
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "batchyard", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = PeakRss(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     first_byte: float | None = None
     out_bytes = 0
@@ -60,7 +61,7 @@ def command(args: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, flo
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):  # 1: the job has failed or cancelled tasks, as the command says
         raise RuntimeError(f"batchyard {' '.join(args)} exited {proc.returncode}: {err.decode()[-2000:]}")
-    return {"s": round(seconds, 3), "rss_mib": round(usage.ru_maxrss / 1024, 1),
+    return {"s": round(seconds, 3), "rss_mib": peak.stop(),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "first_byte_s": round(first_byte, 3) if first_byte is not None else None, "out_bytes": out_bytes}
 
