@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from .common import PeakRss, isolated_config
+from .common import ChildPeakRss, isolated_config
 
 
 def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
@@ -50,7 +50,7 @@ def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *prof, "-m", "batchyard", "run", "job.toml", "--no-wait"],
                                 cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        peak = PeakRss(proc.pid)
+        peak = ChildPeakRss(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         err = proc.stderr.read().decode() if proc.stderr else ""

@@ -86,7 +86,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-class PeakRss:
+class ChildPeakRss:
     """A child process's own peak RSS: its ``VmHWM`` read every 50 ms on a thread while it lives.
 
     Not ``ru_maxrss`` from ``wait4``: Linux carries a parent's peak into its child across fork and

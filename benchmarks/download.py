@@ -7,7 +7,7 @@ repeated, so every file differs), in an isolated configuration on an Azurite of 
 1. ``batchyard run job.toml --workers 2``, a process of its own, timed start to exit (tasks per
    second = n / wall seconds, submit included); every batchyard process under it (the command and its
    workers: python processes, not the tasks' ``sh``/``head``) sampled with psutil every 0.2 s, the max
-   RSS reported per process and overall; the command's own peak RSS (its VmHWM, ``common.PeakRss``) too.
+   RSS reported per process and overall; the command's own peak RSS (its VmHWM, ``common.ChildPeakRss``) too.
 2. ``batchyard download JOB DEST`` and the raw baseline, each a process of its own, timed start to
    exit (so both pay an interpreter's start): the baseline lists the job's output blobs with
    azure-storage-blob's ``ContainerClient.list_blobs`` and downloads them with a ``ThreadPoolExecutor``
@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from .common import PeakRss, azurite, isolated_config
+from .common import ChildPeakRss, azurite, isolated_config
 
 THREADS = (8, 16, 32)
 CONTAINER = "bench-out"
@@ -83,11 +83,11 @@ class RssSampler(threading.Thread):
 
 
 def timed_process(argv: list[str], *, cwd: Path, env: dict[str, str], sample: bool = False) -> dict[str, Any]:
-    """Run argv; wall seconds, CPU, its own peak RSS (:class:`PeakRss`), load before, and the psutil samples."""
+    """Run argv; wall seconds, CPU, its own peak RSS (:class:`ChildPeakRss`), load before, and the psutil samples."""
     load = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak = PeakRss(proc.pid)
+    peak = ChildPeakRss(proc.pid)
     sampler = RssSampler(proc.pid) if sample else None
     if sampler:
         sampler.start()

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from .common import PeakRss, isolated_config, start_batch_emulator, stop_process
+from .common import ChildPeakRss, isolated_config, start_batch_emulator, stop_process
 
 STEPS = ("submit", "status", "status_json", "report", "cancel", "status_cancelled", "delete")
 AZURE_STEPS = ("submit", "status", "status_json", "cancel", "delete")
@@ -38,7 +38,7 @@ def command(args: list[str], *, cwd: Path, env: dict[str, str]) -> dict[str, flo
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "batchyard", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak = PeakRss(proc.pid)
+    peak = ChildPeakRss(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     first_byte: float | None = None
     out_bytes = 0
