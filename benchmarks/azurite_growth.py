@@ -10,7 +10,6 @@ Each measurement on a fresh Azurite, through the SDKs, Azurite's CPU read with p
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from .common import azurite
+from .common import azurite, emit_json
 
 PROBES = 600  # requests timed at each size
 
@@ -84,11 +83,7 @@ def main() -> int:
             out["row_ms_by_other_rows"][rows] = row_ms(conn, 1000, rows)
         print(f"1,000 rows in the partition, {rows} in others: {out['row_ms_by_other_rows'][rows]} ms per row",
               flush=True)
-    text = json.dumps(out, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
+    return emit_json(out, args.out)
 
 
 if __name__ == "__main__":

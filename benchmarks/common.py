@@ -117,6 +117,15 @@ class ChildPeakRss:
         return round(self._peak_kib / 1024, 1)
 
 
+def emit_json(result: dict[str, Any], out: Path | None) -> int:
+    """A standalone benchmark's end: its JSON on stdout, and in ``out`` if given; exit code 0."""
+    text = json.dumps(result, indent=2)
+    if out:
+        out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn()

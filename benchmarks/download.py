@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from .common import ChildPeakRss, azurite, isolated_config
+from .common import ChildPeakRss, azurite, emit_json, isolated_config
 
 THREADS = (8, 16, 32)
 CONTAINER = "bench-out"
@@ -226,11 +226,7 @@ def main() -> int:
         return raw_download(container, prefix, Path(dest), int(threads))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results = run_all(sizes=args.n or [2000], reps=args.reps)
-    text = json.dumps({"started": started, "cores": os.cpu_count(), **results}, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
-    return 0
+    return emit_json({"started": started, "cores": os.cpu_count(), **results}, args.out)
 
 
 if __name__ == "__main__":
