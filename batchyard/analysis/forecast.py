@@ -90,7 +90,10 @@ def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, p
     if existing:
         result["assumptions"].append(f"existing pool {config.azure.pool_id!r}: its size is taken from [azure.pool]")
     if section.autoscale_formula:
-        result["assumptions"].append("autoscale pool: assumed 1 node")
+        # The plan runs the formula over a simulated job (analysis/autoscale_sim.py): its section gives
+        # the node count over time, and a wall time and cost from it; this timeline is the 1-node floor.
+        result["assumptions"].append("autoscale pool: this estimate assumes 1 node; the formula's simulated run "
+                                     "(autoscale, below) gives the node count over time, its wall time and cost")
     if price is None:
         result["assumptions"].append(f"no price for {section.vm_size}: add [azure.prices] {section.vm_size} = "
                                      "<USD per hour> to batchyard.toml")

@@ -59,12 +59,15 @@ def test_recorded_scale_pool_flow(emulator: Any) -> None:
     pool = client.get_pool(pool_id)
     assert pool.enable_auto_scale and pool.auto_scale_formula == "$TargetDedicatedNodes=2"
     assert pool.auto_scale_evaluation_interval == timedelta(minutes=6)
-    # The formula is applied a moment after enable (evaluate changed nothing): 2 nodes, not 3.
+    # As recorded on Azure: the enable itself evaluated the formula (evaluate changed nothing), so
+    # the next GET already shows the target, 2 nodes, not 3; no autoScaleRun is shown for it.
+    assert pool.target_dedicated_nodes == 2 and pool.auto_scale_run is None
     pool = wait_for(lambda: (p := client.get_pool(pool_id)).current_dedicated_nodes == 2 and p, what="2 nodes")
-    assert pool.target_dedicated_nodes == 2 and pool.auto_scale_run.results.startswith("$TargetDedicatedNodes=2;")
-    # The next evaluation gives the same size: the pool, unchanged, keeps its ETag.
-    later = wait_for(lambda: (p := client.get_pool(pool_id)).auto_scale_run.timestamp > pool.auto_scale_run.timestamp
-                     and p, what="the next evaluation")
+    # The first evaluation of the schedule, one interval later, gives the same size: it is reported,
+    # and the pool, unchanged, keeps its ETag.
+    later = wait_for(lambda: (p := client.get_pool(pool_id)).auto_scale_run is not None and p,
+                     what="the first scheduled evaluation")
+    assert later.auto_scale_run.results.startswith("$TargetDedicatedNodes=2;")
     assert later.etag == pool.etag and later.current_dedicated_nodes == 2
     status, code, _ = error_of(lambda: client.begin_resize_pool(pool_id, bm.BatchPoolResizeOptions(
         target_dedicated_nodes=1)))

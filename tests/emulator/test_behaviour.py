@@ -182,3 +182,28 @@ def test_body_over_1mb_is_refused(batch_emulator: Any) -> None:
                                                                  multi_instance_settings=bm.MultiInstanceSettings(
                                                                      coordination_command_line="true")))
     assert info.value.status_code == 400 and "does not support" in info.value.message
+
+
+def test_an_add_collection_holds_at_most_100_tasks(batch_emulator: Any) -> None:
+    """Azure's limit on one add-collection request: 100 tasks (its 1 MB is the test above). The SDK's
+    ``create_task_collection`` sends what it is given, so the emulator must refuse the 101st."""
+    from azure.core.exceptions import HttpResponseError
+
+    client = client_for(batch_emulator)
+    suffix = uuid.uuid4().hex[:8]
+    pool_id, job_id = f"collection-pool-{suffix}", f"collection-job-{suffix}"
+    make_pool(client, pool_id, nodes=0)
+    make_job(client, job_id, pool_id)
+
+    def group(count: int, prefix: str) -> bm.BatchTaskGroup:
+        return bm.BatchTaskGroup(task_values=[bm.BatchTaskCreateOptions(id=f"{prefix}-{i}", command_line="true")
+                                          for i in range(count)])
+
+    with pytest.raises(HttpResponseError) as info:
+        client.create_task_collection(job_id, group(101, "over"))
+    assert info.value.status_code == 413 and info.value.error.code == "RequestBodyTooLarge"
+    assert [t.id for t in client.list_tasks(job_id)] == []  # nothing of a refused collection was added
+    added = client.create_task_collection(job_id, group(100, "at"))
+    results = added.result_values or []
+    assert len(results) == 100 and all(r.status == bm.BatchTaskAddStatus.SUCCESS for r in results)
+    assert len(list(client.list_tasks(job_id))) == 100

@@ -134,7 +134,7 @@ def test_timing_setting_is_checked(monkeypatch: pytest.MonkeyPatch, azurite_conn
                                    tmp_path: Any) -> None:
     assert Timing.from_json('{"delete_s": 0, "resize_s": 2.5}') == Timing(delete_s=0, resize_s=2.5)
     with pytest.raises(ValueError, match="unknown field"):
-        Timing.from_json('{"reboot_s": 1}')
+        Timing.from_json('{"reimage_s": 1}')
     with pytest.raises(ValueError, match=">= 0"):
         Timing(terminate_s=-1)
     monkeypatch.setenv("BATCHYARD_EMULATOR_TIMING", "[1]")

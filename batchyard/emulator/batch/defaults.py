@@ -143,7 +143,7 @@ def job_view(view: dict[str, Any]) -> dict[str, Any]:
     return view
 
 
-def _ip_families(spec: dict[str, Any]) -> set[str]:
+def ip_families(spec: dict[str, Any]) -> set[str]:
     public = (spec.get("networkConfiguration") or {}).get("publicIPAddressConfiguration") or {}
     return {str(f).lower() for f in public.get("ipFamilies") or []}
 
@@ -151,7 +151,7 @@ def _ip_families(spec: dict[str, Any]) -> set[str]:
 def inbound_endpoints(spec: dict[str, Any], index: int) -> list[dict[str, Any]]:
     """One endpoint per inbound NAT pool (``<name>.<node index>``), plus its IPv6 twin when asked."""
     nat_pools = ((spec.get("networkConfiguration") or {}).get("endpointConfiguration") or {}).get("inboundNATPools")
-    ipv6 = "ipv6" in _ip_families(spec)
+    ipv6 = "ipv6" in ip_families(spec)
     out: list[dict[str, Any]] = []
     for nat in nat_pools or []:
         if not isinstance(nat, dict):
@@ -172,7 +172,7 @@ def node_view(view: dict[str, Any], pool_spec: dict[str, Any], index: int) -> di
     if view.get("state") in BOOTING_STATES:
         for key in BOOT_ONLY_KEYS:
             view.pop(key, None)
-    if "ipv6" in _ip_families(pool_spec):
+    if "ipv6" in ip_families(pool_spec):
         view["ipv6Address"] = NODE_IPV6
     endpoints = inbound_endpoints(pool_spec, index)
     if endpoints:

@@ -154,7 +154,12 @@ class AutoscaleOps:
                 pool.spec["autoScaleFormula"] = formula
             if normalized is not None:
                 pool.spec["autoScaleEvaluationInterval"] = normalized
-            scaling.next_due = 0.0  # a new schedule starts now: the first evaluation follows at once
+            # A new schedule starts with this request: Azure evaluates the formula at once and the
+            # pool is already resizing to its targets at the next GET, with no autoScaleRun shown
+            # (the SDK's recorded test_batch_scale_pools); the runs reported follow one per interval.
+            interval_s = parse_duration(pool.spec.get("autoScaleEvaluationInterval"), "interval") or DEFAULT_INTERVAL_S
+            scaling.next_due = now + self.scale.real(interval_s)
+            self._apply(pool, parse_formula(pool.spec["autoScaleFormula"]), report_run=False)
             pool.touch()
             return self._done(pool, f"{self.emu.url}/pools/{pool.id}/enableautoscale")
 
@@ -223,9 +228,11 @@ class AutoscaleOps:
                 scaling.next_due = now + self.scale.real(interval)
                 self._apply(pool, parse_formula(pool.spec["autoScaleFormula"]))
 
-    def _apply(self, pool: Pool, statements: list[Statement]) -> None:
+    def _apply(self, pool: Pool, statements: list[Statement], *, report_run: bool = True) -> None:
+        """Evaluate and resize to the result; a failed evaluation is always reported in autoScaleRun."""
         run, result = self._run(pool, statements)
-        pool.autoscale_run = run
+        if report_run or result is None:
+            pool.autoscale_run = run
         if result is None:
             return
         targets = {"targetDedicatedNodes": min(MAX_NODES, result.dedicated),

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from batchyard.core.errors import BatchyardError
 from batchyard.emulator.batch.common import BatchApiError, invalid, iso, not_found, require, unsupported, utcnow
+from batchyard.emulator.batch.defaults import NODE_IPV6, ip_families
 from batchyard.emulator.batch.intervals import parse_time
 from batchyard.emulator.batch.jobprep import status_view
 from batchyard.emulator.batch.jobprep_spec import PREP
 from batchyard.emulator.batch.odata import page
 from batchyard.emulator.batch.protocol import Request, Response, Router
 from batchyard.emulator.batch.state import Node, Pool
+from batchyard.emulator.batch.transitions import settle_at, settled
 
 if TYPE_CHECKING:
     from batchyard.emulator.batch.service import BatchService
@@ -99,6 +101,7 @@ class NodeOps:
                 raise BatchApiError(409, _BUSY_NODE.get(node.state, "OperationNotValidOnNode"),
                                     f"The node is {node.state}: only an idle or running node can be rebooted.")
             node.set_state("rebooting")
+            node.ready_at = settle_at(self.emu.engine.timing.reboot_s)
             self._note(node, f"reboot requested (nodeRebootOption {option})")
             self._stop_tasks(node, option)
             self.emu.engine.rerun_after_reboot(node)
@@ -110,8 +113,9 @@ class NodeOps:
         engine = self.emu.engine
         for pool in list(self.emu.store.pools.values()):
             for node in list(pool.nodes.values()):
-                if node.state != "rebooting" or node.running or node.removed:
+                if node.state != "rebooting" or node.running or node.removed or not settled(node.ready_at):
                     continue
+                node.ready_at = None
                 node.booted = utcnow()
                 self._note(node, "rebooted")
                 start = pool.spec.get("startTask")
@@ -157,6 +161,8 @@ class NodeOps:
         metadata = f"{self.emu.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.RemoteLoginSettings"
         body = {"odata.metadata": metadata, "remoteLoginIPAddress": "127.0.0.1",
                 "remoteLoginPort": REMOTE_LOGIN_FIRST_PORT + ordinal}
+        if "ipv6" in ip_families(pool.spec):  # Azure adds the IPv6 pair for a pool that asked for IPv6
+            body |= {"ipv6RemoteLoginIPAddress": NODE_IPV6, "ipv6RemoteLoginPort": REMOTE_LOGIN_FIRST_PORT + ordinal}
         return Response(200, body, {"DataServiceId": f"{self.emu.url}/pools/{pool.id}/nodes/{node.id}/"
                                                      "remoteloginsettings"})
 

@@ -76,7 +76,7 @@ class Node:
     scheduling_enabled: bool = True  # disablescheduling: the node keeps running what it has, takes nothing new
     booted: datetime = field(default_factory=utcnow)  # lastBootTime: allocation, then each reboot
     index: int = 0  # the node's place in its pool: its inbound endpoints' names and ports follow it
-    ready_at: float | None = None  # monotonic end of its boot (``starting``), see transitions.py
+    ready_at: float | None = None  # monotonic end of its boot (``starting``) or reboot, see transitions.py
 
     def set_state(self, state: str) -> None:
         if state != self.state:

@@ -35,6 +35,7 @@ class Timing:
     delete_s: float = 1.0  # pool or job deleting -> gone
     terminate_s: float = 1.0  # job terminating -> completed (once its running tasks are dead)
     node_start_s: float = 0.5  # node starting -> idle, or waitingforstarttask when it has a start task
+    reboot_s: float = 0.5  # node rebooting -> booted again (once its tasks are gone), then as a start
 
     def __post_init__(self) -> None:
         for spec in fields(self):
