@@ -174,7 +174,7 @@ def test_an_unknown_job_or_a_bad_id_is_a_clear_error(side: Side) -> None:
     assert unknown.returncode == 3, unknown.stderr
     assert "job 'no-such-job' not found" in unknown.stderr and "Traceback" not in unknown.stderr
     bad = side.debug("a-job", "../etc/passwd")
-    assert bad.returncode == 2 and "TASK_ID '../etc/passwd' is not an id" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "Invalid value for 'TASK_ID': '../etc/passwd' is not an id" in bad.stderr, bad.stderr
 
 
 # ---------------------------------------------------------------------------------------------- local only

@@ -32,6 +32,7 @@ log = logging.getLogger("batchyard")
 EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
 
 
+
 def setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.DEBUG if verbose > 1 else logging.INFO
     handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)

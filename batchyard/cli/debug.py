@@ -24,7 +24,6 @@ import click
 from batchyard.backends.base import TaskReplay, TaskState
 from batchyard.cli.common import (
     EXIT_ERROR,
-    EXIT_USAGE,
     backend_context,
     backend_option,
     config_option,
@@ -34,8 +33,8 @@ from batchyard.cli.common import (
     styled,
     verbose_option,
 )
+from batchyard.cli.params import BATCH_ID
 from batchyard.core.batch_semantics import batch_exit_code, log_file_name
-from batchyard.core.job import ID_RE
 from batchyard.core.redact import redact
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.node import docker
@@ -48,8 +47,8 @@ EXIT_INTERRUPTED = 130
 
 
 @click.command()
-@click.argument("job_id")
-@click.argument("task_id")
+@click.argument("job_id", type=BATCH_ID)
+@click.argument("task_id", type=BATCH_ID)
 @click.option("--shell", is_flag=True, help="Stage the task's files, then open a shell ($SHELL, else /bin/sh; "
               "/bin/sh in the task's container image) in its working dir with its environment, instead of "
               "running its command.")
@@ -68,10 +67,6 @@ def debug(job_id: str, task_id: str, shell: bool, root: str | None, backend: str
     with the task's SAS. Nothing is uploaded. Shows the task's stdout and stderr and exits with its
     exit code (with --shell, the shell's). See docs/debugging.md.
     """
-    for what, value in (("JOB_ID", job_id), ("TASK_ID", task_id)):
-        if not ID_RE.match(value):
-            print_error(f"{what} {value!r} is not an id (1-64 characters: letters, digits, '-' and '_')")
-            sys.exit(EXIT_USAGE)
     config, be = backend_context(verbose, config_path, backend)
     hide_credentials()  # again, now that the configuration registered its secrets (a custom variable's too)
     with be:

@@ -37,6 +37,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     verbose_option,
 )
 from batchyard.cli.lazy_group import LazyGroup
+from batchyard.cli.params import BATCH_ID
 from batchyard.core.config import Config, load_config
 from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, load_job
@@ -232,7 +233,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
 
 # --------------------------------------------------------------------------------------------- queries
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=BATCH_ID)
 @click.option("--json", "as_json", is_flag=True, help="Every task's result as JSON.")
 @click.option("--watch", is_flag=True, help="Live view until the job ends (Ctrl-C stops watching, not the job).")
 @backend_option
@@ -286,8 +287,8 @@ def _status_json(be: Backend, config: Config, job_id: str) -> None:
 
 
 @main.command()
-@click.argument("job_id")
-@click.argument("task_id")
+@click.argument("job_id", type=BATCH_ID)
+@click.argument("task_id", type=BATCH_ID)
 @click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
 @backend_option
@@ -304,7 +305,7 @@ def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_pat
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=BATCH_ID)
 @backend_option
 @config_option
 @verbose_option
@@ -328,7 +329,7 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=BATCH_ID)
 @backend_option
 @config_option
 @verbose_option
@@ -343,7 +344,7 @@ def delete(job_id: str, backend: str | None, config_path: str | None, verbose: i
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", type=BATCH_ID)
 @click.argument("dest", type=click.Path(file_okay=False))
 @backend_option
 @config_option

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchyard.backends.base import Backend, TaskCounts, TaskResult, TaskState
+from batchyard.cli.params import BATCH_ID
 
 RATE_WINDOW_S = 60.0
 SLOWEST_SHOWN = 5
@@ -29,7 +30,7 @@ SLOWEST_SHOWN = 5
 # The same options as the other commands; cli.py is imported only when the command runs, so
 # ``cli.py`` can import this module (``main.add_command(report)``) and tests can import it first.
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", type=BATCH_ID)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.html and its PNGs (default: ./JOB_ID-report; with --json: none written).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's numbers as JSON.")

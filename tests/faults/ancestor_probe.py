@@ -4,7 +4,9 @@ python3 ancestor_probe.py NEEDLES OUT
 
 NEEDLES is a JSON object {label: secret} (the test's 0600 file; skipped when an ancestor names it).
 From this process's parent up (the PPid chain in /proc/PID/status) to pid 1, or to the first
-process whose environ or cmdline cannot be read, it reads each process's environ and cmdline and
+process whose environ or cmdline cannot be read for another reason than permission (a process the
+kernel keeps from us, not dumpable under another user or as a non-root task, is walked with nothing
+readable, which is the protection at work), it reads each process's environ and cmdline and
 every regular file they name (absolute, or relative to that process's cwd; ``--opt=PATH`` and
 ``A:B`` lists are split), and looks for each secret in them, raw and URL-encoded. It writes OUT
 (JSON): the chain walked, each process's findings (label and where, never the content), and why the
@@ -70,6 +72,14 @@ def main() -> int:
         try:
             environ = (proc / "environ").read_bytes()
             cmdline = (proc / "cmdline").read_bytes()
+        except PermissionError:
+            # Not dumpable, and we are not root: the kernel keeps this process's environ from the task,
+            # which is the protection at work. Walked, nothing readable; go on up.
+            chain.append({"pid": pid, "name": "?", "files_read": 0, "findings": [], "unreadable": True})
+            if pid == 1:
+                break
+            pid = parent_of(pid)
+            continue
         except OSError as exc:
             stopped = f"pid {pid} unreadable: {type(exc).__name__}"
             break

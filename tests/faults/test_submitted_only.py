@@ -199,8 +199,24 @@ def test_a_task_id_dot_dot_is_refused_and_logs_says_so(project: Any, tmp_path: P
         "malformed message: task id '..' is not a valid id (1-64 letters, digits, '-' or '_')"]
     assert not list(marks.iterdir())
     shown = project.cli("logs", "dotjob", "..")
-    assert shown.returncode != 0 and "Traceback" not in shown.stderr, shown.stderr
-    assert "task '..' not found in job 'dotjob'" in shown.stderr, shown.stderr
+    assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
+    assert "Invalid value for 'TASK_ID': '..' is not an id" in shown.stderr, shown.stderr
+
+
+@pytest.mark.parametrize("job_id", ["x/y", "x[/red]y", "..", "a" * 65])
+def test_a_job_id_off_batchs_rule_is_a_usage_error_in_every_command(project: Any, tmp_path: Path,
+                                                                     job_id: str) -> None:
+    """Before any storage is asked: such an id would become part of a row key, a queue name or a path
+    (Azurite answered 500 to ``x/y``, which ended as a traceback)."""
+    commands = [("status", job_id), ("status", job_id, "--json"), ("logs", job_id, "some-task"),
+                ("cancel", job_id), ("delete", job_id), ("download", job_id, str(tmp_path / "out")),
+                ("report", job_id, "--json"), ("debug", job_id, "some-task")]
+    for command in commands:
+        shown = project.cli(*command)
+        assert shown.returncode == 2, (command, shown.stderr)
+        assert f"Invalid value for 'JOB_ID': {job_id!r} is not an id" in shown.stderr, (command, shown.stderr)
+        assert "Traceback" not in shown.stderr, (command, shown.stderr)
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- the emulator's nodes
