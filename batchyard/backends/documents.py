@@ -26,7 +26,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from batchyard.core.job import (
     tasks_from_table,
 )
 from batchyard.core.placeholders import PLACEHOLDER_RE, static_prefix
-from batchyard.core.rerun import blob_identity, with_fingerprints
+from batchyard.core.rerun import blob_identity, iter_with_fingerprints, with_fingerprints
 from batchyard.storage.account import Storage, file_md5
 from batchyard.storage.transfer import BURST_REQUESTS, BlobTransfer
 
@@ -117,13 +118,11 @@ class JobDocuments:
         have no record yet, and for ``download`` to serve the outputs of this submission's tasks
         only. With ``job``, when an output path has a per-task placeholder, each task's output
         prefixes (one per output, in order) too: ``[id, label, [prefix, ...]]``."""
-        per_task = job is not None and any(name not in ("", "job_id") for out in job.outputs
-                                           for name in PLACEHOLDER_RE.findall(out.path))
-        rows = [[t.task_id, t.label, [output_prefix(job, out, t) for out in job.outputs]] if per_task and job
-                else [t.task_id, t.label] for t in tasks]
-        body = dumps({"spec_hash": spec_hash, "tasks": rows})
-        self.storage.upload_bytes(self.system_container, self.manifest_blob(job_id),
-                                  gzip.compress(body.encode(), compresslevel=1))
+        self.put_manifest(job_id, manifest_bytes(spec_hash, tasks, job=job))
+
+    def put_manifest(self, job_id: str, data: bytes) -> None:
+        """Store a manifest made by :func:`manifest_bytes` (a submit makes it while it plans)."""
+        self.storage.upload_bytes(self.system_container, self.manifest_blob(job_id), data)
 
     def manifest_rows(self, job_id: str) -> list[list[Any]] | None:
         """The manifest's rows as saved (:meth:`save_manifest`); None for a job without a manifest."""
@@ -210,6 +209,77 @@ def sync_local_dir(storage: Storage, job: Job) -> int:
     return uploaded
 
 
+class ManifestWriter:
+    """A manifest (:meth:`JobDocuments.save_manifest`) written row by row into gzip as the tasks go
+    by: a million tasks take ~15 MB compressed, never the rows themselves."""
+
+    def __init__(self, spec_hash: str, *, job: Job | None = None) -> None:
+        self.job = job
+        self.per_task = job is not None and any(name not in ("", "job_id") for out in job.outputs
+                                                for name in PLACEHOLDER_RE.findall(out.path))
+        self._gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+        self._parts = [self._gzip.compress(f'{{"spec_hash":{dumps(spec_hash)},"tasks":['.encode())]
+        self._separator = ""
+
+    def add(self, task: TaskDef) -> None:
+        job = self.job
+        row = [task.task_id, task.label, [output_prefix(job, out, task) for out in job.outputs]] \
+            if self.per_task and job is not None else [task.task_id, task.label]
+        piece = self._gzip.compress((self._separator + dumps(row)).encode())
+        self._separator = ","
+        if piece:
+            self._parts.append(piece)
+
+    def finish(self) -> bytes:
+        self._parts += [self._gzip.compress(b"]}"), self._gzip.flush()]
+        return b"".join(self._parts)
+
+
+def manifest_bytes(spec_hash: str, tasks: Iterable[TaskDef], *, job: Job | None = None) -> bytes:
+    writer = ManifestWriter(spec_hash, job=job)
+    for task in tasks:
+        writer.add(task)
+    return writer.finish()
+
+
+class TaskSource:
+    """A job's tasks, fingerprinted, as many times as they are iterated, never all held: a table is
+    read again each time (it is streamed), a listing is kept as names and identities. ``inputs.local_dir``
+    is uploaded and the inputs listed once, when the source is made. Ids are checked against Batch's
+    id rule as they go by, so the first pass (a submit's plan) refuses a bad one before anything is
+    queued."""
+
+    def __init__(self, storage: Storage, job: Job, *, resources: Mapping[str, str]) -> None:
+        self.job, self.resources = job, resources
+        self.identities: dict[str, str] = {}
+        if ID_RE.fullmatch(job.id) is None:  # the model's check lets a trailing newline through
+            raise JobValidationError(f"job {job.id!r}", [("id", "not a valid id (1-64 letters, digits, '-' or '_')")])
+        if job.tasks is None:
+            assert job.inputs is not None
+            if job.inputs.local_dir:
+                sync_local_dir(storage, job)
+            self.identities = {name: blob_identity(md5=md5, etag=etag, size=size) for name, md5, etag, size
+                               in storage.list_blob_identities(job.inputs.container, job.inputs.prefix)}
+
+    def __iter__(self) -> Iterator[TaskDef]:
+        job = self.job
+        tasks = tasks_from_table(job) if job.tasks is not None else tasks_from_blob_names(job, self.identities)
+        return iter_with_fingerprints(job, _iter_checked_ids(job, tasks), resources=self.resources,
+                                      identities=self.identities)
+
+    def check_not_empty(self, count: int) -> None:
+        """A listing that matched nothing is the user's mistake, named; an empty table is a job of none."""
+        if count == 0 and self.job.inputs is not None:
+            _no_inputs(self.job)
+
+
+def _no_inputs(job: Job) -> None:
+    assert job.inputs is not None
+    raise JobValidationError(f"job {job.id}", [(
+        "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "
+                  f"matches glob {job.inputs.glob!r}")])
+
+
 def fan_out(storage: Storage, job: Job, *, resources: Mapping[str, str] | None = None) -> list[TaskDef]:
     """The job's tasks (``inputs.local_dir`` is uploaded first, so its files are counted), each id
     checked against Batch's id rule before anything is queued (ids become table keys and dirs).
@@ -235,19 +305,20 @@ def fan_out(storage: Storage, job: Job, *, resources: Mapping[str, str] | None =
     if resources is not None:
         tasks = with_fingerprints(job, tasks, resources=resources, identities=identities)
     if not tasks:
-        raise JobValidationError(f"job {job.id}", [(
-            "inputs", f"no blob in container {job.inputs.container!r} under prefix {job.inputs.prefix!r} "
-                      f"matches glob {job.inputs.glob!r}")])
+        _no_inputs(job)
     return tasks
 
 
 def _checked_ids(job: Job, tasks: Iterable[TaskDef]) -> list[TaskDef]:
     if ID_RE.fullmatch(job.id) is None:  # the model's check lets a trailing newline through
         raise JobValidationError(f"job {job.id!r}", [("id", "not a valid id (1-64 letters, digits, '-' or '_')")])
-    checked = list(tasks)
-    for task in checked:
+    return list(_iter_checked_ids(job, tasks))
+
+
+def _iter_checked_ids(job: Job, tasks: Iterable[TaskDef]) -> Iterator[TaskDef]:
+    for task in tasks:
         if ID_RE.fullmatch(task.task_id) is None:
             raise JobValidationError(f"job {job.id}", [(
                 f"task {task.label!r}", f"task id {task.task_id!r} is not a valid id (1-64 letters, digits, "
                                         "'-' or '_')")])
-    return checked
+        yield task

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -99,9 +99,16 @@ def with_fingerprints(job: Job, tasks: Iterable[TaskDef], *, resources: Mapping[
                       identities: Mapping[str, str]) -> list[TaskDef]:
     """``tasks``, each carrying its fingerprint; ``identities``: each input blob's :func:`blob_identity`
     by name (a blob missing from it has none: it changed or vanished since it was listed)."""
+    return list(iter_with_fingerprints(job, tasks, resources=resources, identities=identities))
+
+
+def iter_with_fingerprints(job: Job, tasks: Iterable[TaskDef], *, resources: Mapping[str, str],
+                           identities: Mapping[str, str]) -> Iterator[TaskDef]:
+    """:func:`with_fingerprints` one task at a time, as ``tasks`` yields them."""
     fingerprint = _Fingerprints(job, resources)
-    return [task.with_fingerprint(fingerprint(
-        task, identities.get(task.input_blob) if task.input_blob is not None else None)) for task in tasks]
+    for task in tasks:
+        yield task.with_fingerprint(fingerprint(
+            task, identities.get(task.input_blob) if task.input_blob is not None else None))
 
 
 def resource_digests(job: Job, digests: Sequence[str]) -> dict[str, str]:
@@ -264,4 +271,4 @@ def decide(job_id: str, tasks: Iterable[TaskDef], prior: Mapping[str, PriorTask]
 
 
 __all__ = ["PARTS", "Decider", "PriorTask", "RerunOption", "RerunPlan", "blob_identity", "changed_parts", "decide",
-           "resource_digests", "task_fingerprint", "with_fingerprints"]
+           "iter_with_fingerprints", "resource_digests", "task_fingerprint", "with_fingerprints"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,7 @@ from batchyard.backends.base import (
     dumps,
     final_state,
 )
-from batchyard.backends.documents import fan_out
+from batchyard.backends.documents import ManifestWriter, TaskSource, fan_out
 from batchyard.backends.local.admission import message_key_for_submit
 from batchyard.backends.local.bulk import cancel_pending_rows, delete_task_rows
 from batchyard.backends.local.final_run import final_step_settled, final_step_view, plan_final_step
@@ -51,13 +51,17 @@ from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, without_final
 from batchyard.core.job import Job, TaskDef
-from batchyard.core.rerun import PriorTask, RerunOption, RerunPlan, resource_digests
+from batchyard.core.rerun import Decider, PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.storage.account import FAST_POOL_SIZE, Storage
 
 log = logging.getLogger(__name__)
 
 SEND_CONCURRENCY = 16
+# A submit of up to this many tasks keeps them between its plan and its messages (~0.85 KB each);
+# a bigger one reads them again rather than hold them (1,000,000 held took 912 MiB).
+HELD_TASKS = 100_000
+SLICE_MESSAGES = 128  # messages' worth of tasks packed, and their re-run rows written, at a time
 MAX_RESPAWNS = 8
 
 
@@ -100,29 +104,40 @@ class LocalBackend(Backend):
         digests = self.store.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
-        tasks = self.fan_out(job, resources=resource_digests(job, digests))
+        source = TaskSource(self.storage, job, resources=resource_digests(job, digests))
         rerun, final_named = without_final(rerun)
-        plan = self.rerun_plan(job, tasks, rerun=rerun)
+        spec_hash = hashlib.sha256(dumps([job.model_dump(mode="json"), digests]).encode()).hexdigest()[:16]
+        # One pass plans the run and writes the manifest (compressed, as it goes); a job of up to
+        # HELD_TASKS keeps its tasks for the queue, a bigger one reads them again (a table is
+        # re-read, a listing was kept as names), so a submit of a million tasks holds none of them.
+        decider = Decider(job.id, self.prior_tasks(job.id), rerun=rerun)
+        manifest = ManifestWriter(spec_hash, job=job)
+        held: list[TaskDef] | None = []
+        for task in source:
+            decider.add(task)
+            manifest.add(task)
+            if held is not None:
+                held.append(task)
+                if len(held) > HELD_TASKS:
+                    held = None
+        plan = decider.finish()
+        source.check_not_empty(plan.total)
         if on_plan is not None:
             on_plan(plan)
-        to_queue = [task for task in tasks if task.task_id in plan.reasons]
-        spec_hash = hashlib.sha256(dumps([job.model_dump(mode="json"), digests]).encode()).hexdigest()[:16]
         key = message_key_for_submit(self.store, job.id)
         queue = queue_for_submit(self.store, job.id)
-        self.store.record_job(job, total=len(tasks), spec_hash=spec_hash, backend=self.name, message_key=key,
+        self.store.record_job(job, total=plan.total, spec_hash=spec_hash, backend=self.name, message_key=key,
                               queue=queue)
-        self.store.save_manifest(job.id, spec_hash, tasks, job=job)
-        # A task that ran before (it failed, changed, or its worker was lost) has a row: back to pending,
-        # with its new definition and fingerprint. The others get theirs when a worker claims them.
-        self.store.write_pending(job.id, [t for t in to_queue if plan.reasons[t.task_id] != ("new",)], reset=True)
-        self._enqueue(job.id, queue, to_queue, key.encode())
+        self.store.put_manifest(job.id, manifest.finish())
+        to_queue = (task for task in (held if held is not None else source) if task.task_id in plan.reasons)
+        self._enqueue(job.id, queue, to_queue, key.encode(), plan=plan)
         if job.final is not None:  # it depends on every task: it runs again when any of them does
             prior = self.store.get_task(job.id, FINAL_TASK_ID)
             plan_final_step(self.store, job, dependencies_reran=plan.any_rerun() or final_named,
                             prior_state=prior.get("state") if prior else None)
         # Workers that found the job's queue empty look at it again when this changes.
         self.store.set_job_fields(job.id, **{QUEUED_FIELD: time.time()})
-        return SubmitResult(job_id=job.id, total=len(tasks), enqueued=len(to_queue), already_succeeded=plan.kept,
+        return SubmitResult(job_id=job.id, total=plan.total, enqueued=len(plan.reasons), already_succeeded=plan.kept,
                             already_running=plan.running, rerun_failed=plan.counts()["failed"], rerun=plan)
 
     def prior_tasks(self, job_id: str) -> dict[str, PriorTask]:
@@ -143,18 +158,33 @@ class LocalBackend(Backend):
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
-    def _enqueue(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
+    def _enqueue(self, job_id: str, queue: str, tasks: Iterable[TaskDef], key: bytes, *,
+                 plan: RerunPlan | None = None) -> None:
         """Send the tasks' messages as they are packed, several at a time (``bounded_map``): the
-        queue's work overlaps the packing, and no more than a few messages are held at once."""
-        size = chunk_size_for(len(tasks), self.config.workers)
+        queue's work overlaps the packing, and no more than a few messages are held at once. The
+        tasks come a slice at a time; a task that ran before (it failed, changed, or its worker was
+        lost) has a row, set back to pending with its new definition before its message is sent
+        (the others get theirs when a worker claims them). Without ``plan``, ``tasks`` is a list, none ran."""
+        if plan is None:
+            tasks = list(tasks)
+            count = len(tasks)
+        else:
+            count = len(plan.reasons)
+        size = chunk_size_for(count, self.config.workers)
         oversized: list[TaskDef] = []
 
         def packed() -> Iterator[TaskMessage]:
-            for item in pack(job_id, tasks, size, key=key, workers=self.config.workers):
-                if isinstance(item, TaskMessage):
-                    yield item
-                else:
-                    oversized.append(item)
+            left = count
+            for piece in _slices(tasks, size * SLICE_MESSAGES):
+                left -= len(piece)
+                if plan is not None:
+                    self.store.write_pending(job_id, [t for t in piece if plan.reasons[t.task_id] != ("new",)],
+                                             reset=True)
+                for item in pack(job_id, piece, size, key=key, workers=self.config.workers, after=left):
+                    if isinstance(item, TaskMessage):
+                        yield item
+                    else:
+                        oversized.append(item)
 
         send = partial(self.store.send, queue=queue)
         # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.
@@ -384,3 +414,14 @@ def _require_image(image: str) -> None:
     except Exception:
         raise ContainerEngineError(f"container_image {image!r} is not on the Docker engine; pull, load or build "
                                    "it there first (batchyard never pulls implicitly)") from None
+
+
+def _slices(items: Iterable[TaskDef], size: int) -> Iterator[list[TaskDef]]:
+    piece: list[TaskDef] = []
+    for item in items:
+        piece.append(item)
+        if len(piece) == size:
+            yield piece
+            piece = []
+    if piece:
+        yield piece

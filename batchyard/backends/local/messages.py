@@ -193,10 +193,11 @@ class TaskMessage:
 
 
 def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
-         workers: int | None = None) -> Iterator[TaskMessage | TaskDef]:
+         workers: int | None = None, after: int = 0) -> Iterator[TaskMessage | TaskDef]:
     """Version 2 messages of up to ``size`` tasks each, each definition MACed with the job's
     ``key``; a message whose JSON would pass :data:`MAX_PACKED_BYTES` ends before the task that
-    would pass it, which opens the next one.
+    would pass it, which opens the next one. ``after``: how many tasks the caller packs after these
+    (a submit packs a big job a slice at a time), counted in what is left.
 
     Given the number of ``workers`` that will share them, the last messages get smaller (see
     :func:`chunk_sizes`: each takes at most a ``2 * workers``-th of the tasks left). A task whose
@@ -211,7 +212,7 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
     share = 2 * max(1, workers) if workers else 0
     index, total = 0, len(tasks)
     while index < total:
-        want = min(size, max(1, -(-(total - index) // share))) if share else size
+        want = min(size, max(1, -(-(total - index + after) // share))) if share else size
         chunk: list[TaskDef] = []
         macs: list[str] = []
         ids: list[str] = []
