@@ -183,6 +183,39 @@ def check_numbers(numbers: dict[str, Any], results: list[TaskResult]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ azure
+def test_a_cancelled_job_reports_its_cancelled_tasks(project: Any, tmp_path: Path) -> None:
+    """Cancelled before any worker ran: every task ends cancelled, and the report counts them (it
+    raised KeyError: 'cancelled' in the throughput series)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = make_job(project, "repcancel", marks)
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        be.cancel("repcancel")
+    as_json = run_report(project, "repcancel", "--json")
+    assert as_json.returncode == 0 and "Traceback" not in as_json.stderr, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["totals"]["cancelled"] == len(INPUTS), report["totals"]
+    done = run_report(project, "repcancel", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_tasks_cancelled_while_running_count_in_the_throughput() -> None:
+    """A task cancelled while it ran has an end time: the throughput series counts it apart, and the
+    figure draws it."""
+    results = synthetic_results(20, nodes=2, slots=2)
+    last = max(r.ended_at for r in results if r.ended_at)
+    results += [TaskResult(job_id="job-x", task_id=f"cut-{i}", state=TaskState.CANCELLED, label=f"cut {i}",
+                           started_at=last, ended_at=last) for i in range(3)]
+    data = build_report(results, job_id="job-x")
+    numbers = report_numbers(data)
+    assert sum(b["cancelled"] for b in numbers["throughput"]["series"]) == 3
+    assert sum(b["completed"] for b in numbers["throughput"]["series"]) == len(results)
+    image = pixels(render_figures(data)["throughput"])
+    assert rgb(COLOURS["lost"]) in {c for _, c in image.getcolors(1 << 20)}
+
+
 def test_azure_emulator_report(project: Any, batch_emulator: Any, tmp_path: Path) -> None:
     try:
         import batchyard.backends.azure.backend  # noqa: F401

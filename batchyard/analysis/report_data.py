@@ -269,7 +269,7 @@ def throughput_series(data: ReportData) -> tuple[int, list[dict[str, Any]]]:
     interval = throughput_interval(max(last - start, 1e-9))
     count = int((last - start) // interval) + 1
     series = [{"start": iso(start + i * interval), "offset_s": i * interval, "completed": 0, "succeeded": 0,
-               "failed": 0} for i in range(count)]
+               "failed": 0, "cancelled": 0} for i in range(count)]
     for t, state in ends:
         b = series[min(count - 1, int((t - start) // interval))]
         b["completed"] += 1

@@ -199,6 +199,10 @@ def render_throughput(data: ReportData, *, width_in: float = 11.0, dpi: int = DP
         w = interval / scale
         ax.bar(x, ok, width=w, align="edge", color=COLOURS["succeeded"], label="succeeded", linewidth=0)
         ax.bar(x, bad, width=w, align="edge", bottom=ok, color=COLOURS["failed"], label="failed", linewidth=0)
+        cancelled = [b["cancelled"] for b in series]
+        if any(cancelled):
+            ax.bar(x, cancelled, width=w, align="edge", bottom=[o + f for o, f in zip(ok, bad, strict=True)],
+                   color=COLOURS["lost"], label="cancelled", linewidth=0)
         ax.set_xlabel(f"{unit} since the first attempt started")
         ax.set_ylabel("tasks")
         ax.legend(fontsize=8)
