@@ -56,6 +56,20 @@ def print_error(message: str) -> None:
     console.print(styled(("error:", "red"), " ", redact(message)), highlight=False, soft_wrap=True)
 
 
+def terminate_as_interrupt() -> None:
+    """SIGTERM (``kill PID``, a supervisor, ``docker stop``) ends a long command as Ctrl-C does: workers
+    stop after their running tasks, a run on Azure is ended, nothing is left running unowned. Without
+    it the process died at once and its worker processes served on with no parent."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn batchyard errors into one clear message and an exit code, never a traceback."""
 

@@ -34,6 +34,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     rerun_choice,
     rerun_option,
     styled,
+    terminate_as_interrupt,
     verbose_option,
 )
 from batchyard.cli.lazy_group import LazyGroup
@@ -201,6 +202,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
     cancelled and new ones; what it runs, and why, is printed before anything starts. Only this
     job's tasks run here: other jobs' wait for their own run or `batchyard worker`.
     """
+    terminate_as_interrupt()
     config, be = _context(verbose, config_path, backend)
     job = load_job(job_file)
 
@@ -379,12 +381,13 @@ def worker(workers: int | None, jobs: tuple[str, ...], idle_exit: float | None, 
     is submitted again.
     """
     _setup_logging(verbose)
+    terminate_as_interrupt()
     be = get_backend("local", load_config(config_path, backend="local"))
     be.preflight()
     chosen = list(dict.fromkeys(be.resolve_job_id(job_id) for job_id in jobs))
-    serving = be.serve_workers(workers=workers, idle_exit_s=idle_exit, jobs=chosen or None)
-    console.print(f"{serving}; Ctrl-C to stop")
-    try:
+    try:  # from the first worker's start: a Ctrl-C or SIGTERM at any moment stops every one
+        serving = be.serve_workers(workers=workers, idle_exit_s=idle_exit, jobs=chosen or None)
+        console.print(f"{serving}; Ctrl-C to stop")
         be.join_execution()
     except KeyboardInterrupt:
         console.print("stopping workers (running tasks finish first)")

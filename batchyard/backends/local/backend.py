@@ -254,6 +254,11 @@ class LocalBackend(Backend):
         the [local] settings. Each job must exist (JobNotFoundError naming it)."""
         for job_id in jobs or ():
             self._require_job(job_id)
+        if not jobs:
+            # Started before any submit (a fresh storage account, or another machine first): the tables
+            # are made now, so the workers wait for jobs instead of taking the missing table for storage
+            # that lost its data. Once they serve, a table that disappears is still that loud failure.
+            self.store.ensure()
         options = self._worker_options(idle_exit_s=idle_exit_s, jobs=tuple(jobs) if jobs else None)
         count = workers or self.config.workers
         self.start_execution(None, workers=count, options=options)

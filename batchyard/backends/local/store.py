@@ -119,8 +119,9 @@ class JobStore(JobDocuments):
         return self.queue_client(self.poison_queue_name)
 
     def ensure(self) -> None:
-        """Create the tables, the poison queue and the containers (used by submit only: workers never
-        create them, so storage that lost them fails loudly instead of silently starting empty). Each
+        """Create the tables, the poison queue and the containers (used by submit, and by `batchyard worker`
+        as it starts: a running worker never creates them, so storage that lost them fails loudly
+        instead of silently starting empty). Each
         job's own queue is made by its submit (:mod:`batchyard.backends.local.job_queues`)."""
         try:
             for name in (self._jobs_name, self._tasks_name):

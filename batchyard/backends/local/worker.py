@@ -342,6 +342,44 @@ class Worker:
                 source.client.delete_message(message.id, message.pop_receipt)
 
 
+class _StopOrTerminated:
+    """The group's stop event, or this process told to terminate (see worker_process_main)."""
+
+    def __init__(self, shared: Any) -> None:
+        self.shared, self.terminated = shared, False
+
+    def terminate(self, signum: int, frame: Any) -> None:
+        self.terminated = True
+
+    def is_set(self) -> bool:
+        return self.terminated or bool(self.shared.is_set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self.shared.wait(left)
+        return True
+
+
+def _terminate_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the process that started this one exits (Linux only)."""
+    import ctypes
+    import signal
+
+    import multiprocess
+
+    parent = multiprocess.parent_process()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a lost parent is found by the lease, as before
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def worker_process_main(connection_string: str, config: Config, index: int, stop: Any,
                         options: WorkerOptions | None = None, work_dir: str | None = None) -> None:
     """Entry point of a worker process (clients are created here, never inherited across fork)."""
@@ -353,6 +391,12 @@ def worker_process_main(connection_string: str, config: Config, index: int, stop
     install_log_filter()
     hide_credentials()  # a worker started as its own process holds the key in its environment
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Told to terminate, or orphaned (the kernel sends SIGTERM when the parent dies, however it died):
+    # this worker takes no new task and ends after its running one, never serving unowned. The handler
+    # only sets a flag: taking the shared event's lock in a handler could deadlock with the main thread.
+    stop = _StopOrTerminated(stop)
+    signal.signal(signal.SIGTERM, stop.terminate)
+    _terminate_with_parent()
     storage = Storage.from_connection_string(connection_string, fast_path=config.storage.fast_path)
     worker = Worker(storage, config, index=index, options=options, work_dir=Path(work_dir) if work_dir else None)
     try:
