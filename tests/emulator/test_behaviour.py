@@ -207,3 +207,24 @@ def test_an_add_collection_holds_at_most_100_tasks(batch_emulator: Any) -> None:
     results = added.result_values or []
     assert len(results) == 100 and all(r.status == bm.BatchTaskAddStatus.SUCCESS for r in results)
     assert len(list(client.list_tasks(job_id))) == 100
+
+
+def test_a_missing_task_file_costs_no_sdk_traceback(batch_emulator: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A HEAD of a task's missing stderr.txt (a task cancelled before it ran) answers 404 with no body;
+    the SDK's failsafe parse of it logged a WARNING with a JSONDecodeError traceback, which `status`
+    and `logs` printed. The azure backend's client module keeps it at DEBUG."""
+    import logging
+
+    from azure.core.exceptions import HttpResponseError
+
+    import batchyard.backends.azure.clients  # noqa: F401  (installs the filter)
+
+    client = client_for(batch_emulator)
+    suffix = uuid.uuid4().hex[:8]
+    make_pool(client, f"quiet-pool-{suffix}", nodes=0)
+    make_job(client, f"quiet-job-{suffix}", f"quiet-pool-{suffix}")
+    client.create_task(f"quiet-job-{suffix}", bm.BatchTaskCreateOptions(id="waits", command_line="true"))
+    with caplog.at_level(logging.INFO, logger="azure"), pytest.raises(HttpResponseError) as info:
+        client.get_task_file_properties(f"quiet-job-{suffix}", "waits", "stderr.txt")
+    assert info.value.status_code == 404
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,6 +103,23 @@ def check_batch_settings(config: Config) -> str:
             raise ConfigError(f"azure backend: the Batch account name {azure.batch_account!r} ({ACCOUNT_SETTING}) "
                               f"is not the account of the URL {url} ({in_url!r}); set the two to the same account")
     return url
+
+
+class _FailsafeNoise(logging.Filter):
+    """The SDK parses every error body "failsafe" and logs a WARNING with a traceback when there is
+    none to parse: a HEAD or a 404 of a task's missing stderr.txt (a task cancelled before it ran)
+    printed a JSONDecodeError traceback in `status`, `logs` and `report` though the error itself is
+    handled. Kept at DEBUG, where `-vv` shows the SDK's requests."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "failsafe deserialization" in str(record.msg):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+for _name in ("azure.batch._utils.model_base", "azure.batch._serialization"):
+    logging.getLogger(_name).addFilter(_FailsafeNoise())
 
 
 def make_client(config: Config) -> BatchClient:
