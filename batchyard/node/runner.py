@@ -40,6 +40,7 @@ from pathlib import Path
 from batchyard.core.batch_semantics import (
     JOB_CANCELLED,
     PERMANENT_FAILURES,
+    batch_exit_code,
     log_file_name,
     output_blob_name,
     staging_code,
@@ -146,12 +147,14 @@ def _execute(attempt: _Attempt, cancel: threading.Event | None) -> str | None:
         )
         deadline = time.monotonic() + spec.max_wall_clock_seconds if spec.max_wall_clock_seconds else None
         watch = WATCHDOG.watch(proc, deadline=deadline, cancel=cancel, task_dir=attempt.task_dir)
+        # Recorded as Batch reports it (a signal death as a shell shows it: SIGKILL at the wall clock is
+        # 137), here where every dispatcher's record starts, so local, emulator and Azure agree.
         try:
-            attempt.exit_code = proc.wait()
+            attempt.exit_code = batch_exit_code(proc.wait())
         finally:
             stopped = WATCHDOG.release(watch)
         if stopped:
-            attempt.exit_code = proc.returncode
+            attempt.exit_code = batch_exit_code(proc.returncode)
             return stopped
         # The leader exited; children it left in its group would outlive the task.
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -113,6 +113,7 @@ class BackendScenarios:
                        constraints={"max_wall_clock_time": "3s", "max_task_retry_count": 2})
         (result,) = harness.run(job).values()  # the command hangs for 300 s: "timeout" means it was killed
         assert (result.state, result.failure_category, result.attempts) == ("failed", "timeout", 1)
+        assert result.exit_code == 137, "killed at the wall clock: SIGKILL as Batch reports it, on every backend"
         pids = [int(pidfile.read_text()), int(Path(f"{pidfile}.grandchild").read_text())]
         deadline = time.monotonic() + 60  # generous: only a survivor makes this wait to the end
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
