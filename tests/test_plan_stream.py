@@ -128,3 +128,9 @@ def test_request_sizes_are_exactly_what_the_sdk_sends(tmp_path: Path) -> None:
     preview = preview_for(blobs)
     tasks = list(tasks_from_blob_names(blobs, ["a.txt", "dir/ünï code.txt", "q?=&%.txt", "x" * 300 + ".txt"]))
     assert [preview.request_size(t) for t in tasks] == [sdk_size(blobs, t, preview) for t in tasks]  # type: ignore[attr-defined]
+
+
+def test_a_table_with_a_header_and_no_rows_is_refused_naming_it(tmp_path: Path) -> None:
+    """As an [inputs] listing that matches nothing is: a job of no task is the user's mistake."""
+    with pytest.raises(JobValidationError, match=r"rows\.csv has a header and no rows"):
+        list(tasks_from_table(table_job(tmp_path, "a,b\n")))

@@ -323,8 +323,10 @@ def tasks_from_table(job: Job) -> Iterator[TaskDef]:
         raise JobValidationError(source, [("tasks", str(exc))]) from None
     if repeated:
         raise JobValidationError(source, [("tasks", repeated)])
-    if previous is not None:
-        yield previous
+    if previous is None:  # as an [inputs] listing that matches nothing: the user's mistake, named
+        raise JobValidationError(source, [("tasks", f"{path.name} has a header and no rows: a job needs at "
+                                                    "least one task (one row per task)")])
+    yield previous
 
 
 def _misplaced_row(job: Job, table: str, line: int, row: Mapping[str, str], values: Mapping[str, str],
