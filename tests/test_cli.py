@@ -105,6 +105,25 @@ def test_cancel_fails_pending_tasks(project) -> None:  # type: ignore[no-untyped
     assert project.cli("status", "cancelme").returncode == 3
 
 
+def test_a_job_last_run_on_a_backend_not_set_up_here_says_so(project) -> None:  # type: ignore[no-untyped-def]
+    """`status` follows the job's document to the backend it last ran on; when that backend has no
+    settings here, the error says why it was chosen and how to ask the configured one."""
+    from batchyard.backends import get_backend
+
+    container = project.container("inputs")
+    project.put_inputs(container, {"a.txt": b"a"})
+    job_file = project.dir / "job.toml"
+    job_file.write_text(f'id = "moved"\ncommand = "true"\n[inputs]\ncontainer = "{container}"\n', encoding="utf-8")
+    assert project.cli("run", str(job_file), "--no-wait").returncode == 0
+    with get_backend("local", project.config()) as be:  # as if it ran on Azure Batch last
+        be.store.save_job(be.job("moved"), spec_hash="x", backend="azure")
+    shown = project.cli("status", "moved")
+    assert shown.returncode == 2 and "Traceback" not in shown.stderr, shown.stderr
+    assert "(job moved last ran on the azure backend (its job document says so); --backend local asks" in shown.stderr
+    assert "--backend local" in shown.stderr
+    assert project.cli("status", "moved", "--backend", "local").returncode == 0
+
+
 def test_emulator_start_env_status_stop(project) -> None:  # type: ignore[no-untyped-def]
     env = {"BATCHYARD_HOME": str(project.dir / "emuhome")}
     try:

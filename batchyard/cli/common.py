@@ -56,6 +56,9 @@ def print_error(message: str) -> None:
     console.print(styled(("error:", "red"), " ", redact(message)), highlight=False, soft_wrap=True)
 
 
+_BACKEND_NOTE: list[str] = []  # why this command asks another backend than the configured one, if it does
+
+
 def terminate_as_interrupt() -> None:
     """SIGTERM (``kill PID``, a supervisor, ``docker stop``) ends a long command as Ctrl-C does: workers
     stop after their running tasks, a run on Azure is ended, nothing is left running unowned. Without
@@ -78,7 +81,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (JobValidationError, ConfigError) as exc:
-            print_error(str(exc))
+            print_error(str(exc) + "".join(f"\n({note})" for note in _BACKEND_NOTE if isinstance(exc, ConfigError)))
             sys.exit(EXIT_USAGE)
         except BatchyardError as exc:
             print_error(str(exc))
@@ -117,11 +120,15 @@ def backend_context(verbose: int, config_path: str | None, backend: str | None,
     """The config and the backend to use: ``--backend``, else (for a command about ``job_id``) the backend
     the job last ran on, as its job document records it, else the configured one."""
     setup_logging(verbose)
+    _BACKEND_NOTE.clear()
     config = load_config(config_path, backend=backend)
     if backend is None and job_id is not None:
         recorded = recorded_backend(config, job_id)
         if recorded is not None and recorded != config.backend:
             log.info("job %s ran on the %s backend (its job document says so)", job_id, recorded)
+            # Said with any configuration error that follows (the backend reads its settings lazily).
+            _BACKEND_NOTE[:] = [f"job {job_id} last ran on the {recorded} backend (its job document says so); "
+                                f"--backend {config.backend} asks the {config.backend} backend instead"]
             config = config.with_backend(recorded)
     return config, get_backend(None, config)
 
