@@ -1,7 +1,7 @@
-"""A submit past HELD_TASKS holds none of its tasks: it plans and writes the manifest in one pass,
-then reads the tasks again (issue #23, point 6). The limit is lowered here so a small job takes the
-same path a million-task job does; every task must still run exactly once, in its messages' order
-as planned, and a re-run of some must reset their rows and run only them."""
+"""A submit past HELD_TASKS holds none of its tasks: one pass plans, writes the manifest and keeps the
+tasks to queue in a temporary file (issue #23, point 6). The limit is lowered here so a small job takes
+the same path a million-task job does; every task must still run exactly once, and a re-run of some
+must reset their rows and run only them."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ KEYS = [f"k{i:03d}" for i in range(37)]
 
 @pytest.fixture
 def streamed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tasks read again past 5 held; two messages' worth of tasks packed at a time."""
+    """Tasks past 5 kept on disk; two messages' worth of tasks packed at a time."""
     monkeypatch.setattr(local_backend, "HELD_TASKS", 5)
     monkeypatch.setattr(local_backend, "SLICE_MESSAGES", 2)
 
@@ -60,3 +60,19 @@ def test_a_streamed_submit_refuses_a_bad_row_before_anything_is_queued(project: 
             be.submit(job)
         assert be.store.get_job_entity("streambad") is None
         assert be.store.manifest_rows("streambad") is None
+
+
+def test_a_spill_gives_back_what_it_was_given_in_order_and_leaves_no_file() -> None:
+    from batchyard.core.job import TaskDef
+    from batchyard.core.spill import Spill
+
+    tasks = [TaskDef(task_id=f"t{i}", argv=("echo", str(i)), params=(("KEY", str(i)),), fingerprint="f")
+             for i in range(1234)]
+    for keep in (10_000, 100, 0):
+        with Spill[TaskDef](keep=keep, block=50) as spill:
+            for task in tasks:
+                spill.append(task)
+            assert spill.count == 1234 and list(spill) == tasks
+            on_disk = spill._file
+            assert (on_disk is None) == (keep >= 1234)
+        assert on_disk is None or on_disk.closed

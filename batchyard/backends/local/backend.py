@@ -53,13 +53,14 @@ from batchyard.core.final_step import FINAL_TASK_ID, without_final
 from batchyard.core.job import Job, TaskDef
 from batchyard.core.rerun import Decider, PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
+from batchyard.core.spill import Spill
 from batchyard.storage.account import FAST_POOL_SIZE, Storage
 
 log = logging.getLogger(__name__)
 
 SEND_CONCURRENCY = 16
-# A submit of up to this many tasks keeps them between its plan and its messages (~0.85 KB each);
-# a bigger one reads them again rather than hold them (1,000,000 held took 912 MiB).
+# A submit keeps up to this many tasks in memory between its plan and its messages (~0.85 KB each),
+# the rest in a temporary file (1,000,000 held took 912 MiB).
 HELD_TASKS = 100_000
 SLICE_MESSAGES = 128  # messages' worth of tasks packed, and their re-run rows written, at a time
 MAX_RESPAWNS = 8
@@ -107,30 +108,27 @@ class LocalBackend(Backend):
         source = TaskSource(self.storage, job, resources=resource_digests(job, digests))
         rerun, final_named = without_final(rerun)
         spec_hash = hashlib.sha256(dumps([job.model_dump(mode="json"), digests]).encode()).hexdigest()[:16]
-        # One pass plans the run and writes the manifest (compressed, as it goes); a job of up to
-        # HELD_TASKS keeps its tasks for the queue, a bigger one reads them again (a table is
-        # re-read, a listing was kept as names), so a submit of a million tasks holds none of them.
+        # One pass reads the tasks, plans the run, writes the manifest (compressed, as it goes) and keeps
+        # the tasks to queue: in memory up to HELD_TASKS, past that in a temporary file (core/spill.py),
+        # so a submit of a million tasks holds none of them and parses none twice.
         decider = Decider(job.id, self.prior_tasks(job.id), rerun=rerun)
         manifest = ManifestWriter(spec_hash, job=job)
-        held: list[TaskDef] | None = []
-        for task in source:
-            decider.add(task)
-            manifest.add(task)
-            if held is not None:
-                held.append(task)
-                if len(held) > HELD_TASKS:
-                    held = None
-        plan = decider.finish()
-        source.check_not_empty(plan.total)
-        if on_plan is not None:
-            on_plan(plan)
-        key = message_key_for_submit(self.store, job.id)
-        queue = queue_for_submit(self.store, job.id)
-        self.store.record_job(job, total=plan.total, spec_hash=spec_hash, backend=self.name, message_key=key,
-                              queue=queue)
-        self.store.put_manifest(job.id, manifest.finish())
-        to_queue = (task for task in (held if held is not None else source) if task.task_id in plan.reasons)
-        self._enqueue(job.id, queue, to_queue, key.encode(), plan=plan)
+        with Spill[TaskDef](keep=HELD_TASKS) as to_queue:
+            for task in source:
+                decider.add(task)
+                manifest.add(task)
+                if task.task_id in decider.plan.reasons:
+                    to_queue.append(task)
+            plan = decider.finish()
+            source.check_not_empty(plan.total)
+            if on_plan is not None:
+                on_plan(plan)
+            key = message_key_for_submit(self.store, job.id)
+            queue = queue_for_submit(self.store, job.id)
+            self.store.record_job(job, total=plan.total, spec_hash=spec_hash, backend=self.name, message_key=key,
+                                  queue=queue)
+            self.store.put_manifest(job.id, manifest.finish())
+            self._enqueue(job.id, queue, to_queue, key.encode(), plan=plan)
         if job.final is not None:  # it depends on every task: it runs again when any of them does
             prior = self.store.get_task(job.id, FINAL_TASK_ID)
             plan_final_step(self.store, job, dependencies_reran=plan.any_rerun() or final_named,
