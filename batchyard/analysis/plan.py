@@ -49,6 +49,7 @@ from batchyard.core.job import (
     tasks_from_blob_names,
     tasks_from_table,
 )
+from batchyard.core.output_names import OutputCollisions
 from batchyard.core.placeholders import substitute_command
 from batchyard.core.rerun import Decider, PriorTask, RerunOption, blob_identity, with_fingerprints
 from batchyard.node.docker import image_findings
@@ -221,10 +222,16 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
                  task_ids=[] if job.final is not None else None)
     prior = _prior(ctx, job)
     decider = Decider(job.id, prior or {}, rerun=without_final(rerun)[0])
+    collisions = OutputCollisions(job)
     try:
         for task in _tasks(job, ctx, findings, local):
             scan.add(task, preview, show)
             decider.add(task)
+            collisions.add(task)
+        clash = collisions.problem()
+        if clash is not None:
+            findings.append(Finding("error", "output-collision", f"{clash[0]}: {clash[1]}",
+                                    "give each task its own output blob (docs/job-file.md, [[outputs]])"))
         if prior is not None or rerun is not None:
             plan.rerun = decider.finish().to_dict()
         if job.inputs is not None and not scan.count:

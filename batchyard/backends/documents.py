@@ -47,6 +47,7 @@ from batchyard.core.job import (
     tasks_from_blob_names,
     tasks_from_table,
 )
+from batchyard.core.output_names import OutputCollisions
 from batchyard.core.placeholders import PLACEHOLDER_RE, static_prefix
 from batchyard.core.rerun import blob_identity, iter_with_fingerprints, with_fingerprints
 from batchyard.storage.account import Storage, file_md5
@@ -271,8 +272,8 @@ class TaskSource:
     def __iter__(self) -> Iterator[TaskDef]:
         job = self.job
         tasks = tasks_from_table(job) if job.tasks is not None else tasks_from_blob_names(job, self.identities)
-        return iter_with_fingerprints(job, _iter_checked_ids(job, tasks), resources=self.resources,
-                                      identities=self.identities)
+        return iter_with_fingerprints(job, OutputCollisions(job).checked(_iter_checked_ids(job, tasks)),
+                                      resources=self.resources, identities=self.identities)
 
     def check_not_empty(self, count: int) -> None:
         """A listing that matched nothing is the user's mistake, named; an empty table is a job of none."""
@@ -319,7 +320,7 @@ def fan_out(storage: Storage, job: Job, *, resources: Mapping[str, str] | None =
 def _checked_ids(job: Job, tasks: Iterable[TaskDef]) -> list[TaskDef]:
     if ID_RE.fullmatch(job.id) is None:  # the model's check lets a trailing newline through
         raise JobValidationError(f"job {job.id!r}", [("id", "not a valid id (1-64 letters, digits, '-' or '_')")])
-    return list(_iter_checked_ids(job, tasks))
+    return list(OutputCollisions(job).checked(_iter_checked_ids(job, tasks)))
 
 
 def _iter_checked_ids(job: Job, tasks: Iterable[TaskDef]) -> Iterator[TaskDef]:
