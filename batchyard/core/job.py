@@ -200,6 +200,11 @@ class TaskDef:
         return TaskDef(self.task_id, self.argv, self.input_container, self.input_blob, self.input_path,
                        self.params, fingerprint)
 
+    def as_row(self) -> tuple[Any, ...]:
+        """Its fields as a tuple, in order (``TaskDef(*row)`` makes it again): cheap to pickle."""
+        return (self.task_id, self.argv, self.input_container, self.input_blob, self.input_path, self.params,
+                self.fingerprint)
+
     @property
     def label(self) -> str:
         """What the task is about, for people: the input blob or the row's values."""

@@ -13,8 +13,8 @@ import pickle
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
-from typing import IO, Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import IO, Any, Generic, TypeVar
 
 T = TypeVar("T")
 _LENGTH = struct.Struct("<I")
@@ -23,8 +23,12 @@ _LENGTH = struct.Struct("<I")
 class Spill(Generic[T]):
     """``append`` items, then iterate them once, in order; use as a context manager (closes the file)."""
 
-    def __init__(self, *, keep: int, block: int = 5000) -> None:
+    def __init__(self, *, keep: int, block: int = 5000, encode: Callable[[T], Any] | None = None,
+                 decode: Callable[[Any], T] | None = None) -> None:
+        """``encode``/``decode``: what an item is pickled as, and back (a dataclass's own pickling costs
+        several times a tuple's: 4.7 s per 100,000 tasks spilled, measured)."""
         self.keep, self.block = keep, block
+        self.encode, self.decode = encode, decode
         self.count = 0
         self._held: list[T] = []
         self._file: IO[bytes] | None = None
@@ -42,7 +46,9 @@ class Spill(Generic[T]):
 
     def _write(self, items: list[T] | None = None) -> None:
         assert self._file is not None
-        block = zlib.compress(pickle.dumps(self._held if items is None else items, pickle.HIGHEST_PROTOCOL), 1)
+        chosen = self._held if items is None else items
+        encoded = chosen if self.encode is None else [self.encode(item) for item in chosen]
+        block = zlib.compress(pickle.dumps(encoded, pickle.HIGHEST_PROTOCOL), 1)
         self._file.write(_LENGTH.pack(len(block)) + block)
         if items is None:
             self._held = []
@@ -52,7 +58,8 @@ class Spill(Generic[T]):
             self._file.seek(0)
             while header := self._file.read(_LENGTH.size):
                 (size,) = _LENGTH.unpack(header)
-                yield from pickle.loads(zlib.decompress(self._file.read(size)))  # noqa: S301 (our own bytes)
+                items = pickle.loads(zlib.decompress(self._file.read(size)))  # noqa: S301 (our own bytes)
+                yield from items if self.decode is None else map(self.decode, items)
         yield from self._held
 
     def close(self) -> None:

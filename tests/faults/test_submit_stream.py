@@ -68,8 +68,9 @@ def test_a_spill_gives_back_what_it_was_given_in_order_and_leaves_no_file() -> N
 
     tasks = [TaskDef(task_id=f"t{i}", argv=("echo", str(i)), params=(("KEY", str(i)),), fingerprint="f")
              for i in range(1234)]
-    for keep in (10_000, 100, 0):
-        with Spill[TaskDef](keep=keep, block=50) as spill:
+    for keep, rows in ((10_000, False), (100, False), (0, False), (100, True)):
+        codec = {"encode": TaskDef.as_row, "decode": lambda row: TaskDef(*row)} if rows else {}
+        with Spill[TaskDef](keep=keep, block=50, **codec) as spill:
             for task in tasks:
                 spill.append(task)
             assert spill.count == 1234 and list(spill) == tasks

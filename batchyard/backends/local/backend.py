@@ -113,7 +113,7 @@ class LocalBackend(Backend):
         # so a submit of a million tasks holds none of them and parses none twice.
         decider = Decider(job.id, self.prior_tasks(job.id), rerun=rerun)
         manifest = ManifestWriter(spec_hash, job=job)
-        with Spill[TaskDef](keep=HELD_TASKS) as to_queue:
+        with Spill[TaskDef](keep=HELD_TASKS, encode=TaskDef.as_row, decode=lambda row: TaskDef(*row)) as to_queue:
             for task in source:
                 decider.add(task)
                 manifest.add(task)
