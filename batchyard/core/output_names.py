@@ -56,6 +56,9 @@ class OutputCollisions:
     def checked(self, tasks: Iterable[TaskDef]) -> Iterator[TaskDef]:
         """``tasks`` as they come; JobValidationError after the last one if two clash (a submit's first
         pass ends there, before anything is written)."""
+        if not self.outputs:  # no output names one file: nothing can clash before the commands run
+            yield from tasks
+            return
         for task in tasks:
             self.add(task)
             yield task
