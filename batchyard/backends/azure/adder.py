@@ -12,12 +12,11 @@ errors are the SDK's; only the answer's 100 per-task models are not built).
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from azure.batch import models as bm
 from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
 from batchyard.backends.azure.tasks import batch_error, error_code, first_line
-from batchyard.core.bounded import bounded_map
+from batchyard.core.bounded import bounded_map, chunks
 from batchyard.core.errors import BackendError
 from batchyard.core.redact import redact
 
@@ -40,12 +39,6 @@ TaskBody = bm.BatchTaskCreateOptions | dict[str, Any]
 class AddReport:
     added: int = 0
     existed: int = 0
-
-
-def _chunks(tasks: Iterable[TaskBody], size: int) -> Iterator[list[TaskBody]]:
-    items = iter(tasks)
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
 
 
 class TaskAdder:
@@ -63,7 +56,7 @@ class TaskAdder:
     def add(self, tasks: Iterable[TaskBody]) -> AddReport:
         """Add ``tasks`` (SDK models or their JSON), taking them as requests go out; the first error
         stops the rest (chunks not yet sent are not sent) and is raised."""
-        bounded_map(self._add_chunk, _chunks(tasks, self.chunk), concurrency=self.concurrency, ahead=AHEAD,
+        bounded_map(self._add_chunk, chunks(tasks, self.chunk), concurrency=self.concurrency, ahead=AHEAD,
                     thread_name_prefix="batchyard-add")
         return self.report
 

@@ -46,7 +46,7 @@ from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.backends.outputs import current_outputs
 from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
-from batchyard.core.bounded import bounded_map
+from batchyard.core.bounded import bounded_map, chunks
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, without_final
@@ -173,7 +173,7 @@ class LocalBackend(Backend):
 
         def packed() -> Iterator[TaskMessage]:
             left = count
-            for piece in _slices(tasks, size * SLICE_MESSAGES):
+            for piece in chunks(tasks, size * SLICE_MESSAGES):
                 left -= len(piece)
                 if plan is not None:
                     self.store.write_pending(job_id, [t for t in piece if plan.reasons[t.task_id] != ("new",)],
@@ -417,14 +417,3 @@ def _require_image(image: str) -> None:
     except Exception:
         raise ContainerEngineError(f"container_image {image!r} is not on the Docker engine; pull, load or build "
                                    "it there first (batchyard never pulls implicitly)") from None
-
-
-def _slices(items: Iterable[TaskDef], size: int) -> Iterator[list[TaskDef]]:
-    piece: list[TaskDef] = []
-    for item in items:
-        piece.append(item)
-        if len(piece) == size:
-            yield piece
-            piece = []
-    if piece:
-        yield piece

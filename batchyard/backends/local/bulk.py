@@ -17,6 +17,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.local.store import JobStore
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record
+from batchyard.core.bounded import chunks
 from batchyard.core.errors import JobNotFoundError
 from batchyard.storage.account import translate_error
 
@@ -24,17 +25,6 @@ ROWS_PER_TRANSACTION = 100  # the service's limit for one transaction
 TRANSACTIONS_IN_FLIGHT = 8
 
 _Item = TypeVar("_Item")
-
-
-def _chunks(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
-    chunk: list[_Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def _each_in_flight(chunks: Iterable[list[_Item]], write: Callable[[list[_Item]], int]) -> int:
@@ -85,7 +75,7 @@ def cancel_pending_rows(store: JobStore, job_id: str) -> int:
         return written
 
     pending = _rows(store, job_id, state="pending", select=["RowKey"])
-    return _each_in_flight(_chunks(pending, ROWS_PER_TRANSACTION), write)
+    return _each_in_flight(chunks(pending, ROWS_PER_TRANSACTION), write)
 
 
 def delete_task_rows(store: JobStore, job_id: str) -> int:
@@ -100,4 +90,4 @@ def delete_task_rows(store: JobStore, job_id: str) -> int:
         return len(ops)
 
     rows = _rows(store, job_id, state=None, select=["RowKey"])
-    return _each_in_flight(_chunks(rows, ROWS_PER_TRANSACTION), write)
+    return _each_in_flight(chunks(rows, ROWS_PER_TRANSACTION), write)
