@@ -33,7 +33,13 @@ def problems_of(data: dict, tmp_path: Path | None = None) -> dict[str, str]:
     [
         ({"id": "has space"}, "id", "valid job id"),
         ({"id": "x" * 65}, "id", "1-64"),
-        ({"comand": "x"}, "comand", "unknown field"),
+        ({"comand": "x"}, "comand", "unknown field: did you mean 'command'?"),
+        ({"inputs": {"container": "input-data", "prefx": "a/"}}, "inputs.prefx", "did you mean 'prefix'?"),
+        ({"outputs": {"pattern": "*.x", "container": "out-data"}}, "outputs", "write [[outputs]]"),
+        ({"inputs": [{"container": "input-data"}]}, "inputs", "write [inputs] (one table), not [[inputs]]"),
+        ({"elevated": "yes"}, "elevated", "valid boolean"),
+        ({"outputs": [{"pattern": "*.x", "container": "out-data", "optional": 1}]}, "outputs.0.optional",
+         "valid boolean"),
         ({"inputs": {"container": "Bad_Name"}}, "inputs.container", "container name"),
         ({"inputs": {"container": "input-data", "prefix": "../up"}}, "inputs.prefix", "'..'"),
         ({"outputs": [{"pattern": "../x", "container": "out-data"}]}, "outputs.0.pattern", "'..'"),
@@ -163,3 +169,9 @@ def test_job_file_reference_matches_the_model() -> None:
     committed = BEGIN + doc.split(BEGIN, 1)[1].split(END, 1)[0] + END
     assert committed == job_file_reference(), (
         "docs/job-file.md is stale: run python -m batchyard.analysis.job_reference")
+
+
+def test_a_misspelt_field_is_named_once() -> None:
+    """`comand` is unknown, and `command` is then missing: one problem, with the suggestion, not two."""
+    problems = problems_of({k: v for k, v in {**BASE, "comand": "x"}.items() if k != "command"})
+    assert list(problems) == ["comand"] and "did you mean 'command'?" in problems["comand"]

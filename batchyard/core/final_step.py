@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, field_validator
 
 from batchyard.core.batch_semantics import DEPENDENCY_ID_BUDGET
 from batchyard.core.job_parts import OutputSpec, _Model, checked_command
@@ -43,7 +43,7 @@ class FinalStep(_Model):
                          "or in the image).")
     run_when: RunWhen = Field(default="succeeded", description="'succeeded': only when every per-file task "
                               "succeeded; 'completed': when every one ended, failed or not (never after a cancel).")
-    stage_outputs: bool = Field(default=False, description="Also download every output blob to "
+    stage_outputs: StrictBool = Field(default=False, description="Also download every output blob to "
                                 "outputs/<container>/<blob name> before the command (for small jobs; a big job "
                                 "reads outputs.jsonl and fetches what it needs).")
     outputs: tuple[OutputSpec, ...] = Field(default=(), description="What to upload after it, as [[outputs]] "

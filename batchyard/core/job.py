@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StrictBool, ValidationError, ValidationInfo, field_validator, model_validator
 
 from batchyard.core.durations import parse_duration
 from batchyard.core.errors import JobValidationError, UnsafePathError
@@ -79,7 +79,7 @@ class Job(_Model):
                                         "(docs/configuration.md).")
     final: FinalStep | None = Field(default=None, description="One step after all the per-file tasks, "
                                     "given their outputs (see [final]).")
-    elevated: bool = Field(default=False, description="Run as an admin (Batch's admin auto-user): root in a "
+    elevated: StrictBool = Field(default=False, description="Run as an admin (Batch's admin auto-user): root in a "
                            "container_image on every backend, else a non-root user there (docs/azure.md).")
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
@@ -151,18 +151,49 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc if p not in ("function-after", "function-before"))
 
 
+# A TOML table written where the job file wants an array of tables, or the other way round.
+_TABLES = {"outputs": "[[outputs]] (an array of tables, one per output)",
+           "resource_files": "[[resource_files]] (an array of tables, one per file)"}
+_TABLE = {"inputs": "[inputs] (one table)", "constraints": "[constraints] (one table)", "final": "[final] (one table)"}
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names the model accepts where ``loc`` points (for "did you mean")."""
+    parents = [p for p in loc[:-1] if isinstance(p, str)]
+    model: Any = {(): Job, ("inputs",): Inputs, ("outputs",): OutputSpec, ("resource_files",): ResourceFileSpec,
+                  ("constraints",): Constraints, ("final",): FinalStep,
+                  ("final", "outputs"): OutputSpec}.get(tuple(parents))
+    return [name for name in model.model_fields if name != "base_dir"] if model is not None else []
+
+
+def _problem_text(err: Any) -> str:
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    loc, given = tuple(err["loc"]), err.get("input")
+    if err["type"] == "extra_forbidden":
+        import difflib
+
+        near = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1, cutoff=0.75)
+        return "unknown field" + (f": did you mean {near[0]!r}?" if near else "") + \
+            " (check the spelling; see docs/job-file.md)"
+    name = loc[-1] if loc else ""
+    if name in _TABLES and len(loc) <= 2 and isinstance(given, dict):
+        return f"write {_TABLES[str(name)]}, not [{name}]"
+    if name in _TABLE and len(loc) == 1 and isinstance(given, list):
+        return f"write {_TABLE[str(name)]}, not [[{name}]]"
+    return msg
+
+
 def job_from_dict(data: Mapping[str, Any], *, source: str = "job", base_dir: Path | None = None,
                   stored: bool = False) -> Job:
     """Validate a job from a mapping; ``stored`` for a job read back from storage (already checked)."""
     try:
         return Job.model_validate({**data, "base_dir": base_dir or Path.cwd()}, context={"stored": stored})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling; see docs/job-file.md)"
-            problems.append((_format_loc(err["loc"]), msg))
+        problems = [(_format_loc(err["loc"]), _problem_text(err)) for err in exc.errors()]
+        # "command: Field required" beside "comand: ... did you mean 'command'?" says the same twice.
+        meant = {where.rsplit(".", 1)[0] + "." + text.split("'")[1] if "." in where else text.split("'")[1]
+                 for where, text in problems if "did you mean" in text}
+        problems = [(where, text) for where, text in problems if not (text == "Field required" and where in meant)]
         raise JobValidationError(source, problems) from None
     except (ValueError, OSError) as exc:
         raise JobValidationError(source, [("", str(exc))]) from None

@@ -7,7 +7,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from batchyard.core.durations import parse_duration
 from batchyard.core.errors import UnsafePathError
@@ -79,7 +79,7 @@ class OutputSpec(_Model):
                       "relative, no '.' or '..' segment, no backslash.")
     upload_on: Literal["success", "failure", "completion"] = Field(
         default="success", description="Upload after a successful, a failed, or any attempt.")
-    optional: bool = Field(default=False, description="If false, a pattern matching no file fails the task "
+    optional: StrictBool = Field(default=False, description="If false, a pattern matching no file fails the task "
                            "(`output_missing`).")
 
     @field_validator("pattern")
