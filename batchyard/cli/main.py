@@ -322,7 +322,10 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
     with be:
         job_id = be.resolve_job_id(job_id)
         be.cancel(job_id)
-        console.print(f"job {job_id} cancelled" + (f" on {be.name}" if be.name != "local" else ""))
+        running = be.task_counts(job_id).running
+        console.print(f"job {job_id} cancelled" + (f" on {be.name}" if be.name != "local" else "")
+                      + (f": {running} running task(s) are being stopped (their workers kill them within seconds; "
+                         f"`batchyard status {job_id}` shows them cancelled once they have)" if running else ""))
         summary = be.pool_summary(job_id)
         if summary is not None:
             from batchyard.cli.pool_cost import pool_line
