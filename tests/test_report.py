@@ -425,3 +425,20 @@ def test_stub_report_json_and_html_from_the_command(stub_project: Any, tmp_path:
     assert "work: refusing bad on purpose" in page
     missing = stub_project.cli("report", "no-such-job")
     assert missing.exit_code == 3 and "job 'no-such-job' not found" in missing.stderr
+
+
+def test_watch_status_piped_prints_the_view_as_the_job_moves(stub_project: Any) -> None:
+    """Not a terminal (a CI log, `| tee`): a live view drew nothing until the end; the view is printed
+    each time the counts change, so the log follows the job."""
+    (stub_project.dir / "four.csv").write_text("KEY\n" + "".join(f"k{i}\n" for i in range(4)), encoding="utf-8")
+    job = job_from_dict({"id": "piped", "command": "work {KEY}", "tasks": "four.csv"}, source="test",
+                        base_dir=stub_project.dir)
+    buffer = io.StringIO()
+    with get_backend(None, stub_project.config()) as be:
+        be.submit(job)
+        be.start_execution(job, workers=1)
+        stub_project.world.tasks_per_poll = 1  # one task starts at each poll, and ends at the next
+        counts = watch_status(be, job.id, console=Console(file=buffer, width=120), interval=0.05, timeout=60)
+    assert counts.finished and counts.succeeded == 4
+    shown = re.findall(r"(\d)/4 done", buffer.getvalue())
+    assert len(set(shown)) >= 3 and shown[-1] == "4", shown

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console, Group
@@ -134,6 +135,30 @@ def _render(job_id: str, backend: str, counts: TaskCounts, rate: float | None, e
     return Group(*parts)  # type: ignore[arg-type]
 
 
+class _Printed:
+    """``Live``'s part that watch_status uses, for a console that is not a terminal."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.last_key, self.last_at = console, None, 0.0
+
+    def __enter__(self) -> _Printed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def show(self, renderable: Any, *, key: Any) -> None:
+        now = time.monotonic()
+        if key != self.last_key or now - self.last_at >= self.EVERY_S:
+            self.console.print(renderable)
+            self.last_key, self.last_at = key, now
+
+    def stop(self) -> None:
+        return None
+
+
 def watch_status(backend: Backend, job_id: str, *, console: Console, interval: float = 1.0,
                  timeout: float | None = None) -> TaskCounts:
     """Show a live table of JOB's counts, throughput, ETA and slowest running tasks until it ends.
@@ -147,7 +172,11 @@ def watch_status(backend: Backend, job_id: str, *, console: Console, interval: f
     began = time.monotonic()
     state: dict[str, object] = {"counts": TaskCounts(), "slowest": [], "next_scan": 0.0}
 
-    with Live(console=console, refresh_per_second=4, transient=False, auto_refresh=False) as live:
+    # Piped or redirected (a CI log, `| tee`), a live view draws nothing until it stops: print the
+    # view instead each time the counts change (and at least every minute), so the log follows the job.
+    view: Any = Live(console=console, refresh_per_second=4, transient=False, auto_refresh=False) \
+        if console.is_terminal else _Printed(console)
+    with view as live:
         def on_progress(counts: TaskCounts) -> None:
             now = time.monotonic()
             rate.add(now, counts.done)
@@ -159,8 +188,12 @@ def watch_status(backend: Backend, job_id: str, *, console: Console, interval: f
                 state["next_scan"] = time.monotonic() + max(interval, cost * 9)
             elif not counts.running:
                 state["slowest"] = []
-            live.update(_render(job_id, backend.name, counts, rate.per_second(), now - began,
-                                state["slowest"], counts.finished), refresh=True)  # type: ignore[arg-type]
+            shown = _render(job_id, backend.name, counts, rate.per_second(), now - began,
+                            state["slowest"], counts.finished)  # type: ignore[arg-type]
+            if isinstance(live, _Printed):
+                live.show(shown, key=counts)
+            else:
+                live.update(shown, refresh=True)
 
         try:
             counts = backend.wait(job_id, on_progress=on_progress, poll_interval=interval, timeout=timeout)
