@@ -88,9 +88,13 @@ def test_output_patterns_that_cannot_match(tmp_path: Path) -> None:
     outputs = "".join(f'[[outputs]]\npattern = "{p}"\ncontainer = "out-data"\n'
                       for p in ("results/", "{input_stem}.out", "summary.json", "*.txt", "*.out"))
     result = make_plan(write_job(tmp_path, BASE + outputs), offline_config(tmp_path))
-    by_pattern = {f.message.split("'")[1]: f.code for f in result.findings if f.code.startswith("output-")}
+    by_pattern = {f.message.split("'")[1]: f.code for f in result.findings
+                  if f.code.startswith("output-") and f.code != "output-collision"}
     assert by_pattern == {"results/": "output-directory", "{input_stem}.out": "output-placeholder",
                           "summary.json": "output-unmentioned", "*.txt": "output-matches-input"}
+    # Those without a wildcard name one blob, the same for every task under the default path.
+    (clash,) = [f for f in result.findings if f.code == "output-collision"]
+    assert clash.severity == "error" and clash.message.startswith("outputs.1: tasks ")
 
 
 def test_task_id_rules() -> None:

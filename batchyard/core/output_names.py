@@ -24,7 +24,9 @@ class OutputCollisions:
 
     def __init__(self, job: Job) -> None:
         self.job = job
-        self.outputs = [(i, out) for i, out in enumerate(job.outputs) if not pattern_base(out.pattern)[1]]
+        # A pattern naming a folder ("results/") matches no file at all: plan says so (output-directory).
+        self.outputs = [(i, out) for i, out in enumerate(job.outputs)
+                        if not pattern_base(out.pattern)[1] and not out.pattern.endswith("/")]
         self._seen: dict[bytes, str] = {}
         self._first: tuple[int, str, str, str] | None = None
         self.count = 0
