@@ -62,15 +62,11 @@ _BACKEND_NOTE: list[str] = []  # why this command asks another backend than the 
 def terminate_as_interrupt() -> None:
     """SIGTERM (``kill PID``, a supervisor, ``docker stop``) ends a long command as Ctrl-C does: workers
     stop after their running tasks, a run on Azure is ended, nothing is left running unowned. Without
-    it the process died at once and its worker processes served on with no parent."""
-    import signal
-    import threading
+    it the process died at once and its worker processes served on with no parent. Both signals are
+    held back while worker processes are forked (core/interrupts.py)."""
+    from batchyard.core import interrupts
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    interrupts.install()
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -51,3 +51,30 @@ def test_worker_processes_end_when_their_parent_is_killed(project: Any) -> None:
     proc.kill()
     proc.wait(timeout=60)  # not communicate(): the orphans hold its pipes until they end
     wait_for(lambda: _gone(children), timeout=60, what="the orphaned worker processes to end")
+
+
+def test_a_signal_inside_a_held_window_is_raised_as_it_closes() -> None:
+    """What keeps a SIGTERM that comes while worker processes are forked: Python drops a
+    KeyboardInterrupt raised in a fork's callbacks ("Exception ignored"), so there it is kept for the
+    window's end. Seen once in CI's compose route: the worker group kept serving after its SIGTERM."""
+    import os
+
+    from batchyard.core import interrupts
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        interrupts.install()
+        reached_the_end_of_the_block = False
+        with pytest.raises(KeyboardInterrupt), interrupts.held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes: give it many
+                pass
+            reached_the_end_of_the_block = True
+        assert reached_the_end_of_the_block
+        with pytest.raises(KeyboardInterrupt):  # outside a window, at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1_000_000):
+                pass
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])

@@ -45,6 +45,7 @@ from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.backends.outputs import current_outputs
+from batchyard.core import interrupts
 from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
 from batchyard.core.bounded import bounded_map, chunks
 from batchyard.core.config import Config
@@ -209,16 +210,24 @@ class LocalBackend(Backend):
         if job is not None:  # `batchyard run JOB`: its workers take only that job's messages
             options = replace(options or self._worker_options(), jobs=(job.id,))
         self._workers_args = (options, str(work_dir) if work_dir else None)
-        self._procs = [self._spawn(i) for i in range(count)]
+        self._procs = []
+        for index in range(count):
+            self._spawn(index)
 
-    def _spawn(self, index: int) -> Any:
+    def _spawn(self, index: int) -> None:
+        """Start worker ``index`` in its place in ``_procs`` (kept before it starts: an interrupt that
+        comes as it starts is raised with it there, so stop_execution stops it with the rest)."""
         options, work_dir = self._workers_args
         proc = self._ctx.Process(
             target=worker_process_main, name=f"batchyard-worker-{index}",
             args=(self._conn, self.config, index, self._stop, options, work_dir), daemon=True,
         )
-        proc.start()
-        return proc
+        if index < len(self._procs):
+            self._procs[index] = proc
+        else:
+            self._procs.append(proc)
+        with interrupts.held():  # a Ctrl-C or SIGTERM in the fork's callbacks would be dropped there
+            proc.start()
 
     def _settled(self, job_id: str, counts: TaskCounts) -> bool:
         """Every per-file task final, then the final step (queued here once they are) final too."""
@@ -239,7 +248,7 @@ class LocalBackend(Backend):
                 raise BackendError(f"workers keep dying (last exit code {proc.exitcode}); giving up")
             log.warning("worker %d exited with code %s; starting a new one", i, proc.exitcode)
             self._respawns += 1
-            self._procs[i] = self._spawn(i)
+            self._spawn(i)
 
     def _worker_options(self, **fields: Any) -> WorkerOptions:
         local = self.config.local
