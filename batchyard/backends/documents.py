@@ -49,7 +49,7 @@ from batchyard.core.job import (
 )
 from batchyard.core.output_names import OutputCollisions
 from batchyard.core.placeholders import PLACEHOLDER_RE, static_prefix
-from batchyard.core.rerun import blob_identity, iter_with_fingerprints, with_fingerprints
+from batchyard.core.rerun import blob_identity, iter_with_fingerprints
 from batchyard.storage.account import Storage, file_md5
 from batchyard.storage.transfer import BURST_REQUESTS, BlobTransfer
 
@@ -295,23 +295,18 @@ def fan_out(storage: Storage, job: Job, *, resources: Mapping[str, str] | None =
     With ``resources`` (each resource file's target -> content MD5, hex), the inputs are listed with
     their MD5, ETag and size, and each task carries its fingerprint (:mod:`batchyard.core.rerun`).
     """
+    if resources is not None:  # the submit's own source, held as a list
+        source = TaskSource(storage, job, resources=resources)
+        tasks = list(source)
+        source.check_not_empty(len(tasks))
+        return tasks
     if job.tasks is not None:
-        tasks = _checked_ids(job, tasks_from_table(job))
-        return tasks if resources is None else with_fingerprints(job, tasks, resources=resources, identities={})
+        return _checked_ids(job, tasks_from_table(job))
     assert job.inputs is not None
     if job.inputs.local_dir:
         sync_local_dir(storage, job)
-    container, prefix = job.inputs.container, job.inputs.prefix
-    identities: dict[str, str] = {}
-    if resources is None:
-        names: Iterable[str] = storage.list_blob_names(container, prefix)
-    else:
-        identities = {name: blob_identity(md5=md5, etag=etag, size=size)
-                      for name, md5, etag, size in storage.list_blob_identities(container, prefix)}
-        names = identities
-    tasks = _checked_ids(job, tasks_from_blob_names(job, names))
-    if resources is not None:
-        tasks = with_fingerprints(job, tasks, resources=resources, identities=identities)
+    tasks = _checked_ids(job, tasks_from_blob_names(job, storage.list_blob_names(job.inputs.container,
+                                                                                 job.inputs.prefix)))
     if not tasks:
         _no_inputs(job)
     return tasks
