@@ -1,6 +1,8 @@
 """How Azurite's own cost per request grows with what it holds (why tasks per second fall as a
 local job grows): its CPU per blob request against the blobs in the account, and per row written in
-a table transaction against the rows in that row's partition and in the rest of the table.
+a table transaction against the rows in that row's partition and in the rest of the table; its CPU
+per query (a message's 14 row keys in one partition; a job's rows written since a moment, as a
+status poll asks) against the rows in the table.
 
 Each measurement on a fresh Azurite, through the SDKs, Azurite's CPU read with psutil:
 
@@ -13,6 +15,7 @@ import argparse
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -64,25 +67,60 @@ def row_ms(conn: str, in_partition: int, elsewhere: int) -> float:
     return round((cpu() - before) / PROBES * 1000, 3)
 
 
+QUERIES = 40  # queries timed at each size
+
+
+def query_ms(conn: str, rows: int) -> dict[str, float]:
+    """Azurite's CPU (ms) per query, with ``rows`` rows in the table (partitions of 1,000): 14 row
+    keys of one partition, and the rows of one job's partitions written in the last second (none)."""
+    from datetime import datetime
+
+    from azure.data.tables import TableServiceClient
+
+    cpu = _azurite_cpu()
+    table = TableServiceClient.from_connection_string(conn).create_table(f"g{uuid.uuid4().hex[:12]}")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: table.submit_transaction(
+            [("upsert", {"PartitionKey": f"job~{j // 1000}", "RowKey": f"r{j:07d}", "state": "succeeded"})
+             for j in range(i, min(rows, i + 100))]), range(0, rows, 100)))
+    keys = " or ".join(f"RowKey eq 'r{j:07d}'" for j in range(14))
+    since = datetime.now(UTC)
+    out = {}
+    for name, query in (("row_keys", f"PartitionKey eq 'job~0' and ( {keys} )"),
+                        ("changed_since", "( PartitionKey eq 'job' or ( PartitionKey gt 'job~' and PartitionKey lt "
+                                          "'job~~' ) ) and Timestamp ge @since")):
+        before = cpu()
+        for _ in range(QUERIES):
+            list(table.query_entities(query, parameters={"since": since}))
+        out[name] = round((cpu() - before) / QUERIES * 1000, 3)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.azurite_growth")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only-queries", action="store_true", help="measure the queries only")
     args = parser.parse_args()
     out: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "probes": PROBES,
                            "blob_ms_by_blobs_held": {}, "row_ms_by_partition_rows": {}, "row_ms_by_other_rows": {}}
-    for held in (0, 5000, 10_000):
+    for held in () if args.only_queries else (0, 5000, 10_000):
         with azurite() as conn:
             out["blob_ms_by_blobs_held"][held] = blob_ms(conn, held)
         print(f"blobs held {held}: {out['blob_ms_by_blobs_held'][held]} ms of Azurite's CPU per request", flush=True)
-    for rows in (1000, 10_000, 30_000):
+    for rows in () if args.only_queries else (1000, 10_000, 30_000):
         with azurite() as conn:
             out["row_ms_by_partition_rows"][rows] = row_ms(conn, rows, 0)
         print(f"rows in the partition {rows}: {out['row_ms_by_partition_rows'][rows]} ms per row", flush=True)
-    for rows in (10_000, 30_000):
+    for rows in () if args.only_queries else (10_000, 30_000):
         with azurite() as conn:
             out["row_ms_by_other_rows"][rows] = row_ms(conn, 1000, rows)
         print(f"1,000 rows in the partition, {rows} in others: {out['row_ms_by_other_rows'][rows]} ms per row",
               flush=True)
+    out["query_ms_by_table_rows"] = {}
+    for rows in (1000, 10_000, 50_000):
+        with azurite() as conn:
+            out["query_ms_by_table_rows"][rows] = query_ms(conn, rows)
+        print(f"rows in the table {rows}: {out['query_ms_by_table_rows'][rows]} ms per query", flush=True)
     return emit_json(out, args.out)
 
 

@@ -16,11 +16,16 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    """``items`` in lists of ``size`` (the last one shorter), taken as they are consumed."""
-    source = iter(items)
-    while chunk := list(itertools.islice(source, size)):
-        yield chunk
+def chunks(items: Iterable[Item], size: int, *, key: Callable[[Item], object] | None = None) -> Iterator[list[Item]]:
+    """``items`` in lists of ``size`` (the last one shorter), taken as they are consumed; with
+    ``key``, a list also ends where the key changes (a table transaction holds one partition)."""
+    if key is None:
+        source = iter(items)
+        while chunk := list(itertools.islice(source, size)):
+            yield chunk
+        return
+    for _, run in itertools.groupby(items, key):
+        yield from chunks(run, size)
 
 
 def bounded_map(fn: Callable[[Item], Result], items: Iterable[Item], *, concurrency: int, ahead: int = 2,

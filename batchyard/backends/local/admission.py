@@ -170,7 +170,7 @@ class Admission:
 
     def _check_ids(self, parsed: TaskMessage, entity: dict[str, Any] | None) -> None:
         """Ids only: each must have a row (written at submit) and be in the job's manifest."""
-        rows = self.store.get_tasks(parsed.job_id, parsed.task_ids)
+        rows = self.store.get_tasks(parsed.partition, parsed.task_ids)
         missing = [t for t in parsed.task_ids if t not in rows]
         if missing:
             raise Refused(f"task(s) {_named(missing)} have no record in job {parsed.job_id!r} (a message "
@@ -247,19 +247,19 @@ def record_poisoned(store: JobStore, parsed: TaskMessage, reason: str) -> None:
     import json
 
     for task_id in parsed.task_ids:
-        entity = store.get_task(parsed.job_id, task_id)
+        entity = store.get_task(parsed.partition, task_id)
         definition = parsed.definition(task_id)
         if entity is None and definition is not None:  # never claimed: its row says why it never ran
             label = definition.label[:MAX_LABEL_CHARS]
-            if store.create_final(parsed.job_id, task_id, label, final_record("poison", reason, attempts=[])):
+            if store.create_final(parsed.partition, task_id, label, final_record("poison", reason, attempts=[])):
                 continue
-            entity = store.get_task(parsed.job_id, task_id)
+            entity = store.get_task(parsed.partition, task_id)
         if entity is None or entity.get("state") in ("succeeded", "failed"):
             continue
         if entity.get("state") == "running" and float(entity.get("claim_expires") or 0) > time.time():
             continue  # a live worker runs it now, from another copy: its result is the task's
         attempts = json.loads(entity.get("attempts_json") or "[]")
-        store.record_final(parsed.job_id, task_id, etag=entity["_etag"],
+        store.record_final(parsed.partition, task_id, etag=entity["_etag"],
                            fields=final_record("poison", reason, attempts=attempts))
 
 

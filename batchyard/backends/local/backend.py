@@ -40,7 +40,7 @@ from batchyard.backends.local.job_queues import QUEUED_FIELD, delete_job_queue, 
 from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
 from batchyard.backends.local.replay import replay_task
-from batchyard.backends.local.rows import entity_to_result
+from batchyard.backends.local.rows import bucket_in, bucket_of, entity_to_result, partition_key
 from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
@@ -63,6 +63,7 @@ SEND_CONCURRENCY = 16
 # A submit keeps up to this many tasks in memory between its plan and its messages (~0.85 KB each),
 # the rest in a temporary file (1,000,000 held took 912 MiB).
 HELD_TASKS = 100_000
+Placed = tuple[TaskDef, str | None]  # a task to queue, and the bucket of its row (None: the job's own partition)
 SLICE_MESSAGES = 128  # messages' worth of tasks packed, and their re-run rows written, at a time
 MAX_RESPAWNS = 8
 
@@ -112,14 +113,17 @@ class LocalBackend(Backend):
         # One pass reads the tasks, plans the run, writes the manifest (compressed, as it goes) and keeps
         # the tasks to queue: in memory up to HELD_TASKS, past that in a temporary file (core/spill.py),
         # so a submit of a million tasks holds none of them and parses none twice.
-        decider = Decider(job.id, self.prior_tasks(job.id), rerun=rerun)
+        # A task that has a row keeps it where it is; a new one's row goes to the bucket of its position.
+        prior, buckets = self._prior(job.id)
+        decider = Decider(job.id, prior, rerun=rerun)
         manifest = ManifestWriter(spec_hash, job=job)
-        with Spill[TaskDef](keep=HELD_TASKS, encode=TaskDef.as_row, decode=lambda row: TaskDef(*row)) as to_queue:
-            for task in source:
+        with Spill[Placed](keep=HELD_TASKS, encode=lambda placed: (placed[0].as_row(), placed[1]),
+                           decode=lambda row: (TaskDef(*row[0]), row[1])) as to_queue:
+            for position, task in enumerate(source):
                 decider.add(task)
                 manifest.add(task)
                 if task.task_id in decider.plan.reasons:
-                    to_queue.append(task)
+                    to_queue.append((task, buckets.get(task.task_id.lower(), bucket_of(position))))
             plan = decider.finish()
             source.check_not_empty(plan.total)
             if on_plan is not None:
@@ -131,9 +135,9 @@ class LocalBackend(Backend):
             self.store.put_manifest(job.id, manifest.finish())
             self._enqueue(job.id, queue, to_queue, key.encode(), plan=plan)
         if job.final is not None:  # it depends on every task: it runs again when any of them does
-            prior = self.store.get_task(job.id, FINAL_TASK_ID)
+            final = self.store.get_task(job.id, FINAL_TASK_ID)
             plan_final_step(self.store, job, dependencies_reran=plan.any_rerun() or final_named,
-                            prior_state=prior.get("state") if prior else None)
+                            prior_state=final.get("state") if final else None)
         # Workers that found the job's queue empty look at it again when this changes.
         self.store.set_job_fields(job.id, **{QUEUED_FIELD: time.time()})
         return SubmitResult(job_id=job.id, total=plan.total, enqueued=len(plan.reasons), already_succeeded=plan.kept,
@@ -141,59 +145,70 @@ class LocalBackend(Backend):
 
     def prior_tasks(self, job_id: str) -> dict[str, PriorTask]:
         """From the task rows: state, fingerprint, and whether a live claim runs it now."""
+        return self._prior(job_id)[0]
+
+    def _prior(self, job_id: str) -> tuple[dict[str, PriorTask], dict[str, str | None]]:
+        """:meth:`prior_tasks`, and the bucket of each task's row (None: the job id's own partition)."""
         if self.store.get_job_entity(job_id) is None:
-            return {}
+            return {}, {}
         now = time.time()
         prior: dict[str, PriorTask] = {}
-        for entity in self.store.task_entities(job_id, select=["RowKey", "state", "claim_expires", "failure_category",
-                                                               "fingerprint"]):
+        buckets: dict[str, str | None] = {}
+        for entity in self.store.task_entities(job_id, select=["PartitionKey", "RowKey", "state", "claim_expires",
+                                                               "failure_category", "fingerprint"]):
             state = str(final_state(entity.get("state") or "pending", entity.get("failure_category")))
-            prior[entity["RowKey"].lower()] = PriorTask(
-                state=state, fingerprint=entity.get("fingerprint") or "",
-                live=state == "running" and float(entity.get("claim_expires") or 0) > now)
-        return prior
+            key = entity["RowKey"].lower()
+            prior[key] = PriorTask(state=state, fingerprint=entity.get("fingerprint") or "",
+                                   live=state == "running" and float(entity.get("claim_expires") or 0) > now)
+            buckets[key] = bucket_in(entity["PartitionKey"])
+        return prior, buckets
 
     def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
         return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
 
-    def _enqueue(self, job_id: str, queue: str, tasks: Iterable[TaskDef], key: bytes, *,
+    def _enqueue(self, job_id: str, queue: str, placed: Iterable[Placed], key: bytes, *,
                  plan: RerunPlan | None = None) -> None:
         """Send the tasks' messages as they are packed, several at a time (``bounded_map``): the
         queue's work overlaps the packing, and no more than a few messages are held at once. The
-        tasks come a slice at a time; a task that ran before (it failed, changed, or its worker was
-        lost) has a row, set back to pending with its new definition before its message is sent
-        (the others get theirs when a worker claims them). Without ``plan``, ``tasks`` is a list, none ran."""
+        tasks come a slice at a time, each with the bucket of its row; a message holds tasks of one
+        bucket (its claims and results share table transactions, each within one partition). A task
+        that ran before (it failed, changed, or its worker was lost) has a row, set back to pending
+        with its new definition before its message is sent (the others get theirs when a worker
+        claims them). Without ``plan``, ``placed`` is a list, none ran."""
         if plan is None:
-            tasks = list(tasks)
-            count = len(tasks)
+            placed = list(placed)
+            count = len(placed)
         else:
             count = len(plan.reasons)
         size = chunk_size_for(count, self.config.workers)
-        oversized: list[TaskDef] = []
+        oversized: list[Placed] = []
 
         def packed() -> Iterator[TaskMessage]:
             left = count
-            for piece in chunks(tasks, size * SLICE_MESSAGES):
-                left -= len(piece)
-                if plan is not None:
-                    self.store.write_pending(job_id, [t for t in piece if plan.reasons[t.task_id] != ("new",)],
-                                             reset=True)
-                for item in pack(job_id, piece, size, key=key, workers=self.config.workers, after=left):
-                    if isinstance(item, TaskMessage):
-                        yield item
-                    else:
-                        oversized.append(item)
+            for piece in chunks(placed, size * SLICE_MESSAGES):
+                for run in chunks(piece, len(piece), key=lambda item: item[1]):
+                    bucket, tasks = run[0][1], [task for task, _ in run]
+                    left -= len(tasks)
+                    ran = [t for t in tasks if plan is not None and plan.reasons[t.task_id] != ("new",)]
+                    if ran:
+                        self.store.write_pending(partition_key(job_id, bucket), ran, reset=True)
+                    for item in pack(job_id, tasks, size, key=key, bucket=bucket, new=plan is not None and not ran,
+                                     workers=self.config.workers, after=left):
+                        if isinstance(item, TaskMessage):
+                            yield item
+                        else:
+                            oversized.append((item, bucket))
 
         send = partial(self.store.send, queue=queue)
         # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.
         concurrency = SEND_CONCURRENCY if self.storage.fast_queue is None else FAST_POOL_SIZE
         bounded_map(send, packed(), concurrency=concurrency)
-        if oversized:  # a definition too big for a message: its row is written now, the message names it
-            self.store.write_pending(job_id, oversized, reset=True)
-            ids = [t.task_id for t in oversized]
-            bounded_map(send, (TaskMessage(job_id, tuple(ids[i:i + size])) for i in range(0, len(ids), size)),
-                        concurrency=concurrency)
+        for run in chunks(oversized, size, key=lambda item: item[1]):
+            # A definition too big for a message: its row is written now, the message names it.
+            bucket, tasks = run[0][1], [task for task, _ in run]
+            self.store.write_pending(partition_key(job_id, bucket), tasks, reset=True)
+            send(TaskMessage(job_id, tuple(t.task_id for t in tasks), bucket=bucket))
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
@@ -231,7 +246,11 @@ class LocalBackend(Backend):
 
     def _settled(self, job_id: str, counts: TaskCounts) -> bool:
         """Every per-file task final, then the final step (queued here once they are) final too."""
-        return counts.finished and final_step_settled(self.store, self.job(job_id), counts, self._enqueue)
+        return counts.finished and final_step_settled(self.store, self.job(job_id), counts, self._enqueue_final)
+
+    def _enqueue_final(self, job_id: str, queue: str, tasks: list[TaskDef], key: bytes) -> None:
+        """The final step's message: its row is in the job id's own partition, never in a bucket."""
+        self._enqueue(job_id, queue, [(task, None) for task in tasks], key)
 
     def final_step(self, job_id: str) -> FinalStepView | None:
         self._require_job(job_id)
@@ -327,7 +346,7 @@ class LocalBackend(Backend):
                 continue
             seen.add(entity["RowKey"])
             yield entity_to_result(entity)
-        for task_id, label in self.store.load_manifest(job_id):  # not claimed yet: no row
+        for task_id, label, *_ in self.store.manifest_rows(job_id) or []:  # not claimed yet: no row
             if task_id in seen:
                 continue
             if cancelled:
@@ -342,7 +361,7 @@ class LocalBackend(Backend):
         except ValueError as exc:
             raise TaskNotFoundError(f"task {task_id!r} not found in job {job_id!r}: {exc}") from None
         job_row = self._require_job(job_id)
-        entity = self.store.get_task(job_id, task_id)
+        entity = self.store.find_task(job_id, task_id)
         if entity is None:
             if any(t == task_id for t, _ in self.store.load_manifest(job_id)):
                 if job_row.get("state") == "cancelled":

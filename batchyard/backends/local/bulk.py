@@ -1,6 +1,7 @@
 """A whole job's task rows at once: cancelling the pending ones, deleting them all.
 
-Both go by table transactions of up to 100 rows (one partition per job), several in flight, so
+Both go by table transactions of up to 100 rows of one partition (a job's rows are in several:
+:mod:`batchyard.backends.local.rows`), several in flight, so
 their cost per row stays what a row in a transaction costs (~1 ms of Azurite's CPU) instead of a
 request per row. A task no worker has claimed has no row (:mod:`batchyard.backends.local.store`):
 in a cancelled job it reads as cancelled (:mod:`batchyard.backends.local.tally`), so cancelling
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.local.rows import job_rows_filter
 from batchyard.backends.local.store import JobStore
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record
 from batchyard.core.bounded import chunks
@@ -44,7 +46,7 @@ def _each_in_flight(chunks: Iterable[list[_Item]], write: Callable[[list[_Item]]
 
 def _rows(store: JobStore, job_id: str, *, state: str | None, select: list[str]) -> Iterator[dict[str, Any]]:
     """The job's rows (only those in ``state`` if given), each with its ETag as ``_etag``."""
-    query, params = "PartitionKey eq @job", {"job": job_id}
+    query, params = job_rows_filter(job_id)
     if state is not None:
         query, params = f"{query} and state eq @state", {**params, "state": state}
     try:
@@ -64,30 +66,35 @@ def cancel_pending_rows(store: JobStore, job_id: str) -> int:
     fields = final_record("cancelled", JOB_CANCELLED, attempts=[])
 
     def write(chunk: list[dict[str, Any]]) -> int:
-        merges = [(store.final_update(job_id, row["RowKey"], fields), row["_etag"]) for row in chunk]
+        merges = [(store.final_update(row["PartitionKey"], row["RowKey"], fields), row["_etag"]) for row in chunk]
         if store.write_group([], merges) is not None:
             return len(chunk)
         written = 0
         for row in chunk:
-            current = store.get_task(job_id, row["RowKey"])
+            current = store.get_task(row["PartitionKey"], row["RowKey"])
             if current is not None and current.get("state") == "pending":
-                written += store.record_final(job_id, row["RowKey"], etag=current["_etag"], fields=fields) is not None
+                written += store.record_final(row["PartitionKey"], row["RowKey"], etag=current["_etag"],
+                                              fields=fields) is not None
         return written
 
-    pending = _rows(store, job_id, state="pending", select=["RowKey"])
-    return _each_in_flight(chunks(pending, ROWS_PER_TRANSACTION), write)
+    pending = _rows(store, job_id, state="pending", select=["PartitionKey", "RowKey"])
+    return _each_in_flight(chunks(pending, ROWS_PER_TRANSACTION, key=_partition), write)
 
 
 def delete_task_rows(store: JobStore, job_id: str) -> int:
     """Delete every task row of the job; how many there were."""
 
     def write(chunk: list[dict[str, Any]]) -> int:
-        ops = [("delete", {"PartitionKey": job_id, "RowKey": row["RowKey"]}) for row in chunk]
+        ops = [("delete", {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}) for row in chunk]
         try:
             store.tasks.submit_transaction(ops)  # type: ignore[arg-type]
         except Exception as exc:
             raise translate_error(exc, f"deleting {len(ops)} task records of job {job_id!r}") from None
         return len(ops)
 
-    rows = _rows(store, job_id, state=None, select=["RowKey"])
-    return _each_in_flight(chunks(rows, ROWS_PER_TRANSACTION), write)
+    rows = _rows(store, job_id, state=None, select=["PartitionKey", "RowKey"])
+    return _each_in_flight(chunks(rows, ROWS_PER_TRANSACTION, key=_partition), write)
+
+
+def _partition(row: dict[str, Any]) -> str:
+    return str(row["PartitionKey"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from batchyard.backends.local.rows import job_of
 from batchyard.backends.local.store import TABLE_BATCH, JobStore
 from batchyard.core.redact import redact
 
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Claim:
-    """One task this worker holds: the row's current ETag, and the flag that stops its command."""
+    """One task this worker holds: where its row is, the row's current ETag, and the flag that stops its command."""
 
     job_id: str
+    partition: str
     etag: str
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False
@@ -76,8 +78,8 @@ class ClaimKeeper(threading.Thread):
         """
         return max(0.0, self.visible_at - time.time())
 
-    def track(self, job_id: str, task_id: str, etag: str) -> Claim:
-        claim = Claim(job_id, etag)
+    def track(self, partition: str, task_id: str, etag: str) -> Claim:
+        claim = Claim(job_of(partition), partition, etag)
         with self.lock:
             self.claims[task_id] = claim
         return claim
@@ -115,7 +117,7 @@ class ClaimKeeper(threading.Thread):
                 claim.cancel.set()
 
     def _renew_together(self, held: list[tuple[str, Claim]]) -> bool:
-        """Renew the claims of several tasks of one job (claimed ahead in a group) in one transaction.
+        """Renew the claims of several tasks of one partition (claimed ahead in a group) in one transaction.
 
         False when there is nothing to group or the service refused it (a claim was lost: one
         renewal each then tells which).
@@ -123,10 +125,10 @@ class ClaimKeeper(threading.Thread):
         with self.renewing:
             with self.lock:
                 current = [(task_id, claim) for task_id, claim in held if self.claims.get(task_id) is claim]
-            if len(current) < 2 or len(current) > TABLE_BATCH or len({c.job_id for _, c in current}) > 1:
+            if len(current) < 2 or len(current) > TABLE_BATCH or len({c.partition for _, c in current}) > 1:
                 return False
             try:
-                etags = self.store.renew_claims(current[0][1].job_id, [(t, c.etag) for t, c in current],
+                etags = self.store.renew_claims(current[0][1].partition, [(t, c.etag) for t, c in current],
                                                 lease_s=self.claim_lease_s())
             except Exception as exc:  # transient: the next tick tries again; the claims last until then
                 log.warning("renewing task claims failed: %s", redact(str(exc).splitlines()[0]))
@@ -143,7 +145,7 @@ class ClaimKeeper(threading.Thread):
                 if self.claims.get(task_id) is not claim:
                     return  # finished meanwhile
             try:
-                new_etag = self.store.renew_claim(claim.job_id, task_id, lease_s=self.claim_lease_s(),
+                new_etag = self.store.renew_claim(claim.partition, task_id, lease_s=self.claim_lease_s(),
                                                   etag=claim.etag)
             except Exception as exc:
                 log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchyard.backends.local.claims import Claim, ClaimKeeper
+from batchyard.backends.local.rows import job_of
 from batchyard.backends.local.store import TABLE_BATCH, JobStore
 from batchyard.core.job import TaskDef
 from batchyard.core.redact import redact
@@ -37,11 +38,13 @@ class MessageRows:
     should name, and a row read just before its task is claimed is less often stale. A row that
     changed since it was read is read again at claim time (its write is refused)."""
 
-    def __init__(self, store: JobStore, job_id: str, ids: list[str]) -> None:
-        self.store, self.job_id, self.ids = store, job_id, ids
+    def __init__(self, store: JobStore, partition: str, ids: list[str], *, none_yet: bool = False) -> None:
+        """``none_yet``: the message says none of its tasks had a row when it was queued, and this is
+        its first delivery: no row is looked up (a create that finds one is refused, and it is read then)."""
+        self.store, self.partition, self.ids = store, partition, ids
         self.index = {task_id: i for i, task_id in enumerate(ids)}
         self.rows: dict[str, dict[str, Any]] = {}
-        self.looked: set[str] = set()
+        self.looked: set[str] = set(ids) if none_yet else set()
 
     def row(self, task_id: str) -> dict[str, Any] | None:
         """The task's row as looked up (None: it had none); looked up now if it was not yet."""
@@ -64,7 +67,7 @@ class MessageRows:
             if first is None:
                 return
             wanted = [t for t in ids[first:first + LOOKUP_WINDOW] if t not in looked]
-            self.rows.update(self.store.get_tasks(self.job_id, wanted))
+            self.rows.update(self.store.get_tasks(self.partition, wanted))
             looked.update(wanted)
             start = first
 
@@ -86,9 +89,9 @@ class RowGroups:
     held back waits at most ``record_delay_s`` for others.
     """
 
-    def __init__(self, store: JobStore, keeper: ClaimKeeper, job_id: str, *, owner: str,
+    def __init__(self, store: JobStore, keeper: ClaimKeeper, partition: str, *, owner: str,
                  size: Callable[[], int], record_delay_s: float = RECORD_DELAY_S) -> None:
-        self.store, self.keeper, self.job_id = store, keeper, job_id
+        self.store, self.keeper, self.partition, self.job_id = store, keeper, partition, job_of(partition)
         self.owner, self.record_delay_s = owner, record_delay_s
         self._size = size
         self.lock = threading.Lock()
@@ -112,7 +115,7 @@ class RowGroups:
         Results held back go out in the same transaction. None if the row of ``definition``
         exists (another delivery created it first).
         """
-        store, keeper, job_id, size = self.store, self.keeper, self.job_id, self.size
+        store, keeper, partition, size = self.store, self.keeper, self.partition, self.size
         group, budget = [definition], GROUP_BYTES
         for task in following:
             if len(group) >= size:
@@ -126,7 +129,7 @@ class RowGroups:
         with self.lock:
             self.tried.update(t.task_id for t in group)
         owner, lease = self.owner, keeper.claim_lease_s()
-        rows = [store.claimed_row(job_id, t, owner=owner, lease_s=lease) for t in group]
+        rows = [store.claimed_row(partition, t, owner=owner, lease_s=lease) for t in group]
         claims: list[tuple[dict[str, Any], Claim]] = []
         with keeper.renewing:
             results = self._take_results() if size > 1 else []
@@ -140,14 +143,14 @@ class RowGroups:
                 raise
             if etags is not None:
                 self._done(results)
-                claims = [(row, keeper.track(job_id, row["RowKey"], etag))
+                claims = [(row, keeper.track(partition, row["RowKey"], etag))
                           for row, etag in zip(rows, etags[:len(rows)], strict=True)]
             else:  # refused (or a single claim): one write each tells which rows exist
                 self._write_one_by_one(results)
                 for task in group:
-                    created = store.claim_new(job_id, task, owner=owner, lease_s=lease)
+                    created = store.claim_new(partition, task, owner=owner, lease_s=lease)
                     if created is not None:
-                        claims.append((created[0], keeper.track(job_id, task.task_id, created[1])))
+                        claims.append((created[0], keeper.track(partition, task.task_id, created[1])))
         mine = None
         with self.lock:
             for row, claim in claims:
@@ -254,14 +257,14 @@ class RowGroups:
             self.keeper.untrack(result.task_id)
 
     def _merges(self, results: list[_Result]) -> list[tuple[dict[str, Any], str]]:
-        store, job_id = self.store, self.job_id
-        return [(store.final_update(job_id, r.task_id, r.fields), r.claim.etag) for r in results]
+        store, partition = self.store, self.partition
+        return [(store.final_update(partition, r.task_id, r.fields), r.claim.etag) for r in results]
 
     def _write_one_by_one(self, results: list[_Result]) -> None:
         for index, result in enumerate(results):
             try:
-                written = self.store.record_final(self.job_id, result.task_id,
-                                                             etag=result.claim.etag, fields=result.fields)
+                written = self.store.record_final(self.partition, result.task_id,
+                                                  etag=result.claim.etag, fields=result.fields)
             except Exception:
                 self._put_back(results[index:])
                 raise

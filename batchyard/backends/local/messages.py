@@ -8,8 +8,14 @@ Two versions are read; submit writes version 2:
   when it claims it, so a submit writes no row per task: a table write costs Azurite ~1 ms of
   CPU per row, which made rows the bulk of submitting 10,000 tasks.
 
+Either may hold ``"bucket": DIGITS``: the tasks' rows are in the job's partition of that bucket
+(:mod:`batchyard.backends.local.rows`); without it, in the job id's own partition. Version 2 may
+hold ``"new": true``: none of its tasks had a row when it was queued, so on its first delivery a
+worker claims them by creating their rows without asking for them first (a row that exists all
+the same refuses the create, and is read then: the flag saves queries, it decides nothing).
+
 Anyone who can put a message on the queue could write a definition, so each one carries a MAC
-(HMAC-SHA256 over the job id, the task id and the canonical definition) made with the job's
+(HMAC-SHA256 over the job id with the bucket, the task id and the canonical definition) made with the job's
 own secret, which lives only in the job document (see :func:`definition_mac` and
 docs/security.md). A definition carries what the row would (never a secret: the job's
 environment stays in the job document). Task and job ids follow Batch's id rule
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from batchyard.backends.local.rows import partition_key
 from batchyard.core.job import ID_RE, TaskDef
 from batchyard.core.wire_json import compact_json
 
@@ -56,6 +63,13 @@ def check_id(value: Any, what: str) -> str:
     return value
 
 
+def check_bucket(value: Any) -> str:
+    """``value`` if it is a bucket (1-8 digits: see rows.bucket_of); else ValueError."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit() or len(value) > 8:
+        raise ValueError(f"field 'bucket' {value!r} is not a bucket (1-8 digits)")
+    return value
+
+
 def decode_text(content: Any) -> str:
     """The JSON text of a message as the queue holds it (base64 of UTF-8); ValueError if it is not that."""
     try:
@@ -70,15 +84,21 @@ _CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 _COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
-def definition_mac(key: bytes, job_id: str, task: TaskDef) -> str:
-    """HMAC-SHA256 (hex) of a task's definition, bound to its job and task id, under the job's secret."""
-    return _mac(hmac.new(key, digestmod=hashlib.sha256), job_id, task.task_id, def_to_dict(task))
+def definition_mac(key: bytes, job_id: str, task: TaskDef, *, bucket: str | None = None) -> str:
+    """HMAC-SHA256 (hex) of a task's definition, bound to its job, its row's partition and its task
+    id, under the job's secret."""
+    return _mac(hmac.new(key, digestmod=hashlib.sha256), partition_key(job_id, bucket), task.task_id,
+                def_to_dict(task))
 
 
-def _mac(keyed: Any, job_id: str, task_id: str, data: dict[str, Any]) -> str:
-    """:func:`definition_mac` from an HMAC already keyed (copied here, so one key setup serves a job)."""
+def _mac(keyed: Any, partition: str, task_id: str, data: dict[str, Any]) -> str:
+    """:func:`definition_mac` from an HMAC already keyed (copied here, so one key setup serves a job).
+
+    Bound to the row's partition (the job id alone when the job keeps its rows in one, as every
+    job did before buckets: such messages still verify), so a message cannot send a task's claim
+    to a partition other than the one its submit chose, where it would run a second time."""
     mac = keyed.copy()
-    mac.update(_CANONICAL.encode([job_id, task_id, data]).encode())
+    mac.update(_CANONICAL.encode([partition, task_id, data]).encode())
     return str(mac.hexdigest())
 
 
@@ -120,6 +140,8 @@ class TaskMessage:
     task_ids: tuple[str, ...]
     defs: tuple[TaskDef, ...] | None = None  # version 2: the definitions, in task_ids order
     macs: tuple[str | None, ...] | None = None  # version 2: each definition's MAC (None: it had none)
+    bucket: str | None = None  # where the tasks' rows are (batchyard.backends.local.rows); None: the job's partition
+    new: bool = False  # no task of it had a row when it was queued
     # The JSON text pack() assembled as it measured the message: compact_json(body()), not built twice.
     text: str | None = field(default=None, compare=False, repr=False)
 
@@ -128,8 +150,12 @@ class TaskMessage:
         for task_id in self.task_ids:
             check_id(task_id, "task id")
         body: dict[str, Any] = {"v": 1, "job": self.job_id, "tasks": list(self.task_ids)}
+        if self.bucket is not None:
+            body["bucket"] = check_bucket(self.bucket)
         if self.defs is not None:
             macs = self.macs or (None,) * len(self.defs)
+            if self.new:
+                body["new"] = True
             body.update(v=2, defs=[{**def_to_dict(d), **({"mac": m} if m else {})}
                                    for d, m in zip(self.defs, macs, strict=True)])
         return body
@@ -147,9 +173,15 @@ class TaskMessage:
         for task, mac in zip(defs, self.macs or (None,) * len(defs), strict=True):
             if not mac:
                 return f"definition of task {task.task_id!r} carries no MAC"
-            if not hmac.compare_digest(mac.encode(), definition_mac(key, self.job_id, task).encode()):
+            expected = definition_mac(key, self.job_id, task, bucket=self.bucket)
+            if not hmac.compare_digest(mac.encode(), expected.encode()):
                 return f"definition of task {task.task_id!r} has a wrong MAC (not made with job {self.job_id!r}'s key)"
         return None
+
+    @property
+    def partition(self) -> str:
+        """The table partition of the message's task rows."""
+        return partition_key(self.job_id, self.bucket)
 
     def definition(self, task_id: str) -> TaskDef | None:
         return self._by_id.get(task_id)
@@ -182,18 +214,23 @@ class TaskMessage:
         check_id(job, "job id")
         for task_id in tasks:
             check_id(task_id, "task id")
+        bucket, new = data.get("bucket"), data.get("new", False)
+        if bucket is not None:
+            check_bucket(bucket)
+        if not isinstance(new, bool):
+            raise ValueError(f"field 'new' {new!r} must be true or false")
         if version == 1:
-            return cls(job, tuple(tasks))
+            return cls(job, tuple(tasks), bucket=bucket)
         defs = data.get("defs")
         if not isinstance(defs, list) or len(defs) != len(tasks):
             raise ValueError("field 'defs' must be a list with one definition per task id")
         parsed = tuple(def_from_dict(t, d) for t, d in zip(tasks, defs, strict=True))
         macs = tuple(d.get("mac") if isinstance(d.get("mac"), str) else None for d in defs)
-        return cls(job, tuple(tasks), parsed, macs)
+        return cls(job, tuple(tasks), parsed, macs, bucket=bucket, new=new)
 
 
-def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
-         workers: int | None = None, after: int = 0) -> Iterator[TaskMessage | TaskDef]:
+def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes, bucket: str | None = None,
+         new: bool = False, workers: int | None = None, after: int = 0) -> Iterator[TaskMessage | TaskDef]:
     """Version 2 messages of up to ``size`` tasks each, each definition MACed with the job's
     ``key``; a message whose JSON would pass :data:`MAX_PACKED_BYTES` ends before the task that
     would pass it, which opens the next one. ``after``: how many tasks the caller packs after these
@@ -202,12 +239,15 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
     Given the number of ``workers`` that will share them, the last messages get smaller (see
     :func:`chunk_sizes`: each takes at most a ``2 * workers``-th of the tasks left). A task whose
     definition alone is too big for a message is yielded as itself: the caller writes its row
-    and sends it in a version 1 message (ids only).
+    and sends it in a version 1 message (ids only). Every task's row is in ``bucket``'s partition.
     """
     check_id(job_id, "job id")
     size = max(1, size)
     keyed = hmac.new(key, digestmod=hashlib.sha256)
-    head = f'{{"v":2,"job":{_COMPACT.encode(job_id)},"tasks":['
+    partition = partition_key(job_id, bucket)
+    placed = ("" if bucket is None else f'"bucket":{_COMPACT.encode(check_bucket(bucket))},') + (
+        '"new":true,' if new else "")
+    head = f'{{"v":2,"job":{_COMPACT.encode(job_id)},{placed}"tasks":['
     budget = MAX_PACKED_BYTES - len(head.encode()) - len('],"defs":[]}')
     share = 2 * max(1, workers) if workers else 0
     index, total = 0, len(tasks)
@@ -221,7 +261,7 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
         while len(chunk) < want and index < total:
             task = tasks[index]
             data = def_to_dict(task)
-            mac = _mac(keyed, job_id, check_id(task.task_id, "task id"), data)
+            mac = _mac(keyed, partition, check_id(task.task_id, "task id"), data)
             data["mac"] = mac
             piece, name = _COMPACT.encode(data), f'"{task.task_id}"'  # an id needs no escaping
             cost = len(piece.encode()) + len(name.encode()) + 2  # each with its comma
@@ -241,7 +281,8 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes,
             defs.append(piece)
         if chunk:
             text = f'{head}{",".join(ids)}],"defs":[{",".join(defs)}]}}'
-            yield TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk), tuple(macs), text=text)
+            yield TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk), tuple(macs), bucket=bucket,
+                              new=new, text=text)
 
 
 def chunk_sizes(n_tasks: int, size: int, workers: int) -> Iterator[int]:

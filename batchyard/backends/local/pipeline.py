@@ -133,8 +133,10 @@ class MessageRun:
         self.worker, self.job, self.message, self.keeper = worker, job, message, keeper
         self.queue_message = queue_message
         self.ids = list(dict.fromkeys(message.task_ids))  # a duplicated id would race with itself
+        self.partition = message.partition  # where the message's task rows are
         self.rows: MessageRows | None = None  # None for a message of one task: its row is read at claim time
-        self.groups = RowGroups(worker.store, keeper, job.id, owner=worker.owner, size=worker.group_size,
+        self.none_yet = False
+        self.groups = RowGroups(worker.store, keeper, self.partition, owner=worker.owner, size=worker.group_size,
                                 record_delay_s=worker.options.record_delay_s)
         self.first: _Ready | None = None
         self.fetched: MessageRun | None = None  # the next message, opened while the last command ran
@@ -147,7 +149,10 @@ class MessageRun:
         # A query per window of the message's rows; a row that changed meanwhile is re-read at claim
         # time. What it did not find is worth knowing too: a task with no row is claimed by
         # creating its row, without first asking for it once more.
-        self.rows = MessageRows(self.worker.store, self.job.id, self.ids) if len(self.ids) > 1 else None
+        # A message queued with tasks that had no row, delivered for the first time: none is asked for.
+        self.none_yet = self.message.new and getattr(self.queue_message, "dequeue_count", None) == 1
+        self.rows = MessageRows(self.worker.store, self.partition, self.ids, none_yet=self.none_yet) if len(
+            self.ids) > 1 else None
         self.first = self._prepare(self.ids[0], self._looked_up(self.ids[0]))
 
     def run(self, *, carry: Callable[[], None] | None = None,
@@ -302,12 +307,14 @@ class MessageRun:
         return True
 
     def _looked_up(self, task_id: str) -> dict[str, Any] | _Unread | None:
-        return UNREAD if self.rows is None else self.rows.row(task_id)
+        if self.rows is None:
+            return None if self.none_yet else UNREAD
+        return self.rows.row(task_id)
 
     def _give_back(self, task_id: str, claim: Claim) -> None:
         with self.keeper.renewing:
             self.keeper.untrack(task_id)
-            self.worker.store.release_claim(self.job.id, task_id, etag=claim.etag)
+            self.worker.store.release_claim(self.partition, task_id, etag=claim.etag)
 
     def _following(self, task_id: str) -> list[TaskDef]:
         """The message's tasks after ``task_id`` known to have no row: candidates to claim with it."""
@@ -336,11 +343,11 @@ class MessageRun:
                 return None
             return staged or self._ready(row, claim, [])
         definition = self.message.definition(task_id)
-        entity = store.get_task(job.id, task_id) if isinstance(prefetched, _Unread) or (
+        entity = store.get_task(self.partition, task_id) if isinstance(prefetched, _Unread) or (
             prefetched is None and definition is None) else prefetched
         if entity is None and definition is not None:  # never claimed: creating its row is the claim
             if worker.job_cancelled(job.id):
-                store.create_final(job.id, task_id, definition.label, _cancelled([]))
+                store.create_final(self.partition, task_id, definition.label, _cancelled([]))
                 return None
             mine = self.groups.claim(definition, self._following(task_id))
             if mine is None:  # another delivery of this task created it first: decide on that row
@@ -371,10 +378,10 @@ class MessageRun:
             if isinstance(prefetched, dict):  # our read may just be stale: decide again on a fresh one
                 return self._prepare(task_id)
             return None  # someone else claimed it between our read and our write
-        return self._ready(entity, self.keeper.track(job.id, task_id, etag), attempts)
+        return self._ready(entity, self.keeper.track(self.partition, task_id, etag), attempts)
 
     def _record_cancelled(self, task_id: str, etag: str, attempts: list[dict[str, Any]]) -> None:
-        self.worker.store.record_final(self.job.id, task_id, etag=etag, fields=_cancelled(attempts))
+        self.worker.store.record_final(self.partition, task_id, etag=etag, fields=_cancelled(attempts))
 
     def _burst(self) -> int:
         return min(TRANSFER_BURST, self.groups.size)

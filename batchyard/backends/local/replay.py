@@ -29,7 +29,7 @@ UNCLAIMED_NODE = "local-debug"  # the node id of a task that never ran: there wa
 
 def replay_task(store: JobStore, job: Job, task_id: str, *, node_root: Path) -> TaskReplay:
     """``task_id`` of ``job`` (whose job row exists) as its worker ran it, or would run it."""
-    entity = store.get_task(job.id, task_id)
+    entity = store.find_task(job.id, task_id)
     if entity is not None:
         result = entity_to_result(entity)
         source = "its task row and the job document"

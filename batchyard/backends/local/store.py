@@ -4,11 +4,11 @@ Layout on the storage account (names configurable in ``[storage]``):
 
 - table ``<prefix>jobs``: one row per job (PartitionKey ``job``, RowKey job id): state,
   total, the hash of its spec;
-- table ``<prefix>tasks``: one row per task that a worker has claimed (PartitionKey job id,
-  RowKey task id): its argv and input, its claim (who runs it, until when), and its one
-  final result. A task no worker has claimed yet has no row: it is pending (rows are
-  created by the claim, so a submit costs one queue write per 32 tasks, not a table write
-  per task);
+- table ``<prefix>tasks``: one row per task that a worker has claimed (PartitionKey the job id
+  and the task's bucket, see :mod:`batchyard.backends.local.rows`; RowKey the task id): its argv
+  and input, its claim (who runs it, until when), and its one final result. A task no
+  worker has claimed yet has no row: it is pending (rows are created by the claim, so a
+  submit costs one queue write per 32 tasks, not a table write per task);
 - the job documents both backends keep (job.json, the manifest, resource files; see
   :mod:`batchyard.backends.documents`, whose :class:`JobDocuments` this store extends);
 - one queue per job, ``<queue>-<job>-<token>`` (named in the job's row; see
@@ -38,7 +38,7 @@ from azure.data.tables import TableClient, UpdateMode
 from batchyard.backends.base import dumps
 from batchyard.backends.documents import JobDocuments
 from batchyard.backends.local.messages import TaskMessage, poison_body
-from batchyard.backends.local.rows import pending_row
+from batchyard.backends.local.rows import job_of, job_rows_filter, pending_row
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, StorageError
 from batchyard.core.job import Job, TaskDef
@@ -177,7 +177,7 @@ class JobStore(JobDocuments):
                       since: datetime | None = None) -> Iterator[dict[str, Any]]:
         """The job's task rows (those written at or after ``since`` if given), each with the
         service's write time as ``_timestamp``."""
-        query, params = "PartitionKey eq @job", {"job": job_id}
+        query, params = job_rows_filter(job_id)
         if since is not None:
             query, params = f"{query} and Timestamp ge @since", {**params, "since": since}
         try:
@@ -188,9 +188,22 @@ class JobStore(JobDocuments):
         except ResourceNotFoundError:
             raise JobNotFoundError(f"job {job_id!r} not found (no task table)") from None
 
-    def get_task(self, job_id: str, task_id: str) -> dict[str, Any] | None:
+    def find_task(self, job_id: str, task_id: str) -> dict[str, Any] | None:
+        """The task's row wherever in the job's partitions it is (for a reader with no message
+        naming its partition: ``logs``, ``debug``), with its ETag; None if it has none."""
+        query, params = job_rows_filter(job_id)
         try:
-            entity = self.tasks.get_entity(job_id, task_id)
+            for entity in self.tasks.query_entities(f"RowKey eq @task and {query}",
+                                                    parameters={**params, "task": task_id}):
+                return {**entity, "_etag": entity.metadata["etag"]}
+        except ResourceNotFoundError:
+            raise _lost(self._tasks_name) from None
+        return None
+
+    def get_task(self, partition: str, task_id: str) -> dict[str, Any] | None:
+        """The row of ``task_id`` in ``partition`` (see :mod:`batchyard.backends.local.rows`), with its ETag."""
+        try:
+            entity = self.tasks.get_entity(partition, task_id)
         except ResourceNotFoundError as exc:
             if _table_gone(exc):
                 raise _lost(self._tasks_name) from None
@@ -199,8 +212,8 @@ class JobStore(JobDocuments):
         data["_etag"] = entity.metadata["etag"]
         return data
 
-    def get_tasks(self, job_id: str, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Several task rows of one job (a window of a message's tasks), with their ETags.
+    def get_tasks(self, partition: str, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Several task rows of one partition (a window of a message's tasks), with their ETags.
 
         One query per :data:`ROWS_PER_QUERY` ids: Azure's Table service allows at most 15
         comparisons in a ``$filter`` (the partition's is one of them), which Azurite does not enforce.
@@ -209,7 +222,7 @@ class JobStore(JobDocuments):
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), ROWS_PER_QUERY):
             window = ids[start:start + ROWS_PER_QUERY]
-            params = {"pk": job_id, **{f"r{i}": task_id for i, task_id in enumerate(window)}}
+            params = {"pk": partition, **{f"r{i}": task_id for i, task_id in enumerate(window)}}
             rows = " or ".join(f"RowKey eq @r{i}" for i in range(len(window)))
             for entity in self.tasks.query_entities(f"PartitionKey eq @pk and ( {rows} )", parameters=params):
                 data = dict(entity)
@@ -217,8 +230,8 @@ class JobStore(JobDocuments):
                 found[data["RowKey"]] = data
         return found
 
-    def write_pending(self, job_id: str, tasks: Iterable[TaskDef], *, reset: bool = False) -> None:
-        """Upsert task rows as pending, 100 per table transaction (one partition per job).
+    def write_pending(self, partition: str, tasks: Iterable[TaskDef], *, reset: bool = False) -> None:
+        """Upsert task rows of one partition as pending, 100 per table transaction.
 
         Transactions are sent 8 at a time: each one costs the table service ~100 ms on Azurite,
         so 10,000 rows in sequence would take 10 s. At most 16 batches wait in memory.
@@ -227,7 +240,7 @@ class JobStore(JobDocuments):
 
         pending: set[Future[None]] = set()
         with ThreadPoolExecutor(TABLE_CONCURRENCY) as pool:
-            for batch in self._pending_batches(job_id, tasks, reset=reset):
+            for batch in self._pending_batches(partition, tasks, reset=reset):
                 if len(pending) >= 2 * TABLE_CONCURRENCY:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
@@ -236,11 +249,11 @@ class JobStore(JobDocuments):
             for future in pending:
                 future.result()
 
-    def _pending_batches(self, job_id: str, tasks: Iterable[TaskDef], *,
+    def _pending_batches(self, partition: str, tasks: Iterable[TaskDef], *,
                          reset: bool) -> Iterator[list[tuple[str, dict[str, Any], dict[str, Any]]]]:
         batch: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
         for task in tasks:
-            entity = pending_row(job_id, task)
+            entity = pending_row(partition, task)
             if reset:  # a re-run keeps nothing of the failed result but the fact it happened
                 entity.update({k: None for k in _RESULT_FIELDS})
             batch.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
@@ -267,14 +280,15 @@ class JobStore(JobDocuments):
         }
         return self._guarded_merge(update, entity["_etag"])
 
-    def claim_new(self, job_id: str, task: TaskDef, *, owner: str, lease_s: float) -> tuple[dict[str, Any], str] | None:
+    def claim_new(self, partition: str, task: TaskDef, *, owner: str,
+                  lease_s: float) -> tuple[dict[str, Any], str] | None:
         """Create the row of a task that has none yet, already claimed by ``owner``.
 
         Returns (the row, its ETag); None if the row exists (another delivery of the task got
         there first: read it and decide again). Creating is the claim: the service lets only
         one create of a key succeed.
         """
-        row = self.claimed_row(job_id, task, owner=owner, lease_s=lease_s)
+        row = self.claimed_row(partition, task, owner=owner, lease_s=lease_s)
         try:
             meta = self.tasks.create_entity(row)
         except ResourceExistsError:
@@ -286,13 +300,13 @@ class JobStore(JobDocuments):
         return row, meta["etag"]
 
     @staticmethod
-    def claimed_row(job_id: str, task: TaskDef, *, owner: str, lease_s: float) -> dict[str, Any]:
+    def claimed_row(partition: str, task: TaskDef, *, owner: str, lease_s: float) -> dict[str, Any]:
         """The row that :meth:`claim_new` creates: the task's definition, claimed by ``owner``."""
-        return {**pending_row(job_id, task), "state": "running", "claim_owner": owner,
+        return {**pending_row(partition, task), "state": "running", "claim_owner": owner,
                 "claim_expires": time.time() + lease_s, "deliveries": 1, "started_at": _iso_now()}
 
     def write_group(self, creates: list[dict[str, Any]], merges: list[tuple[dict[str, Any], str]]) -> list[str] | None:
-        """Rows of one job in one table transaction: ``creates``, then ETag-guarded ``merges``.
+        """Rows of one partition in one table transaction: ``creates``, then ETag-guarded ``merges``.
 
         Returns the new ETags in that order, or None if the service refused any of the writes (a
         row to create exists, a row's ETag changed): a transaction is all or nothing, so then
@@ -330,12 +344,12 @@ class JobStore(JobDocuments):
             raise translate_error(exc, f"writing rows of table {self._tasks_name}") from None
         return [str(answer["etag"]) for answer in answers]
 
-    def create_final(self, job_id: str, task_id: str, label: str, fields: dict[str, Any]) -> bool:
+    def create_final(self, partition: str, task_id: str, label: str, fields: dict[str, Any]) -> bool:
         """Record the result of a task that has no row (cancelled or poisoned before any claim);
         False if a row appeared meanwhile (then the caller updates that one)."""
         attempts = fields.get("attempts_json")
         extra = {"attempt_count": len(attempts), "attempts_json": dumps(attempts)} if isinstance(attempts, list) else {}
-        row = {"PartitionKey": job_id, "RowKey": task_id, "label": label, "claim_owner": "", "claim_expires": 0.0,
+        row = {"PartitionKey": partition, "RowKey": task_id, "label": label, "claim_owner": "", "claim_expires": 0.0,
                "deliveries": 0, **fields, **extra}
         try:
             self.tasks.create_entity(row)
@@ -343,37 +357,37 @@ class JobStore(JobDocuments):
             return False
         return True
 
-    def release_claim(self, job_id: str, task_id: str, *, etag: str) -> None:
+    def release_claim(self, partition: str, task_id: str, *, etag: str) -> None:
         """Give back a task claimed but never started (its message was lost): pending again, so
         whoever has the message now runs it without counting a lost attempt."""
-        update = {"PartitionKey": job_id, "RowKey": task_id, "state": "pending", "claim_owner": "",
+        update = {"PartitionKey": partition, "RowKey": task_id, "state": "pending", "claim_owner": "",
                   "claim_expires": 0.0}
         try:
             self._guarded_merge(update, etag)
         except Exception as exc:  # its claim simply expires then, and the next worker takes over
-            log.warning("giving back task %s/%s failed: %s", job_id, task_id, str(exc).splitlines()[0])
+            log.warning("giving back task %s/%s failed: %s", job_of(partition), task_id, str(exc).splitlines()[0])
 
-    def renew_claim(self, job_id: str, task_id: str, *, lease_s: float, etag: str) -> str | None:
-        update = {"PartitionKey": job_id, "RowKey": task_id, "claim_expires": time.time() + lease_s}
+    def renew_claim(self, partition: str, task_id: str, *, lease_s: float, etag: str) -> str | None:
+        update = {"PartitionKey": partition, "RowKey": task_id, "claim_expires": time.time() + lease_s}
         return self._guarded_merge(update, etag)
 
-    def renew_claims(self, job_id: str, held: list[tuple[str, str]], *, lease_s: float) -> list[str] | None:
-        """Renew several claims (task id, ETag) of one job in one transaction; None if any was lost."""
+    def renew_claims(self, partition: str, held: list[tuple[str, str]], *, lease_s: float) -> list[str] | None:
+        """Renew several claims (task id, ETag) of one partition in one transaction; None if any was lost."""
         expires = time.time() + lease_s
-        updates = [({"PartitionKey": job_id, "RowKey": t, "claim_expires": expires}, etag) for t, etag in held]
+        updates = [({"PartitionKey": partition, "RowKey": t, "claim_expires": expires}, etag) for t, etag in held]
         return self.write_group([], updates)
 
     @staticmethod
-    def final_update(job_id: str, task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def final_update(partition: str, task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """The merge that writes a task's one final result and ends its claim."""
         attempts = fields.get("attempts_json")
         if isinstance(attempts, list):
             fields = {**fields, "attempt_count": len(attempts), "attempts_json": dumps(attempts[-MAX_ATTEMPTS_STORED:])}
-        return {"PartitionKey": job_id, "RowKey": task_id, "claim_owner": "", "claim_expires": 0.0, **fields}
+        return {"PartitionKey": partition, "RowKey": task_id, "claim_owner": "", "claim_expires": 0.0, **fields}
 
-    def record_final(self, job_id: str, task_id: str, *, etag: str | None, fields: dict[str, Any]) -> str | None:
+    def record_final(self, partition: str, task_id: str, *, etag: str | None, fields: dict[str, Any]) -> str | None:
         """Write the task's one final result (guarded by the claim's ETag when there is one)."""
-        update = self.final_update(job_id, task_id, fields)
+        update = self.final_update(partition, task_id, fields)
         if etag is None:
             self.tasks.update_entity(update, mode=UpdateMode.MERGE)
             return None
@@ -394,14 +408,7 @@ class JobStore(JobDocuments):
         return meta["etag"]
 
     def delete_job(self, job_id: str) -> None:
-        ops: list[tuple[str, dict[str, Any]]] = []
-        for entity in self.task_entities(job_id, select=["PartitionKey", "RowKey"]):
-            ops.append(("delete", {"PartitionKey": job_id, "RowKey": entity["RowKey"]}))
-            if len(ops) == TABLE_BATCH:
-                self.tasks.submit_transaction(ops)  # type: ignore[arg-type]
-                ops = []
-        if ops:
-            self.tasks.submit_transaction(ops)  # type: ignore[arg-type]
+        """The job's row and documents (its task rows go first: ``bulk.delete_task_rows``)."""
         with contextlib.suppress(ResourceNotFoundError):
             self.jobs.delete_entity("job", job_id)
         self.delete_documents(job_id)
