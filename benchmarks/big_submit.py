@@ -36,6 +36,7 @@ from typing import Any
 import psutil
 
 from .common import ChildPeakRss, isolated_config
+from .download import RssSampler
 
 
 def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
@@ -60,6 +61,9 @@ def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
         proc = subprocess.Popen([sys.executable, *prof, "-m", "batchyard", "run", "job.toml", *how],
                                 cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         peak = ChildPeakRss(proc.pid)
+        sampler = RssSampler(proc.pid) if run_all else None  # the command and its workers
+        if sampler:
+            sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         err = proc.stderr.read().decode() if proc.stderr else ""
@@ -69,8 +73,9 @@ def one(conn: str, azurite_pid: int | None, *, n: int, profile: Path | None,
             **({"tree": tree[0]} if tree else {}),
             "tasks": n, "s": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "rss_mib": peak.stop(), "load_1m": round(load[0], 2)}
-        if run_all:
+        if sampler:
             out["tasks_per_s"] = round(n / seconds, 1)
+            out["sampled"] = sampler.stop()
         if azurite and before:
             after = azurite.cpu_times()
             out["azurite_cpu_s"] = round(after.user + after.system - before.user - before.system, 2)
@@ -115,6 +120,17 @@ def main() -> int:
                              run_all=args.run_all)
             print(json.dumps(result), flush=True)
     return 0
+
+
+def run_all(sizes: list[int]) -> dict[str, Any]:
+    """``make bench``'s part of it: every task of the ``true {KEY}`` job run, each size on an Azurite of
+    its own; the figures by size, and the largest job's tasks per second over the smallest's."""
+    results: dict[str, Any] = {}
+    for n in sizes:
+        with _azurite() as instance:
+            results[str(n)] = one(instance.connection_string(), instance.pid, n=n, profile=None, run_all=True)
+    rates = [results[str(n)]["tasks_per_s"] for n in sizes]
+    return {"sizes": results, "tasks_per_s_vs_smallest": round(rates[-1] / rates[0], 3) if len(rates) > 1 else None}
 
 
 @contextlib.contextmanager

@@ -61,9 +61,11 @@ log = logging.getLogger(__name__)
 
 SEND_CONCURRENCY = 16
 # A submit keeps up to this many tasks in memory between its plan and its messages (~0.85 KB each),
-# the rest in a temporary file (1,000,000 held took 912 MiB).
-HELD_TASKS = 100_000
+# the rest in a temporary file (1,000,000 held took 912 MiB; 100,000 held put the peak of a `batchyard run`
+# of 100,000 tasks at 159 MiB, and 20,000 cost no time measurably).
+HELD_TASKS = 20_000
 Placed = tuple[TaskDef, str | None]  # a task to queue, and the bucket of its row (None: the job's own partition)
+NEW = object()  # the packing key of a task with no row yet
 SLICE_MESSAGES = 128  # messages' worth of tasks packed, and their re-run rows written, at a time
 MAX_RESPAWNS = 8
 
@@ -123,7 +125,8 @@ class LocalBackend(Backend):
                 decider.add(task)
                 manifest.add(task)
                 if task.task_id in decider.plan.reasons:
-                    to_queue.append((task, buckets.get(task.task_id.lower(), bucket_of(position))))
+                    bucket = buckets.get(task.task_id.lower(), NEW) if buckets else NEW
+                    to_queue.append((task, bucket_of(position) if bucket is NEW else bucket))
             plan = decider.finish()
             source.check_not_empty(plan.total)
             if on_plan is not None:
@@ -172,7 +175,8 @@ class LocalBackend(Backend):
         """Send the tasks' messages as they are packed, several at a time (``bounded_map``): the
         queue's work overlaps the packing, and no more than a few messages are held at once. The
         tasks come a slice at a time, each with the bucket of its row; a message holds tasks of one
-        bucket (its claims and results share table transactions, each within one partition). A task
+        bucket (its claims and results share table transactions, each within one partition): a task
+        with a row keeps its bucket, a new one takes that of the first task of its message. A task
         that ran before (it failed, changed, or its worker was lost) has a row, set back to pending
         with its new definition before its message is sent (the others get theirs when a worker
         claims them). Without ``plan``, ``placed`` is a list, none ran."""
@@ -181,24 +185,33 @@ class LocalBackend(Backend):
             count = len(placed)
         else:
             count = len(plan.reasons)
+
+        # A first submission's tasks are all new: one run per slice, no task asked.
+        all_new = plan is not None and all(reason == ("new",) for reason in plan.reasons.values())
+
+        def is_new(task: TaskDef) -> bool:
+            return all_new or (plan is not None and plan.reasons[task.task_id] == ("new",))
         size = chunk_size_for(count, self.config.workers)
         oversized: list[Placed] = []
 
         def packed() -> Iterator[TaskMessage]:
             left = count
             for piece in chunks(placed, size * SLICE_MESSAGES):
-                for run in chunks(piece, len(piece), key=lambda item: item[1]):
-                    bucket, tasks = run[0][1], [task for task, _ in run]
+                # Runs of new tasks (no row yet: any bucket will do), and of tasks with rows in one bucket.
+                runs = [piece] if all_new else chunks(piece, len(piece),
+                                                      key=lambda item: NEW if is_new(item[0]) else item[1])
+                for run in runs:
+                    tasks, buckets = [task for task, _ in run], [bucket for _, bucket in run]
                     left -= len(tasks)
-                    ran = [t for t in tasks if plan is not None and plan.reasons[t.task_id] != ("new",)]
-                    if ran:
-                        self.store.write_pending(partition_key(job_id, bucket), ran, reset=True)
-                    for item in pack(job_id, tasks, size, key=key, bucket=bucket, new=plan is not None and not ran,
+                    new = plan is not None and is_new(tasks[0])
+                    if plan is not None and not new:
+                        self.store.write_pending(partition_key(job_id, buckets[0]), tasks, reset=True)
+                    for item in pack(job_id, tasks, size, key=key, buckets=buckets, new=new,
                                      workers=self.config.workers, after=left):
                         if isinstance(item, TaskMessage):
                             yield item
                         else:
-                            oversized.append((item, bucket))
+                            oversized.append((item, buckets[tasks.index(item)]))
 
         send = partial(self.store.send, queue=queue)
         # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.

@@ -230,7 +230,8 @@ class TaskMessage:
 
 
 def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes, bucket: str | None = None,
-         new: bool = False, workers: int | None = None, after: int = 0) -> Iterator[TaskMessage | TaskDef]:
+         buckets: Sequence[str | None] | None = None, new: bool = False, workers: int | None = None,
+         after: int = 0) -> Iterator[TaskMessage | TaskDef]:
     """Version 2 messages of up to ``size`` tasks each, each definition MACed with the job's
     ``key``; a message whose JSON would pass :data:`MAX_PACKED_BYTES` ends before the task that
     would pass it, which opens the next one. ``after``: how many tasks the caller packs after these
@@ -239,19 +240,24 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes, bucket
     Given the number of ``workers`` that will share them, the last messages get smaller (see
     :func:`chunk_sizes`: each takes at most a ``2 * workers``-th of the tasks left). A task whose
     definition alone is too big for a message is yielded as itself: the caller writes its row
-    and sends it in a version 1 message (ids only). Every task's row is in ``bucket``'s partition.
+    and sends it in a version 1 message (ids only).
+
+    Every task's row is in ``bucket``'s partition; with ``buckets`` (one per task), a message's
+    tasks take the bucket of its first: a bucket's edge never cuts a message short, and a bucket
+    holds at most a message more than the tasks given it.
     """
     check_id(job_id, "job id")
     size = max(1, size)
     keyed = hmac.new(key, digestmod=hashlib.sha256)
-    partition = partition_key(job_id, bucket)
-    placed = ("" if bucket is None else f'"bucket":{_COMPACT.encode(check_bucket(bucket))},') + (
-        '"new":true,' if new else "")
-    head = f'{{"v":2,"job":{_COMPACT.encode(job_id)},{placed}"tasks":['
-    budget = MAX_PACKED_BYTES - len(head.encode()) - len('],"defs":[]}')
     share = 2 * max(1, workers) if workers else 0
     index, total = 0, len(tasks)
     while index < total:
+        here = buckets[index] if buckets is not None else bucket
+        partition = partition_key(job_id, here)
+        placed = ("" if here is None else f'"bucket":{_COMPACT.encode(check_bucket(here))},') + (
+            '"new":true,' if new else "")
+        head = f'{{"v":2,"job":{_COMPACT.encode(job_id)},{placed}"tasks":['
+        budget = MAX_PACKED_BYTES - len(head.encode()) - len('],"defs":[]}')
         want = min(size, max(1, -(-(total - index + after) // share))) if share else size
         chunk: list[TaskDef] = []
         macs: list[str] = []
@@ -281,7 +287,7 @@ def pack(job_id: str, tasks: Sequence[TaskDef], size: int, *, key: bytes, bucket
             defs.append(piece)
         if chunk:
             text = f'{head}{",".join(ids)}],"defs":[{",".join(defs)}]}}'
-            yield TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk), tuple(macs), bucket=bucket,
+            yield TaskMessage(job_id, tuple(t.task_id for t in chunk), tuple(chunk), tuple(macs), bucket=here,
                               new=new, text=text)
 
 

@@ -13,6 +13,7 @@ the job's partitions by row key (:func:`job_rows_filter`).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -29,8 +30,14 @@ def partition_key(job_id: str, bucket: str | None) -> str:
 
 
 def bucket_of(position: int) -> str:
-    """The bucket of the task at ``position`` (from 0) in the submission that first queues it."""
-    return str(position // ROWS_PER_PARTITION)
+    """The bucket of the task at ``position`` (from 0) in the submission that first queues it (one
+    string per bucket, however many tasks share it: a submit holds one beside each task it queues)."""
+    return _bucket_name(position // ROWS_PER_PARTITION)
+
+
+@functools.lru_cache(maxsize=4096)
+def _bucket_name(bucket: int) -> str:
+    return str(bucket)
 
 
 def job_of(partition: str) -> str:
