@@ -15,6 +15,7 @@ import pytest
 
 from batchyard.backends import get_backend
 from batchyard.backends.local import backend as local_backend
+from batchyard.backends.local import enqueue as local_enqueue
 from batchyard.backends.local import rows as task_rows
 from batchyard.backends.local.messages import TaskMessage, pack
 from batchyard.core.job import TaskDef
@@ -29,7 +30,7 @@ KEYS = [f"k{i:03d}" for i in range(35)]
 def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Buckets of 10 rows; messages of up to 8 tasks, so some start just before a bucket's edge."""
     monkeypatch.setattr(task_rows, "ROWS_PER_PARTITION", 10)
-    monkeypatch.setattr(local_backend, "chunk_size_for", lambda n_tasks, workers: 8)
+    monkeypatch.setattr(local_enqueue, "chunk_size_for", lambda n_tasks, workers: 8)
 
 
 def _partitions(be: Any, job_id: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ import pytest
 
 from batchyard.backends import get_backend
 from batchyard.backends.local import backend as local_backend
+from batchyard.backends.local import enqueue as local_enqueue
 
 from .support import runs_of, serve_until_idle, table_job, tool_command
 
@@ -23,7 +24,7 @@ KEYS = [f"k{i:03d}" for i in range(37)]
 def streamed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tasks past 5 kept on disk; two messages' worth of tasks packed at a time."""
     monkeypatch.setattr(local_backend, "HELD_TASKS", 5)
-    monkeypatch.setattr(local_backend, "SLICE_MESSAGES", 2)
+    monkeypatch.setattr(local_enqueue, "SLICE_MESSAGES", 2)
 
 
 def test_a_streamed_submit_runs_every_task_once_and_its_manifest_is_whole(project: Any, tmp_path: Path,

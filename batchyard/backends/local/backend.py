@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,19 @@ from batchyard.backends.base import (
 from batchyard.backends.documents import ManifestWriter, TaskSource, fan_out
 from batchyard.backends.local.admission import message_key_for_submit
 from batchyard.backends.local.bulk import cancel_pending_rows, delete_task_rows
+from batchyard.backends.local.enqueue import NEW, Placed, enqueue
 from batchyard.backends.local.final_run import final_step_settled, final_step_view, plan_final_step
 from batchyard.backends.local.job_queues import QUEUED_FIELD, delete_job_queue, queue_for_submit
 from batchyard.backends.local.listing import job_ids_like, job_views
-from batchyard.backends.local.messages import TaskMessage, check_id, chunk_size_for, pack
+from batchyard.backends.local.messages import check_id
 from batchyard.backends.local.replay import replay_task
-from batchyard.backends.local.rows import bucket_in, bucket_of, entity_to_result, partition_key
+from batchyard.backends.local.rows import bucket_in, bucket_of, entity_to_result
 from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.backends.outputs import current_outputs
 from batchyard.core import interrupts
 from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
-from batchyard.core.bounded import bounded_map, chunks
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, without_final
@@ -55,18 +54,14 @@ from batchyard.core.job import Job, TaskDef
 from batchyard.core.rerun import Decider, PriorTask, RerunOption, RerunPlan, resource_digests
 from batchyard.core.secret_handoff import hide_credentials
 from batchyard.core.spill import Spill
-from batchyard.storage.account import FAST_POOL_SIZE, Storage
+from batchyard.storage.account import Storage
 
 log = logging.getLogger(__name__)
 
-SEND_CONCURRENCY = 16
 # A submit keeps up to this many tasks in memory between its plan and its messages (~0.85 KB each),
 # the rest in a temporary file (1,000,000 held took 912 MiB; 100,000 held put the peak of a `batchyard run`
 # of 100,000 tasks at 159 MiB, and 20,000 cost no time measurably).
 HELD_TASKS = 20_000
-Placed = tuple[TaskDef, str | None]  # a task to queue, and the bucket of its row (None: the job's own partition)
-NEW = object()  # the packing key of a task with no row yet
-SLICE_MESSAGES = 128  # messages' worth of tasks packed, and their re-run rows written, at a time
 MAX_RESPAWNS = 8
 
 
@@ -172,56 +167,7 @@ class LocalBackend(Backend):
 
     def _enqueue(self, job_id: str, queue: str, placed: Iterable[Placed], key: bytes, *,
                  plan: RerunPlan | None = None) -> None:
-        """Send the tasks' messages as they are packed, several at a time (``bounded_map``): the
-        queue's work overlaps the packing, and no more than a few messages are held at once. The
-        tasks come a slice at a time, each with the bucket of its row; a message holds tasks of one
-        bucket (its claims and results share table transactions, each within one partition): a task
-        with a row keeps its bucket, a new one takes that of the first task of its message. A task
-        that ran before (it failed, changed, or its worker was lost) has a row, set back to pending
-        with its new definition before its message is sent (the others get theirs when a worker
-        claims them). Without ``plan``, ``placed`` is a list, none ran."""
-        if plan is None:
-            placed = list(placed)
-            count = len(placed)
-        else:
-            count = len(plan.reasons)
-
-        # A first submission's tasks are all new: one run per slice, no task asked.
-        all_new = plan is not None and all(reason == ("new",) for reason in plan.reasons.values())
-
-        def is_new(task: TaskDef) -> bool:
-            return all_new or (plan is not None and plan.reasons[task.task_id] == ("new",))
-        size = chunk_size_for(count, self.config.workers)
-        oversized: list[Placed] = []
-
-        def packed() -> Iterator[TaskMessage]:
-            left = count
-            for piece in chunks(placed, size * SLICE_MESSAGES):
-                # Runs of new tasks (no row yet: any bucket will do), and of tasks with rows in one bucket.
-                runs = [piece] if all_new else chunks(piece, len(piece),
-                                                      key=lambda item: NEW if is_new(item[0]) else item[1])
-                for run in runs:
-                    tasks, buckets = [task for task, _ in run], [bucket for _, bucket in run]
-                    left -= len(tasks)
-                    new = plan is not None and is_new(tasks[0])
-                    if plan is not None and not new:
-                        self.store.write_pending(partition_key(job_id, buckets[0]), tasks, reset=True)
-                    for item in pack(job_id, tasks, size, key=key, buckets=buckets, new=new,
-                                     workers=self.config.workers, after=left):
-                        if isinstance(item, TaskMessage):
-                            yield item
-                        else:
-                            oversized.append((item, buckets[tasks.index(item)]))
-
-        send = partial(self.store.send, queue=queue)
-        # The fast path's pool keeps FAST_POOL_SIZE connections: more threads would open and drop others.
-        concurrency = SEND_CONCURRENCY if self.storage.fast_queue is None else FAST_POOL_SIZE
-        bounded_map(send, packed(), concurrency=concurrency)
-        for run in chunks(oversized, size, key=lambda item: item[1]):
-            # A definition too big for a message: its row is written now, the message names it.
-            bucket, tasks = run[0][1], [task for task, _ in run]
-            self.store.write_pending(partition_key(job_id, bucket), tasks, reset=True)
-            send(TaskMessage(job_id, tuple(t.task_id for t in tasks), bucket=bucket))
+        enqueue(self.store, job_id, queue, placed, key, workers=self.config.workers, plan=plan)
 
     # --- workers ---------------------------------------------------------------------------------------
     def start_execution(self, job: Job | None = None, *, workers: int | None = None,
