@@ -147,3 +147,29 @@ def test_a_new_messages_copy_runs_nothing_twice(project: Any, tmp_path: Path, sm
         be.submit(job, rerun=[order[3]])
         [again] = [json.loads(m.content) for m in queue.peek_messages(max_messages=32)]
         assert again["tasks"] == [order[3]] and "new" not in again
+
+
+def test_jobs_whose_ids_begin_alike_keep_to_their_own_rows(project: Any, tmp_path: Path, small_buckets: None) -> None:
+    """A job's rows are read as a range of partitions (`<job>~...`): a job whose id begins with another's
+    (`x` and `x-2`, `x_b`) must never be counted, cancelled or deleted with it."""
+    runs = tmp_path / "runs.txt"
+    base = f"pre-{project.uid}"
+    ids = [base, f"{base}-2", f"{base}_b"]
+    jobs = [table_job(project, job_id, tool_command("count", str(runs), "{KEY}", "0", "-", "0"), KEYS[:25])
+            for job_id in ids]
+    with get_backend("local", project.config()) as be:
+        for job in jobs:
+            be.submit(job)
+        serve_until_idle(be, tmp_path)
+        for job_id in ids:
+            counts = be.task_counts(job_id)
+            assert (counts.succeeded, counts.total) == (25, 25), job_id
+            assert len(_partitions(be, job_id)) == 25
+            assert len(list(be.list_task_results(job_id))) == 25
+        be.submit(jobs[0], rerun="all")
+        be.cancel(ids[0])
+        be.delete(ids[0])
+        assert _partitions(be, ids[0]) == {}
+        for job_id in ids[1:]:  # untouched by the other's re-run, cancel and delete
+            assert be.task_counts(job_id).succeeded == 25, job_id
+            assert len(_partitions(be, job_id)) == 25
