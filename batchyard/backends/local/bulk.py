@@ -10,17 +10,13 @@ writes nothing for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from azure.core.exceptions import ResourceNotFoundError
-
-from batchyard.backends.local.rows import job_rows_filter
 from batchyard.backends.local.store import JobStore
 from batchyard.core.batch_semantics import JOB_CANCELLED, final_record
 from batchyard.core.bounded import chunks
-from batchyard.core.errors import JobNotFoundError
 from batchyard.storage.account import translate_error
 
 ROWS_PER_TRANSACTION = 100  # the service's limit for one transaction
@@ -44,18 +40,6 @@ def _each_in_flight(chunks: Iterable[list[_Item]], write: Callable[[list[_Item]]
     return total
 
 
-def _rows(store: JobStore, job_id: str, *, state: str | None, select: list[str]) -> Iterator[dict[str, Any]]:
-    """The job's rows (only those in ``state`` if given), each with its ETag as ``_etag``."""
-    query, params = job_rows_filter(job_id)
-    if state is not None:
-        query, params = f"{query} and state eq @state", {**params, "state": state}
-    try:
-        for entity in store.tasks.query_entities(query, parameters=params, select=select, results_per_page=1000):
-            yield {**entity, "_etag": entity.metadata["etag"]}
-    except ResourceNotFoundError:
-        raise JobNotFoundError(f"job {job_id!r} not found (no task table)") from None
-
-
 def cancel_pending_rows(store: JobStore, job_id: str) -> int:
     """Record every task row of the job still ``pending`` as cancelled; how many were.
 
@@ -77,7 +61,7 @@ def cancel_pending_rows(store: JobStore, job_id: str) -> int:
                                               fields=fields) is not None
         return written
 
-    pending = _rows(store, job_id, state="pending", select=["PartitionKey", "RowKey"])
+    pending = store.task_entities(job_id, state="pending", select=["PartitionKey", "RowKey"])
     return _each_in_flight(chunks(pending, ROWS_PER_TRANSACTION, key=_partition), write)
 
 
@@ -92,7 +76,7 @@ def delete_task_rows(store: JobStore, job_id: str) -> int:
             raise translate_error(exc, f"deleting {len(ops)} task records of job {job_id!r}") from None
         return len(ops)
 
-    rows = _rows(store, job_id, state=None, select=["PartitionKey", "RowKey"])
+    rows = store.task_entities(job_id, select=["PartitionKey", "RowKey"])
     return _each_in_flight(chunks(rows, ROWS_PER_TRANSACTION, key=_partition), write)
 
 

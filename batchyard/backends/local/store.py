@@ -173,17 +173,21 @@ class JobStore(JobDocuments):
             raise translate_error(exc, f"listing the jobs in table {self._jobs_name!r}") from None
 
     # --- tasks ----------------------------------------------------------------------------------------
-    def task_entities(self, job_id: str, *, select: list[str] | None = None,
-                      since: datetime | None = None) -> Iterator[dict[str, Any]]:
-        """The job's task rows (those written at or after ``since`` if given), each with the
-        service's write time as ``_timestamp``."""
+    def task_entities(self, job_id: str, *, select: list[str] | None = None, since: datetime | None = None,
+                      state: str | None = None) -> Iterator[dict[str, Any]]:
+        """The job's task rows, in every partition of it (those written at or after ``since``, those
+        in ``state``, if given), each with the service's write time as ``_timestamp`` and its ETag
+        as ``_etag``."""
         query, params = job_rows_filter(job_id)
         if since is not None:
             query, params = f"{query} and Timestamp ge @since", {**params, "since": since}
+        if state is not None:
+            query, params = f"{query} and state eq @state", {**params, "state": state}
         try:
             for entity in self.tasks.query_entities(query, parameters=params, select=select, results_per_page=1000):
                 data = dict(entity)
                 data["_timestamp"] = entity.metadata.get("timestamp")
+                data["_etag"] = entity.metadata.get("etag")
                 yield data
         except ResourceNotFoundError:
             raise JobNotFoundError(f"job {job_id!r} not found (no task table)") from None
