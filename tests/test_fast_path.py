@@ -58,9 +58,9 @@ def test_a_real_account_goes_through_the_sdk(project: Any, tmp_path: Path) -> No
     assert real.fast is None
     transfer = BlobTransfer(real)
     blob = transfer.blob_client(container="inputs", name="a.txt")
-    assert transfer._small_address(blob, "inputs/a.txt", by_account=True) is None
+    assert transfer._small_address(blob.url, "inputs/a.txt", by_account=True) is None
     sas_blob = BlobTransfer(None).blob_client(url="https://myaccount.blob.core.windows.net/c/a.txt?sv=1&sig=abc")
-    assert BlobTransfer(None)._small_address(sas_blob, "c/a.txt", by_account=False) is None
+    assert BlobTransfer(None)._small_address(sas_blob.url, "c/a.txt", by_account=False) is None
     # The same account on loopback is on the fast path unless turned off.
     local = project.storage.account
     assert Storage(local, fast_path="auto").fast is not None

@@ -45,6 +45,7 @@ from batchyard.core.errors import AuthenticationError, ConfigError, StorageError
 from batchyard.core.redact import redact, redacting_filter, register_secret
 from batchyard.storage.fast_path import FastPath
 from batchyard.storage.fast_rest import FastRest, RestStatusError, RestUnreachableError
+from batchyard.storage.listing import PAGE_SIZE, lean_listing_available, list_identities
 
 log = logging.getLogger(__name__)
 
@@ -321,9 +322,13 @@ class Storage:
 
     def list_blob_identities(self, container: str, prefix: str = "") -> Iterator[tuple[str, bytes | None, str, int]]:
         """(name, content MD5 or None, ETag, size) of every blob under ``prefix``: what a change-aware
-        re-run compares (a listing with properties, slower than :meth:`list_blob_names`)."""
+        re-run compares (:mod:`batchyard.storage.listing`; the SDK's listing if that cannot be used)."""
+        client = self.container(container)
         try:
-            for blob in self.container(container).list_blobs(name_starts_with=prefix or None, results_per_page=1000):
+            if lean_listing_available(client):
+                yield from list_identities(client, prefix)
+                return
+            for blob in client.list_blobs(name_starts_with=prefix or None, results_per_page=PAGE_SIZE):
                 md5 = blob.content_settings.content_md5 if blob.content_settings else None
                 yield blob.name, bytes(md5) if md5 else None, str(blob.etag or ""), int(blob.size or 0)
         except ResourceNotFoundError:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
@@ -81,7 +81,7 @@ class BlobTransfer:
                 self._url_containers[container_url] = client
             return client
 
-    def _blob_from_url(self, blob_url: str) -> BlobClient:
+    def _split_blob_url(self, blob_url: str) -> tuple[ContainerClient, str]:
         # Split the URL into container URL (+ its SAS query) and blob name, so the container
         # client, and its connections, are shared by every blob of that container.
         base, _, query = blob_url.partition("?")
@@ -97,24 +97,41 @@ class BlobTransfer:
         blob_name = unquote("/".join(path_bits[n_prefix:]))
         if query:
             container_url = f"{container_url}?{query}"
-        return self._container_for_url(container_url).get_blob_client(blob_name)
+        return self._container_for_url(container_url), blob_name
+
+    def _locate(self, container: str | None, name: str | None, url: str | None,
+                container_url: str | None = None) -> tuple[ContainerClient, str, str]:
+        """A blob by account, blob URL or container URL: (the SDK client of its container, its name
+        there, its name for messages). No blob client is made: a transfer needs one only when it
+        goes through the SDK, and making one costs more than a small blob's whole request."""
+        if container_url:
+            return self._container_for_url(container_url), name or "", f"{strip_sas(container_url)}/{name}"
+        if url:
+            client, blob_name = self._split_blob_url(url)
+            return client, blob_name, strip_sas(url)
+        if self.storage is None or container is None or name is None:
+            raise StorageError("no storage account configured for a (container, blob) reference")
+        return self.storage.container(container), name, f"{container}/{name}"
+
+    @staticmethod
+    def blob_url(client: ContainerClient, name: str) -> str:
+        """The URL of blob ``name`` in ``client``'s container, as the SDK's own blob client forms
+        it (its quoting, the container URL's SAS query after it)."""
+        base, mark, query = client.url.partition("?")
+        return f"{base}/{quote(name, safe='~/')}{mark}{query}"
 
     def blob_client(self, *, container: str | None = None, name: str | None = None,
                     url: str | None = None) -> BlobClient:
-        if url:
-            return self._blob_from_url(url)
-        if self.storage is None or container is None or name is None:
-            raise StorageError("no storage account configured for a (container, blob) reference")
-        return self.storage.container(container).get_blob_client(name)
+        client, blob_name, _ = self._locate(container, name, url)
+        return client.get_blob_client(blob_name)
 
-    def _small_address(self, client: BlobClient, what: str, *, by_account: bool) -> BlobAddress | None:
-        """Where the small-blob path sends a request for ``client``'s blob; None: use the SDK.
+    def _small_address(self, blob_url: str, what: str, *, by_account: bool) -> BlobAddress | None:
+        """Where the small-blob path sends a request for the blob at ``blob_url``; None: use the SDK.
 
-        The URL is the SDK client's own (its quoting, its reading of a container URL). A URL
-        without a SAS goes through the SDK: only a SAS says it is Blob storage, whose answer to a
-        ranged GET holds at most the range (a plain HTTP server may send a whole, large file).
+        A URL without a SAS goes through the SDK: only a SAS says it is Blob storage, whose answer
+        to a ranged GET holds at most the range (a plain HTTP server may send a whole, large file).
         """
-        base, _, sas = client.url.partition("?")
+        base, _, sas = blob_url.partition("?")
         if not self._fast.allows(base):
             return None
         if by_account:
@@ -178,27 +195,19 @@ class BlobTransfer:
                 for key in entries:
                     table.pop(key, None)
 
-    def _target(self, container: str | None, name: str | None, url: str | None,
-                container_url: str | None = None) -> tuple[BlobClient, str]:
-        """The SDK client of a blob (by account, blob URL or container URL) and its name for messages."""
-        if container_url:
-            return (self._container_for_url(container_url).get_blob_client(name or ""),
-                    f"{strip_sas(container_url)}/{name}")
-        what = strip_sas(url) if url else f"{container}/{name}"
-        return self.blob_client(container=container, name=name, url=url), what
-
     def _address_of(self, container: str | None, name: str | None, url: str | None, *,
                     container_url: str | None = None) -> BlobAddress | None:
-        client, what = self._target(container, name, url, container_url)
-        return self._small_address(client, what, by_account=not (url or container_url))
+        client, blob_name, what = self._locate(container, name, url, container_url)
+        return self._small_address(self.blob_url(client, blob_name), what, by_account=not (url or container_url))
 
     def download(self, dest: Path, *, container: str | None = None, name: str | None = None,
                  url: str | None = None) -> int:
         """Download one blob to ``dest``; raises :class:`SourceMissingError` if it does not exist."""
-        client, what = self._target(container, name, url)
+        client, blob_name, what = self._locate(container, name, url)
         with self._lock:
             first = self._firsts.pop((container, name, url), None)
-        address = None if first is not None else self._small_address(client, what, by_account=not url)
+        address = None if first is not None else self._small_address(self.blob_url(client, blob_name), what,
+                                                                     by_account=not url)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Unique: two downloads may fill one resource cache entry at once (two task slots of an
         # emulated node, two worker processes); each writes its own file and the last rename wins.
@@ -208,7 +217,7 @@ class BlobTransfer:
                 if first is None and address is not None:
                     first = self._fast.client.get_first(address, SMALL_BLOB)
                 if first is None or first.size > len(first.data):
-                    self._download_rest(fh, first, client)
+                    self._download_rest(fh, first, client.get_blob_client(blob_name))
                 else:
                     fh.write(first.data)
                 size = fh.tell()
@@ -252,12 +261,13 @@ class BlobTransfer:
         if seen == (size, stat.st_mtime_ns):  # put in a burst a moment ago, as it is now
             return size
         try:
-            client, _ = self._target(container, blob_name, None, container_url)
-            address = self._small_address(client, what, by_account=not container_url)
+            container_client, name, _ = self._locate(container, blob_name, None, container_url)
+            address = self._small_address(self.blob_url(container_client, name), what, by_account=not container_url)
             if address is not None and size <= SMALL_BLOB:
                 data = src.read_bytes()
                 self._fast.client.put_blob(address, data)
                 return len(data)
+            client = container_client.get_blob_client(name)
             if size <= BLOCK_SIZE:  # one request, the file read once: the MD5 travels with it
                 data = src.read_bytes()
                 md5 = hashlib.md5(data, usedforsecurity=False).digest()
@@ -279,7 +289,7 @@ class BlobTransfer:
 
     def list_names(self, container_url: str, prefix: str = "") -> list[str]:
         try:
-            return [b.name for b in self._container_for_url(container_url).list_blobs(
-                name_starts_with=prefix or None)]
+            # Names only: list_blobs would build every blob's properties (~14 times the CPU).
+            return list(self._container_for_url(container_url).list_blob_names(name_starts_with=prefix or None))
         except Exception as exc:
             raise translate_error(exc, f"listing {strip_sas(container_url)}") from None

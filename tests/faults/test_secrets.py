@@ -93,7 +93,7 @@ def test_no_secret_in_logs_records_errors_or_reprs(project: Any, tmp_path: Path,
         # reprs
         config = project.config()
         nodes_transfer = BlobTransfer(None, fast_path="auto")  # the one-request path's view of a SAS URL
-        address = nodes_transfer._small_address(nodes_transfer.blob_client(url=read_sas), "a.txt", by_account=False)
+        address = nodes_transfer._small_address(read_sas, "a.txt", by_account=False)
         assert address is not None and address.sas
         for obj in (storage, storage.account, config, config.storage, be, job, be.store, storage.fast, address):
             _assert_clean(repr(obj) + str(obj), secrets, f"repr of {type(obj).__name__}")
