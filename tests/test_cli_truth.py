@@ -67,6 +67,14 @@ def test_cancelled_is_its_own_state(kind: str, project: Any, request: pytest.Fix
         assert (counts.succeeded, counts.failed, counts.cancelled, counts.total) == (1, 1, 1, 3), counts
         states = {r.label: (str(r.state), r.failure_category) for r in be.list_task_results(job_id)}
         bad_task = next(r.task_id for r in be.list_task_results(job_id) if r.label == "bad.txt")
+        # What a summary reads (brief) shows what the whole results do, in every state.
+        shown = ("task_id", "label", "state", "exit_code", "attempts", "failure_category", "failure_message")
+        brief, whole = ([tuple(str(getattr(r, f)) for f in shown) for r in be.list_task_results(job_id, brief=b)]
+                        for b in (True, False))
+        assert sorted(brief) == sorted(whole) and len(whole) == 3
+        if kind == "local":  # and reads less: no attempt records, no times
+            assert all(r.attempt_records == () and r.ended_at is None for r in be.list_task_results(job_id, brief=True))
+            assert any(r.attempt_records for r in be.list_task_results(job_id))
     assert states == {"ok.txt": ("succeeded", None), "bad.txt": ("failed", "exit_code"),
                       "wait.txt": ("cancelled", "cancelled")}
 

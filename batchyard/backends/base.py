@@ -234,8 +234,12 @@ class Backend(ABC):
         """Counts by state, cheap enough to poll."""
 
     @abstractmethod
-    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
-        """Every task's result (an iterator: large jobs are paged)."""
+    def list_task_results(self, job_id: str, *, brief: bool = False) -> Iterator[TaskResult]:
+        """Every task's result (an iterator: large jobs are paged).
+
+        ``brief``: only what a summary shows (id, label, state, exit code, attempts, failure
+        category and message); the rest of each result may be left empty, so a backend can read
+        less (a run's summary of 100,000 tasks is read after the last task ends)."""
 
     @abstractmethod
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:

@@ -225,7 +225,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
                               f"`batchyard cancel {job.id}{flag}`)", highlight=False, soft_wrap=True)
             return
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
-        _summary(be.list_task_results(job.id), counts, job.id, flag)
+        _summary(be.list_task_results(job.id, brief=True), counts, job.id, flag)
         final = _final_step(be, job.id, flag)
         _pool(be, config, job.id)
         if counts.failed or counts.cancelled or (final is not None and final.state == "failed"):
@@ -259,7 +259,7 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
             _status_json(be, config, job_id)
             return
         # The counts once the results have streamed through the summary, as before they were listed first.
-        _summary(be.list_task_results(job_id), lambda: be.task_counts(job_id), job_id,
+        _summary(be.list_task_results(job_id, brief=True), lambda: be.task_counts(job_id), job_id,
                  backend_flag(config_path, be.name))
         _final_step(be, job_id, backend_flag(config_path, be.name))
         _pool(be, config, job_id)

@@ -368,9 +368,9 @@ class AzureBackend(Backend):
                                "Fix the pool, then `batchyard run` again runs its tasks")
 
     # --- queries ---------------------------------------------------------------------------------------
-    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
+    def list_task_results(self, job_id: str, *, brief: bool = False) -> Iterator[TaskResult]:
         self._chain(job_id, fresh=True)
-        return (r for r in self.reader.list_task_results(job_id) if not is_final_or_barrier(r.task_id))
+        return (r for r in self.reader.list_task_results(job_id, brief=brief) if not is_final_or_barrier(r.task_id))
 
     def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""

@@ -54,7 +54,9 @@ class ResultReader:
         return JobFacts(has_required_outputs=bool(required_patterns(job)), resource_names=resources,
                         job_completed=completed)
 
-    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
+    def list_task_results(self, job_id: str, *, brief: bool = False) -> Iterator[TaskResult]:
+        """Every task's result across the job's runs (``brief``: without the failed ones' stderr tails,
+        each a blob read)."""
         seen: set[str] = set()
         tails = 0
         ids = self._chain(job_id).batch_job_ids()
@@ -69,7 +71,7 @@ class ResultReader:
                     tail = ""
                     failed = (enum_text(task.state) == "completed"
                               and enum_text(getattr(task.execution_info, "result", None)) != "success")
-                    if failed and tails < STDERR_TAILS_MAX:
+                    if failed and not brief and tails < STDERR_TAILS_MAX:
                         tails += 1
                         tail = self._stderr_tail(job_id, batch_job_id, task.id)
                     yield task_result(job_id, task, facts, stderr_tail=tail)

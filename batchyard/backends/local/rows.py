@@ -57,6 +57,11 @@ def job_rows_filter(job_id: str) -> tuple[str, dict[str, str]]:
             {"job": job_id, "first": f"{job_id}{BUCKET_MARK}", "after": f"{job_id}{BUCKET_MARK}{BUCKET_MARK}"})
 
 
+# A row's columns that a brief result (Backend.list_task_results) is made of.
+BRIEF_COLUMNS = ("PartitionKey", "RowKey", "state", "label", "exit_code", "failure_category", "failure_message",
+                 "attempt_count")
+
+
 def entity_to_result(entity: dict[str, Any]) -> TaskResult:
     attempts = json.loads(entity.get("attempts_json") or "[]")
     return TaskResult(
@@ -91,5 +96,5 @@ def pending_row(partition: str, task: TaskDef) -> dict[str, Any]:
     }
 
 
-__all__ = ["ROWS_PER_PARTITION", "bucket_in", "bucket_of", "entity_to_result", "job_of", "job_rows_filter",
-           "partition_key", "pending_row", "task_def_from_entity"]
+__all__ = ["BRIEF_COLUMNS", "ROWS_PER_PARTITION", "bucket_in", "bucket_of", "entity_to_result", "job_of",
+           "job_rows_filter", "partition_key", "pending_row", "task_def_from_entity"]

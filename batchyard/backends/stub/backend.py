@@ -135,7 +135,7 @@ class StubBackend(Backend):
         with self.world.lock:
             return [_view(stub) for stub in self.world.jobs.values()]
 
-    def list_task_results(self, job_id: str) -> Iterator[TaskResult]:
+    def list_task_results(self, job_id: str, *, brief: bool = False) -> Iterator[TaskResult]:
         with self.world.lock:
             tasks = list(self._require(job_id).tasks.values())
             results = [_result(job_id, t) for t in tasks]
