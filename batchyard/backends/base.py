@@ -241,6 +241,12 @@ class Backend(ABC):
         category and message); the rest of each result may be left empty, so a backend can read
         less (a run's summary of 100,000 tasks is read after the last task ends)."""
 
+    def summary_results(self, job_id: str, *, order: Callable[[TaskResult], Any], limit: int) -> Iterator[TaskResult]:
+        """Brief results (see :meth:`list_task_results`) holding at least each state's first ``limit``
+        in ``order``: what a summary table shows. Every task's, unless a backend knows each task's
+        state and label without its result, and reads only those."""
+        return self.list_task_results(job_id, brief=True)
+
     @abstractmethod
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         """The task's ``stdout`` or ``stderr`` as the command wrote it."""

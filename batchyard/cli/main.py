@@ -39,6 +39,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
 )
 from batchyard.cli.lazy_group import LazyGroup
 from batchyard.cli.params import BATCH_ID
+from batchyard.core.bounded import Firsts
 from batchyard.core.config import Config, load_config
 from batchyard.core.final_step import FINAL_TASK_ID
 from batchyard.core.job import Job, load_job
@@ -94,43 +95,23 @@ def _order(result: TaskResult) -> tuple[int, str, str]:
     return (STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER), result.label, result.task_id)
 
 
-class _Firsts:
-    """The first ``size`` results in :func:`_order` of a stream, holding at most four times that:
-    a job's summary costs memory for its table, not for its tasks."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.kept: list[TaskResult] = []
-        self.seen = 0
-
-    def add(self, result: TaskResult) -> None:
-        self.seen += 1
-        self.kept.append(result)
-        if len(self.kept) >= 4 * self.size:
-            self.kept = sorted(self.kept, key=_order)[:self.size]
-
-    def firsts(self) -> list[TaskResult]:
-        return sorted(self.kept, key=_order)[:self.size]
-
-
 def _summary(results: Iterable[TaskResult], counts: TaskCounts | Callable[[], TaskCounts], job_id: str,
              flag: str = "") -> None:
     """A table of the tasks, failed first, at most SUMMARY_ROWS of them and never empty while the job has
     tasks; then how many more there are by state, each failure's reason and how to dig in (``flag``:
     `` --backend NAME`` when the hints need it). ``results`` stream: only the rows shown are held;
     ``counts`` may be asked for once they have all been read."""
-    shown_rows, failed_rows = _Firsts(SUMMARY_ROWS), _Firsts(SUMMARY_ROWS)
-    by_state: dict[str, int] = dict.fromkeys(STATE_ORDER, 0)
+    shown_rows, failed_rows = Firsts(SUMMARY_ROWS, _order), Firsts(SUMMARY_ROWS, _order)
     for result in results:
         shown_rows.add(result)
-        by_state[str(result.state)] = by_state.get(str(result.state), 0) + 1
         if result.state == TaskState.FAILED:
             failed_rows.add(result)
     shown, failed = shown_rows.firsts(), failed_rows.firsts()
     if callable(counts):
         counts = counts()
-    for r in shown:
-        by_state[str(r.state)] -= 1  # what is left: the rows not in the table
+    by_state = {state: getattr(counts, state) for state in STATE_ORDER}
+    for r in shown:  # what is left: the tasks not in the table (a task read as it changed counts once)
+        by_state[str(r.state)] = max(0, by_state.get(str(r.state), 0) - 1)
     rest = sum(by_state.values())
     table = Table(title=f"{job_id}: {counts_line(counts)}", title_justify="left")
     table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48)
@@ -148,8 +129,8 @@ def _summary(results: Iterable[TaskResult], counts: TaskCounts | Callable[[], Ta
     for r in failed:
         out.print(styled(("failed", "red"), f" {r.task_id}: {r.failure_category}: {r.failure_message}"),
                   highlight=False, soft_wrap=True)
-    if failed_rows.seen > SUMMARY_ROWS:
-        out.print(f"... and {failed_rows.seen - SUMMARY_ROWS} more failed tasks "
+    if counts.failed > SUMMARY_ROWS:
+        out.print(f"... and {counts.failed - SUMMARY_ROWS} more failed tasks "
                   f"(batchyard status {job_id} --json{flag})")
     if counts.cancelled:
         out.print(styled(("cancelled", "yellow"), f" {counts.cancelled} task(s): the job was cancelled before they "
@@ -225,7 +206,7 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
                               f"`batchyard cancel {job.id}{flag}`)", highlight=False, soft_wrap=True)
             return
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
-        _summary(be.list_task_results(job.id, brief=True), counts, job.id, flag)
+        _summary(be.summary_results(job.id, order=_order, limit=SUMMARY_ROWS), counts, job.id, flag)
         final = _final_step(be, job.id, flag)
         _pool(be, config, job.id)
         if counts.failed or counts.cancelled or (final is not None and final.state == "failed"):
@@ -259,7 +240,7 @@ def status(job_id: str, as_json: bool, watch: bool, backend: str | None, config_
             _status_json(be, config, job_id)
             return
         # The counts once the results have streamed through the summary, as before they were listed first.
-        _summary(be.list_task_results(job_id, brief=True), lambda: be.task_counts(job_id), job_id,
+        _summary(be.summary_results(job_id, order=_order, limit=SUMMARY_ROWS), lambda: be.task_counts(job_id), job_id,
                  backend_flag(config_path, be.name))
         _final_step(be, job_id, backend_flag(config_path, be.name))
         _pool(be, config, job_id)

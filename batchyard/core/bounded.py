@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -54,3 +54,20 @@ def bounded_map(fn: Callable[[Item], Result], items: Iterable[Item], *, concurre
                 future.cancel()
             raise
     return [future.result() for future in futures]
+
+
+class Firsts(Generic[Item]):
+    """The first ``size`` items in ``key`` order of a stream of any length, holding at most four
+    times that many (a summary's table of a job of 100,000 tasks holds its rows, not the tasks)."""
+
+    def __init__(self, size: int, key: Callable[[Item], Any]) -> None:
+        self.size, self.key = size, key
+        self.kept: list[Item] = []
+
+    def add(self, item: Item) -> None:
+        self.kept.append(item)
+        if len(self.kept) >= 4 * self.size:
+            self.kept = sorted(self.kept, key=self.key)[:self.size]
+
+    def firsts(self) -> list[Item]:
+        return sorted(self.kept, key=self.key)[:self.size]

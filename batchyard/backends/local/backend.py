@@ -27,7 +27,6 @@ from batchyard.backends.base import (
     TaskCounts,
     TaskReplay,
     TaskResult,
-    TaskState,
     dumps,
     final_state,
 )
@@ -40,13 +39,14 @@ from batchyard.backends.local.job_queues import QUEUED_FIELD, delete_job_queue, 
 from batchyard.backends.local.listing import job_ids_like, job_views
 from batchyard.backends.local.messages import check_id
 from batchyard.backends.local.replay import replay_task
-from batchyard.backends.local.rows import BRIEF_COLUMNS, bucket_in, bucket_of, entity_to_result
+from batchyard.backends.local.rows import BRIEF_COLUMNS, bucket_in, bucket_of, entity_to_result, unclaimed_result
 from batchyard.backends.local.store import JobStore, StorageLostError
+from batchyard.backends.local.summary import summary_results
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
 from batchyard.backends.outputs import current_outputs
 from batchyard.core import interrupts
-from batchyard.core.batch_semantics import JOB_CANCELLED, log_blob_name
+from batchyard.core.batch_semantics import log_blob_name
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, JobNotFoundError, TaskNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, without_final
@@ -308,13 +308,16 @@ class LocalBackend(Backend):
             seen.add(entity["RowKey"])
             yield entity_to_result(entity)
         for task_id, label, *_ in self.store.manifest_rows(job_id) or []:  # not claimed yet: no row
-            if task_id in seen:
-                continue
-            if cancelled:
-                yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.CANCELLED, label=label,
-                                 failure_category="cancelled", failure_message=JOB_CANCELLED)
-            else:
-                yield TaskResult(job_id=job_id, task_id=task_id, state=TaskState.PENDING, label=label)
+            if task_id not in seen:
+                yield unclaimed_result(job_id, task_id, label, cancelled=cancelled)
+
+    def summary_results(self, job_id: str, *, order: Callable[[TaskResult], Any],
+                        limit: int) -> Iterator[TaskResult]:
+        """From the job's tally and manifest, reading only the rows shown (:mod:`.summary`)."""
+        job_row = self._require_job(job_id)
+        chosen = summary_results(self.store, self._tally(job_id, job_row), job_id, order=order, limit=limit,
+                                 cancelled=job_row.get("state") == "cancelled")
+        return self.list_task_results(job_id, brief=True) if chosen is None else chosen
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         try:

@@ -17,7 +17,8 @@ import functools
 import json
 from typing import Any
 
-from batchyard.backends.base import TaskResult, dumps, final_state
+from batchyard.backends.base import TaskResult, TaskState, dumps, final_state
+from batchyard.core.batch_semantics import JOB_CANCELLED
 from batchyard.core.job import TaskDef
 
 ROWS_PER_PARTITION = 1000
@@ -75,6 +76,14 @@ def entity_to_result(entity: dict[str, Any]) -> TaskResult:
     )
 
 
+def unclaimed_result(job_id: str, task_id: str, label: str, *, cancelled: bool) -> TaskResult:
+    """A task no worker claimed (it has no row): pending, or cancelled with its job."""
+    if not cancelled:
+        return TaskResult(job_id=job_id, task_id=task_id, state=TaskState.PENDING, label=label)
+    return TaskResult(job_id=job_id, task_id=task_id, state=TaskState.CANCELLED, label=label,
+                      failure_category="cancelled", failure_message=JOB_CANCELLED)
+
+
 def task_def_from_entity(entity: dict[str, Any]) -> TaskDef:
     return TaskDef(
         task_id=entity["RowKey"], argv=tuple(json.loads(entity["argv_json"])),
@@ -97,4 +106,4 @@ def pending_row(partition: str, task: TaskDef) -> dict[str, Any]:
 
 
 __all__ = ["BRIEF_COLUMNS", "ROWS_PER_PARTITION", "bucket_in", "bucket_of", "entity_to_result", "job_of",
-           "job_rows_filter", "partition_key", "pending_row", "task_def_from_entity"]
+           "job_rows_filter", "partition_key", "pending_row", "task_def_from_entity", "unclaimed_result"]

@@ -4,11 +4,10 @@ Layout on the storage account (names configurable in ``[storage]``):
 
 - table ``<prefix>jobs``: one row per job (PartitionKey ``job``, RowKey job id): state,
   total, the hash of its spec;
-- table ``<prefix>tasks``: one row per task that a worker has claimed (PartitionKey the job id
-  and the task's bucket, see :mod:`batchyard.backends.local.rows`; RowKey the task id): its argv
-  and input, its claim (who runs it, until when), and its one final result. A task no
-  worker has claimed yet has no row: it is pending (rows are created by the claim, so a
-  submit costs one queue write per 32 tasks, not a table write per task);
+- table ``<prefix>tasks``: one row per task that a worker has claimed (PartitionKey the job id and
+  the task's bucket, see :mod:`batchyard.backends.local.rows`; RowKey the task id): its argv and
+  input, its claim (who runs it, until when), its one final result. A task no worker has claimed
+  has no row: it is pending (the claim creates it: a submit writes messages, not rows);
 - the job documents both backends keep (job.json, the manifest, resource files; see
   :mod:`batchyard.backends.documents`, whose :class:`JobDocuments` this store extends);
 - one queue per job, ``<queue>-<job>-<token>`` (named in the job's row; see
@@ -17,9 +16,8 @@ Layout on the storage account (names configurable in ``[storage]``):
   :mod:`batchyard.backends.local.messages`), and ``<queue>-poison`` for messages that could not be
   handled (one copy each: see :mod:`batchyard.backends.local.admission`).
 
-A task row is written whole by one ETag-guarded write at each step (created or updated as
-running -> final), so it is never half-recorded, and a worker that lost its claim can
-never overwrite the result of the worker that took over.
+A task row is written whole by one ETag-guarded write at each step (running -> final), so it is never
+half-recorded, and a worker that lost its claim never overwrites the result of the one that took over.
 """
 
 from __future__ import annotations
@@ -193,16 +191,25 @@ class JobStore(JobDocuments):
             raise JobNotFoundError(f"job {job_id!r} not found (no task table)") from None
 
     def find_task(self, job_id: str, task_id: str) -> dict[str, Any] | None:
-        """The task's row wherever in the job's partitions it is (for a reader with no message
-        naming its partition: ``logs``, ``debug``), with its ETag; None if it has none."""
+        return self.find_tasks(job_id, [task_id]).get(task_id)
+
+    def find_tasks(self, job_id: str, task_ids: Iterable[str], *,
+                   select: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Task rows by id wherever in the job's partitions they are, with their ETags, for a reader
+        with no message naming their partitions (``logs``, ``debug``, a summary). The job's range
+        takes 3 of the 15 comparisons Azure allows a ``$filter``: 12 ids a query."""
         query, params = job_rows_filter(job_id)
+        ids, found = list(dict.fromkeys(task_ids)), {}
         try:
-            for entity in self.tasks.query_entities(f"RowKey eq @task and {query}",
-                                                    parameters={**params, "task": task_id}):
-                return {**entity, "_etag": entity.metadata["etag"]}
+            for start in range(0, len(ids), ROWS_PER_QUERY - 2):
+                window = {f"r{i}": task_id for i, task_id in enumerate(ids[start:start + ROWS_PER_QUERY - 2])}
+                keys = " or ".join(f"RowKey eq @{name}" for name in window)
+                for entity in self.tasks.query_entities(f"( {keys} ) and {query}", parameters={**params, **window},
+                                                        select=None if select is None else [*select, "RowKey"]):
+                    found[entity["RowKey"]] = {**entity, "_etag": entity.metadata["etag"]}
         except ResourceNotFoundError:
             raise _lost(self._tasks_name) from None
-        return None
+        return found
 
     def get_task(self, partition: str, task_id: str) -> dict[str, Any] | None:
         """The row of ``task_id`` in ``partition`` (see :mod:`batchyard.backends.local.rows`), with its ETag."""
