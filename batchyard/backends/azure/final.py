@@ -20,6 +20,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.adder import TaskAdder
 from batchyard.backends.azure.reruns import Placement
+from batchyard.backends.azure.task_views import list_task_views
 from batchyard.backends.azure.tasks import JobFacts, TaskUrls, build_task, enum_text, required_patterns
 from batchyard.backends.base import FinalStepView, TaskCounts, TaskResult
 from batchyard.backends.documents import JobDocuments
@@ -98,7 +99,7 @@ def _task_state(task: bm.BatchTask) -> str:
 def final_states(client: Any, batch_job_id: str) -> dict[str, str]:
     """The barrier and final tasks of a run by lower-case id: pending, running, succeeded or failed."""
     try:
-        tasks = client.list_tasks(batch_job_id, filter="startswith(id,'final-')", select=FINAL_SELECT)
+        tasks = list_task_views(client, batch_job_id, filter="startswith(id,'final-')", select=FINAL_SELECT)
         return {t.id.lower(): _task_state(t) for t in tasks}
     except ResourceNotFoundError:
         return {}

@@ -18,6 +18,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.final import counts_without_final
+from batchyard.backends.azure.task_views import list_task_views
 from batchyard.backends.azure.tasks import JobFacts, batch_error, enum_text, failure_category
 from batchyard.backends.base import JobView, TaskCounts
 from batchyard.backends.documents import JobDocuments
@@ -34,7 +35,7 @@ JOB_SELECT = ["id", "state", "creationTime", "lastModified", "stateTransitionTim
 def ended_by_user(client: Any, job_id: str) -> int:
     """How many of the job's completed tasks ended by a user's request (Batch's TaskEnded, not a failure)."""
     count = 0
-    for task in client.list_tasks(job_id, filter="state eq 'completed'", select=["id", "executionInfo"]):
+    for task in list_task_views(client, job_id, filter="state eq 'completed'", select=["id", "executionInfo"]):
         info = task.execution_info
         if info is not None and enum_text(info.result) == "failure" and \
                 failure_category(info.failure_info, info.exit_code, JobFacts()) == "cancelled":

@@ -19,6 +19,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.runs import RunChain
+from batchyard.backends.azure.task_views import list_task_views
 from batchyard.backends.azure.tasks import batch_error, enum_text, fingerprint_of
 from batchyard.backends.base import TaskState
 from batchyard.core.job import TaskDef
@@ -53,7 +54,7 @@ def chain_records(client: Any, chain: RunChain, *, open_batch_job: str | None) -
 
 def _tasks(client: Any, batch_job_id: str) -> list[Any]:
     try:
-        return list(client.list_tasks(batch_job_id, select=RECORD_SELECT))
+        return list(list_task_views(client, batch_job_id, select=RECORD_SELECT))
     except ResourceNotFoundError:
         return []  # a run's Batch job deleted by hand (or never created): its records are gone
     except Exception as exc:

@@ -14,6 +14,7 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.runs import RunChain
+from batchyard.backends.azure.task_views import list_task_views
 from batchyard.backends.azure.tasks import (
     JobFacts,
     batch_error,
@@ -63,7 +64,7 @@ class ResultReader:
         for index, batch_job_id in enumerate(ids):
             facts = self.facts(job_id, batch_job_id)
             try:
-                for task in self.client.list_tasks(batch_job_id, select=TASK_SELECT):
+                for task in list_task_views(self.client, batch_job_id, select=TASK_SELECT):
                     key = task.id.lower()
                     if key in seen:
                         continue

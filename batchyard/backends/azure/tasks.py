@@ -218,8 +218,9 @@ def build_task(job: Job, task: TaskDef, *, urls: TaskUrls, input_url: str | None
 
 
 # ---------------------------------------------------------------------------------------------- results
-def fingerprint_of(task: bm.BatchTask) -> str:
-    """The fingerprint a task was added with ("" for one added before fingerprints were kept)."""
+def fingerprint_of(task: Any) -> str:
+    """The fingerprint a task (a ``BatchTask`` or a ``WireView`` of one) was added with ("" for one
+    added before fingerprints were kept)."""
     return next((str(s.value or "") for s in task.environment_settings or [] if s.name == FINGERPRINT_ENV), "")
 
 
@@ -278,7 +279,8 @@ def failure_text(info: Any) -> str | None:
     return redact("; ".join(parts))
 
 
-def task_result(job_id: str, task: bm.BatchTask, facts: JobFacts, *, stderr_tail: str = "") -> TaskResult:
+def task_result(job_id: str, task: Any, facts: JobFacts, *, stderr_tail: str = "") -> TaskResult:
+    """The result of ``task`` (an SDK ``BatchTask`` or a ``WireView`` of Batch's JSON for one)."""
     ex = task.execution_info
     raw_state = enum_text(task.state) or "active"
     retries = int(getattr(ex, "retry_count", 0) or 0)
