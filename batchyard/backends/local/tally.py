@@ -6,9 +6,15 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
 from batchyard.backends.base import TaskCounts, TaskState, final_state
+from batchyard.backends.local.rows import job_rows_filter
 from batchyard.backends.local.store import JobStore
+from batchyard.core.errors import JobNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID
+from batchyard.storage.account import translate_error
+from batchyard.storage.table_query import lean_query_available, query_rows
 
 
 class TaskTally:
@@ -32,6 +38,25 @@ class TaskTally:
         self.states: dict[str, TaskState] = {}
         self.newest: datetime | None = None
 
+    def _rows(self, since: datetime | None) -> Iterator[dict[str, Any]]:
+        """The job's rows (written at or after ``since``): id, state, failure category, write time."""
+        select = ["RowKey", "state", "failure_category", "Timestamp"]
+        tasks = self.store.tasks
+        if not lean_query_available(tasks):
+            yield from self.store.task_entities(self.job_id, select=select, since=since)
+            return
+        query, params = job_rows_filter(self.job_id)
+        if since is not None:
+            query, params = f"{query} and Timestamp ge @since", {**params, "since": since}
+        try:
+            for row in query_rows(tasks, query, parameters=params, select=select):
+                row["_timestamp"] = row.pop("Timestamp", None)
+                yield row
+        except ResourceNotFoundError:
+            raise JobNotFoundError(f"job {self.job_id!r} not found (no task table)") from None
+        except HttpResponseError as exc:
+            raise translate_error(exc, f"reading the task states of job {self.job_id!r}") from None
+
     def watching(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """``rows`` (every row of the job, as read for its results) passed through, and taken as
         this tally's full read once the last has passed: the counts after a listing then read
@@ -51,12 +76,8 @@ class TaskTally:
         self.newest = newest
 
     def refresh(self, *, job_cancelled: bool = False) -> TaskCounts:
-        select = ["RowKey", "state", "failure_category", "Timestamp"]
-        if self.newest is None:
-            rows = self.store.task_entities(self.job_id, select=select)
-        else:
-            rows = self.store.task_entities(self.job_id, select=select, since=self.newest - self.OVERLAP)
-        for entity in rows:
+        since = None if self.newest is None else self.newest - self.OVERLAP
+        for entity in self._rows(since):
             if entity["RowKey"] == FINAL_TASK_ID:  # the final step is shown apart, never counted
                 continue
             self.states[entity["RowKey"]] = final_state(entity.get("state") or "pending",
