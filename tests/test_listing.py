@@ -17,7 +17,7 @@ from batchyard.storage.listing import lean_listing_available, list_identities
 
 NAMES = ["plain.txt", "with space/and more.txt", "ünïcødé/日本語.txt", "plus+eq=amp&semi;comma,.txt",
          "pct%41%2F.txt", "hash#and?query.txt", "tilde~star*paren()'quote.txt", "a/b/c/deep.txt",
-         "lt<gt>amp&.txt", "in/x.txt", "in/y/z.txt", "inner.txt"]
+         "lt<gt>amp&.txt", "in/x.txt", "in/y/z.txt", "inner.txt", "sp ace/x.txt", "plus+/y.txt", "plus /z.txt"]
 
 
 def _sdk_identities(client: Any, prefix: str = "") -> list[tuple[str, bytes | None, str, int]]:
@@ -38,7 +38,7 @@ def test_the_lean_listing_reads_what_the_sdks_listing_reads(project: Any, monkey
             client.upload_blob(name, data, overwrite=True)
     assert lean_listing_available(client)  # a future SDK without it would quietly be slow: noticed here
     monkeypatch.setattr(listing, "PAGE_SIZE", 5)  # three pages, the marker carried between them
-    for prefix in ("", "in", "in/", "nothing-here"):
+    for prefix in ("", "in", "in/", "nothing-here", "sp ace/", "plus+", "plus "):  # a '+' is not a space
         want = _sdk_identities(client, prefix)
         assert list(list_identities(client, prefix)) == want, prefix
         assert list(project.storage.list_blob_identities(container, prefix)) == want, prefix

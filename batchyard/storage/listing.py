@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterator
-from urllib.parse import unquote, urlencode
+from urllib.parse import quote, unquote, urlencode
 from xml.etree import ElementTree
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -41,7 +41,7 @@ def list_identities(client: ContainerClient, prefix: str = "") -> Iterator[BlobI
             params["prefix"] = prefix
         if marker:
             params["marker"] = marker
-        url = f"{base}?{urlencode(params)}" + (f"&{query}" if mark and query else "")
+        url = f"{base}?{urlencode(params, quote_via=quote)}" + (f"&{query}" if mark and query else "")
         request = HttpRequest("GET", url, headers={"x-ms-version": client.api_version, "Accept": "application/xml"})
         response = client._client._send_request(request)
         if response.status_code == 404:

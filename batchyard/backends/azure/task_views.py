@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from azure.core.rest import HttpRequest
 
@@ -60,7 +60,7 @@ def list_task_views(client: Any, batch_job_id: str, *, select: list[str],
     params = {"api-version": BATCH_API_VERSION, "maxresults": str(PAGE_SIZE), "$select": ",".join(select)}
     if filter:
         params["$filter"] = filter
-    request = HttpRequest("GET", f"/jobs/{quote(batch_job_id, safe='')}/tasks", params=params)
+    request = HttpRequest("GET", f"/jobs/{quote(batch_job_id, safe='')}/tasks?{urlencode(params, quote_via=quote)}")
     while True:
         body = client.send_request(request).json()
         for task in body.get("value") or []:
@@ -68,7 +68,8 @@ def list_task_views(client: Any, batch_job_id: str, *, select: list[str],
         link = body.get("odata.nextLink")
         if not link:
             return
-        # As the SDK does: the next link's own query, with this client's api-version.
+        # As the SDK does: the next link's own query, with this client's api-version, each value
+        # encoded here (the pipeline would leave a '+' of a skip token as it is: a space to Batch).
         parts = urlsplit(link)
-        query = {**dict(parse_qsl(parts.query)), "api-version": BATCH_API_VERSION}
-        request = HttpRequest("GET", urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params=query)
+        query = urlencode({**dict(parse_qsl(parts.query)), "api-version": BATCH_API_VERSION}, quote_via=quote)
+        request = HttpRequest("GET", urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")))
