@@ -20,7 +20,7 @@ from batchyard.backends.azure.adder import TaskAdder
 from batchyard.backends.azure.final import add_final_step, satisfies_on_any_end
 from batchyard.backends.azure.registries import ContainerSetup
 from batchyard.backends.azure.reruns import Placement
-from batchyard.backends.azure.runs import RunChain, RunRecords
+from batchyard.backends.azure.runs import OWNER_KEY, RunChain, RunRecords, owned_by, run_batch_job_id
 from batchyard.backends.azure.task_bodies import TaskBodies
 from batchyard.backends.azure.tasks import TaskUrls, batch_error, error_code, sas_lifetime
 from batchyard.backends.documents import JobDocuments
@@ -33,6 +33,11 @@ from batchyard.storage.account import Storage
 log = logging.getLogger(__name__)
 
 CONTROL_CONCURRENCY = 8  # task deletions in flight
+RUN_ID_TRIES = 20  # run numbers tried when other jobs hold a run's Batch job id
+
+
+class RunIdTaken(BackendError):
+    """The Batch job id of a run is held by another job."""
 
 
 class JobWriter:
@@ -44,15 +49,16 @@ class JobWriter:
         self.documents = documents
         self.config = config
 
-    def _owner(self, batch_job_id: str) -> dict[str, str]:
-        """The metadata of an existing Batch job (who made it)."""
+    def _owned(self, batch_job_id: str, job_id: str) -> bool:
+        """Whether an existing Batch job is a run of ``job_id`` (its metadata names no other job)."""
         try:
-            job = self.client.get_job(batch_job_id)
+            job = self.client.get_job(batch_job_id, select=["id", "metadata"])
         except Exception as exc:
             raise batch_error(exc, f"reading job {batch_job_id!r}") from None
-        return {m.name: m.value for m in job.metadata or []}
+        return owned_by(job.metadata, job_id)
 
     def create_job(self, job: Job, batch_job_id: str, pool_id: str) -> None:
+        """Create the run's Batch job; :class:`RunIdTaken` if another job holds its id."""
         options = bm.BatchJobCreateOptions(
             id=batch_job_id, pool_info=bm.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=job.final is not None,
             # noaction: the job stays open while a submit may still add tasks; batchyard terminates it
@@ -61,17 +67,15 @@ class JobWriter:
             common_environment_settings=[bm.EnvironmentSetting(name=k, value=v)
                                          for k, v in job.environment.items()] or None,
             metadata=[bm.BatchMetadataItem(name="created-by", value="batchyard"),
-                      bm.BatchMetadataItem(name="batchyard-job", value=job.id)],
+                      bm.BatchMetadataItem(name=OWNER_KEY, value=job.id)],
         )
         try:
             self.client.create_job(options)
         except HttpResponseError as exc:
             if error_code(exc) != "JobExists":
                 raise batch_error(exc, f"creating job {batch_job_id!r} on pool {pool_id!r}") from None
-            owner = self._owner(batch_job_id)
-            if batch_job_id != job.id and owner.get("batchyard-job") != job.id:
-                raise BackendError(f"job {job.id}: the Batch job id {batch_job_id!r} of its next run is taken by "
-                                   "another job; delete that Batch job or use a new id") from None
+            if batch_job_id.lower() != job.id.lower() and not self._owned(batch_job_id, job.id):
+                raise RunIdTaken(batch_job_id) from None
             # else a concurrent submit of the same job won the race: same job, reuse it
 
     def open_and_add(self, job: Job, chain: RunChain, runs: RunRecords, *, batch_job: bm.BatchJob | None,
@@ -86,7 +90,7 @@ class JobWriter:
             else:  # recorded, but its Batch job is gone (deleted by hand, or a crash before creating it)
                 chain.update_current(carried=placed.carried, pool_id=pool_id)
             runs.save(chain)
-            self.create_job(job, chain.current.batch_job_id, pool_id)
+            self._create_run(job, chain, runs, pool_id)
         elif not chain.runs or chain.current.carried != placed.carried:
             # Recorded now (a job submitted before runs were recorded), or a task carried from an
             # earlier run re-runs in this one, which counts it from now on.
@@ -95,6 +99,23 @@ class JobWriter:
         self.delete_tasks(chain.current.batch_job_id, [t.task_id for t in placed.readd])
         self.add(job, chain.current.batch_job_id, tasks=placed.add + placed.readd, required=required,
                  containers=containers)
+
+    def _create_run(self, job: Job, chain: RunChain, runs: RunRecords, pool_id: str) -> None:
+        """Create the chain's new run; where another job holds its Batch job id (a user may name a
+        job ``<id>-r2``), the next number's, recorded before each try."""
+        for _ in range(RUN_ID_TRIES):
+            try:
+                self.create_job(job, chain.current.batch_job_id, pool_id)
+                return
+            except RunIdTaken as taken:
+                log.info("job %s: Batch job %s is another job's; its run takes the next number", job.id, taken)
+                number = chain.current.number + 1
+                chain.update_current(number=number, batch_job_id=run_batch_job_id(job.id, number))
+                runs.save(chain)
+        chain.runs.pop()  # never left recorded under an id another job holds
+        runs.save(chain)
+        raise BackendError(f"job {job.id}: the Batch job ids of its next {RUN_ID_TRIES} runs are all taken by other "
+                           "jobs; delete those Batch jobs or use a new job id")
 
     def delete_tasks(self, batch_job_id: str, task_ids: list[str]) -> None:
         """Delete failed tasks so they can be added again: reactivation would keep their expired SAS URLs."""

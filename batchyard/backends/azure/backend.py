@@ -38,7 +38,7 @@ from batchyard.backends.azure.registries import container_setup
 from batchyard.backends.azure.replay import replay_task
 from batchyard.backends.azure.reruns import ChainRecords, chain_records, place
 from batchyard.backends.azure.results import ResultReader
-from batchyard.backends.azure.runs import RunChain, RunRecords
+from batchyard.backends.azure.runs import RunChain, RunRecords, owned_by
 from batchyard.backends.azure.tasks import batch_error, enum_text, required_patterns, task_result
 from batchyard.backends.base import (
     Backend,
@@ -77,7 +77,7 @@ class AzureBackend(Backend):
         super().__init__(config)
         self.storage = make_storage(config)  # refuses a missing or unreachable storage account first
         self.documents = JobDocuments(self.storage, config)
-        self.runs = RunRecords(self.documents)
+        self.runs = RunRecords(self.documents, client=lambda: self.client)
         self._client: BatchClient | None = None
         self._pools: PoolManager | None = None
         self._chains: dict[str, RunChain] = {}
@@ -187,14 +187,17 @@ class AzureBackend(Backend):
         # before any container, pool or job exists.
         containers = container_setup(job.container_image, self.config) if job.container_image else None
         self.checks.refuse_errors(job)
+        chain = self._chain(job.id, fresh=True)
+        current = chain.current
+        batch_job = self._get_job(current.batch_job_id)
+        if batch_job is not None and not owned_by(batch_job.metadata, job.id):  # a user's job named `<id>-r2`
+            raise BackendError(f"job {job.id}: Batch job {current.batch_job_id!r} is a later run of another job, "
+                               "made by batchyard for it; use another id for this job")
         self.documents.ensure()
         digests = self.documents.upload_resources(job)
         for out in job.outputs:
             self.storage.ensure_container(out.container)
         tasks = self.fan_out(job, resources=resource_digests(job, digests))
-        chain = self._chain(job.id, fresh=True)
-        current = chain.current
-        batch_job = self._get_job(current.batch_job_id)
         state = enum_text(batch_job.state) if batch_job is not None else ""
         if state == "deleting":
             raise BackendError(f"job {job.id} is being deleted on Azure Batch (Batch job {current.batch_job_id}); "
@@ -391,7 +394,7 @@ class AzureBackend(Backend):
         return self.ends.summary(chain, pool_id)
 
     def list_jobs(self) -> list[JobView]:
-        return job_views(self.client, self.documents, self.name)
+        return job_views(self.client, self.documents, self.name, self._chain)
 
     def job_ids_like(self, job_id: str) -> list[str]:
         return job_ids_like(self.client, self.documents, job_id, self.name)

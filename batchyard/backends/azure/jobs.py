@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.final import counts_without_final
+from batchyard.backends.azure.runs import RunChain, owned_by
 from batchyard.backends.azure.task_views import list_task_views
 from batchyard.backends.azure.tasks import JobFacts, batch_error, enum_text, failure_category
 from batchyard.backends.base import JobView, TaskCounts
@@ -85,7 +87,9 @@ def job_ids_like(client: Any, documents: JobDocuments, job_id: str, backend: str
     """The ids of Batch jobs and job documents equal to ``job_id`` without case (Batch finds any spelling)."""
     found: set[str] = set()
     try:
-        found.add(client.get_job(job_id, select=["id"]).id)
+        batch_job = client.get_job(job_id, select=["id", "metadata"])
+        if owned_by(batch_job.metadata, batch_job.id):  # not a later run of another job (<id>-r2)
+            found.add(batch_job.id)
     except ResourceNotFoundError:
         pass
     except Exception as exc:
@@ -102,8 +106,10 @@ def _state(job: Any) -> str:
     return "cancelled" if state in ENDED and reason == CANCEL_REASON else state
 
 
-def job_views(client: Any, documents: JobDocuments, backend: str) -> list[JobView]:
-    """Every job of this backend: its documents, and Batch's view of each where Batch can be reached."""
+def job_views(client: Any, documents: JobDocuments, backend: str, chain_of: Callable[[str], RunChain]) -> list[JobView]:
+    """Every job of this backend: its documents, and Batch's view of each where Batch can be reached:
+    its current run's state, and counts with what earlier runs carried (``chain_of``). A later run's
+    Batch job (``<id>-r2``) is part of its job, not a job of its own."""
     docs = _documents(documents)
     with ThreadPoolExecutor(LIST_CONCURRENCY) as pool:
         keep = list(pool.map(lambda item: _ours(documents, item[0], backend), docs.values()))
@@ -118,7 +124,8 @@ def job_views(client: Any, documents: JobDocuments, backend: str) -> list[JobVie
 
     def view(key: str) -> JobView:
         document = docs.get(key)
-        job = batch.get(key) if batch is not None else None
+        run = chain_of(document[0]).current if document is not None else None
+        job = batch.get((run.batch_job_id if run is not None else key).lower()) if batch is not None else None
         if job is None:
             assert document is not None
             job_id, created, modified = document
@@ -129,13 +136,18 @@ def job_views(client: Any, documents: JobDocuments, backend: str) -> list[JobVie
             counts: TaskCounts | None = batch_task_counts(client, job.id, lambda: enum_text(job.state))
             if job.uses_task_dependencies:  # only a job with a final step: its barriers and final task apart
                 counts = counts_without_final(client, job.id, counts)
+            if counts is not None and run is not None:  # tasks that succeeded in earlier runs
+                counts = replace(counts, succeeded=counts.succeeded + run.carried)
         except Exception as exc:
             log.warning("%s", exc)
             counts = None
         updated = max(filter(None, (job.last_modified, job.state_transition_time)), default=None)
-        return JobView(job.id, backend, state, counts, _iso(job.creation_time), _iso(updated))
+        first = batch.get(key) if batch is not None else None  # the first run's: when the job was made
+        created = first.creation_time if first is not None else job.creation_time
+        return JobView(document[0] if document else job.id, backend, state, counts, _iso(created), _iso(updated))
 
-    keys = set(docs) | set(batch or {})
+    # A Batch job batchyard made for a later run of another job is shown as that job's.
+    keys = set(docs) | {key for key, job in (batch or {}).items() if owned_by(job.metadata, job.id)}
     with ThreadPoolExecutor(LIST_CONCURRENCY) as pool:
         views = list(pool.map(view, sorted(keys)))
     return sorted(views, key=lambda v: (v.created_at or "", v.job_id), reverse=True)

@@ -12,20 +12,38 @@ earlier runs when it opened (``carried``: they are not run again, so the newest 
 counts plus ``carried`` are the job's counts), the pool it ran on, and that pool's shape and usage
 once batchyard deleted it. A job without the record (submitted by an older batchyard) is one run
 whose Batch job id is the job id.
+
+Nothing stops a user from naming another job ``<job id>-r2``. Each Batch job batchyard creates
+names its batchyard job in its metadata (``batchyard-job``): a run whose id another job holds
+takes the next number (``adding.py``), and a record of a run whose Batch job names another job
+(left by an older batchyard) is dropped when the chain is read, so no job ever reads, re-runs,
+counts or deletes another job's tasks as its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
+
 from batchyard.backends.documents import JobDocuments
 
+log = logging.getLogger(__name__)
 STATE_NAME = "azure-runs.json"
 MAX_BATCH_ID = 64
+OWNER_KEY = "batchyard-job"  # the metadata of a Batch job batchyard made: the batchyard job it is a run of
+
+
+def owned_by(metadata: Any, job_id: str) -> bool:
+    """Whether a Batch job's ``metadata`` names no batchyard job, or ``job_id`` (ids compare without case)."""
+    owner = next((item.value for item in metadata or [] if item.name == OWNER_KEY), None)
+    return owner is None or str(owner).lower() == job_id.lower()
 
 
 def run_batch_job_id(job_id: str, number: int) -> str:
@@ -110,16 +128,41 @@ class RunChain:
 
 
 class RunRecords:
-    """Load and save the chain of a job (a small blob next to its job document)."""
+    """Load and save the chain of a job (a small blob next to its job document).
 
-    def __init__(self, documents: JobDocuments) -> None:
+    With ``client`` (called for the Batch client when needed), a run recorded under a Batch job
+    that names another batchyard job is left out of the chain read (each Batch job asked once)."""
+
+    def __init__(self, documents: JobDocuments, client: Callable[[], Any] | None = None) -> None:
         self.documents = documents
+        self._client = client
+        self._foreign: dict[str, bool] = {}
 
     def load(self, job_id: str) -> RunChain:
-        return RunChain.from_json(job_id, self.documents.load_backend_state(job_id, STATE_NAME))
+        chain = RunChain.from_json(job_id, self.documents.load_backend_state(job_id, STATE_NAME))
+        foreign = [run for run in chain.runs if run.number > 1 and self._foreign_run(job_id, run.batch_job_id)]
+        if foreign:
+            log.warning("job %s: its record of run(s) %s names Batch jobs of another job; not read as its own",
+                        job_id, ", ".join(run.batch_job_id for run in foreign))
+            chain.runs = [run for run in chain.runs if run not in foreign]
+        return chain
+
+    def _foreign_run(self, job_id: str, batch_job_id: str) -> bool:
+        if self._client is None:
+            return False
+        if batch_job_id not in self._foreign:
+            try:
+                job = self._client().get_job(batch_job_id, select=["id", "metadata"])
+            except ResourceNotFoundError:
+                return False  # not created yet, or deleted: nobody's (asked again next time)
+            except Exception as exc:  # Batch unreachable: the record is read as it is, said once
+                log.debug("job %s: could not check the owner of Batch job %s: %s", job_id, batch_job_id, exc)
+                return False
+            self._foreign[batch_job_id] = not owned_by(job.metadata, job_id)
+        return self._foreign[batch_job_id]
 
     def save(self, chain: RunChain) -> None:
         self.documents.save_backend_state(chain.job_id, STATE_NAME, chain.to_json())
 
 
-__all__ = ["BatchRun", "PoolUsage", "RunChain", "RunRecords", "run_batch_job_id"]
+__all__ = ["OWNER_KEY", "BatchRun", "PoolUsage", "RunChain", "RunRecords", "owned_by", "run_batch_job_id"]
