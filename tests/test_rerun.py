@@ -329,3 +329,24 @@ def test_the_python_api_keeps_what_holds_and_reruns_on_request(project: Any) -> 
     assert upper(rerun="all") == "2 requested"
     with pytest.raises(JobValidationError, match="'nope' is not a task of job 'api-rerun'"):
         upper(rerun=["nope"])
+
+
+SCRIPT_FAILS_ON_FAIL = 'echo "$INPUT" >> "$MARK"\n! grep -q FAIL "$1" || exit 4\nwc -l < "$1" | tr -d " " > "$2"\n'
+
+
+@pytest.mark.timeout(480)
+def test_a_download_says_when_a_shared_path_may_hold_a_failed_tasks_earlier_output(
+        kind: str, project: Any, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    scene = Scene(kind, project, request, tmp_path)
+    scene.write(ext="n", script=SCRIPT_FAILS_ON_FAIL)
+    assert scene.run()[1] == sorted(INPUTS)
+    first = project.cli("download", scene.job_id, str(tmp_path / "first"), env=scene.env)
+    assert first.returncode == 0 and "file(s) written" in first.stderr and "note:" not in first.stderr, first.stderr
+
+    project.put_inputs(scene.ins, {"b.txt": b"FAIL\n"})  # its task now fails; b.n of its first run stays
+    assert scene.run(expect=1)[1] == ["b.txt"]
+    again = project.cli("download", scene.job_id, str(tmp_path / "again"), env=scene.env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    text = " ".join(again.stderr.split())  # (what the command says goes to stderr; stdout is for data)
+    assert "note: 1 task(s) failed, and output path(s) '{job_id}/' are shared by every task" in text, text
+    assert "A per-task path" in text

@@ -67,13 +67,22 @@ def current_outputs(storage: Storage, documents: JobDocuments, job: Job,
                     yield key
 
 
+def shared_paths(job: Job) -> list[str]:
+    """The output paths of ``job`` that every task shares (no per-task placeholder): there a blob
+    cannot be told apart by task, so one a task wrote before failing on a later run is served too."""
+    return [out.path for out in job.outputs if not _per_task(out.path)]
+
+
+def _per_task(path: str) -> bool:
+    return any(name not in ("", "job_id") for name in PLACEHOLDER_RE.findall(path))
+
+
 def _task_prefix(job: Job, row: list[Any], index: int, shared: str) -> str | None:
     """The task's prefix for output ``index``: recorded in its manifest row, or the shared one when the
     path has no per-task placeholder (None: per-task, but not recorded)."""
     if len(row) > 2 and isinstance(row[2], list) and index < len(row[2]):
         return str(row[2][index])
-    per_task = any(name not in ("", "job_id") for name in PLACEHOLDER_RE.findall(job.outputs[index].path))
-    return None if per_task else shared
+    return None if _per_task(job.outputs[index].path) else shared
 
 
 def _listing(storage: Storage, listings: dict[tuple[str, str], list[str]], container: str, prefix: str) -> list[str]:
@@ -92,4 +101,4 @@ def _under(names: list[str], prefix: str) -> Iterator[str]:
         index += 1
 
 
-__all__ = ["current_outputs"]
+__all__ = ["current_outputs", "shared_paths"]

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from batchyard.backends import get_backend
 from batchyard.backends.base import Backend, FinalStepView, TaskCounts, TaskResult, TaskState
+from batchyard.backends.outputs import shared_paths
 from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules import these from here)
     EXIT_ERROR,
     EXIT_FAILED_TASKS,
@@ -341,11 +342,22 @@ def download(job_id: str, dest: str, backend: str | None, config_path: str | Non
 
     Follows the task records: the outputs the current outputs spec gives each task whose record says
     it uploaded; an output that only an earlier spec (another pattern or path) produced is not served.
+    Under a path every task shares (no per-task placeholder), a file a task wrote in an earlier,
+    successful run stays when it fails later, and is written too: a note says so when a task failed.
     """
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
-        written = be.download_outputs(be.resolve_job_id(job_id), Path(dest))
+        job_id = be.resolve_job_id(job_id)
+        written = be.download_outputs(job_id, Path(dest))
+        counts = be.task_counts(job_id)
+        shared = shared_paths(be.job(job_id)) if counts.failed else []
     console.print(f"{len(written)} file(s) written under {dest}")
+    if shared:  # never a silent stale file: say where one can be
+        console.print(styled(("note:", "yellow"), f" {counts.failed} task(s) failed, and output path(s) "
+                             f"{', '.join(map(repr, shared))} are shared by every task: a file a failed task "
+                             "wrote there in an earlier, successful run may be among those written. A per-task "
+                             "path (such as \"{job_id}/{input_stem}/\") makes downloads exact."),
+                      highlight=False, soft_wrap=True)
 
 
 @main.command()
