@@ -29,7 +29,9 @@ class Inputs(_Model):
     prefix: str = Field(default="", description="Only blobs whose name starts with this; `{input}` is the rest.")
     glob: str = Field(default="*", description="Glob matched on the name after the prefix (`*` also matches '/').")
     local_dir: str | None = Field(default=None, description="Local folder (relative to the job file) uploaded "
-                                  "to container/prefix first; unchanged files (same MD5) are skipped.")
+                                  "to container/prefix first; unchanged files (same MD5) are skipped. The "
+                                  "inputs are every blob under container/prefix, so a blob stays an input when "
+                                  "its local file is deleted: delete the blob too (or use a fresh prefix).")
 
     @field_validator("container")
     @classmethod
