@@ -57,6 +57,14 @@ def test_a_reruns_report_shows_the_pool_shape_and_that_runs_wall_time(project: A
     assert before["shape"] == f"Azure Batch pool by-{job_id}: standard_d2s_v3 x 1 node(s) x 1 slot(s) (deleted)"
 
     first_end = _parse(before["end"])
+    # The forecast is of what a re-run on Batch adds (the failed task), not of the whole job; the local
+    # backend's records say nothing of Batch, so there it is the whole job.
+    on_batch = json.loads(project.cli("plan", "job.toml", "--backend", "azure", "--json", env=env).stdout)
+    assert on_batch["rerun"]["rerun"] == 1 and on_batch["tasks"] == 2
+    assert (on_batch["forecast"]["tasks"], on_batch["forecast"]["total_tasks"]) == (1, 2), on_batch["forecast"]
+    assert on_batch["forecast"]["assumptions"][0].startswith("1 of the job's 2 tasks run")
+    locally = json.loads(project.cli("plan", "job.toml", "--backend", "local", "--json", env=env).stdout)
+    assert (locally["forecast"]["tasks"], locally["forecast"]["total_tasks"]) == (2, 2), locally["forecast"]
     fixed.write_text("")
     second = project.cli("run", "job.toml", "--backend", "azure", env=env)
     assert second.returncode == 0, second.stdout + second.stderr
@@ -67,3 +75,6 @@ def test_a_reruns_report_shows_the_pool_shape_and_that_runs_wall_time(project: A
     assert after["wall_seconds"] == pytest.approx(_parse(after["end"]) - _parse(after["start"]), abs=0.01)
     assert after["wall_seconds"] < _parse(after["end"]) - _parse(before["start"]), "not spanning both runs"
     assert after["shape"].startswith(f"Azure Batch pool by-{job_id}: standard_d2s_v3 x 1 node(s) x 1 slot(s)")
+    kept = project.cli("plan", "job.toml", "--backend", "azure", env=env)
+    assert "nothing would run: every task is kept" in kept.stdout, kept.stdout
+

@@ -200,6 +200,35 @@ def test_a_task_no_worker_claimed_yet_replays_from_the_manifest(project: Any) ->
     assert "has not been claimed by a worker yet" in refused.stderr and "CSV table" in refused.stderr, refused.stderr
 
 
+def test_delete_removes_the_jobs_kept_replays_and_nothing_else(project: Any, tmp_path: Path) -> None:
+    """`batchyard delete JOB` removes the task dirs `debug` kept for JOB on that backend; a `--dir` root,
+    another job's (even one whose id starts with JOB's), another backend's and an unmarked folder stay."""
+    from batchyard.cli.replays import MARKER, new_replay_root
+
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"d.txt": b"delta"})
+    side = Side("local", LocalHarness(project), dict(project.env), project)
+    job = side.job(f"kept-{uuid.uuid4().hex[:6]}", "cat {input}", inputs={"container": ins})
+    with get_backend("local", project.config()) as be:
+        be.submit(job)
+        (task,) = be.list_task_results(job.id)
+    home = Path(side.env["BATCHYARD_HOME"])
+    replays = [task_dir_of(side.debug(job.id.upper(), task.task_id)).parents[3] for _ in range(2)]
+    chosen = tmp_path / "chosen-root"
+    assert side.debug(job.id, task.task_id, "--dir", str(chosen)).returncode == 0
+    others = [new_replay_root(home, f"{job.id}-b", "local"), new_replay_root(home, job.id, "azure")]
+    unmarked = home / "debug" / f"{job.id}-unmarked"
+    unmarked.mkdir()
+    assert all((root / MARKER).is_file() for root in replays) and len(set(replays)) == 2
+
+    deleted = subprocess.run([sys.executable, "-m", "batchyard", "delete", job.id], cwd=project.dir, env=side.env,
+                             capture_output=True, text=True, timeout=120)
+    assert deleted.returncode == 0, deleted.stderr
+    assert f"2 debug replay(s) of it removed from {home / 'debug'}" in deleted.stderr, deleted.stderr
+    assert not any(root.exists() for root in replays)
+    assert chosen.is_dir() and unmarked.is_dir() and all(root.is_dir() for root in others)
+
+
 def test_ctrl_c_stops_the_replayed_command_and_its_children(project: Any, tmp_path: Path) -> None:
     ins = project.container("inputs")
     project.put_inputs(ins, {"d.txt": b"delta"})

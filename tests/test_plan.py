@@ -259,3 +259,28 @@ def test_container_registry_findings(tmp_path: Path) -> None:
     identity = registry_findings("byid.azurecr.io/app:1")["registry-identity-needs-pool"]
     assert identity.severity == "error" and "pool_id" in identity.fix
     assert registry_findings("byid.azurecr.io/app:1", extra='[azure]\npool_id = "made-with-arm"\n') == {}
+
+
+def test_a_piped_plan_keeps_each_command_line_and_path_whole(tmp_path: Path) -> None:
+    """Piped to a file or a pager, a long command line or file name is one line, as written, so it
+    can be searched for and copied (the console's width is no reason to cut it)."""
+    import subprocess
+
+    long_name = "a-" + "very-long-name-" * 12 + ".txt"
+    command = "python3 run.py --with-a-long-option " + " ".join(f"--flag-{i}=value-{i}" for i in range(14)) + \
+        " {input} {input_stem}.out"
+    job = write_job(tmp_path, BASE.replace('"python3 run.py {input} {input_stem}.out"', json.dumps(command)),
+                    inputs={long_name: "x"})
+    offline_config(tmp_path)
+    env = {**__import__("os").environ, "BATCHYARD_HOME": str(tmp_path / "home"),
+           "AZURE_STORAGE_CONNECTION_STRING": "", "BATCHYARD_BACKEND": "", "COLUMNS": "80"}
+    shown = subprocess.run([sys.executable, "-m", "batchyard", "plan", str(job), "--config",
+                            str(tmp_path / "batchyard.toml")], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=120)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    (command_line,) = [line for line in lines if "run.py --with-a-long-option" in line and "argv" not in line]
+    assert len(command_line) > 160 and "--flag-13=value-13" in command_line, shown.stdout
+    assert command_line.endswith(long_name[:-4] + ".out"), command_line
+    (upload,) = [line for line in lines if line.endswith(f"in/{long_name} -> {long_name}")]
+    assert len(upload) > 160, upload

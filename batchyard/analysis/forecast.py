@@ -62,7 +62,10 @@ def durations_from(results: Iterable[Any]) -> list[float]:
     return out
 
 
-def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, previous: str) -> dict[str, Any]:
+def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, previous: str,
+             total: int | None = None) -> dict[str, Any]:
+    """Wall time and cost on the configured pool of a run that runs ``tasks`` of the job's ``total``
+    (the rest kept from its previous run on Batch): none runs, no pool is made, nothing is billed."""
     section = config.azure.pool or PoolSection()
     sizes, meta = load_prices(config)
     entry = sizes.get(section.vm_size.lower(), {})
@@ -71,7 +74,8 @@ def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, p
     nodes = max(1, section.dedicated_nodes + section.spot_nodes) if not section.autoscale_formula else 1
     slots = nodes * section.task_slots_per_node
     result: dict[str, Any] = {
-        "previous_run": previous, "vm_size": section.vm_size, "nodes": nodes,
+        "previous_run": previous, "tasks": tasks, "total_tasks": tasks if total is None else total,
+        "vm_size": section.vm_size, "nodes": nodes,
         "dedicated_nodes": section.dedicated_nodes, "spot_nodes": section.spot_nodes,
         "task_slots_per_node": section.task_slots_per_node, "slots": slots,
         "usd_per_node_hour": price, "price_source": (
@@ -97,6 +101,13 @@ def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, p
     if price is None:
         result["assumptions"].append(f"no price for {section.vm_size}: add [azure.prices] {section.vm_size} = "
                                      "<USD per hour> to batchyard.toml")
+    if total is not None and total != tasks:
+        result["assumptions"].insert(0, f"{tasks} of the job's {total} tasks run: the others are kept from its "
+                                        "previous run on Azure Batch (plan's `run` line says why each runs)")
+    if not tasks:  # a run that adds nothing makes no pool (a final step due alone is not forecast)
+        result.update(wall_time_s=0.0, cost_usd=0.0, node_allocation_s=0.0, task_overhead_s=0.0,
+                      last_task_start_s=0.0, mean_task_s=None, longest_task_s=None)
+        return result
     if not durations:
         result.update(wall_time_s=None, cost_usd=None)
         return result

@@ -278,12 +278,18 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     # The backend's own preflight checked some rules against the live account: its word replaces plan's.
     answered = {f.code for f in backend_findings if f.code in ANSWERED_BY_BACKEND}
     findings[:] = [f for f in findings if f.code not in answered] + backend_findings
+    # On Azure Batch a re-run adds only the tasks its records do not keep; another backend's records
+    # say nothing of what Batch holds, so there the forecast is of the whole job (docs/plan.md).
+    to_run = scan.count
+    if config.backend == "azure" and plan.rerun is not None:
+        to_run = int(plan.rerun["rerun"])
     if preview is not None:  # after the backend facts: the expiry advice follows the forecast's timeline
         findings.extend(check_sas(job, lifetime=preview.lifetime, warnings=preview.lifetime_warnings,
-                                  tasks=scan.count, slots=slots or None, durations=durations or None,
+                                  tasks=to_run, slots=slots or None, durations=durations or None,
                                   existing_pool=bool(config.azure.pool_id)))
-    plan.forecast = forecast(config, tasks=scan.count, durations=durations or None, previous=previous)
-    autoscale, problems = autoscale_forecast(config, tasks=scan.count, durations=durations or None)
+    plan.forecast = forecast(config, tasks=to_run, total=scan.count, durations=durations or None, previous=previous)
+    autoscale, problems = autoscale_forecast(config, tasks=to_run, durations=durations or None) if to_run \
+        else (None, [])
     if autoscale is not None:  # the pool's formula run over a simulated job (analysis/autoscale_sim.py)
         plan.forecast["autoscale"] = autoscale
     findings.extend(problems)

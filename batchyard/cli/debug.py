@@ -14,7 +14,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +33,7 @@ from batchyard.cli.common import (
     verbose_option,
 )
 from batchyard.cli.params import BATCH_ID
+from batchyard.cli.replays import discard_empty_root, new_replay_root
 from batchyard.core.batch_semantics import batch_exit_code, log_file_name
 from batchyard.core.redact import redact
 from batchyard.core.secret_handoff import hide_credentials
@@ -67,25 +67,21 @@ def debug(job_id: str, task_id: str, shell: bool, root: str | None, backend: str
     with the task's SAS. Nothing is uploaded. Shows the task's stdout and stderr and exits with its
     exit code (with --shell, the shell's). See docs/debugging.md.
     """
-    config, be = backend_context(verbose, config_path, backend)
+    config, be = backend_context(verbose, config_path, backend, job_id)  # the backend the job last ran on
     hide_credentials()  # again, now that the configuration registered its secrets (a custom variable's too)
     with be:
-        node_root = Path(root).resolve() if root else _new_node_root(config.home / "debug", job_id)
+        job_id = be.resolve_job_id(job_id)  # any spelling, as Batch compares job ids
+        node_root = Path(root).resolve() if root else new_replay_root(config.home, job_id, be.name)
         try:
             replay = be.replay_task(job_id, task_id, node_root=node_root)
         except BaseException:
             if not root:  # nothing to replay: leave no empty folder behind
-                node_root.rmdir()
+                discard_empty_root(node_root)
             raise
         _announce(replay, be.name)
         transfer = BlobTransfer(be.storage)
         code = _open_shell(replay, transfer) if shell else _run(replay, transfer)
     sys.exit(code)
-
-
-def _new_node_root(parent: Path, job_id: str) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{job_id}-", dir=parent))  # private (0700), never reused
 
 
 def _announce(replay: TaskReplay, backend: str) -> None:

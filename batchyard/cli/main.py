@@ -322,12 +322,21 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
 @verbose_option
 @handle_errors
 def delete(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
-    """Delete a job's records and logs (its outputs stay)."""
-    _, be = _context(verbose, config_path, backend, job_id)
+    """Delete a job's records and logs (its outputs stay), and the task dirs `batchyard debug` kept for it."""
+    from batchyard.cli.replays import remove_replays
+
+    config, be = _context(verbose, config_path, backend, job_id)
     with be:
         job_id = be.resolve_job_id(job_id)
         be.delete(job_id)
     console.print(f"job {job_id} deleted")
+    removed, kept = remove_replays(config.home, job_id, be.name)
+    if removed:
+        console.print(f"{len(removed)} debug replay(s) of it removed from {config.home / 'debug'}", highlight=False,
+                      soft_wrap=True)
+    for root, why in kept:
+        console.print(styled(("note:", "yellow"), f" debug replay {root} not removed ({why}): delete it yourself"),
+                      highlight=False, soft_wrap=True)
 
 
 @main.command()

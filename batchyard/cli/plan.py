@@ -34,6 +34,12 @@ from batchyard.core.config import load_config
 _STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
 
+def say(*parts: Any) -> None:
+    """One line of the plan, as written: no highlighting, and never wrapped, so a command line or a
+    path stays whole when the plan is piped to a file or a pager."""
+    out.print(*parts, highlight=False, soft_wrap=True)
+
+
 @click.command()
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The whole plan as JSON.")
@@ -68,40 +74,39 @@ def plan(job_file: str, as_json: bool, show: int, backend: str | None, rerun: tu
 
 def render(p: Plan, *, show: int = 5) -> None:
     """The plan as text. Consoles read no markup (cli/common.py): names and messages print as written."""
-    out.print(styled(("plan", "bold"), f" for job {p.job_id} ({p.job_file}), backend {p.backend}: nothing submitted"),
-              highlight=False)
+    say(styled(("plan", "bold"), f" for job {p.job_id} ({p.job_file}), backend {p.backend}: nothing submitted"))
     if p.job_id is not None:
-        out.print(styled("\n", ("tasks", "bold"), f": {p.tasks}"), highlight=False)
+        say(styled("\n", ("tasks", "bold"), f": {p.tasks}"))
         for row in p.sample:
-            out.print(f"  {row['task_id']}: {row['command_line']}", highlight=False)
-            out.print(f"    argv {json.dumps(row['argv'], ensure_ascii=False)}", highlight=False)
+            say(f"  {row['task_id']}: {row['command_line']}")
+            say(f"    argv {json.dumps(row['argv'], ensure_ascii=False)}")
         if p.tasks > len(p.sample):
-            out.print(f"  ... and {p.tasks - len(p.sample)} more", highlight=False)
+            say(f"  ... and {p.tasks - len(p.sample)} more")
         render_rerun(p, show)
         if p.final_step is not None:
             final, deps = p.final_step, p.final_step["depends_on"]
-            out.print(styled("\n", ("final step", "bold"), f" ({final['task_id']}, run_when = {final['run_when']}, "
-                             f"after {deps['tasks']} task(s); on Azure Batch through {deps['barriers']} barrier "
-                             f"task(s)): {final['command_line']}"), highlight=False, soft_wrap=True)
-        out.print(styled("\n", ("uploads", "bold")), highlight=False)
+            say(styled("\n", ("final step", "bold"), f" ({final['task_id']}, run_when = {final['run_when']}, "
+                       f"after {deps['tasks']} task(s); on Azure Batch through {deps['barriers']} barrier "
+                       f"task(s)): {final['command_line']}"))
+        say(styled("\n", ("uploads", "bold")))
         local = p.uploads.get("local_dir")
         if local:
-            out.print(f"  inputs.local_dir: {local['files']} file(s), {local['bytes']} bytes -> container "
-                      f"{local['container']} ({local['note']})", highlight=False)
+            say(f"  inputs.local_dir: {local['files']} file(s), {local['bytes']} bytes -> container "
+                f"{local['container']} ({local['note']})")
             for row in local["first"]:
-                out.print(f"    {row['path']} -> {row['blob']}", highlight=False)
+                say(f"    {row['path']} -> {row['blob']}")
         for rf in p.uploads.get("resource_files", []):
-            out.print(f"  resource file {rf['source']} ({rf['bytes']} bytes) -> {rf['container']}/"
-                      f"{rf['blob']}, staged as {rf['file_path']}", highlight=False)
+            say(f"  resource file {rf['source']} ({rf['bytes']} bytes) -> {rf['container']}/"
+                f"{rf['blob']}, staged as {rf['file_path']}")
         if not local and not p.uploads.get("resource_files"):
-            out.print("  nothing", highlight=False)
-        out.print(styled("\n", ("outputs", "bold")), highlight=False)
+            say("  nothing")
+        say(styled("\n", ("outputs", "bold")))
         for o in p.outputs:
-            out.print(f"  {o['pattern']} -> {o['container']}/{o['path']} (first task: "
-                      f"{o['container']}/{o['first_task_prefix']}), upload on {o['upload_on']}"
-                      + (", optional" if o["optional"] else ""), highlight=False)
+            say(f"  {o['pattern']} -> {o['container']}/{o['path']} (first task: "
+                f"{o['container']}/{o['first_task_prefix']}), upload on {o['upload_on']}"
+                + (", optional" if o["optional"] else ""))
         if not p.outputs:
-            out.print("  none (only stdout/stderr are kept)", highlight=False)
+            say("  none (only stdout/stderr are kept)")
     out.print("")
     table = Table(title=f"findings ({len(p.findings)})", title_justify="left")
     for col in ("severity", "check", "finding", "fix"):
@@ -111,24 +116,27 @@ def render(p: Plan, *, show: int = 5) -> None:
     if p.findings:
         out.print(table)
     else:
-        out.print(styled(("findings", "bold"), ": none"), highlight=False)
+        say(styled(("findings", "bold"), ": none"))
     fc = p.forecast
     if fc:
-        out.print(styled("\n", ("forecast on Azure Batch", "bold")), highlight=False)
-        out.print(f"  {fc['previous_run']}", highlight=False)
-        out.print(f"  pool: {fc['nodes']} node(s) x {fc['task_slots_per_node']} slot(s) of {fc['vm_size']}"
-                  + (f" at ${fc['usd_per_node_hour']}/h ({fc['price_source']})" if fc["usd_per_node_hour"]
-                     else " (no price known)"), highlight=False)
-        if fc.get("wall_time_s") is not None:
+        say(styled("\n", ("forecast on Azure Batch", "bold")))
+        say(f"  {fc['previous_run']}")
+        say(f"  pool: {fc['nodes']} node(s) x {fc['task_slots_per_node']} slot(s) of {fc['vm_size']}"
+            + (f" at ${fc['usd_per_node_hour']}/h ({fc['price_source']})" if fc["usd_per_node_hour"]
+               else " (no price known)"))
+        if not fc.get("tasks", 1):
+            say("  nothing would run: every task is kept from the previous run (no pool made, nothing billed)")
+        elif fc.get("wall_time_s") is not None:
             cost = f"${fc['cost_usd']:.2f}" if fc.get("cost_usd") is not None else "unknown (no price)"
-            out.print(f"  estimated wall time {hms(fc['wall_time_s'])}, cost {cost}: node allocation "
-                      f"{hms(fc['node_allocation_s'])}, Batch's per-task overhead {hms(fc['task_overhead_s'])}, "
-                      f"mean task {fc['mean_task_s']:.1f}s, longest {fc['longest_task_s']:.1f}s", highlight=False)
+            say(f"  {fc['tasks']} task(s): estimated wall time {hms(fc['wall_time_s'])}, cost {cost}: "
+                f"node allocation {hms(fc['node_allocation_s'])}, "
+                f"Batch's per-task overhead {hms(fc['task_overhead_s'])}, mean task {fc['mean_task_s']:.1f}s, "
+                f"longest {fc['longest_task_s']:.1f}s")
         else:
-            out.print("  no task durations to forecast from: run it locally or on the emulator first", highlight=False)
-        out.print("  assumptions:", highlight=False)
+            say("  no task durations to forecast from: run it locally or on the emulator first")
+        say("  assumptions:")
         for line in fc["assumptions"]:
-            out.print(f"    - {line}", highlight=False)
+            say(f"    - {line}")
     if fc and fc.get("autoscale"):
         render_autoscale(fc["autoscale"])
 
@@ -137,24 +145,24 @@ def render_rerun(p: Plan, show: int) -> None:
     """What `run` would run of a job that ran before, and why (the same split `run` prints)."""
     split = p.rerun
     if split is None:
-        out.print("  run: no records to compare (no storage, or the backend cannot be reached)", highlight=False)
+        say("  run: no records to compare (no storage, or the backend cannot be reached)")
         return
-    out.print(styled("  run: ", (f"{split['rerun']} to run", "bold"), f" ({split['summary']})"), highlight=False)
+    say(styled("  run: ", (f"{split['rerun']} to run", "bold"), f" ({split['summary']})"))
     reasons = [(task_id, why) for task_id, why in split["tasks"].items() if why != ["new"]]
     for task_id, why in reasons[:show]:
-        out.print(f"    {task_id}: {', '.join(why)}", highlight=False)
+        say(f"    {task_id}: {', '.join(why)}")
     if len(reasons) > show:
-        out.print(f"    ... and {len(reasons) - show} more (--json lists them)", highlight=False)
+        say(f"    ... and {len(reasons) - show} more (--json lists them)")
 
 
 def render_autoscale(auto: dict[str, Any]) -> None:
     """The pool's formula over a simulated run: nodes over time, wall time, node-hours."""
     wall = hms(auto["wall_time_s"]) if auto["wall_time_s"] is not None else "never (see findings)"
     cost = f", cost ${auto['cost_usd']:.2f}" if auto.get("cost_usd") is not None else ""
-    out.print(styled("\n", ("autoscale formula, simulated", "bold"), f": all tasks done after {wall}; "
-                     f"{auto['dedicated_node_hours']:.2f} dedicated + {auto['spot_node_hours']:.2f} spot node-hours"
-                     f"{cost}"), highlight=False)
+    say(styled("\n", ("autoscale formula, simulated", "bold"), f": all tasks done after {wall}; "
+               f"{auto['dedicated_node_hours']:.2f} dedicated + {auto['spot_node_hours']:.2f} spot node-hours"
+               f"{cost}"))
     for line in timeline_lines(auto):
-        out.print(f"  {line}", highlight=False)
+        say(f"  {line}")
     for line in auto["assumptions"]:
-        out.print(f"    - {line}", highlight=False)
+        say(f"    - {line}")

@@ -26,10 +26,12 @@ A task is `pending`, `running`, `succeeded`, `failed` or `cancelled`: a task its
 (or never started) is `cancelled`, counted apart from the failed ones in `status`, `status --json`
 (`counts.cancelled`), `jobs` and the summary `run` prints. That summary lists at most 25 tasks,
 failed first, then cancelled, running, pending and succeeded, and says how many more there are of
-each ("... and 5 more succeeded"). Job ids are compared without case on every backend, as Azure Batch
-compares them: `status myjob` finds the job submitted as `MyJob`, and submitting `myjob` while
-`MyJob` exists is refused with a message naming both. No text is read as console markup: a
-`[azure] batch_key` in a message, a file name or a help text prints as written.
+each ("... and 5 more succeeded"); its `tries` are the attempts of a task's latest run (the first and
+each retry `max_task_retry_count` allows), counted again from 1 when a re-run runs it. Job ids are
+compared without case on every backend, as Azure Batch compares them: `status myjob` finds the job
+submitted as `MyJob` (`debug` too), and submitting `myjob` while `MyJob` exists is refused with a
+message naming both. No text is read as console markup: a `[azure] batch_key` in a message, a file
+name or a help text prints as written.
 """
 
 
