@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchyard.backends.polling import PollSchedule
 from batchyard.backends.views import PoolSummary, PoolView
-from batchyard.core.errors import BackendError
+from batchyard.core.errors import BackendError, JobNotFoundError
 from batchyard.core.wire_json import compact_json as dumps  # noqa: F401  (the stores' name for it)
 
 if TYPE_CHECKING:
@@ -332,8 +332,17 @@ class Backend(ABC):
         :class:`PollSchedule`: backing off, yet seeing the job's end soon after it comes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         schedule = PollSchedule(poll_interval)
+        polls = 0
         while True:
-            counts = self.task_counts(job_id)
+            try:
+                counts = self.task_counts(job_id)
+            except JobNotFoundError:
+                if not polls:
+                    raise
+                raise JobNotFoundError(f"job {job_id!r} was deleted while this command waited for it "
+                                       "(`batchyard delete`): its running tasks were stopped and nothing more of "
+                                       "it is recorded") from None
+            polls += 1
             now = time.monotonic()
             if on_progress is not None:
                 on_progress(counts)

@@ -322,7 +322,11 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
 @verbose_option
 @handle_errors
 def delete(job_id: str, backend: str | None, config_path: str | None, verbose: int) -> None:
-    """Delete a job's records and logs (its outputs stay), and the task dirs `batchyard debug` kept for it."""
+    """Delete a job's records and logs (its outputs stay), and the task dirs `batchyard debug` kept for it.
+
+    A job may be deleted while it runs: its running commands are stopped, nothing more of it is
+    recorded, and a `run` or `status --watch` waiting for it ends with exit code 3, saying so.
+    """
     from batchyard.cli.replays import remove_replays
 
     config, be = _context(verbose, config_path, backend, job_id)

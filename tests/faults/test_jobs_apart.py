@@ -231,3 +231,56 @@ def test_a_lost_job_queue_stops_that_jobs_workers_and_no_other_jobs(project: Any
     assert sorted(runs_of(runs)) == ["other-0", "other-1"]
     lost = [r for r in caplog.records if r.levelno == logging.ERROR and "of job 'lostq' is gone" in r.getMessage()]
     assert len(lost) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_job_deleted_while_it_runs_stops_its_commands_and_its_run_says_so(project: Any, tmp_path: Path) -> None:
+    """`delete` while `run` waits: the running commands are stopped, each worker says its task's record
+    was deleted (not that "the new owner records it": there is none), and `run` ends with exit code 3
+    naming the deletion, not a bare "job not found"."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    runs, gate = tmp_path / "runs.txt", tmp_path / "never-opened"
+    job_id = f"deleted-{project.uid}"
+    # Claims renewed every 2 s: a worker learns of the deletion long before `run` stops waiting for it (15 s).
+    config = project.dir / "batchyard.toml"
+    config.write_text(config.read_text(encoding="utf-8").replace("[local]\n", "[local]\nlease_seconds = 6\n"),
+                      encoding="utf-8")
+    (project.dir / f"{job_id}.csv").write_text("KEY\nk0\nk1\n", encoding="utf-8")
+    (project.dir / f"{job_id}.toml").write_text(
+        f'id = "{job_id}"\ncommand = {tool_command("count", str(runs), "{KEY}", "@" + str(gate), "-", "0")!r}\n'
+        f'tasks = "{job_id}.csv"\n', encoding="utf-8")
+    running = subprocess.Popen([sys.executable, "-m", "batchyard", "run", f"{job_id}.toml", "--workers", "2"],
+                               cwd=project.dir, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(runs_of(runs)) < 2 and running.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(runs_of(runs)) == 2, "the two commands never started"
+        pids = [int(line.split()[1]) for line in runs.read_text().splitlines()]
+        deleted = project.cli("delete", job_id)
+        assert deleted.returncode == 0, deleted.stderr
+        _, said = running.communicate(timeout=180)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.communicate()
+    assert running.returncode == 3, said
+    assert f"job '{job_id}' was deleted while this command waited for it" in said, said
+    assert "new owner" not in said, said
+    assert "its record was deleted while it ran" in " ".join(said.split()), said
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 60
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, pids)), "a command of the deleted job still runs"

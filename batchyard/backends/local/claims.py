@@ -33,6 +33,7 @@ class Claim:
     etag: str
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: bool = False
+    gone: bool = False  # lost because the row itself is gone: the job was deleted, nobody took over
 
 
 def _epoch(moment: datetime | None, fallback: float) -> float:
@@ -151,10 +152,18 @@ class ClaimKeeper(threading.Thread):
                 log.warning("renewing task claim failed: %s", redact(str(exc).splitlines()[0]))
                 return
             if new_etag is None:
+                claim.gone = self._row_gone(claim.partition, task_id)
                 claim.lost = True
-                claim.cancel.set()  # someone else owns the task now: stop our copy of the command
+                claim.cancel.set()  # someone else owns the task now, or nobody (deleted): stop our command
             else:
                 claim.etag = new_etag
+
+    def _row_gone(self, partition: str, task_id: str) -> bool:
+        """Whether the task's row no longer exists (one read, only when a claim was refused)."""
+        try:
+            return self.store.get_task(partition, task_id) is None
+        except Exception:  # the table itself is gone (a reset), or the service is out of reach for now
+            return False
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -242,8 +242,12 @@ class RowGroups:
         for result in results:
             if result.claim.lost:
                 self.keeper.untrack(result.task_id)
-                log.warning("task %s/%s: claim lost while running; the new owner records it",
-                            self.job_id, result.task_id)
+                if result.claim.gone:
+                    log.warning("task %s/%s: its record was deleted while it ran (`batchyard delete`): "
+                                "its command was stopped, and its result is not recorded", self.job_id, result.task_id)
+                else:
+                    log.warning("task %s/%s: claim lost while running; the new owner records it",
+                                self.job_id, result.task_id)
             else:
                 kept.append(result)
         return kept
