@@ -9,6 +9,9 @@ Four ways over the same files with 2 at a time, alternating, each a process time
   repetition (a user's standing pool): the same upload, SAS URLs, add-collection, the node staging
   each input and uploading each output and log, polling of the job's counts, the run's end;
 - the floor: ``xargs -P 2 -n 2 python up.py`` on local disk, no storage;
+- the storage floor (``raw_storage``, :mod:`benchmarks.e2e_raw`): the same commands, 2 at a time, each
+  file's input put, got back and its output put with the raw SDK and nothing else (no queue, table,
+  record or log): what storage alone costs on this machine, whatever the tool;
 - Snakemake (``--cores 2``, local disk, no storage), installed by this benchmark into a venv of its
   own under the cache (``$BATCHYARD_CACHE``, default ~/.cache/batchyard): ``pip install snakemake``.
 
@@ -139,6 +142,8 @@ def run(conn: str, *, n: int = 300, reps: int = 3, azure: bool = True) -> dict[s
     out["ratio_vs_floor"] = round(out["floor_s"] / out["batchyard_s"], 3)
     out["ratio_runs"] = [round(f / b, 3) for f, b in zip(times["floor"], times["batchyard"], strict=True)]
     out["vs_snakemake"] = round(out["snakemake_s"] / out["batchyard_s"], 3) if out["snakemake_s"] else None
+    out["raw_storage_ratio_vs_floor"] = round(out["floor_s"] / out["raw_storage_s"], 3)
+    out["vs_raw_storage"] = round(out["raw_storage_s"] / out["batchyard_s"], 3)
     out["snakemake_ratio_vs_floor"] = round(out["floor_s"] / out["snakemake_s"], 3) if out["snakemake_s"] else None
     if times["azure_emulator"]:
         out["azure_emulator_ratio_vs_floor"] = round(out["floor_s"] / out["azure_emulator_s"], 3)
@@ -149,14 +154,21 @@ def run(conn: str, *, n: int = 300, reps: int = 3, azure: bool = True) -> dict[s
 
 def _repetitions(root: Path, env: dict[str, str], azure_env: dict[str, str] | None, snakemake: Path | None, *,
                  n: int, reps: int, storage: Storage) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"batchyard": [], "floor": [], "snakemake": [], "azure_emulator": []}
+    times: dict[str, list[float]] = {"batchyard": [], "floor": [], "raw_storage": [], "snakemake": [],
+                                     "azure_emulator": []}
     for rep in range(reps):
-        for name in ("floor", "batchyard", "azure_emulator", "snakemake"):
+        for name in ("floor", "batchyard", "raw_storage", "azure_emulator", "snakemake"):
             shutil.rmtree(root / "out", ignore_errors=True)
             (root / "out").mkdir()
             if name == "floor":
                 times[name].append(_timed(["sh", "-c", f"xargs -P 2 -n 2 {sys.executable} up.py < pairs.txt"],
                                           cwd=root))
+            elif name == "raw_storage":
+                container = f"e2e-raw-{uuid.uuid4().hex[:8]}"
+                times[name].append(_timed([sys.executable, str(Path(__file__).with_name("e2e_raw.py")),
+                                           env["AZURE_STORAGE_CONNECTION_STRING"], container, str(root / "in")],
+                                          cwd=root, env=env))
+                storage.container(container).delete_container()  # untimed, as below
             elif name == "batchyard" or (name == "azure_emulator" and azure_env is not None):
                 uid = uuid.uuid4().hex[:8]
                 _job_toml(root, uid)

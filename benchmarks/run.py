@@ -125,6 +125,10 @@ def _table(out: dict[str, Any]) -> None:
                   f"ratio {e['ratio_vs_floor']}"),
                  (f"e2e {e['files']} files: snakemake (s)", e["snakemake_s"], "",
                   f"batchyard / snakemake throughput {e['vs_snakemake']}")]
+        if e.get("raw_storage_s"):
+            rows.append((f"e2e {e['files']} files: raw SDK storage floor (s)", e["raw_storage_s"],
+                         f"floor {e['floor_s']} s", f"ratio {e['raw_storage_ratio_vs_floor']}; batchyard / it "
+                         f"{e['vs_raw_storage']}"))
         if e.get("azure_emulator_s"):
             rows.append((f"e2e {e['files']} files: azure->emulator (s)", e["azure_emulator_s"],
                          f"floor {e['floor_s']} s", f"ratio {e['azure_emulator_ratio_vs_floor']}"))
