@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends import get_backend
 from batchyard.backends.azure.runs import BatchRun
-from batchyard.core.errors import BackendError
+from batchyard.core.errors import BackendError, JobNotFoundError
 from batchyard.core.job import job_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -67,6 +67,12 @@ def test_a_run_never_takes_another_jobs_batch_job(project: Any, batch_emulator: 
         assert not be.documents.has_job(f"{job_id}-r3")
         assert [t.id for t in client.list_tasks(f"{job_id}-r3")] == [next(
             r.task_id for r in be.list_task_results(job_id) if r.label == "bad.txt")]
+
+        # A run's Batch job asked about by its id (as the portal shows it): the job it belongs to is named,
+        # not that run's tasks shown as if they were a job; a user's job of such a name is found as usual.
+        with pytest.raises(JobNotFoundError, match=f"later run of job '{job_id}'.*batchyard status {job_id}"):
+            be.resolve_job_id(f"{job_id.upper()}-R3")
+        assert be.resolve_job_id(f"{job_id}-R2") == f"{job_id}-r2"
 
         # A record pointing at another job's Batch job (left by an older batchyard) is not read as its own.
         chain = be.runs.load(job_id)

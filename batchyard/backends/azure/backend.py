@@ -29,7 +29,7 @@ from batchyard.backends.azure.adding import JobWriter
 from batchyard.backends.azure.clients import is_loopback_url, make_client, make_storage
 from batchyard.backends.azure.ending import RunEnds, delete_job, fate_text
 from batchyard.backends.azure.final import counts_without_final, final_dependencies, final_settled, final_step_view
-from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views
+from batchyard.backends.azure.jobs import batch_task_counts, job_ids_like, job_views, refuse_a_runs_id
 from batchyard.backends.azure.nodes import NodeWatch
 from batchyard.backends.azure.pools import PoolManager
 from batchyard.backends.azure.preflight import JobChecks, auth_finding
@@ -398,6 +398,11 @@ class AzureBackend(Backend):
 
     def job_ids_like(self, job_id: str) -> list[str]:
         return job_ids_like(self.client, self.documents, job_id, self.name)
+
+    def resolve_job_id(self, job_id: str) -> str:
+        resolved = super().resolve_job_id(job_id)
+        refuse_a_runs_id(self.client, self.documents, resolved)
+        return resolved
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:

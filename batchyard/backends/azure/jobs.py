@@ -10,6 +10,7 @@ as created by batchyard; Batch's own state, counts and times where Batch can be 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -19,11 +20,12 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 
 from batchyard.backends.azure.final import counts_without_final
-from batchyard.backends.azure.runs import RunChain, owned_by
+from batchyard.backends.azure.runs import RunChain, owned_by, owner_of
 from batchyard.backends.azure.task_views import list_task_views
 from batchyard.backends.azure.tasks import JobFacts, batch_error, enum_text, failure_category
 from batchyard.backends.base import JobView, TaskCounts
 from batchyard.backends.documents import JobDocuments
+from batchyard.core.errors import JobNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,25 @@ def job_ids_like(client: Any, documents: JobDocuments, job_id: str, backend: str
     if document is not None and _ours(documents, document[0], backend):
         found.add(document[0])
     return sorted(found)
+
+
+RUN_SUFFIX = re.compile(r"-r[0-9]+$", re.IGNORECASE)  # the end of a later run's Batch job id (runs.run_batch_job_id)
+
+
+def refuse_a_runs_id(client: Any, documents: JobDocuments, job_id: str) -> None:
+    """Raise when ``job_id`` is no job of its own but the Batch job of a later run of another job (the
+    user read it in the portal): its job shows it with the runs before it, which it alone would not."""
+    if not RUN_SUFFIX.search(job_id) or documents.has_job(job_id):
+        return
+    try:
+        owner = owner_of(client.get_job(job_id, select=["id", "metadata"]).metadata)
+    except ResourceNotFoundError:
+        return
+    except Exception as exc:
+        raise batch_error(exc, f"looking up job {job_id!r}") from None
+    if owner is not None and owner.lower() != job_id.lower():
+        raise JobNotFoundError(f"{job_id!r} is not a batchyard job: it is the Batch job of a later run of job "
+                               f"{owner!r}, which shows it with the runs before it (`batchyard status {owner}`)")
 
 
 def _state(job: Any) -> str:

@@ -42,8 +42,14 @@ OWNER_KEY = "batchyard-job"  # the metadata of a Batch job batchyard made: the b
 
 def owned_by(metadata: Any, job_id: str) -> bool:
     """Whether a Batch job's ``metadata`` names no batchyard job, or ``job_id`` (ids compare without case)."""
+    owner = owner_of(metadata)
+    return owner is None or owner.lower() == job_id.lower()
+
+
+def owner_of(metadata: Any) -> str | None:
+    """The batchyard job a Batch job's ``metadata`` says it is a run of (None: it names none)."""
     owner = next((item.value for item in metadata or [] if item.name == OWNER_KEY), None)
-    return owner is None or str(owner).lower() == job_id.lower()
+    return None if owner is None else str(owner)
 
 
 def run_batch_job_id(job_id: str, number: int) -> str:
@@ -165,4 +171,5 @@ class RunRecords:
         self.documents.save_backend_state(chain.job_id, STATE_NAME, chain.to_json())
 
 
-__all__ = ["OWNER_KEY", "BatchRun", "PoolUsage", "RunChain", "RunRecords", "owned_by", "run_batch_job_id"]
+__all__ = ["OWNER_KEY", "BatchRun", "PoolUsage", "RunChain", "RunRecords", "owned_by", "owner_of",
+           "run_batch_job_id"]
