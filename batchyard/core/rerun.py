@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from batchyard.core.errors import JobValidationError
+from batchyard.core.final_step import is_final_or_barrier
 
 if TYPE_CHECKING:
     from batchyard.core.job import Job, TaskDef
@@ -160,6 +161,9 @@ class RerunPlan:
     running: int = 0  # running now: left alone
     unverified: int = 0  # kept, but their record has no fingerprint (run before fingerprints were kept)
     reasons: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Tasks the records have and this submission has not (a row edited away, a narrower glob), ids
+    # without case: no longer part of the job, so no count, table or download shows them again.
+    dropped: tuple[str, ...] = ()
 
     @property
     def rerun_ids(self) -> list[str]:
@@ -199,6 +203,8 @@ class RerunPlan:
         # After the changed parts' list a semicolon, so the counts that follow are not read as parts.
         glue = "; " if self.changed else ", "
         text = glue.join(part for part in (", ".join(head), ", ".join(rest)) if part)
+        if self.dropped:
+            text += f"; {len(self.dropped)} dropped (no longer in the job)"
         if self.unverified:
             text += (f" ({self.unverified} kept without a recorded fingerprint: they ran before batchyard "
                      "recorded one; --rerun all runs them again)")
@@ -206,7 +212,8 @@ class RerunPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"total": self.total, "kept": self.kept, "running": self.running, "unverified": self.unverified,
-                "rerun": len(self.reasons), "changed": self.changed, "counts": self.counts(),
+                "rerun": len(self.reasons), "changed": self.changed, "dropped": len(self.dropped),
+                "counts": self.counts(),
                 "summary": self.summary(), "tasks": {task_id: list(why) for task_id, why in self.reasons.items()}}
 
 
@@ -221,11 +228,14 @@ class Decider:
         named = [] if rerun is None or rerun == "all" else [rerun] if isinstance(rerun, str) else list(rerun)
         self.named = {task_id.lower(): task_id for task_id in named}
         self.found: set[str] = set()
+        self.matched: set[str] = set()  # the prior records this submission's tasks have
 
     def add(self, task: TaskDef) -> None:
         plan, key = self.plan, task.task_id.lower()
         plan.total += 1
         record = self.prior.get(key)
+        if record is not None:
+            self.matched.add(key)
         if key in self.named:
             self.found.add(key)
         if record is not None and record.live:
@@ -256,6 +266,9 @@ class Decider:
             raise JobValidationError(f"job {job_id}", [("--rerun", f"{given!r} is not a task of job {job_id!r} "
                                                                    f"(`batchyard status {job_id}` lists its tasks)")
                                                        for given in unknown])
+        if len(self.matched) < len(self.prior):
+            self.plan.dropped = tuple(sorted(key for key in self.prior
+                                             if key not in self.matched and not is_final_or_barrier(key)))
         return self.plan
 
 

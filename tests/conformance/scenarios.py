@@ -212,6 +212,34 @@ class BackendScenarios:
             assert second[label].ended_at == first[label].ended_at, "a succeeded task ran again"
         assert second["bad.txt"].state == "succeeded"
 
+    def test_a_task_dropped_from_the_job_is_no_longer_its_own(self, harness: Harness, project: Any, outs: str,
+                                                              tmp_path: Path) -> None:
+        """A row of the task table edited away after it failed: the next run neither counts, lists nor
+        downloads that task, so its failure no longer fails the run and its old output is not served."""
+        marks = tmp_path / "marks"
+        marks.mkdir()
+        for key in ("ok1", "good"):  # 'flaky' succeeds at once for these, fails the first time for 'bad'
+            (marks / f"{key}.seen").write_text("1")
+        table = project.dir / "rows.csv"
+        table.write_text("BY_NAME\nok1\nbad\n", encoding="utf-8")
+        job = make_job(project, "dropped", f"python3 tool.py flaky {marks} {{BY_NAME}} {{BY_NAME}}.out",
+                       tasks="rows.csv", outputs=[{"pattern": "*.out", "container": outs, "upload_on": "completion"}])
+        first = harness.run(job)
+        assert {k: r.state for k, r in first.items()} == {"BY_NAME=ok1": "succeeded", "BY_NAME=bad": "failed"}
+        table.write_text("BY_NAME\nok1\ngood\n", encoding="utf-8")
+        second = harness.run(job)
+        submitted = harness.last_submit
+        assert submitted is not None and submitted.rerun is not None
+        assert (submitted.enqueued, submitted.already_succeeded, len(submitted.rerun.dropped)) == (1, 1, 1)
+        assert "1 dropped (no longer in the job)" in submitted.rerun.summary()
+        assert {k: r.state for k, r in second.items()} == {"BY_NAME=ok1": "succeeded", "BY_NAME=good": "succeeded"}
+        with harness.backend() as be:
+            counts = be.task_counts(job.id)
+            assert (counts.total, counts.succeeded, counts.failed) == (2, 2, 0), counts
+            served = sorted(blob.rsplit("/", 1)[-1] for _, blob in be.output_blobs(job.id))
+        assert served == ["good.out", "ok1.out"], served
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

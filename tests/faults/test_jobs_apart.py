@@ -284,3 +284,28 @@ def test_a_job_deleted_while_it_runs_stops_its_commands_and_its_run_says_so(proj
     while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(map(alive, pids)), "a command of the deleted job still runs"
+
+
+def test_a_queued_message_of_a_task_a_later_submission_dropped_runs_nothing(project: Any, tmp_path: Path) -> None:
+    """Submitted with no worker (`run --no-wait`, or a run stopped by Ctrl-C), then a row edited away and
+    submitted again: the first submission's messages are still queued, the dropped task's among them.
+    A worker runs the job's current tasks only, and the counts are the last submission's."""
+    runs = tmp_path / "runs.txt"
+    job_id = f"edited-{project.uid}"
+    table = project.dir / f"{job_id}.csv"
+    command = tool_command("count", str(runs), "{KEY}", "0", "-", "0")
+    job_file = project.dir / f"{job_id}.toml"
+    job_file.write_text(f'id = "{job_id}"\ncommand = {command!r}\ntasks = "{job_id}.csv"\n', encoding="utf-8")
+    with get_backend("local", project.config()) as be:
+        table.write_text("KEY\nkept\ngone\n", encoding="utf-8")
+        be.submit(load_job(job_file))
+        table.write_text("KEY\nkept\nadded\n", encoding="utf-8")
+        again = be.submit(load_job(job_file))
+        assert again.rerun is not None and len(again.rerun.dropped) == 0  # no row yet: nothing to drop
+        assert queued(be, job_id) >= 2  # the first submission's message is still there
+        serve_until_idle(be, tmp_path)
+        assert sorted(runs_of(runs)) == ["added", "kept"], runs_of(runs)
+        counts = be.task_counts(job_id)
+        assert (counts.total, counts.succeeded) == (2, 2), counts
+        assert sorted(r.label for r in be.list_task_results(job_id)) == ["KEY=added", "KEY=kept"]
+        assert drain_queue(be.store.poison_queue) == []

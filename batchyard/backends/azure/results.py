@@ -1,7 +1,9 @@
 """Reading a job's results on the azure backend: every Batch job of its chain, newest first.
 
 A task's result is the one of the newest run that has it (a re-run adds again every task that had
-not succeeded, so older runs only contribute the tasks that succeeded there). Logs come from the
+not succeeded, so older runs only contribute the tasks that succeeded there). An older run's task
+that the job's last submission no longer has (a row edited away, a narrower glob) is not read: the
+job is its last submission. Logs come from the
 log container first (uploaded when each attempt ended, the same blob for every run), else from
 the node while the task runs.
 """
@@ -27,6 +29,7 @@ from batchyard.backends.base import TaskResult
 from batchyard.backends.documents import JobDocuments
 from batchyard.core.batch_semantics import log_blob_name, log_file_name, tail_offset, tail_text
 from batchyard.core.errors import JobNotFoundError, TaskNotFoundError
+from batchyard.core.final_step import is_final_or_barrier
 from batchyard.storage.account import Storage
 
 STDERR_TAILS_MAX = 200  # failed tasks whose stderr tail is fetched per listing (one or two calls each)
@@ -61,6 +64,7 @@ class ResultReader:
         seen: set[str] = set()
         tails = 0
         ids = self._chain(job_id).batch_job_ids()
+        current = self._submitted(job_id) if len(ids) > 1 else None
         for index, batch_job_id in enumerate(ids):
             facts = self.facts(job_id, batch_job_id)
             try:
@@ -69,6 +73,8 @@ class ResultReader:
                     if key in seen:
                         continue
                     seen.add(key)
+                    if index and current and key not in current and not is_final_or_barrier(key):
+                        continue  # an earlier run's task the last submission dropped: no longer the job's
                     tail = ""
                     failed = (enum_text(task.state) == "completed"
                               and enum_text(getattr(task.execution_info, "result", None)) != "success")
@@ -84,6 +90,10 @@ class ResultReader:
                 raise
             except Exception as exc:
                 raise batch_error(exc, f"listing tasks of job {job_id!r}") from None
+
+    def _submitted(self, job_id: str) -> frozenset[str]:
+        """The task ids (without case) of the job's last submission; empty when it has no manifest."""
+        return frozenset(task_id.lower() for task_id, _ in self.documents.load_manifest(job_id))
 
     def _stderr_tail(self, job_id: str, batch_job_id: str, task_id: str) -> str:
         container = self.storage.container(self.documents.log_container)

@@ -201,6 +201,16 @@ class Admission:
             self._keys[job_id] = (stamp, key)
         return key
 
+    def in_submission(self, job_id: str, task_id: str) -> bool:
+        """Whether ``task_id`` is a task of the job's last submission (its manifest, read again before a
+        no): a message an earlier submission queued may name a task that one dropped."""
+        entity, _ = self.lookup(job_id)
+        ids = self._manifest(job_id, entity)
+        if task_id in ids:
+            return True
+        ids = self._manifest(job_id, entity, fresh=True)
+        return task_id in ids or not ids  # no manifest (a job an older batchyard submitted): nothing to compare
+
     def _manifest(self, job_id: str, entity: dict[str, Any] | None, *, fresh: bool = False) -> frozenset[str]:
         stamp = _stamp(entity)
         cached = self._manifests.get(job_id)
@@ -264,8 +274,9 @@ def record_poisoned(store: JobStore, parsed: TaskMessage, reason: str) -> None:
 
 
 def _stamp(entity: dict[str, Any] | None) -> tuple[Any, Any] | None:
-    """What changes when a job is submitted anew (a new spec) or deleted and submitted again."""
-    return None if entity is None else (entity.get("spec_hash"), entity.get("created"))
+    """What changes when a job is submitted anew (a new spec, or its tasks: ``updated``) or deleted and
+    submitted again."""
+    return None if entity is None else (entity.get("spec_hash"), entity.get("created"), entity.get("updated"))
 
 
 def _named(ids: list[str]) -> str:

@@ -131,6 +131,8 @@ class LocalBackend(Backend):
             self.store.record_job(job, total=plan.total, spec_hash=spec_hash, backend=self.name, message_key=key,
                                   queue=queue)
             self.store.put_manifest(job.id, manifest.finish())
+            if plan.dropped:  # no longer tasks of the job: their rows go (a worker running one stops it)
+                delete_task_rows(self.store, job.id, only=frozenset(plan.dropped))
             self._enqueue(job.id, queue, to_queue, key.encode(), plan=plan)
         if job.final is not None:  # it depends on every task: it runs again when any of them does
             final = self.store.get_task(job.id, FINAL_TASK_ID)
@@ -283,8 +285,9 @@ class LocalBackend(Backend):
         return entity
 
     def _tally(self, job_id: str, entity: dict[str, Any]) -> TaskTally:
-        """One tally per job and submission: later polls read only the rows that changed."""
-        key = (job_id, entity.get("spec_hash"), entity.get("created"), entity.get("total"))
+        """One tally per job and submission (a submission may delete the rows of tasks it dropped):
+        later polls read only the rows that changed."""
+        key = (job_id, entity.get("spec_hash"), entity.get("created"), entity.get("total"), entity.get("updated"))
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = TaskTally(self.store, job_id, total=int(entity.get("total") or 0))

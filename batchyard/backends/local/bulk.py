@@ -65,8 +65,9 @@ def cancel_pending_rows(store: JobStore, job_id: str) -> int:
     return _each_in_flight(chunks(pending, ROWS_PER_TRANSACTION, key=_partition), write)
 
 
-def delete_task_rows(store: JobStore, job_id: str) -> int:
-    """Delete every task row of the job; how many there were."""
+def delete_task_rows(store: JobStore, job_id: str, *, only: frozenset[str] | None = None) -> int:
+    """Delete every task row of the job (``only``: the rows of those task ids, compared without case);
+    how many there were."""
 
     def write(chunk: list[dict[str, Any]]) -> int:
         ops = [("delete", {"PartitionKey": row["PartitionKey"], "RowKey": row["RowKey"]}) for row in chunk]
@@ -77,6 +78,8 @@ def delete_task_rows(store: JobStore, job_id: str) -> int:
         return len(ops)
 
     rows = store.task_entities(job_id, select=["PartitionKey", "RowKey"])
+    if only is not None:
+        rows = (row for row in rows if row["RowKey"].lower() in only)
     return _each_in_flight(chunks(rows, ROWS_PER_TRANSACTION, key=_partition), write)
 
 

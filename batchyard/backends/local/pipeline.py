@@ -346,6 +346,9 @@ class MessageRun:
         entity = store.get_task(self.partition, task_id) if isinstance(prefetched, _Unread) or (
             prefetched is None and definition is None) else prefetched
         if entity is None and definition is not None:  # never claimed: creating its row is the claim
+            if not worker.admission.in_submission(job.id, task_id):
+                log.debug("task %s/%s: dropped from the job by a later submission; not run", job.id, task_id)
+                return None
             if worker.job_cancelled(job.id):
                 store.create_final(self.partition, task_id, definition.label, _cancelled([]))
                 return None

@@ -25,7 +25,8 @@ class TaskTally:
     poll at 2,000 tasks, on the same cores that run the tasks. After one full read, a refresh
     asks for rows whose ``Timestamp`` (set by the service at each write) is at least the newest
     one seen minus :data:`OVERLAP`; the overlap covers a write committed with a slightly older
-    timestamp than one we already saw. Rows are never deleted while a job exists.
+    timestamp than one we already saw. Rows are never deleted while a job exists, but by a
+    submission that drops tasks: a tally is one submission's (the backend makes a new one for the next).
 
     A task with no row was never claimed: pending, or cancelled once its job is (cancelling
     writes no row for it, so a job of any size is cancelled at once).
