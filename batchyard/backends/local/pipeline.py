@@ -321,7 +321,8 @@ class MessageRun:
         if self.rows is None or self.message.defs is None:
             return []
         found = (self.message.definition(i) for i in self.rows.unclaimed_after(task_id, MAX_GROUP))
-        return [d for d in found if d is not None]
+        in_submission = self.worker.admission.in_submission
+        return [d for d in found if d is not None and in_submission(self.job.id, d.task_id)]
 
     def _prepare(self, task_id: str, prefetched: dict[str, Any] | _Unread | None = UNREAD) -> _Ready | None:
         """Claim the task and stage its first attempt; None if it is not ours to run.
