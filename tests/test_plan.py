@@ -284,3 +284,26 @@ def test_a_piped_plan_keeps_each_command_line_and_path_whole(tmp_path: Path) -> 
     assert command_line.endswith(long_name[:-4] + ".out"), command_line
     (upload,) = [line for line in lines if line.endswith(f"in/{long_name} -> {long_name}")]
     assert len(upload) > 160, upload
+
+
+def test_plan_says_run_would_refuse_a_job_id_that_differs_only_in_case(project) -> None:
+    """`run` refuses a job id equal to an existing job's without case; `plan` says so as an error, and reads
+    none of that job's records as this one's (no "previous run", no records to compare)."""
+    (project.dir / "rows.csv").write_text("KEY\nk1\n", encoding="utf-8")
+    job_id = f"case-{project.uid}"
+    (project.dir / "job.toml").write_text(f'id = "{job_id}"\ncommand = "true {{KEY}}"\ntasks = "rows.csv"\n',
+                                          encoding="utf-8")
+    assert project.cli("run", "job.toml").returncode == 0
+    (project.dir / "upper.toml").write_text(f'id = "{job_id.upper()}"\ncommand = "true {{KEY}}"\ntasks = "rows.csv"\n',
+                                            encoding="utf-8")
+    planned = project.cli("plan", "upper.toml", "--json")
+    assert planned.returncode == 1, planned.stdout + planned.stderr
+    data = json.loads(planned.stdout)
+    (finding,) = [f for f in data["findings"] if f["code"] == "job-id-case"]
+    assert finding["severity"] == "error" and f"the existing job '{job_id}'" in finding["message"], finding
+    assert data["rerun"] is None and data["forecast"]["previous_run"] == "no previous run", data["forecast"]
+    refused = project.cli("run", "upper.toml")
+    assert refused.returncode == 2 and "differ only in case" in refused.stderr, refused.stderr
+    unknown = json.loads(project.cli("plan", "job.toml", "--json", "--rerun", "nope").stdout)
+    (bad,) = [f for f in unknown["findings"] if f["code"] == "rerun-unknown-task"]
+    assert "--rerun ids of the job's tasks" in bad["fix"], bad

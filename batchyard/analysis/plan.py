@@ -220,7 +220,7 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
     preview = _preview(job, config, ctx, findings)
     scan = _Scan(environment=EnvironmentCheck(job, extra_env=preview.extra_env if preview else {}),
                  task_ids=[] if job.final is not None else None)
-    prior = _prior(ctx, job)
+    prior = _prior(ctx, job, findings)
     decider = Decider(job.id, prior or {}, rerun=without_final(rerun)[0])
     collisions = OutputCollisions(job)
     try:
@@ -242,7 +242,9 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
         for where, problem in exc.problems:
             code = "task-id-collision" if "same task id" in problem else "rerun-unknown-task" if where == "--rerun" \
                 else "job-invalid"
-            findings.append(Finding("error", code, f"{where}: {problem}", "fix the inputs (or rows) involved"))
+            fix = ("give --rerun ids of the job's tasks (`batchyard status JOB` lists them), or `all`"
+                   if code == "rerun-unknown-task" else "fix the inputs (or rows) involved")
+            findings.append(Finding("error", code, f"{where}: {problem}", fix))
     plan.tasks = scan.count
     for task in scan.sample[:show]:
         plan.sample.append({"task_id": task.task_id, "label": task.label, "argv": list(task.argv),
@@ -272,6 +274,8 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
 
     # --- what the backend knows: a previous run, active jobs
     backend_findings: list[Finding] = []
+    if "job-id-case" in {f.code for f in findings} and durations is None:
+        durations = []  # the runs Batch would find under this id are the other job's
     durations, active_jobs, job_exists, previous = _backend_facts(ctx, job, durations, active_jobs,
                                                                   backend_findings)
     findings.extend(check_quota(config, active_jobs=active_jobs, job_exists=job_exists))
@@ -360,13 +364,21 @@ def _backend_facts(ctx: _Context, job: Job, durations: Sequence[float] | None, a
     return durations, active_jobs, job_exists, previous
 
 
-def _prior(ctx: _Context, job: Job) -> dict[str, PriorTask] | None:
-    """The records of the job's previous runs (core/rerun.py); None when there is nothing to ask."""
+def _prior(ctx: _Context, job: Job, findings: list[Finding]) -> dict[str, PriorTask] | None:
+    """The records of the job's previous runs (core/rerun.py); None when there is nothing to ask, or when
+    `run` would refuse the id (another job's in another case: a finding says so, and its records are not
+    this job's)."""
     try:
         be = ctx.backend()
         if be is None:
             return None
         with be:
+            try:
+                be.refuse_other_spelling(job.id)
+            except JobValidationError as exc:
+                findings.extend(Finding("error", "job-id-case", f"{where}: {problem}", "use the existing job's id, "
+                                        "or another id") for where, problem in exc.problems)
+                return None
             return be.prior_tasks(job.id)
     except Exception:  # a plan never fails on what it cannot ask; the forecast says why the backend is out of reach
         return None
