@@ -307,3 +307,22 @@ def test_plan_says_run_would_refuse_a_job_id_that_differs_only_in_case(project) 
     unknown = json.loads(project.cli("plan", "job.toml", "--json", "--rerun", "nope").stdout)
     (bad,) = [f for f in unknown["findings"] if f["code"] == "rerun-unknown-task"]
     assert "--rerun ids of the job's tasks" in bad["fix"], bad
+
+
+def test_a_forecast_of_nothing_to_run_says_whether_a_final_step_may_still_run(tmp_path: Path) -> None:
+    from batchyard.analysis.forecast import forecast
+    from batchyard.analysis.plan import Plan
+    from batchyard.cli.plan import render
+
+    config = offline_config(tmp_path)
+    for final_step, said in ((False, "nothing would run: every task is kept"),
+                             (True, "no per-file task would run: every one is kept from the previous run; the final "
+                                    "step still runs if it is due")):
+        fc = forecast(config, tasks=0, total=3, durations=[1.0], previous="previous run", final_step=final_step)
+        assert (fc["wall_time_s"], fc["cost_usd"], fc["final_step"]) == (0.0, 0.0, final_step)
+        assert fc["assumptions"][0].startswith("0 of the job's 3 tasks run")
+        plan = Plan(job_file="job.toml", job_id="kept", backend="azure", tasks=3, forecast=fc)
+        runner = CliRunner()
+        with runner.isolation() as (out, _err, *_):
+            render(plan)
+        assert said in out.getvalue().decode(), out.getvalue().decode()

@@ -63,7 +63,7 @@ def durations_from(results: Iterable[Any]) -> list[float]:
 
 
 def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, previous: str,
-             total: int | None = None) -> dict[str, Any]:
+             total: int | None = None, final_step: bool = False) -> dict[str, Any]:
     """Wall time and cost on the configured pool of a run that runs ``tasks`` of the job's ``total``
     (the rest kept from its previous run on Batch): none runs, no pool is made, nothing is billed."""
     section = config.azure.pool or PoolSection()
@@ -75,6 +75,7 @@ def forecast(config: Config, *, tasks: int, durations: Sequence[float] | None, p
     slots = nodes * section.task_slots_per_node
     result: dict[str, Any] = {
         "previous_run": previous, "tasks": tasks, "total_tasks": tasks if total is None else total,
+        "final_step": final_step,
         "vm_size": section.vm_size, "nodes": nodes,
         "dedicated_nodes": section.dedicated_nodes, "spot_nodes": section.spot_nodes,
         "task_slots_per_node": section.task_slots_per_node, "slots": slots,

@@ -291,7 +291,8 @@ def make_plan(job_file: str | Path, config: Config, *, show: int = 5, active_job
         findings.extend(check_sas(job, lifetime=preview.lifetime, warnings=preview.lifetime_warnings,
                                   tasks=to_run, slots=slots or None, durations=durations or None,
                                   existing_pool=bool(config.azure.pool_id)))
-    plan.forecast = forecast(config, tasks=to_run, total=scan.count, durations=durations or None, previous=previous)
+    plan.forecast = forecast(config, tasks=to_run, total=scan.count, durations=durations or None, previous=previous,
+                             final_step=job.final is not None)
     autoscale, problems = autoscale_forecast(config, tasks=to_run, durations=durations or None) if to_run \
         else (None, [])
     if autoscale is not None:  # the pool's formula run over a simulated job (analysis/autoscale_sim.py)

@@ -124,7 +124,11 @@ def render(p: Plan, *, show: int = 5) -> None:
         say(f"  pool: {fc['nodes']} node(s) x {fc['task_slots_per_node']} slot(s) of {fc['vm_size']}"
             + (f" at ${fc['usd_per_node_hour']}/h ({fc['price_source']})" if fc["usd_per_node_hour"]
                else " (no price known)"))
-        if not fc.get("tasks", 1):
+        if not fc.get("tasks", 1) and fc.get("final_step"):
+            say("  no per-file task would run: every one is kept from the previous run; the final step still "
+                "runs if it is due (it has not succeeded, or its own definition changed), with a pool for it on "
+                "Azure Batch: not forecast")
+        elif not fc.get("tasks", 1):
             say("  nothing would run: every task is kept from the previous run (no pool made, nothing billed)")
         elif fc.get("wall_time_s") is not None:
             cost = f"${fc['cost_usd']:.2f}" if fc.get("cost_usd") is not None else "unknown (no price)"
