@@ -222,3 +222,22 @@ def test_a_refused_batch_key_names_the_setting(project: Any, batch_emulator: Any
     refused = project.cli("status", "anyjob", env=env)
     assert refused.returncode == 3, refused.stderr
     assert "(BATCHYARD_BATCH_KEY or [azure] batch_key)" in " ".join(refused.stderr.split()), refused.stderr
+
+
+def test_piped_tables_keep_every_id_name_and_time_whole(project: Any) -> None:
+    """`status`, `run`'s summary and `jobs` written to a file or a pipe: no job id, input name, state or
+    time is cut to fit a width, so two long names that differ at their end stay apart."""
+    ins = project.container("inputs")
+    stem = "a-long-input-name-" * 8
+    project.put_inputs(ins, {f"{stem}A.txt": b"a", f"{stem}B.txt": b"b"})
+    job_id = f"a-very-long-job-identifier-for-piped-tables-{project.uid}"
+    job_text = f'id = "{job_id}"\ncommand = "cat {{input}}"\n[inputs]\ncontainer = "{ins}"\n'
+    (project.dir / "job.toml").write_text(job_text, encoding="utf-8")
+    ran = project.cli("run", "job.toml", env={"COLUMNS": ""})
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    for shown in (ran.stdout, project.cli("status", job_id).stdout):
+        assert f"{stem}A.txt" in shown and f"{stem}B.txt" in shown, shown
+        assert "…" not in shown, shown
+    listed = project.cli("jobs").stdout
+    row = next(line for line in listed.splitlines() if job_id in line)
+    assert "completed" in row and "…" not in row and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), listed

@@ -7,10 +7,11 @@ import it without importing the command group that imports them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -23,11 +24,34 @@ from batchyard.core.config import Config, load_config
 from batchyard.core.errors import BatchyardError, ConfigError, JobValidationError
 from batchyard.core.redact import install_log_filter, redact, redacting_filter
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 # markup=False: text is never read as Rich markup, so a file name or an error holding "[/red]" prints as
 # written instead of failing with a MarkupError. Styles are given as Text spans (:func:`styled`).
-console = Console(stderr=True, soft_wrap=True, markup=False)
-# Piped output (CI logs, files) is not cut at 80 columns: task ids and file names stay whole.
-out = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+# Piped (CI logs, files) a console is not cut at Rich's 80 columns: 160 unless COLUMNS says otherwise.
+def _piped_width(stream: Any) -> int | None:
+    return None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
+
+
+console = Console(stderr=True, soft_wrap=True, markup=False, width=_piped_width(sys.stderr))
+out = Console(width=_piped_width(sys.stdout), markup=False)
+
+
+def print_table(table: Table) -> None:
+    """``table`` on stdout; piped, at the width its cells need, so no id, name or time is cut to fit."""
+    from rich.measure import Measurement
+
+    if out.is_terminal:
+        out.print(table)
+        return
+    needed = Measurement.get(out, out.options.update_width(100_000), table).maximum
+    width = out.width
+    out.width = max(width, needed)
+    try:
+        out.print(table)
+    finally:
+        out.width = width
 log = logging.getLogger("batchyard")
 EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
 

@@ -20,6 +20,7 @@ from batchyard.cli.common import (
     config_option,
     handle_errors,
     out,
+    print_table,
     verbose_option,
 )
 
@@ -72,4 +73,4 @@ def jobs(as_json: bool, backend: str | None, config_path: str | None, verbose: i
         if not views:
             out.print(f"no jobs on the {be.name} backend with this configuration", highlight=False)
             return
-        out.print(jobs_table(views, be.name))
+        print_table(jobs_table(views, be.name))

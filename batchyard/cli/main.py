@@ -32,6 +32,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     console,
     handle_errors,
     out,
+    print_table,
     rerun_choice,
     rerun_option,
     styled,
@@ -115,7 +116,7 @@ def _summary(results: Iterable[TaskResult], counts: TaskCounts | Callable[[], Ta
         by_state[str(r.state)] = max(0, by_state.get(str(r.state), 0) - 1)
     rest = sum(by_state.values())
     table = Table(title=f"{job_id}: {counts_line(counts)}", title_justify="left")
-    table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48)
+    table.add_column("input", overflow="ellipsis", no_wrap=True, max_width=48 if out.is_terminal else None)
     table.add_column("state", no_wrap=True, min_width=9)
     table.add_column("exit", justify="right", no_wrap=True, min_width=4)
     table.add_column("tries", justify="right", no_wrap=True, min_width=5)
@@ -123,7 +124,7 @@ def _summary(results: Iterable[TaskResult], counts: TaskCounts | Callable[[], Ta
     for r in shown:
         table.add_row(r.label, Text(str(r.state), style=STATE_STYLE.get(str(r.state), "")),
                       "" if r.exit_code is None else str(r.exit_code), str(r.attempts), r.task_id)
-    out.print(table)
+    print_table(table)
     if rest:
         more = ", ".join(f"{n} more {state}" for state, n in by_state.items() if n)
         out.print(f"... and {more} (batchyard status {job_id} --json{flag} lists every task)", soft_wrap=True)

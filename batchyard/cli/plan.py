@@ -24,6 +24,7 @@ from batchyard.cli.common import (
     config_option,
     handle_errors,
     out,
+    print_table,
     rerun_choice,
     rerun_option,
     styled,
@@ -114,7 +115,7 @@ def render(p: Plan, *, show: int = 5) -> None:
     for f in p.findings:
         table.add_row(Text(f.severity, style=_STYLE.get(f.severity, "")), f.code, f.message, f.fix)
     if p.findings:
-        out.print(table)
+        print_table(table)
     else:
         say(styled(("findings", "bold"), ": none"))
     fc = p.forecast

@@ -73,7 +73,9 @@ def list_pools(as_json: bool, config_path: str | None, verbose: int) -> None:
     for r in rows:
         table.add_row(r["pool_id"], r["job_id"] or "(shared)", r["created_at"], r["state"],
                       "" if r["nodes"] is None else str(r["nodes"]))
-    out.print(table)
+    from batchyard.cli.common import print_table
+
+    print_table(table)
 
 
 @pool.command("delete")
