@@ -187,6 +187,29 @@ def test_cancel_deletes_the_pool_and_a_rerun_runs_the_rest(project: Any, batch_e
     assert not pool_exists(client, pool_id) and job_state(client, f"{job_id}-r2") == "completed"
 
 
+def test_cancel_after_every_task_ended_releases_the_pool_and_leaves_the_job_completed(project: Any,
+                                                                                    batch_emulator: Any) -> None:
+    """`run --no-wait`, every task done, nobody watching: the run's Batch job is open and its pool bills.
+    `cancel` then has nothing to stop: it says so, ends the run as `run` would (pool deleted) and the job
+    stays completed, not cancelled."""
+    client = raw_client(batch_emulator)
+    configure(project, batch_emulator)
+    ins = project.container("inputs")
+    project.put_inputs(ins, {"a.txt": b"a", "b.txt": b"b"})
+    job_id = f"done-{uuid.uuid4().hex[:6]}"
+    env = _emulator_env(project, batch_emulator)
+    submitted = project.cli("run", job_file(project, job_id, ins), "--no-wait", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    poll("both tasks completed", lambda: {t.state.value for t in client.list_tasks(job_id)} == {"completed"})
+    assert pool_exists(client, per_job_pool_id(job_id)) and job_state(client, job_id) == "active"
+    cancelled = project.cli("cancel", job_id, env=env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"job {job_id} has ended (2 succeeded, 0 failed, 2 total): nothing to cancel" in cancelled.stderr
+    assert not pool_exists(client, per_job_pool_id(job_id)) and job_state(client, job_id) == "completed"
+    (view,) = [j for j in json.loads(project.cli("jobs", "--json", env=env).stdout)["jobs"] if j["job_id"] == job_id]
+    assert view["state"] == "completed" and view["counts"]["succeeded"] == 2, view
+
+
 def test_ctrl_c_ends_the_run_and_keep_auto_pool_keeps_the_pool_and_says_so(project: Any, batch_emulator_factory: Any,
                                                                            tmp_path: Path) -> None:
     emu = batch_emulator_factory(FaultConfig())

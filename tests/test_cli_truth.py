@@ -241,3 +241,16 @@ def test_piped_tables_keep_every_id_name_and_time_whole(project: Any) -> None:
     listed = project.cli("jobs").stdout
     row = next(line for line in listed.splitlines() if job_id in line)
     assert "completed" in row and "…" not in row and re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), listed
+
+
+def test_cancel_of_a_job_that_has_ended_says_so_and_leaves_it_completed(project: Any) -> None:
+    (project.dir / "rows.csv").write_text("KEY\nk1\nk2\n", encoding="utf-8")
+    job_id = f"ended-{project.uid}"
+    (project.dir / "job.toml").write_text(f'id = "{job_id}"\ncommand = "true {{KEY}}"\ntasks = "rows.csv"\n',
+                                          encoding="utf-8")
+    assert project.cli("run", "job.toml").returncode == 0
+    cancelled = project.cli("cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"job {job_id} has ended (2 succeeded" in cancelled.stderr and "nothing to cancel" in cancelled.stderr
+    (view,) = [j for j in json.loads(project.cli("jobs", "--json").stdout)["jobs"] if j["job_id"] == job_id]
+    assert view["state"] == "completed" and view["counts"]["cancelled"] == 0, view

@@ -255,6 +255,10 @@ class Backend(ABC):
     def cancel(self, job_id: str) -> None:
         """Stop the job: no new task starts, running ones are killed; records stay."""
 
+    def end_finished_run(self, job_id: str) -> None:  # noqa: B027  (nothing to release by default)
+        """What a job whose tasks have all ended still holds, released as the end of `run` would (azure:
+        its run's Batch job terminated, its per-job pool deleted); its state stays how it ended."""
+
     @abstractmethod
     def delete(self, job_id: str) -> None:
         """Remove the job, its task records and anything batchyard created for it only."""

@@ -299,11 +299,22 @@ def cancel(job_id: str, backend: str | None, config_path: str | None, verbose: i
     """Stop a job: its pending and running tasks (killed) become cancelled; records stay.
 
     On Azure the job's Batch job is terminated and the pool batchyard made for it deleted
-    (unless [azure] keep_auto_pool); `batchyard run` again runs what was left.
+    (unless [azure] keep_auto_pool); `batchyard run` again runs what was left. A job whose tasks have
+    all ended has nothing to cancel: it says so and stays as it ended (on Azure, a run left open by
+    `run --no-wait` is ended as `run` would, its pool released).
     """
     config, be = _context(verbose, config_path, backend, job_id)
     with be:
         job_id = be.resolve_job_id(job_id)
+        before = be.task_counts(job_id)
+        final = be.final_step(job_id)
+        if before.finished and (final is None or final.state not in ("waiting", "pending", "running")):
+            # Nothing left to stop: the job keeps its state (completed), its records say how it ended; a
+            # run still open on Azure Batch (`run --no-wait`) is ended as `run` would, its pool released.
+            be.end_finished_run(job_id)
+            console.print(f"job {job_id} has ended ({counts_line(before)}): nothing to cancel", highlight=False,
+                          soft_wrap=True)
+            return
         be.cancel(job_id)
         running = be.task_counts(job_id).running
         console.print(f"job {job_id} cancelled" + (f" on {be.name}" if be.name != "local" else "")

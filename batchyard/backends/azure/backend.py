@@ -337,7 +337,11 @@ class AzureBackend(Backend):
         self._short_since.pop(job_id, None)
         if counts.total:
             self._watch = None
-            self.end_run(job_id, "AllTasksSucceeded" if not (counts.failed or counts.cancelled) else "TasksFailed")
+            self.end_finished_run(job_id, counts)
+
+    def end_finished_run(self, job_id: str, counts: TaskCounts | None = None) -> None:
+        counts = counts or self.task_counts(job_id)
+        self.end_run(job_id, "AllTasksSucceeded" if not (counts.failed or counts.cancelled) else "TasksFailed")
 
     def end_run(self, job_id: str, reason: str) -> str:
         """Terminate the current run's Batch job and release its per-job pool; a line saying what became of it."""
@@ -400,9 +404,7 @@ class AzureBackend(Backend):
         return job_ids_like(self.client, self.documents, job_id, self.name)
 
     def resolve_job_id(self, job_id: str) -> str:
-        resolved = super().resolve_job_id(job_id)
-        refuse_a_runs_id(self.client, self.documents, resolved)
-        return resolved
+        return refuse_a_runs_id(self.client, self.documents, super().resolve_job_id(job_id))
 
     # --- control ---------------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> None:

@@ -105,20 +105,21 @@ def job_ids_like(client: Any, documents: JobDocuments, job_id: str, backend: str
 RUN_SUFFIX = re.compile(r"-r[0-9]+$", re.IGNORECASE)  # the end of a later run's Batch job id (runs.run_batch_job_id)
 
 
-def refuse_a_runs_id(client: Any, documents: JobDocuments, job_id: str) -> None:
-    """Raise when ``job_id`` is no job of its own but the Batch job of a later run of another job (the
+def refuse_a_runs_id(client: Any, documents: JobDocuments, job_id: str) -> str:
+    """``job_id``; raises when it is no job of its own but the Batch job of a later run of another job (the
     user read it in the portal): its job shows it with the runs before it, which it alone would not."""
     if not RUN_SUFFIX.search(job_id) or documents.has_job(job_id):
-        return
+        return job_id
     try:
         owner = owner_of(client.get_job(job_id, select=["id", "metadata"]).metadata)
     except ResourceNotFoundError:
-        return
+        return job_id
     except Exception as exc:
         raise batch_error(exc, f"looking up job {job_id!r}") from None
     if owner is not None and owner.lower() != job_id.lower():
         raise JobNotFoundError(f"{job_id!r} is not a batchyard job: it is the Batch job of a later run of job "
                                f"{owner!r}, which shows it with the runs before it (`batchyard status {owner}`)")
+    return job_id
 
 
 def _state(job: Any) -> str:
