@@ -80,6 +80,11 @@ def test_final_step_runs_once_after_all_succeed_and_sees_the_outputs(kind: str, 
             assert be.client.get_job(job_id).uses_task_dependencies is True
             assert set(be.client.get_task(job_id, "final-step").depends_on.task_ids) == per_file
     assert runs.read_text() == "run\n"
+    with get_backend(None, config) as be:  # `download` serves the final step's outputs with the per-file ones
+        served = sorted(be.output_blobs(job_id))
+    assert {(final_outs, f"{job_id}/listing.jsonl"), (final_outs, f"{job_id}/staged.txt")} <= set(served), served
+    assert sorted(name for container, name in served if container == outs) == sorted(
+        f"{job_id}/{stem}.out" for stem in ("a", "b c", "bad")), served
     listing = [json.loads(line) for line in
                project.storage.download_bytes(final_outs, f"{job_id}/listing.jsonl").decode().splitlines()]
     names = sorted(entry["name"] for entry in listing)

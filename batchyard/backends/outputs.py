@@ -21,7 +21,7 @@ from typing import Any
 from batchyard.backends.base import TaskResult, TaskState
 from batchyard.backends.documents import JobDocuments
 from batchyard.core.batch_semantics import is_output_blob
-from batchyard.core.job import Job
+from batchyard.core.job import Job, output_prefix
 from batchyard.core.placeholders import PLACEHOLDER_RE
 from batchyard.storage.account import Storage
 
@@ -65,6 +65,36 @@ def current_outputs(storage: Storage, documents: JobDocuments, job: Job,
                 if key not in served and (prefix is None or is_output_blob(out.pattern, prefix, name)):
                     served.add(key)
                     yield key
+
+
+def job_outputs(storage: Storage, documents: JobDocuments, backend: Any, job_id: str) -> Iterator[tuple[str, str]]:
+    """Every output ``download`` serves of ``backend``'s job: the per-file tasks' (:func:`current_outputs`),
+    then its final step's (:func:`final_step_outputs`), each once."""
+    job = backend.job(job_id)
+    final = backend.final_step(job_id) if job.final is not None and job.final.outputs else None
+    served: set[tuple[str, str]] | None = set() if final is not None else None  # only to tell the final's apart
+    for key in current_outputs(storage, documents, job, backend.list_task_results(job_id)):
+        if served is not None:
+            served.add(key)
+        yield key
+    if final is not None:
+        yield from (key for key in final_step_outputs(storage, job, final.result) if key not in (served or ()))
+
+
+def final_step_outputs(storage: Storage, job: Job, result: TaskResult | None) -> Iterator[tuple[str, str]]:
+    """(container, blob name) of each output the final step's ``[[final.outputs]]`` put, when its
+    record (``result``) says it uploaded them: the job's outputs too, so ``download`` serves them."""
+    if job.final is None or result is None:
+        return
+    from batchyard.backends.final_step import final_as_job, final_task_def
+
+    final_job, task = final_as_job(job), final_task_def(job)
+    for out in final_job.outputs:
+        if result.state not in UPLOADED[out.upload_on]:
+            continue
+        prefix = output_prefix(final_job, out, task)
+        yield from ((out.container, name) for name in storage.list_blob_names(out.container, prefix)
+                    if is_output_blob(out.pattern, prefix, name))
 
 
 def shared_paths(job: Job) -> list[str]:

@@ -54,7 +54,7 @@ from batchyard.backends.base import (
 )
 from batchyard.backends.documents import JobDocuments, fan_out
 from batchyard.backends.final_step import load_state, plan_submission
-from batchyard.backends.outputs import current_outputs
+from batchyard.backends.outputs import job_outputs
 from batchyard.core.config import Config
 from batchyard.core.errors import BackendError, BatchyardError, JobNotFoundError
 from batchyard.core.final_step import FINAL_TASK_ID, is_final_or_barrier, without_final
@@ -381,7 +381,7 @@ class AzureBackend(Backend):
 
     def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
-        return current_outputs(self.storage, self.documents, self.job(job_id), self.list_task_results(job_id))
+        return job_outputs(self.storage, self.documents, self, job_id)
 
     def read_task_log(self, job_id: str, task_id: str, *, stream: str = "stdout") -> bytes:
         return self.reader.read_task_log(job_id, task_id, stream=stream)

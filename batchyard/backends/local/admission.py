@@ -43,6 +43,7 @@ from batchyard.backends.local.messages import TaskMessage, decode_text
 from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.core.batch_semantics import final_record
 from batchyard.core.errors import JobNotFoundError, JobValidationError
+from batchyard.core.final_step import is_final_or_barrier
 from batchyard.core.job import Job
 from batchyard.core.redact import redact, register_secret
 
@@ -204,6 +205,8 @@ class Admission:
     def in_submission(self, job_id: str, task_id: str) -> bool:
         """Whether ``task_id`` is a task of the job's last submission (its manifest, read again before a
         no): a message an earlier submission queued may name a task that one dropped."""
+        if is_final_or_barrier(task_id):  # the final step is no per-file task: never in the manifest
+            return True
         entity, _ = self.lookup(job_id)
         ids = self._manifest(job_id, entity)
         if task_id in ids:

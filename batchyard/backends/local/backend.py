@@ -44,7 +44,7 @@ from batchyard.backends.local.store import JobStore, StorageLostError
 from batchyard.backends.local.summary import summary_results
 from batchyard.backends.local.tally import TaskTally
 from batchyard.backends.local.worker import WorkerOptions, worker_process_main
-from batchyard.backends.outputs import current_outputs
+from batchyard.backends.outputs import job_outputs
 from batchyard.core import interrupts
 from batchyard.core.batch_semantics import log_blob_name
 from batchyard.core.config import Config
@@ -165,7 +165,7 @@ class LocalBackend(Backend):
 
     def output_blobs(self, job_id: str) -> Iterator[tuple[str, str]]:
         """The outputs the task records stand for (:mod:`batchyard.backends.outputs`)."""
-        return current_outputs(self.storage, self.store, self.job(job_id), self.list_task_results(job_id))
+        return job_outputs(self.storage, self.store, self, job_id)
 
     def _enqueue(self, job_id: str, queue: str, placed: Iterable[Placed], key: bytes, *,
                  plan: RerunPlan | None = None) -> None:
