@@ -107,6 +107,13 @@ def test_a_failed_task_replayed_reproduces_its_exit_code_stderr_and_environment(
     assert not {"AZURE_STORAGE_CONNECTION_STRING", "BATCHYARD_BATCH_KEY", "BATCHYARD_HOME"} & set(env)
     no_secret_in(side, replayed.stdout, replayed.stderr, (task_dir / "wd" / "env.txt").read_text())
 
+    # Task ids in another case find the task, as Batch compares them (debug and logs alike).
+    again = side.debug(job_id, result.task_id.upper())
+    assert again.returncode == 3 and again.stdout == "out of a.txt\n", again.stderr
+    logged = subprocess.run([sys.executable, "-m", "batchyard", "logs", job_id, result.task_id.upper(), "--stderr"],
+                            cwd=side.project.dir, env=side.env, capture_output=True, text=True, timeout=120)
+    assert (logged.returncode, logged.stdout) == (0, "err of a.txt\n"), logged.stderr
+
     replays = set((Path(side.env["BATCHYARD_HOME"]) / "debug").iterdir())
     unknown = side.debug(job_id, "no-such-task")
     assert unknown.returncode == 3 and "Traceback" not in unknown.stderr

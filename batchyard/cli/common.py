@@ -38,6 +38,23 @@ console = Console(stderr=True, soft_wrap=True, markup=False, width=_piped_width(
 out = Console(width=_piped_width(sys.stdout), markup=False)
 
 
+def for_any_task_spelling(be: Backend, job_id: str, task_id: str, call: Callable[[str], Any]) -> Any:
+    """``call(task_id)``; when no task has that id as written, ``call`` with the id of the task that has it in
+    another case (Azure Batch compares task ids without case). Only a miss reads the job's tasks."""
+    from batchyard.core.errors import TaskNotFoundError
+    from batchyard.core.final_step import FINAL_TASK_ID
+
+    try:
+        return call(task_id)
+    except TaskNotFoundError:
+        key = task_id.lower()
+        found = FINAL_TASK_ID if key == FINAL_TASK_ID else next(
+            (r.task_id for r in be.list_task_results(job_id, brief=True) if r.task_id.lower() == key), None)
+        if found is None or found == task_id:
+            raise
+    return call(found)
+
+
 def print_table(table: Table) -> None:
     """``table`` on stdout; piped, at the width its cells need, so no id, name or time is cut to fit."""
     from rich.measure import Measurement

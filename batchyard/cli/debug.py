@@ -27,6 +27,7 @@ from batchyard.cli.common import (
     backend_option,
     config_option,
     console,
+    for_any_task_spelling,
     handle_errors,
     print_error,
     styled,
@@ -73,7 +74,8 @@ def debug(job_id: str, task_id: str, shell: bool, root: str | None, backend: str
         job_id = be.resolve_job_id(job_id)  # any spelling, as Batch compares job ids
         node_root = Path(root).resolve() if root else new_replay_root(config.home, job_id, be.name)
         try:
-            replay = be.replay_task(job_id, task_id, node_root=node_root)
+            replay = for_any_task_spelling(be, job_id, task_id,
+                                           lambda found: be.replay_task(job_id, found, node_root=node_root))
         except BaseException:
             if not root:  # nothing to replay: leave no empty folder behind
                 discard_empty_root(node_root)

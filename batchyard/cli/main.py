@@ -30,6 +30,7 @@ from batchyard.cli.common import (  # noqa: F401  (re-exported: older modules im
     backend_option,
     config_option,
     console,
+    for_any_task_spelling,
     handle_errors,
     out,
     print_table,
@@ -284,7 +285,8 @@ def logs(job_id: str, task_id: str, stream: str, backend: str | None, config_pat
     """Print a task's stdout (or --stderr)."""
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
-        data = be.read_task_log(be.resolve_job_id(job_id), task_id, stream=stream)
+        job_id = be.resolve_job_id(job_id)
+        data = for_any_task_spelling(be, job_id, task_id, lambda found: be.read_task_log(job_id, found, stream=stream))
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
 
