@@ -30,8 +30,8 @@ each ("... and 5 more succeeded"); its `tries` are the attempts of a task's late
 each retry `max_task_retry_count` allows), counted again from 1 when a re-run runs it. Job ids are
 compared without case on every backend, as Azure Batch compares them: `status myjob` finds the job
 submitted as `MyJob` (`debug` too), and submitting `myjob` while `MyJob` exists is refused with a
-message naming both; `logs` and `debug` find a task by any spelling of its id too. No text is read as console markup: a `[azure] batch_key` in a message, a file
-name or a help text prints as written.
+message naming both; `logs` and `debug` find a task by any spelling of its id too. No text is read
+as console markup: a `[azure] batch_key` in a message, a file name or a help text prints as written.
 """
 
 
