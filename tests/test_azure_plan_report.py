@@ -77,4 +77,7 @@ def test_a_reruns_report_shows_the_pool_shape_and_that_runs_wall_time(project: A
     assert after["shape"].startswith(f"Azure Batch pool by-{job_id}: standard_d2s_v3 x 1 node(s) x 1 slot(s)")
     kept = project.cli("plan", "job.toml", "--backend", "azure", env=env)
     assert "nothing would run: every task is kept" in kept.stdout, kept.stdout
+    idle = project.cli("run", "job.toml", "--backend", "azure", env=env)  # nothing to run: no pool of its own
+    assert idle.returncode == 0 and "0 queued: 2 kept" in " ".join(idle.stderr.split()), idle.stderr
+    assert f"pool by-{job_id}" not in idle.stdout + idle.stderr, idle.stdout
 

@@ -211,7 +211,8 @@ def run(job_file: str, backend: str | None, workers: int | None, no_wait: bool, 
         counts = _run_with_progress(be, job, submitted.total, workers=workers)
         _summary(be.summary_results(job.id, order=_order, limit=SUMMARY_ROWS), counts, job.id, flag)
         final = _final_step(be, job.id, flag)
-        _pool(be, config, job.id)
+        if submitted.enqueued or (final is not None and final.state not in ("unchanged", "skipped")):
+            _pool(be, config, job.id)  # a run that ran nothing made no pool: the last one is not its own
         if counts.failed or counts.cancelled or (final is not None and final.state == "failed"):
             # not every task succeeded: a script must not go on
             sys.exit(EXIT_FAILED_TASKS)
