@@ -138,6 +138,14 @@ def test_the_decision_names_every_reason_and_counts_them(tmp_path: Path) -> None
     assert plan.summary() == "1 kept, 2 changed: input 2; 1 failed, 1 cancelled, 1 unfinished, 1 new, " \
                              "1 running (left alone)"
     assert plan.any_rerun([new[2].task_id]) is False and plan.any_rerun([new[2].task_id, new[0].task_id])
+    # A failed task whose input changed since says both, the changed part first; a record of a task the
+    # job no longer has is dropped (ids without case).
+    gone = tasks_of(job, ["gone.txt"])[0]
+    moved = {**prior, gone.task_id.lower(): PriorTask(state="failed")}  # f3 failed with its first input
+    again = decide(job.id, [tasks_of(job, [names[3]], version="2")[0], *new[4:]], moved)
+    assert again.reruns(old[3].task_id) == ("input", "failed"), again.reasons
+    assert again.dropped == tuple(sorted(t.task_id.lower() for t in (old[0], old[1], old[2], gone)))
+    assert again.summary().endswith("; 4 dropped (no longer in the job)") and again.to_dict()["dropped"] == 4
 
 
 def test_the_issue_line_and_the_rerun_option(tmp_path: Path) -> None:

@@ -252,8 +252,10 @@ class Decider:
             else:
                 plan.kept += 1
                 plan.unverified += not record.fingerprint
-        elif record.state in ("failed", "cancelled"):
-            plan.reasons[task.task_id] = (record.state,)
+        elif record.state in ("failed", "cancelled"):  # and what changed since, if anything did
+            changed = changed_parts(record.fingerprint, task.fingerprint) if record.fingerprint and task.fingerprint \
+                else ()
+            plan.reasons[task.task_id] = (*changed, record.state)
         else:
             plan.reasons[task.task_id] = ("unfinished",)
 
