@@ -326,3 +326,26 @@ def test_a_forecast_of_nothing_to_run_says_whether_a_final_step_may_still_run(tm
         with runner.isolation() as (out, _err, *_):
             render(plan)
         assert said in out.getvalue().decode(), out.getvalue().decode()
+
+
+def test_a_plan_whose_reader_goes_away_exits_141_not_1(tmp_path: Path) -> None:
+    """`batchyard plan job.toml | head`: the closed pipe ends it as SIGPIPE would (141), never with exit code 1,
+    which means an error finding, and with no traceback."""
+    import os
+    import subprocess
+
+    job = write_job(tmp_path, BASE, inputs={f"input-{i:04d}-{'x' * 60}.txt": "x" for i in range(600)})
+    offline_config(tmp_path)
+    env = {**os.environ, "BATCHYARD_HOME": str(tmp_path / "home"), "AZURE_STORAGE_CONNECTION_STRING": "",
+           "BATCHYARD_BACKEND": ""}
+    whole = subprocess.run([sys.executable, "-m", "batchyard", "plan", str(job), "--show", "1000", "--config",
+                            str(tmp_path / "batchyard.toml")], capture_output=True, env=env, timeout=120)
+    assert whole.returncode == 0 and len(whole.stdout) > 2 * 65536, (whole.returncode, len(whole.stdout))
+    piped = subprocess.Popen([sys.executable, "-m", "batchyard", "plan", str(job), "--show", "1000", "--config",
+                              str(tmp_path / "batchyard.toml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env)
+    assert piped.stdout is not None and piped.stderr is not None
+    assert piped.stdout.read(100)  # what `head` reads, then it goes away
+    piped.stdout.close()
+    said = piped.stderr.read().decode()
+    assert piped.wait(timeout=120) == 141 and "Traceback" not in said, said

@@ -34,8 +34,16 @@ def _piped_width(stream: Any) -> int | None:
     return None if stream.isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
 
 
-console = Console(stderr=True, soft_wrap=True, markup=False, width=_piped_width(sys.stderr))
-out = Console(width=_piped_width(sys.stdout), markup=False)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader went away (`| head`): ended as SIGPIPE ends a process, not with a finding's exit code 1."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(EXIT_PIPE_CLOSED)
+
+
+console = _Console(stderr=True, soft_wrap=True, markup=False, width=_piped_width(sys.stderr))
+out = _Console(width=_piped_width(sys.stdout), markup=False)
 
 
 def for_any_task_spelling(be: Backend, job_id: str, task_id: str, call: Callable[[str], Any]) -> Any:
@@ -71,6 +79,7 @@ def print_table(table: Table) -> None:
         out.width = width
 log = logging.getLogger("batchyard")
 EXIT_FAILED_TASKS, EXIT_USAGE, EXIT_ERROR = 1, 2, 3
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a process a closed pipe ended
 
 
 
@@ -116,7 +125,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # here, where a closed pipe is told apart (below), not at the exit
+            return result
         except (JobValidationError, ConfigError) as exc:
             print_error(str(exc) + "".join(f"\n({note})" for note in _BACKEND_NOTE if isinstance(exc, ConfigError)))
             sys.exit(EXIT_USAGE)
@@ -126,6 +137,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             console.print("interrupted")
             sys.exit(130)
+        except BrokenPipeError:  # the reader went away (`| head`): as a process SIGPIPE ends, not a finding's 1
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(EXIT_PIPE_CLOSED)
 
     return wrapper
 
