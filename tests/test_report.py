@@ -148,6 +148,10 @@ def test_local_report_every_attempt_failure_and_retry(project: Any, tmp_path: Pa
     numbers = json.loads(shown.stdout)
     check_numbers(numbers, results)
     assert numbers["forecast"]["wall_time_s"] > 0 and numbers["forecast"]["slots"] >= 1
+    # Asked for by another spelling of its id: the default folder has the job's own.
+    spelled = run_report(project, "REP")
+    assert spelled.returncode == 0, spelled.stderr
+    assert (project.dir / "rep-report" / "report.html").is_file() and not (project.dir / "REP-report").exists()
     missing = run_report(project, "no-such-job")
     assert missing.returncode == 3 and "not found" in missing.stderr, missing.stderr
 

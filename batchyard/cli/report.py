@@ -57,7 +57,8 @@ def _report(job_id: str, out_dir: str | None, as_json: bool, backend: str | None
 
     _, be = _context(verbose, config_path, backend, job_id)
     with be:
-        data = report_from_backend(be, be.resolve_job_id(job_id))
+        job_id = be.resolve_job_id(job_id)  # the id it was submitted with names the default folder too
+        data = report_from_backend(be, job_id)
     data.backend_flag = backend_flag(config_path, be.name)
     if as_json:
         out.print_json(json.dumps(report_numbers(data), ensure_ascii=False))
