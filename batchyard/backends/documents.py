@@ -127,11 +127,17 @@ class JobDocuments:
 
     def manifest_rows(self, job_id: str) -> list[list[Any]] | None:
         """The manifest's rows as saved (:meth:`save_manifest`); None for a job without a manifest."""
+        found = self.manifest_of(job_id)
+        return None if found is None else found[1]
+
+    def manifest_of(self, job_id: str) -> tuple[str, list[list[Any]]] | None:
+        """(the spec hash of the submission that wrote it, its rows); None for a job without a manifest."""
         try:
             data = self.storage.download_bytes(self.system_container, self.manifest_blob(job_id))
         except ResourceNotFoundError:
             return None
-        return list(json.loads(gzip.decompress(data))["tasks"])
+        manifest = json.loads(gzip.decompress(data))
+        return str(manifest.get("spec_hash") or ""), list(manifest["tasks"])
 
     def load_manifest(self, job_id: str) -> list[tuple[str, str]]:
         """(task id, label) of every task of the job's last submission; [] for a job without a manifest."""

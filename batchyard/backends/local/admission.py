@@ -103,6 +103,7 @@ class Admission:
         self.max_dequeue_count = max_dequeue_count
         self._keys: dict[str, tuple[tuple[Any, Any], bytes | None]] = {}
         self._manifests: dict[str, tuple[tuple[Any, Any], frozenset[str]]] = {}
+        self._submissions: dict[str, tuple[tuple[Any, ...], tuple[str, frozenset[str]]]] = {}
         self._warned: set[str] = set()  # jobs whose forged messages this worker has warned about
 
     def admit(self, message: Any, queue_job: str) -> tuple[TaskMessage, Job]:
@@ -208,11 +209,26 @@ class Admission:
         if is_final_or_barrier(task_id):  # the final step is no per-file task: never in the manifest
             return True
         entity, _ = self.lookup(job_id)
-        ids = self._manifest(job_id, entity)
-        if task_id in ids:
-            return True
-        ids = self._manifest(job_id, entity, fresh=True)
-        return task_id in ids or not ids  # no manifest (a job an older batchyard submitted): nothing to compare
+        for fresh in (False, True):
+            spec_hash, ids = self._submitted(job_id, entity, fresh=fresh)
+            # No manifest (a job an older batchyard submitted), or one another configuration sharing the
+            # system container wrote for its own job of this id: nothing to compare with.
+            if task_id in ids or not ids or spec_hash != str((entity or {}).get("spec_hash") or ""):
+                return True
+        return False
+
+    def _submitted(self, job_id: str, entity: dict[str, Any] | None, *,
+                   fresh: bool) -> tuple[str, frozenset[str]]:
+        """The job's manifest: the spec hash it was written with and its task ids (cached per submission)."""
+        stamp = _stamp(entity)
+        cached = self._submissions.get(job_id)
+        if not fresh and cached is not None and stamp is not None and cached[0] == stamp:
+            return cached[1]
+        found = self.store.manifest_of(job_id)
+        submitted = ("", frozenset()) if found is None else (found[0], frozenset(row[0] for row in found[1]))
+        if stamp is not None:
+            self._submissions[job_id] = (stamp, submitted)
+        return submitted
 
     def _manifest(self, job_id: str, entity: dict[str, Any] | None, *, fresh: bool = False) -> frozenset[str]:
         stamp = _stamp(entity)
