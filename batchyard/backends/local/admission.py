@@ -33,7 +33,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
@@ -203,19 +203,23 @@ class Admission:
             self._keys[job_id] = (stamp, key)
         return key
 
-    def in_submission(self, job_id: str, task_id: str) -> bool:
-        """Whether ``task_id`` is a task of the job's last submission (its manifest, read again before a
-        no): a message an earlier submission queued may name a task that one dropped."""
-        if is_final_or_barrier(task_id):  # the final step is no per-file task: never in the manifest
-            return True
+    def dropped(self, job_id: str, task_ids: Iterable[str]) -> frozenset[str]:
+        """Those of ``task_ids`` that are no tasks of the job's last submission (its manifest, read again
+        before any is said to be dropped): a message an earlier submission queued may name a task that a
+        later one dropped. Asked once per message."""
         entity, _ = self.lookup(job_id)
+        wanted = [t for t in task_ids if not is_final_or_barrier(t)]  # the final step is in no manifest
+        missing: frozenset[str] = frozenset()
         for fresh in (False, True):
             spec_hash, ids = self._submitted(job_id, entity, fresh=fresh)
             # No manifest (a job an older batchyard submitted), or one another configuration sharing the
             # system container wrote for its own job of this id: nothing to compare with.
-            if task_id in ids or not ids or spec_hash != str((entity or {}).get("spec_hash") or ""):
-                return True
-        return False
+            if not ids or spec_hash != str((entity or {}).get("spec_hash") or ""):
+                return frozenset()
+            missing = frozenset(t for t in wanted if t not in ids)
+            if not missing:
+                break
+        return missing
 
     def _submitted(self, job_id: str, entity: dict[str, Any] | None, *,
                    fresh: bool) -> tuple[str, frozenset[str]]:

@@ -151,6 +151,7 @@ class MessageRun:
         # creating its row, without first asking for it once more.
         # A message queued with tasks that had no row, delivered for the first time: none is asked for.
         self.none_yet = self.message.new and getattr(self.queue_message, "dequeue_count", None) == 1
+        self.dropped_ids: frozenset[str] | None = None
         self.rows = MessageRows(self.worker.store, self.partition, self.ids, none_yet=self.none_yet) if len(
             self.ids) > 1 else None
         self.first = self._prepare(self.ids[0], self._looked_up(self.ids[0]))
@@ -316,13 +317,19 @@ class MessageRun:
             self.keeper.untrack(task_id)
             self.worker.store.release_claim(self.partition, task_id, etag=claim.etag)
 
+    def _dropped(self) -> frozenset[str]:
+        """The message's tasks that the job's last submission no longer has (asked once per message)."""
+        if self.dropped_ids is None:
+            self.dropped_ids = self.worker.admission.dropped(self.job.id, self.ids)
+        return self.dropped_ids
+
     def _following(self, task_id: str) -> list[TaskDef]:
         """The message's tasks after ``task_id`` known to have no row: candidates to claim with it."""
         if self.rows is None or self.message.defs is None:
             return []
         found = (self.message.definition(i) for i in self.rows.unclaimed_after(task_id, MAX_GROUP))
-        in_submission = self.worker.admission.in_submission
-        return [d for d in found if d is not None and in_submission(self.job.id, d.task_id)]
+        dropped = self._dropped()
+        return [d for d in found if d is not None and d.task_id not in dropped]
 
     def _prepare(self, task_id: str, prefetched: dict[str, Any] | _Unread | None = UNREAD) -> _Ready | None:
         """Claim the task and stage its first attempt; None if it is not ours to run.
@@ -347,7 +354,7 @@ class MessageRun:
         entity = store.get_task(self.partition, task_id) if isinstance(prefetched, _Unread) or (
             prefetched is None and definition is None) else prefetched
         if entity is None and definition is not None:  # never claimed: creating its row is the claim
-            if not worker.admission.in_submission(job.id, task_id):
+            if task_id in self._dropped():
                 log.debug("task %s/%s: dropped from the job by a later submission; not run", job.id, task_id)
                 return None
             if worker.job_cancelled(job.id):
