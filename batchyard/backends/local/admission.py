@@ -102,7 +102,6 @@ class Admission:
         self.lookup = lookup
         self.max_dequeue_count = max_dequeue_count
         self._keys: dict[str, tuple[tuple[Any, Any], bytes | None]] = {}
-        self._manifests: dict[str, tuple[tuple[Any, Any], frozenset[str]]] = {}
         self._submissions: dict[str, tuple[tuple[Any, ...], tuple[str, frozenset[str]]]] = {}
         self._warned: set[str] = set()  # jobs whose forged messages this worker has warned about
 
@@ -235,14 +234,7 @@ class Admission:
         return submitted
 
     def _manifest(self, job_id: str, entity: dict[str, Any] | None, *, fresh: bool = False) -> frozenset[str]:
-        stamp = _stamp(entity)
-        cached = self._manifests.get(job_id)
-        if not fresh and cached is not None and stamp is not None and cached[0] == stamp:
-            return cached[1]
-        ids = frozenset(task_id for task_id, _ in self.store.load_manifest(job_id))
-        if stamp is not None:
-            self._manifests[job_id] = (stamp, ids)
-        return ids
+        return self._submitted(job_id, entity, fresh=fresh)[1]
 
     # --- refused messages -----------------------------------------------------------------------------
     def log_refusal(self, message_id: str, refused: Refused) -> None:
